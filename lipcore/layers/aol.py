@@ -1,0 +1,99 @@
+"""Almost-orthogonal layers, AOL (Prach & Lampert, 2022), a baseline of the paper.
+
+The free weight W is rescaled by D = diag(sum_j |W^T W|_ij)^(-1/2) (fully connected: on the input
+side) or by the output-channel analogue computed from K * K^T (convolutions, zero padding k // 2);
+then ||W D||_2 <= 1. Parameters: `weights` (out, in) or `kernel` (out, in, k, k), `bias` (out).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lipcore.layers.init import xavier_
+from lipcore.layers.reparam import Reparameterized
+
+
+def _rsqrt_rowsum(gram: Tensor, dims: tuple[int, ...]) -> Tensor:
+    # A zero row/column has a zero sum; clamping keeps its scale finite (it multiplies zeros).
+    total = gram.abs().sum(dims)
+    return torch.rsqrt(total.clamp_min(torch.finfo(total.dtype).tiny))
+
+
+class _AolLinearBase(Reparameterized):
+    activation: bool = False
+
+    def __init__(self, in_features: int, out_features: int, scale: float = 1.0, device=None, dtype=None) -> None:
+        super().__init__()
+        kw = {"device": device, "dtype": dtype}
+        self.in_features, self.out_features, self.scale = in_features, out_features, float(scale)
+        self.weights = nn.Parameter(torch.empty(out_features, in_features, **kw))
+        self.bias = nn.Parameter(torch.empty(out_features, **kw))
+        xavier_(self.weights, self.bias)
+
+    def reparameterize(self) -> tuple[Tensor]:
+        w = self.weights
+        return (w * _rsqrt_rowsum(w.T @ w, (1,))[None, :],)
+
+    def forward(self, x: Tensor) -> Tensor:
+        (w,) = self.effective()
+        y = F.linear(self.scale * x, w, self.bias)
+        return F.relu(y) if self.activation else y
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, scale={self.scale:g}"
+
+
+class AolFc(_AolLinearBase):
+    """AOL fully connected layer with ReLU: (batch, in) -> (batch, out)."""
+
+    activation = True
+
+
+class AolLin(_AolLinearBase):
+    """AOL fully connected layer without activation."""
+
+
+class _AolConvBase(Reparameterized):
+    activation: bool = False
+
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
+        scale: float = 1.0, *, input_size: int | None = None, device=None, dtype=None,
+    ) -> None:
+        super().__init__()
+        if stride != 1:
+            raise ValueError(f"AOL convolutions support stride 1 only (the paper pools instead), got {stride}")
+        if kernel_size % 2 == 0:
+            raise ValueError(f"AOL convolutions need an odd kernel_size for 'same' padding, got {kernel_size}")
+        kw = {"device": device, "dtype": dtype}
+        self.in_channels, self.out_channels, self.scale = in_channels, out_channels, float(scale)
+        self.input_size = input_size  # accepted for a uniform signature; zero padding needs no size
+        self.padding = (kernel_size - 1) // 2
+        self.kernel = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size, **kw))
+        self.bias = nn.Parameter(torch.empty(out_channels, **kw))
+        xavier_(self.kernel, self.bias)
+
+    def reparameterize(self) -> tuple[Tensor]:
+        k = self.kernel
+        kkt = F.conv2d(k, k, padding=k.shape[-1] - 1)  # (out, out, 2k-1, 2k-1)
+        return (k * _rsqrt_rowsum(kkt, (1, 2, 3))[:, None, None, None],)
+
+    def forward(self, x: Tensor) -> Tensor:
+        (k,) = self.effective()
+        y = F.conv2d(self.scale * x, k, self.bias, padding=self.padding)
+        return F.relu(y) if self.activation else y
+
+    def extra_repr(self) -> str:
+        return f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel.shape[-1]}, scale={self.scale:g}"
+
+
+class AolConv(_AolConvBase):
+    """AOL convolution with ReLU, zero padding: (b, in, H, W) -> (b, out, H, W)."""
+
+    activation = True
+
+
+class AolConvLin(_AolConvBase):
+    """AOL convolution without activation."""

@@ -1,0 +1,94 @@
+"""Circular convolutions as per-frequency matrix products (the FFT machinery of the conv layers).
+
+A circular convolution with c_out x c_in kernels acts on the 2-D rfft of its input as one
+c_out x c_in complex matrix per frequency. Frequencies are flattened to a leading batch axis F =
+n * (n // 2 + 1) so that a whole layer is one batched matmul.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from lipcore.layers.reparam import Reparameterized
+
+
+def kernel_fft(weight: Tensor, n: int) -> Tensor:
+    """Frequency response of a centred k x k kernel on an n x n torus.
+
+    weight: (c_out, c_in, k, k) real. Returns (F, c_out, c_in) complex with F = n * (n // 2 + 1):
+    the conjugated rfft2 of the kernel zero-padded to n x n and shifted by (k - 1) // 2 pixels, so
+    that `kernel_fft(w, n) @ to_freq(x)` is the cross-correlation `conv2d(x, w, padding=k//2)`
+    made circular.
+    """
+    cout, cin, k, _ = weight.shape
+    if k > n:
+        raise ValueError(f"kernel {k}x{k} does not fit an input of {n}x{n}")
+    shift = (k - 1) // 2
+    padded = F.pad(weight, (0, n - k, 0, n - k))
+    # Rolling the padded kernel back by `shift` moves its centre tap to the origin: the same phase
+    # factor as the reference's shift matrix, without a complex buffer that would have to follow
+    # the module across devices and dtypes.
+    rolled = torch.roll(padded, shifts=(-shift, -shift), dims=(2, 3))
+    wfft = torch.fft.rfft2(rolled).reshape(cout, cin, -1).permute(2, 0, 1)
+    return wfft.conj()
+
+
+def to_freq(x: Tensor) -> Tensor:
+    """(b, c, n, n) real -> (F, c, b) complex, the layout of `kernel_fft`."""
+    b, c, n, _ = x.shape
+    return torch.fft.rfft2(x).permute(2, 3, 1, 0).reshape(-1, c, b)
+
+
+def from_freq(xfft: Tensor, n: int) -> Tensor:
+    """(F, c, b) complex -> (b, c, n, n) real; inverse of `to_freq`."""
+    _, c, b = xfft.shape
+    x = xfft.reshape(n, n // 2 + 1, c, b).permute(3, 2, 0, 1)
+    return torch.fft.irfft2(x, s=(n, n))
+
+
+class FourierConv(Reparameterized):
+    """Shared plumbing of the FFT-based (circular) convolutions: stride, scale and input checks.
+
+    A stride-2 layer first rearranges 2 x 2 pixel blocks into channels (space-to-depth, an
+    orthogonal map), then convolves with kernel max(1, k // 2) at half the resolution, as in the
+    reference code. `input_size` is the side of the layer's input before that rearrangement; the
+    layer's Fourier factors are defined for that size only.
+    """
+
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel_size: int, stride: int, scale: float,
+        input_size: int,
+    ) -> None:
+        super().__init__()
+        if stride not in (1, 2):
+            raise ValueError(f"stride must be 1 or 2 (space-to-depth), got {stride}")
+        if input_size < 1 or input_size % stride:
+            raise ValueError(f"input_size must be a positive multiple of stride {stride}, got {input_size}")
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.stride = stride
+        self.scale = float(scale)
+        self.input_size = input_size
+        self.n = input_size // stride
+        self.fft_in_channels = in_channels * stride * stride
+        self.kernel_size = max(1, kernel_size // 2) if stride == 2 else kernel_size
+        if self.kernel_size > self.n:
+            raise ValueError(f"kernel {self.kernel_size} is larger than the {self.n}x{self.n} grid")
+
+    def _enter(self, x: Tensor) -> Tensor:
+        """Check the input shape, apply the input scale and the space-to-depth of stride 2."""
+        if x.dim() != 4 or x.shape[1] != self.in_channels or x.shape[2:] != (self.input_size,) * 2:
+            raise ValueError(
+                f"{type(self).__name__} expects input (batch, {self.in_channels}, {self.input_size}, "
+                f"{self.input_size}), got {tuple(x.shape)}"
+            )
+        x = self.scale * x
+        return F.pixel_unshuffle(x, 2) if self.stride == 2 else x
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}, scale={self.scale:g}, input_size={self.input_size}"
+        )

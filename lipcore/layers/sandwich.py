@@ -1,0 +1,137 @@
+"""Sandwich layers (Wang & Manchester, ICML 2023): gamma-Lipschitz by construction, SDP-tight.
+
+A sandwich layer computes h -> sqrt(2) A^T Psi relu(sqrt(2) Psi^-1 B h + b), where [A B] is a row
+block of an orthogonal matrix (Cayley transform of a free matrix, scaled by a learned `alpha`) and
+Psi = diag(exp(psi)). It is 1-Lipschitz from `scale * h` to its output; networks put
+`scale = sqrt(gamma)` on their first and last layers.
+
+Parameters (names and shapes as the reference vectors): fully connected `weight`
+(out, in + out), `bias` (out), `alpha` (scalar), `psi` (out); convolutional `weight`
+(out, in_eff + out, k_eff, k_eff) with in_eff/k_eff after the stride-2 rearrangement.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lipcore.layers.cayley import cayley
+from lipcore.layers.fourier import FourierConv, from_freq, kernel_fft, to_freq
+from lipcore.layers.init import torch_default_
+from lipcore.layers.reparam import Reparameterized
+
+SQRT2 = math.sqrt(2.0)
+
+
+class _SandwichLinearBase(Reparameterized):
+    def __init__(self, in_features: int, out_features: int, scale: float, device=None, dtype=None) -> None:
+        super().__init__()
+        kw = {"device": device, "dtype": dtype}
+        self.in_features, self.out_features, self.scale = in_features, out_features, float(scale)
+        self.weight = nn.Parameter(torch.empty(out_features, in_features + out_features, **kw))
+        self.bias = nn.Parameter(torch.empty(out_features, **kw))
+        torch_default_(self.weight, self.bias)
+        # alpha starts at ||W||_F so the initial orthogonal factor is cayley(W) itself.
+        self.alpha = nn.Parameter(self.weight.detach().norm().clone())
+
+    def _factors(self) -> tuple[Tensor, Tensor]:
+        """(A, B): A (out, out), B (out, in), rows of one orthogonal matrix."""
+        q = cayley(self.alpha * self.weight / self.weight.norm())
+        return q[:, : self.out_features], q[:, self.out_features :]
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, scale={self.scale:g}"
+
+
+class SandwichFc(_SandwichLinearBase):
+    """Fully connected sandwich layer with ReLU: (batch, in) -> (batch, out), 1-Lipschitz in `scale*x`."""
+
+    def __init__(self, in_features: int, out_features: int, scale: float = 1.0, device=None, dtype=None) -> None:
+        super().__init__(in_features, out_features, scale, device, dtype)
+        self.psi = nn.Parameter(torch.zeros(out_features, device=device, dtype=dtype))
+
+    def reparameterize(self) -> tuple[Tensor, Tensor]:
+        a, b = self._factors()
+        b_in = (SQRT2 * torch.exp(-self.psi))[:, None] * b  # sqrt2 Psi^-1 B
+        a_out = (SQRT2 * torch.exp(self.psi))[:, None] * a  # (sqrt2 A^T Psi)^T
+        return a_out, b_in
+
+    def forward(self, x: Tensor) -> Tensor:
+        a_out, b_in = self.effective()
+        z = F.relu(F.linear(self.scale * x, b_in, self.bias))
+        return z @ a_out
+
+
+class SandwichLin(_SandwichLinearBase):
+    """Last (linear) sandwich layer: y = B (scale x) + b, or y = 2 A^T B (scale x) + b with `ab=True`."""
+
+    def __init__(
+        self, in_features: int, out_features: int, scale: float = 1.0, ab: bool = False, device=None, dtype=None
+    ) -> None:
+        super().__init__(in_features, out_features, scale, device, dtype)
+        self.ab = ab
+
+    def reparameterize(self) -> tuple[Tensor]:
+        a, b = self._factors()
+        return ((2 * a.T @ b) if self.ab else b,)
+
+    def forward(self, x: Tensor) -> Tensor:
+        (w,) = self.effective()
+        return F.linear(self.scale * x, w, self.bias)
+
+
+class _SandwichConvBase(FourierConv):
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
+        scale: float = 1.0, *, input_size: int, device=None, dtype=None,
+    ) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride, scale, input_size)
+        kw = {"device": device, "dtype": dtype}
+        k, cin = self.kernel_size, self.fft_in_channels
+        self.weight = nn.Parameter(torch.empty(out_channels, cin + out_channels, k, k, **kw))
+        self.bias = nn.Parameter(torch.empty(out_channels, **kw))
+        torch_default_(self.weight, self.bias)
+        self.alpha = nn.Parameter(kernel_fft(self.weight.detach(), self.n).norm().clone())
+
+    def _factors(self) -> tuple[Tensor, Tensor]:
+        """Per-frequency (A, B): A (F, out, out), B (F, out, in_eff), rows of unitary matrices."""
+        wfft = kernel_fft(self.weight, self.n)
+        q = cayley(self.alpha * wfft / wfft.norm())
+        return q[..., : self.out_channels], q[..., self.out_channels :]
+
+
+class SandwichConv(_SandwichConvBase):
+    """Convolutional sandwich layer with ReLU (circular, FFT): (b, in, N, N) -> (b, out, N/s, N/s)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        dev, dt = self.weight.device, self.weight.dtype
+        self.psi = nn.Parameter(torch.zeros(self.out_channels, device=dev, dtype=dt))
+
+    def reparameterize(self) -> tuple[Tensor, Tensor]:
+        a, b = self._factors()
+        b_in = (SQRT2 * torch.exp(-self.psi))[:, None] * b  # sqrt2 Psi^-1 B
+        a_out = a.mH * (SQRT2 * torch.exp(self.psi))[None, :]  # sqrt2 A^H Psi
+        return a_out, b_in
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self._enter(x)
+        a_out, b_in = self.effective()
+        z = from_freq(b_in @ to_freq(x), self.n) + self.bias[:, None, None]
+        return from_freq(a_out @ to_freq(F.relu(z)), self.n)
+
+
+class SandwichConvLin(_SandwichConvBase):
+    """Convolutional sandwich without activation: y = 2 A^H B x + b per frequency."""
+
+    def reparameterize(self) -> tuple[Tensor]:
+        a, b = self._factors()
+        return (2 * a.mH @ b,)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self._enter(x)
+        (m,) = self.effective()
+        return from_freq(m @ to_freq(x), self.n) + self.bias[:, None, None]

@@ -1,0 +1,19 @@
+"""The paper's architectures, built from an ExperimentSpec: `lipcore.models.build(spec)`.
+
+| model  | layers                             | data                | module     |
+|--------|------------------------------------|---------------------|------------|
+| Toy    | Sandwich, Orthogon, Aol, SLL, Plain | square_wave (1-D)  | toy.py     |
+| KWL    | Sandwich, Orthogon, Aol, Plain     | 32x32, 64x64 images | kwl.py     |
+| Resnet | SLL (optionally LLN)               | 32x32, 64x64 images | resnet.py  |
+| DNN    | Sandwich + LLN                     | 32x32, 64x64 images | dnn.py     |
+"""
+
+from lipcore.models import dnn, kwl, resnet, toy  # noqa: F401  (registration)
+from lipcore.models.base import LipschitzNet
+from lipcore.models.dnn import DNN
+from lipcore.models.kwl import KWL
+from lipcore.models.registry import build, list_models, register_model
+from lipcore.models.resnet import Resnet
+from lipcore.models.toy import Toy
+
+__all__ = ["DNN", "KWL", "LipschitzNet", "Resnet", "Toy", "build", "list_models", "register_model"]

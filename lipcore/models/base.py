@@ -1,0 +1,33 @@
+"""What every network of the paper shares: a gamma (the certified l2 bound) and an optional LLN head."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from lipcore.layers import LinearNormalized
+
+
+class LipschitzNet(nn.Module):
+    """A network with an l2 Lipschitz bound `gamma` (None when unconstrained) from input to logits.
+
+    Subclasses put `sqrt(gamma)` as the `scale` of the first and the last layer, as the paper does,
+    and set `self.body`, the nn.Sequential that maps inputs to outputs.
+    """
+
+    body: nn.Sequential
+
+    def __init__(self, gamma: float | None) -> None:
+        super().__init__()
+        self.gamma = None if gamma is None else float(gamma)
+
+    @property
+    def sqrt_gamma(self) -> float:
+        return 1.0 if self.gamma is None else self.gamma**0.5
+
+    @property
+    def lln_head(self) -> LinearNormalized | None:
+        last = self.body[-1]
+        return last if isinstance(last, LinearNormalized) else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.body(x)

@@ -1,0 +1,48 @@
+"""Model registry (timm-style): architectures register a builder under the spec's model name."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
+
+from torch import nn
+
+if TYPE_CHECKING:
+    from lipcore.spec import ExperimentSpec
+
+Builder = Callable[["ExperimentSpec"], nn.Module]
+_REGISTRY: dict[str, Builder] = {}
+
+
+def register_model(name: str) -> Callable[[Builder], Builder]:
+    """Decorator: `@register_model("KWL")` on a function spec -> nn.Module."""
+
+    def wrap(fn: Builder) -> Builder:
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} is already registered")
+        _REGISTRY[name] = fn
+        return fn
+
+    return wrap
+
+
+def list_models() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def build(spec: ExperimentSpec) -> nn.Module:
+    """Build the (randomly initialised) network of `spec` on the CPU in the default dtype.
+
+    The spec must be resolved (input shape and classes known; see `ExperimentSpec.resolved`).
+    The returned module has `.gamma` (float, or None for Plain) and `.lln_head`
+    (the LinearNormalized last layer, or None).
+    """
+    if not spec.resolved:
+        raise ValueError(
+            f"spec for dataset {spec.dataset!r} does not know its input shape/classes yet; "
+            "resolve it against the data first (lipcore.data.resolve_spec)"
+        )
+    try:
+        builder = _REGISTRY[spec.model]
+    except KeyError:
+        raise ValueError(f"unknown model {spec.model!r}; registered: {list_models()}") from None
+    return builder(spec)
