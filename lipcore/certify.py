@@ -42,21 +42,28 @@ def _check(logits: Tensor, gamma: float | None) -> float:
         raise ValueError("this model has no Lipschitz bound (Plain layers), so it cannot be certified")
     if not (gamma > 0 and math.isfinite(gamma)):
         raise ValueError(f"gamma must be a finite number > 0, got {gamma}")
-    if logits.dim() != 2 or logits.shape[1] < 2:
-        raise ValueError(f"certificates need (batch, classes >= 2) logits, got shape {tuple(logits.shape)}")
+    if logits.dim() != 2 or logits.shape[1] < 1:
+        raise ValueError(f"certificates need (batch, outputs) logits, got shape {tuple(logits.shape)}")
     return float(gamma)
 
 
-def certify(logits: Tensor, gamma: float | None, lln_weight: Tensor | None = None) -> Certificate:
+def certify(
+    logits: Tensor, gamma: float | None, lln_weight: Tensor | None = None, threshold: float = 0.5
+) -> Certificate:
     """Certified l2 radius (model-input space) of each prediction of a gamma-Lipschitz classifier.
 
     logits: (batch, classes). gamma: the network's l2 Lipschitz bound (to the LLN head's input when
     `lln_weight` is given). lln_weight: (classes, features) unit-norm rows of an LLN head, or None.
+    A single output (batch, 1), such as the Toy regression, is certified as the decision
+    f(x) > threshold: predicted 1 or 0, margin |f - threshold|, radius margin / gamma (one output
+    moves by at most gamma * ||delta||; there is no pair of logits, hence no sqrt 2).
     """
     gamma = _check(logits, gamma)
     z = logits.detach().to(torch.float64)
     finite = torch.isfinite(z).all(dim=1)
     z = torch.where(finite[:, None], z, torch.zeros_like(z))
+    if z.shape[1] == 1:
+        return _certify_threshold(z[:, 0], finite, gamma, threshold)
     pred = z.argmax(dim=1)  # first maximal index on ties, on every device
     top = z.gather(1, pred[:, None])
     gaps = top - z  # (b, c) >= 0
@@ -83,6 +90,18 @@ def certify(logits: Tensor, gamma: float | None, lln_weight: Tensor | None = Non
         runner_up=torch.where(finite, runner, minus1),
         margin=margin,
         radius=radius,
+    )
+
+
+def _certify_threshold(f: Tensor, finite: Tensor, gamma: float, threshold: float) -> Certificate:
+    pred = (f > threshold).long()
+    margin = (f - threshold).abs()
+    minus1 = torch.full_like(pred, -1)
+    return Certificate(
+        predicted=torch.where(finite, pred, minus1),
+        runner_up=torch.where(finite, 1 - pred, minus1),
+        margin=torch.where(finite, margin, torch.full_like(margin, math.nan)),
+        radius=torch.where(finite, margin / gamma, torch.zeros_like(margin)),
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor
 
 from lipcore.layers.reparam import Reparameterized
@@ -22,7 +23,7 @@ def kernel_fft(weight: Tensor, n: int) -> Tensor:
     that `kernel_fft(w, n) @ to_freq(x)` is the cross-correlation `conv2d(x, w, padding=k//2)`
     made circular.
     """
-    cout, cin, k, _ = weight.shape
+    k = weight.shape[-1]
     if k > n:
         raise ValueError(f"kernel {k}x{k} does not fit an input of {n}x{n}")
     shift = (k - 1) // 2
@@ -31,21 +32,17 @@ def kernel_fft(weight: Tensor, n: int) -> Tensor:
     # factor as the reference's shift matrix, without a complex buffer that would have to follow
     # the module across devices and dtypes.
     rolled = torch.roll(padded, shifts=(-shift, -shift), dims=(2, 3))
-    wfft = torch.fft.rfft2(rolled).reshape(cout, cin, -1).permute(2, 0, 1)
-    return wfft.conj()
+    return rearrange(torch.fft.rfft2(rolled), "o i h w -> (h w) o i").conj()
 
 
 def to_freq(x: Tensor) -> Tensor:
     """(b, c, n, n) real -> (F, c, b) complex, the layout of `kernel_fft`."""
-    b, c, n, _ = x.shape
-    return torch.fft.rfft2(x).permute(2, 3, 1, 0).reshape(-1, c, b)
+    return rearrange(torch.fft.rfft2(x), "b c h w -> (h w) c b")
 
 
 def from_freq(xfft: Tensor, n: int) -> Tensor:
     """(F, c, b) complex -> (b, c, n, n) real; inverse of `to_freq`."""
-    _, c, b = xfft.shape
-    x = xfft.reshape(n, n // 2 + 1, c, b).permute(3, 2, 0, 1)
-    return torch.fft.irfft2(x, s=(n, n))
+    return torch.fft.irfft2(rearrange(xfft, "(h w) c b -> b c h w", h=n), s=(n, n))
 
 
 class FourierConv(Reparameterized):

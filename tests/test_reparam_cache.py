@@ -1,0 +1,131 @@
+"""Eval-mode caches of the reparameterised layers are refreshed automatically and never stale."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from lipcore import layers as L
+from lipcore.layers import invalidate_caches
+from lipcore.models import build
+from lipcore.spec import ExperimentSpec
+
+SPECS = [
+    dict(model="KWL", layer=layer, scale="small", dataset="cifar10", loss="multimargin", gamma=2.0)
+    for layer in ("Sandwich", "Orthogon", "Aol")
+] + [
+    dict(model="DNN", dataset="cifar10", gamma=1.0),
+    dict(model="Toy", layer="SLL", gamma=3.0),
+]
+
+
+def small_model(spec: dict) -> torch.nn.Module:
+    if spec["model"] == "DNN":  # the full DNN is large; its layers are the sandwich ones tested here
+        return torch.nn.Sequential(
+            L.SandwichConv(3, 4, 3, scale=1.0, input_size=8), L.SandwichConv(4, 4, 3, stride=2, input_size=8),
+            torch.nn.Flatten(), L.SandwichFc(64, 16, scale=1.0), L.LinearNormalized(16, 3),
+        )
+    return build(ExperimentSpec(**spec))
+
+
+def inputs(model: torch.nn.Module, spec: dict) -> torch.Tensor:
+    if spec["model"] == "Toy":
+        return torch.linspace(-2, 2, 16)[:, None]
+    size = 8 if spec["model"] == "DNN" else 32
+    return torch.rand(8, 3, size, size)
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: f"{s['model']}-{s.get('layer', 'Sandwich')}")
+def test_eval_equals_train_after_optimizer_step_without_extra_forward(spec) -> None:
+    model = small_model(spec)
+    x = inputs(model, spec)
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    model.eval()
+    stale = model(x)  # fills the caches
+    model.train()
+    for _ in range(2):
+        opt.zero_grad()
+        model(x).square().mean().backward()
+        opt.step()
+    model.eval()  # no dummy forward: the first eval call must see the new parameters
+    out_eval = model(x)
+    model.train()
+    with torch.no_grad():
+        out_train = model(x)
+    assert not torch.allclose(stale, out_eval)
+    torch.testing.assert_close(out_eval, out_train, rtol=1e-5, atol=1e-6)
+
+
+def test_every_parameter_gets_a_gradient() -> None:
+    """alphas and psis included: an optimizer made right after construction trains all of them."""
+    model = build(ExperimentSpec(model="KWL", layer="Sandwich", scale="small", dataset="cifar10"))
+    model(torch.rand(4, 3, 32, 32)).sum().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert missing == []
+
+
+def test_load_state_dict_refreshes_cache() -> None:
+    a, b = L.SandwichFc(5, 4).eval(), L.SandwichFc(5, 4).eval()
+    x = torch.randn(3, 5)
+    a(x)
+    a.load_state_dict(b.state_dict())
+    torch.testing.assert_close(a(x), b(x))
+
+
+def test_dtype_and_device_moves_refresh_cache() -> None:
+    layer = L.OrthogonConv(2, 3, 3, input_size=8).eval()
+    x = torch.randn(2, 2, 8, 8)
+    y32 = layer(x)
+    layer.double()
+    y64 = layer(x.double())
+    assert y64.dtype == torch.float64
+    torch.testing.assert_close(y64.float(), y32, rtol=1e-5, atol=1e-5)
+    layer.to("cpu").float()
+    torch.testing.assert_close(layer(x), y32, rtol=1e-6, atol=1e-6)
+
+
+def test_in_place_no_grad_edit_refreshes_cache() -> None:
+    layer = L.SandwichLin(4, 3).eval()
+    x = torch.randn(2, 4)
+    before = layer(x)
+    with torch.no_grad():
+        layer.weight.mul_(-1.0).add_(0.1)
+    after = layer(x)
+    layer.train()
+    torch.testing.assert_close(after, layer(x))
+    assert not torch.allclose(before, after)
+
+
+def test_param_data_writes_need_invalidate() -> None:
+    """PyTorch does not version-count writes through .data; invalidate_caches covers that case."""
+    model = torch.nn.Sequential(L.OrthogonLin(4, 4)).eval()
+    x = torch.randn(2, 4)
+    model(x)
+    model[0].weight.data.mul_(-1.0)
+    invalidate_caches(model)
+    out = model(x)
+    model.train()
+    torch.testing.assert_close(out, model(x))
+
+
+def test_deepcopy_does_not_share_cache() -> None:
+    layer = L.SandwichFc(3, 3).eval()
+    x = torch.randn(2, 3)
+    layer(x)
+    clone = copy.deepcopy(layer)
+    assert clone._cache is None
+    with torch.no_grad():
+        clone.weight.add_(1.0)
+    assert not torch.allclose(clone(x), layer(x))
+
+
+def test_eval_cache_is_detached_and_reused() -> None:
+    layer = L.SandwichConv(2, 2, 3, input_size=8).eval()
+    x = torch.randn(1, 2, 8, 8)
+    layer(x)
+    first = layer._cache[2]
+    layer(x)
+    assert layer._cache[2] is first
+    assert all(not t.requires_grad for t in first)
