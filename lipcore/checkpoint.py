@@ -1,0 +1,159 @@
+"""Checkpoints in safetensors only: weights plus the ExperimentSpec, never a pickle.
+
+Two files per run:
+- `model.safetensors`: the weights, with metadata `spec` (JSON), `classes`, `mean`, `std`;
+  `load_model` rebuilds the network from the spec and loads the weights strictly.
+- `checkpoint.safetensors`: everything a resumed run needs to continue bit-for-bit: model and
+  Adam state tensors, RNG states, and (as JSON metadata) the optimizer's hyper-parameters, the
+  position in the schedule and the metric history.
+Both are written to a temporary file and renamed, so a crash never leaves half a checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import Tensor, nn
+
+from lipcore.spec import ExperimentSpec
+
+MODEL_FORMAT = "lbdn-model/1"
+STATE_FORMAT = "lbdn-train-state/1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, not safetensors, or not one of ours."""
+
+
+@dataclass
+class LoadedModel:
+    """A network rebuilt from a checkpoint, in eval mode, with what is needed to feed it."""
+
+    model: nn.Module
+    spec: ExperimentSpec
+    classes: list[str]
+    mean: tuple[float, ...]  # x_model = (x_pixel - mean) / std, per channel
+    std: tuple[float, ...]
+
+
+def _write_atomic(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    save_file(tensors, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+
+
+def _read(path: Path, expected_format: str) -> tuple[dict[str, Tensor], dict[str, str]]:
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is not a readable safetensors file: {e}") from None
+    if meta.get("format") != expected_format:
+        raise CheckpointError(f"{path} is not an {expected_format} file (format={meta.get('format')!r})")
+    return tensors, meta
+
+
+def save_model(
+    path: str | Path, model: nn.Module, spec: ExperimentSpec, *, classes: list[str] | None = None,
+    mean: tuple[float, ...] = (0.0,), std: tuple[float, ...] = (1.0,),
+) -> None:
+    """Write the weights of `model` with its spec and input normalisation to `path`."""
+    meta = {
+        "format": MODEL_FORMAT,
+        "spec": spec.model_dump_json(),
+        "classes": json.dumps(list(classes or [])),
+        "mean": json.dumps(list(mean)),
+        "std": json.dumps(list(std)),
+    }
+    _write_atomic(Path(path), dict(model.state_dict()), meta)
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
+    """Rebuild the network of a `model.safetensors` file (eval mode, on `device`)."""
+    from lipcore.models import build
+
+    path = Path(path)
+    tensors, meta = _read(path, MODEL_FORMAT)
+    try:
+        spec = ExperimentSpec.model_validate_json(meta["spec"])
+        classes, mean, std = (json.loads(meta[k]) for k in ("classes", "mean", "std"))
+    except (KeyError, ValueError) as e:
+        raise CheckpointError(f"{path} has invalid metadata: {e}") from None
+    with torch.device("meta"):
+        model = build(spec)
+    model = model.to_empty(device="cpu")
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"{path} does not match the architecture of its spec: {e}") from None
+    model = model.to(device).eval()
+    return LoadedModel(model, spec, list(classes), tuple(mean), tuple(std))
+
+
+@dataclass
+class TrainState:
+    """A resumable training state: where the run is and everything needed to continue it."""
+
+    model: dict[str, Tensor]
+    optimizer: dict[str, Any]
+    rng: dict[str, Tensor]
+    position: dict[str, Any]  # {"epoch": completed epochs, "step": steps done in the next one, ...}
+    history: list[dict[str, Any]]  # per-epoch metrics so far
+    spec_json: str
+
+
+def save_train_state(
+    path: str | Path, *, model: nn.Module, optimizer: torch.optim.Optimizer, spec: ExperimentSpec,
+    rng: dict[str, Tensor], position: dict[str, Any], history: list[dict[str, Any]],
+) -> None:
+    """Write a resumable checkpoint (see module docstring) atomically to `path`."""
+    tensors: dict[str, Tensor] = {f"model/{k}": v for k, v in model.state_dict().items()}
+    opt = optimizer.state_dict()
+    scalars: dict[str, dict[str, Any]] = {}
+    for idx, state in opt["state"].items():
+        for key, value in state.items():
+            if isinstance(value, Tensor):
+                tensors[f"optim/{idx}/{key}"] = value
+            else:
+                scalars.setdefault(str(idx), {})[key] = value
+    tensors.update({f"rng/{k}": v for k, v in rng.items()})
+    meta = {
+        "format": STATE_FORMAT,
+        "spec": spec.model_dump_json(),
+        "param_groups": json.dumps(opt["param_groups"]),
+        "optim_scalars": json.dumps(scalars),
+        "position": json.dumps(position),
+        "history": json.dumps(history),
+    }
+    _write_atomic(Path(path), tensors, meta)
+
+
+def load_train_state(path: str | Path) -> TrainState:
+    """Read a checkpoint written by `save_train_state`."""
+    tensors, meta = _read(Path(path), STATE_FORMAT)
+    model = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
+    rng = {k[len("rng/"):]: v for k, v in tensors.items() if k.startswith("rng/")}
+    state: dict[int, dict[str, Any]] = {}
+    for k, v in tensors.items():
+        if k.startswith("optim/"):
+            _, idx, key = k.split("/", 2)
+            state.setdefault(int(idx), {})[key] = v
+    for idx, values in json.loads(meta["optim_scalars"]).items():
+        state.setdefault(int(idx), {}).update(values)
+    optimizer = {"state": state, "param_groups": json.loads(meta["param_groups"])}
+    return TrainState(
+        model=model, optimizer=optimizer, rng=rng, position=json.loads(meta["position"]),
+        history=json.loads(meta["history"]), spec_json=meta["spec"],
+    )

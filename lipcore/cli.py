@@ -1,0 +1,177 @@
+"""`python -m lipcore`: the paper's `main.py` command line, flag for flag, plus a few of our own.
+
+Every command of the paper's README runs unchanged with `python main.py` replaced by
+`python -m lipcore`. Flags the paper has keep its names and defaults; `--layer`, `--scale` and
+`--loss` default to the model's own choice (for the paper's default model, Resnet, that is the
+paper's SLL / xlarge / xent). Our additions: --data_dir, --data_path, --device, --resume,
+--download, --checkpoint_every, and for eval --attack-version, --n-examples, --eps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from lipcore.spec import ExperimentSpec
+
+EXIT_USAGE, EXIT_FAILED, EXIT_STOPPED = 2, 1, 130
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m lipcore",
+        description="Train or evaluate a Lipschitz-bounded network (Wang & Manchester, ICML 2023).",
+    )
+    p.add_argument("--mode", choices=["train", "eval"], default="train")
+    p.add_argument("-m", "--model", default="Resnet", help="DNN, KWL, Resnet or Toy (default Resnet)")
+    p.add_argument("-d", "--dataset", default="tiny_imagenet",
+                   help="cifar10, cifar100, tiny_imagenet, square_wave or image_folder")
+    p.add_argument("-g", "--gamma", type=float, default=1.0, help="network Lipschitz bound (l2)")
+    p.add_argument("-s", "--seed", type=int, default=123)
+    p.add_argument("-e", "--epochs", type=int, default=100)
+    p.add_argument("--layer", default=None, help="Sandwich, Orthogon, Aol, SLL or Plain (default: the model's)")
+    p.add_argument("--scale", default=None, help="small, medium, large or xlarge (default: the model's)")
+    p.add_argument("--lr", type=float, default=0.01, help="peak learning rate")
+    p.add_argument("--loss", default=None, help="xent, multimargin or mse (default: xent; Toy: mse)")
+    p.add_argument("--root_dir", default="./saved_models")
+    p.add_argument("--train_batch_size", type=int, default=256)
+    p.add_argument("--test_batch_size", type=int, default=256)
+    p.add_argument("--num_workers", type=int, default=4,
+                   help="accepted for compatibility; unused (batches are assembled on the device)")
+    p.add_argument("--LLN", action="store_true", help="last-layer normalisation (DNN, Resnet)")
+    p.add_argument("--normalized", action="store_true", help="divide inputs by the dataset std")
+    p.add_argument("--cert_acc", action="store_true", help="record certified accuracy every epoch")
+    ours = p.add_argument_group("lbdn additions")
+    ours.add_argument("--data_dir", default=None, help="dataset directory (default $LBDN_DATA_DIR or ./data)")
+    ours.add_argument("--data_path", default=None, help="image_folder: folder holding train/ (and test/)")
+    ours.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
+    ours.add_argument("--resume", action="store_true", help="continue the run directory's checkpoint")
+    ours.add_argument("--download", action="store_true",
+                      help="fetch cifar10/cifar100/tiny_imagenet from the official source if missing")
+    ours.add_argument("--checkpoint_every", type=int, default=1, help="epochs between resumable checkpoints")
+    ours.add_argument("--attack-version", dest="attack_version", default="standard",
+                      choices=["standard", "plus", "rand", "custom"], help="AutoAttack version (eval)")
+    ours.add_argument("--n-examples", dest="n_examples", type=int, default=None,
+                      help="evaluate on the first N test inputs (default: all)")
+    ours.add_argument("--eps", type=float, nargs="+", default=[36, 72, 108], help="l2 radii in 1/255 units")
+    return p
+
+
+def spec_from_args(args: argparse.Namespace) -> ExperimentSpec:
+    """The ExperimentSpec of a parsed command line (raises pydantic.ValidationError)."""
+    fields: dict[str, Any] = {
+        "model": args.model, "dataset": args.dataset, "gamma": args.gamma, "seed": args.seed,
+        "epochs": args.epochs, "lr": args.lr, "train_batch_size": args.train_batch_size,
+        "test_batch_size": args.test_batch_size,
+    }
+    optional = {"layer": args.layer, "scale": args.scale, "loss": args.loss, "data_path": args.data_path}
+    fields.update({k: v for k, v in optional.items() if v is not None})
+    # store_true flags only speak when given, so a model's forced setting (DNN: LLN) is not contradicted
+    fields.update({k: True for k in ("lln", "normalized", "cert_acc") if getattr(args, k.upper() if k == "lln" else k)})
+    return ExperimentSpec(**fields)
+
+
+class _Terminal:
+    """Progress bar on a terminal (rich), plain lines otherwise; Ctrl-C asks for a clean stop."""
+
+    def __init__(self) -> None:
+        self.stop_requested = False
+        self.tty = sys.stdout.isatty()
+        self.progress = None
+        self.task = None
+
+    def __enter__(self) -> _Terminal:
+        if self.tty:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.progress = Progress(
+                TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), TextColumn("{task.fields[info]}"),
+                TimeRemainingColumn(),
+            )
+            self.progress.__enter__()
+        self._old = signal.signal(signal.SIGINT, self._interrupt)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        signal.signal(signal.SIGINT, self._old)
+        if self.progress is not None:
+            self.progress.__exit__(*exc)
+
+    def _interrupt(self, *_: Any) -> None:
+        if self.stop_requested:  # a second Ctrl-C means now
+            raise KeyboardInterrupt
+        self.stop_requested = True
+        self.log("Stopping after this step (checkpoint kept); Ctrl-C again to abort at once")
+
+    def log(self, msg: str) -> None:
+        if self.progress is not None:
+            self.progress.console.print(msg, markup=False, highlight=False)
+        else:
+            print(msg, flush=True)
+
+    def on_progress(self, p: Any) -> None:
+        if self.progress is None:
+            return
+        info = f"step {p.step}/{p.steps} loss {p.loss:.4f} lr {p.lr:.2e}"
+        if self.task is None:
+            self.task = self.progress.add_task("train", total=p.total_steps, epoch="", info="")
+        self.progress.update(self.task, completed=p.global_step, epoch=f"{p.epoch}/{p.epochs}", info=info)
+
+
+def _train(spec: ExperimentSpec, args: argparse.Namespace, run_dir: Path) -> int:
+    from lipcore.train import TrainHooks, train
+
+    with _Terminal() as term:
+        hooks = TrainHooks(on_progress=term.on_progress, on_log=term.log, should_stop=lambda: term.stop_requested)
+        result = train(spec, run_dir, data_dir=args.data_dir, device=args.device, hooks=hooks,
+                       resume=args.resume, checkpoint_every=args.checkpoint_every, download=args.download)
+    if result.status == "stopped":
+        print(f"Stopped. Continue with the same command plus --resume (run directory {run_dir})")
+        return EXIT_STOPPED
+    print(f"Done: {run_dir}")
+    return 0
+
+
+def _eval(spec: ExperimentSpec, args: argparse.Namespace, run_dir: Path) -> int:
+    from lipcore import evaluate as ev
+    from lipcore.rundir import EVAL, EVAL_TOY, MODEL, write_json
+
+    model_path = run_dir / MODEL
+    if not model_path.exists():
+        print(f"error: no trained model at {model_path}; run the same command with --mode train first",
+              file=sys.stderr)
+        return EXIT_FAILED
+    if spec.model == "Toy":
+        result = ev.evaluate_toy(model_path, device=args.device, on_log=print)
+        write_json(run_dir / EVAL_TOY, result)
+    else:
+        result = ev.evaluate_robustness(
+            model_path, data_dir=args.data_dir, eps=args.eps, version=args.attack_version,
+            n_examples=args.n_examples, device=args.device, batch_size=args.test_batch_size, on_log=print,
+            state_dir=run_dir,
+        )
+        write_json(run_dir / EVAL, result)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        spec = spec_from_args(args)
+    except ValidationError as e:
+        msgs = "; ".join(err["msg"].removeprefix("Value error, ") for err in e.errors())
+        print(f"error: invalid experiment: {msgs}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        run_dir = Path(spec.train_dir(args.root_dir))
+        return _train(spec, args, run_dir) if args.mode == "train" else _eval(spec, args, run_dir)
+    except (FileNotFoundError, ValueError) as e:  # missing data, bad folders, mismatched run dirs
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_FAILED

@@ -1,0 +1,41 @@
+"""Devices, seeding and RNG state: what makes a run reproducible and resumable on CPU or GPU."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """'auto' (or None) -> cuda when available, else cpu; anything else is passed to torch.device."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available on this machine")
+    return dev
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch's CPU and CUDA generators (lipcore draws no numpy or `random` numbers)."""
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def rng_state() -> dict[str, Tensor]:
+    """Every global generator state a training step may draw from, as uint8 tensors."""
+    state = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            state[f"cuda_{i}"] = s
+    return state
+
+
+def set_rng_state(state: dict[str, Tensor]) -> None:
+    """Restore `rng_state()`; CUDA states are restored where the devices exist."""
+    torch.set_rng_state(state["torch_cpu"].cpu())
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            if f"cuda_{i}" in state:
+                torch.cuda.set_rng_state(state[f"cuda_{i}"].cpu(), i)

@@ -1,0 +1,299 @@
+"""The paper's training recipe, resumable bit-for-bit, with hooks for live reporting and cancellation.
+
+Adam (no weight decay) with a per-step piecewise-linear learning rate 0 -> lr at 2/5 of the epochs
+-> lr/20 at 4/5 -> 0 at the end; after every epoch a test pass (loss, accuracy and, with
+`cert_acc`, certified accuracy at 36/72/108 / 255, LLN-aware); at the end the empirical Lipschitz
+lower bound and its ratio to gamma.
+
+A run directory holds `spec.json`, `metrics.json` (one object per epoch), `log.txt`,
+`checkpoint.safetensors` (resumable), `model.safetensors` (final weights) and `summary.json`.
+A run stopped anywhere (cancelled, or killed) and resumed from its last checkpoint ends with exactly
+the weights of an uninterrupted run: the checkpoint holds model, Adam state, schedule position and
+RNG states, and each epoch's batch order is a function of (seed, epoch) only.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from lipcore.certify import PAPER_RADII, certified_correct, empirical_lipschitz
+from lipcore.checkpoint import load_train_state, save_model, save_train_state
+from lipcore.losses import build_loss
+from lipcore.models import build
+from lipcore.precision import full_precision
+from lipcore.rundir import CHECKPOINT, METRICS, MODEL, SPEC, SUMMARY, RunLog, write_json
+from lipcore.runtime import resolve_device, rng_state, seed_everything, set_rng_state
+from lipcore.spec import ExperimentSpec
+
+LIP_BATCH = 64  # points of the final empirical Lipschitz estimate (paper: lip_batch_size)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where a run is after a training step (epoch and step are 1-based)."""
+
+    epoch: int
+    epochs: int
+    step: int
+    steps: int
+    global_step: int
+    total_steps: int
+    loss: float
+    lr: float
+    elapsed_s: float  # since this (possibly resumed) process started training
+    eta_s: float | None
+
+
+@dataclass
+class TrainHooks:
+    """Plain callables a caller (CLI, worker) plugs in; every one is optional."""
+
+    on_progress: Callable[[Progress], None] | None = None  # after every step
+    on_epoch: Callable[[dict[str, Any]], None] | None = None  # one epoch's metrics
+    on_checkpoint: Callable[[Path], None] | None = None  # after a resumable checkpoint is written
+    should_stop: Callable[[], bool] | None = None  # polled every step: True -> checkpoint and stop
+    on_log: Callable[[str], None] | None = None  # human-readable lines (also in log.txt)
+
+
+@dataclass
+class TrainResult:
+    status: Literal["completed", "stopped"]
+    run_dir: Path
+    epochs_done: int
+    metrics: list[dict[str, Any]]
+    summary: dict[str, Any] = field(default_factory=dict)
+    resumed_from: dict[str, int] | None = None
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+def lr_at(t: float, epochs: int, lr: float) -> float:
+    """The paper's schedule at fractional epoch t (its knots use integer division, as main.py)."""
+    return float(np.interp(t, [0, epochs * 2 // 5, epochs * 4 // 5, epochs], [0, lr, lr / 20.0, 0]))
+
+
+def cert_key(eps: float) -> str:
+    return f"cert_acc_{round(eps * 255)}"
+
+
+def train(
+    spec: ExperimentSpec, run_dir: str | Path, *, data_dir: str | Path | None = None,
+    device: str | torch.device = "auto", hooks: TrainHooks | None = None, resume: bool = True,
+    checkpoint_every: int = 1, lipschitz_restarts: int = 10, download: bool = False,
+) -> TrainResult:
+    """Train `spec` in `run_dir` (created if needed), continuing its checkpoint when `resume`.
+
+    checkpoint_every: epochs between resumable checkpoints (the last epoch always writes one).
+    lipschitz_restarts: restarts of the final empirical Lipschitz estimate (0 skips it).
+    download: fetch a missing cifar10/cifar100/tiny_imagenet from its official source.
+    """
+    from lipcore.data import load_data, resolve_spec  # the data layer pulls in kornia; load lazily
+
+    hooks = hooks or TrainHooks()
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    dev = resolve_device(device)
+    spec = resolve_spec(spec, data_dir)
+    log = RunLog(run_dir / "log.txt", hooks.on_log)
+    ckpt = run_dir / CHECKPOINT
+    if resume and ckpt.exists():
+        _check_same_experiment(run_dir, spec)
+    else:
+        for stale in (ckpt, run_dir / MODEL, run_dir / SUMMARY):
+            stale.unlink(missing_ok=True)
+    write_json(run_dir / SPEC, spec.model_dump(mode="json"))
+
+    seed_everything(spec.seed)
+    data = load_data(spec, data_dir, device=dev, download=download)
+    model = build(spec).to(dev)
+    criterion = build_loss(spec)
+    opt = torch.optim.Adam(model.parameters(), lr=spec.lr, weight_decay=0)
+    steps = data.steps_per_epoch()
+    nparams = sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+    history: list[dict[str, Any]] = []
+    classify = spec.model != "Toy"
+    epoch0, step0, accum = 0, 0, _Accum(classify=classify)
+    resumed_from = None
+    if resume and ckpt.exists():
+        state = load_train_state(ckpt)
+        model.load_state_dict(state.model)
+        opt.load_state_dict(state.optimizer)
+        set_rng_state(state.rng)
+        epoch0, step0 = state.position["epoch"], state.position["step"]
+        accum = _Accum(**state.position.get("accum", {}))
+        history = state.history
+        resumed_from = {"epoch": epoch0, "step": step0}
+        log(f"Resumed from checkpoint: {epoch0} epochs and {step0} steps done")
+    else:
+        log(f"Set global seed to {spec.seed}")
+        log(f"name: {spec.run_name()}, num_params: {nparams:,}, device: {dev}")
+    write_json(run_dir / METRICS, history)
+
+    def checkpoint(epoch: int, step: int, acc: _Accum) -> None:
+        save_train_state(
+            ckpt, model=model, optimizer=opt, spec=spec, rng=rng_state(), history=history,
+            position={"epoch": epoch, "step": step, "accum": acc.__dict__},
+        )
+        if hooks.on_checkpoint:
+            hooks.on_checkpoint(ckpt)
+
+    total = spec.epochs * steps
+    start_time, start_global = time.monotonic(), epoch0 * steps + step0
+    for epoch in range(epoch0, spec.epochs):
+        model.train()
+        t0 = time.monotonic()
+        first = step0 if epoch == epoch0 else 0
+        acc = accum if epoch == epoch0 else _Accum(classify=classify)
+        lr = lr_at(epoch + first / steps, spec.epochs, spec.lr)
+        for step, (x, y) in enumerate(data.train_batches(epoch, first), start=first):
+            lr = lr_at(epoch + (step + 1) / steps, spec.epochs, spec.lr)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            out = model(x)
+            loss = criterion(out, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            value = loss.item()
+            if not math.isfinite(value):
+                raise TrainingDiverged(
+                    f"loss became {value} at epoch {epoch + 1} step {step + 1}; "
+                    f"the learning rate {spec.lr} may be too high for this model"
+                )
+            acc.add(value, out, y)
+            done = epoch * steps + step + 1
+            if hooks.on_progress:
+                elapsed = time.monotonic() - start_time
+                rate = (done - start_global) / elapsed if elapsed > 0 else 0.0
+                hooks.on_progress(Progress(
+                    epoch + 1, spec.epochs, step + 1, steps, done, total, value, lr, elapsed,
+                    (total - done) / rate if rate > 0 else None,
+                ))
+            if hooks.should_stop and hooks.should_stop():
+                checkpoint(epoch, step + 1, acc)
+                log(f"Stopped at epoch {epoch + 1} step {step + 1}; checkpoint kept")
+                save_model(run_dir / MODEL, model, spec, classes=data.classes, mean=data.mean, std=data.std)
+                return TrainResult("stopped", run_dir, epoch, history, {}, resumed_from)
+        train_time = time.monotonic() - t0
+        row = {"epoch": epoch + 1, **acc.summary(), "lr": lr, "train_time_s": train_time}
+        row.update(_test_pass(model, data, criterion, spec))
+        history.append(row)
+        write_json(run_dir / METRICS, history)
+        log(_epoch_line(row, spec))
+        if hooks.on_epoch:
+            hooks.on_epoch(row)
+        if (epoch + 1) % checkpoint_every == 0 or epoch + 1 == spec.epochs:
+            checkpoint(epoch + 1, 0, _Accum(classify=classify))
+
+    save_model(run_dir / MODEL, model, spec, classes=data.classes, mean=data.mean, std=data.std)
+    summary = _summary(model, spec, history, nparams, dev, lipschitz_restarts)
+    if summary.get("lipschitz_lower_bound") is not None:
+        tight = summary.get("tightness")
+        log(
+            f"Lipschitz lower bound: {summary['lipschitz_lower_bound']:.4f}"
+            + (f" / gamma {spec.gamma:.2f} = {100 * tight:.2f}%" if tight is not None else " (no bound)")
+        )
+    write_json(run_dir / SUMMARY, summary)
+    return TrainResult("completed", run_dir, spec.epochs, history, summary, resumed_from)
+
+
+@dataclass
+class _Accum:
+    """Running sums of one training epoch (kept in checkpoints so a resumed epoch reports the same)."""
+
+    n: int = 0
+    loss: float = 0.0
+    correct: int = 0
+    classify: bool = True  # False for the Toy regression (no accuracy)
+
+    def add(self, loss: float, out: Tensor, y: Tensor) -> None:
+        b = y.shape[0]
+        self.n += b
+        self.loss += loss * b
+        if self.classify:
+            self.correct += int((out.argmax(1) == y).sum())
+
+    def summary(self) -> dict[str, float | None]:
+        n = max(self.n, 1)
+        return {"train_loss": self.loss / n, "train_acc": 100.0 * self.correct / n if self.classify else None}
+
+
+def _test_pass(model: nn.Module, data: Any, criterion: Any, spec: ExperimentSpec) -> dict[str, Any]:
+    model.eval()
+    t0 = time.monotonic()
+    n, loss, correct = 0, 0.0, 0
+    certified = dict.fromkeys(PAPER_RADII, 0)
+    classify = spec.model != "Toy"
+    head = getattr(model, "lln_head", None)
+    with torch.no_grad(), full_precision():
+        w = head.normalized_weight() if head is not None else None
+        for x, y in data.test_batches():
+            out = model(x)
+            loss += criterion(out, y).item() * y.shape[0]
+            n += y.shape[0]
+            if classify:
+                correct += int((out.argmax(1) == y).sum())
+                if spec.cert_acc:
+                    for eps, c in certified_correct(out, y, spec.gamma, PAPER_RADII, w).items():
+                        certified[eps] += c
+    row: dict[str, Any] = {
+        "test_loss": loss / max(n, 1),
+        "test_acc": 100.0 * correct / max(n, 1) if classify else None,
+        "test_time_s": time.monotonic() - t0,
+    }
+    if spec.cert_acc and classify:
+        row.update({cert_key(eps): 100.0 * c / max(n, 1) for eps, c in certified.items()})
+    return row
+
+
+def _epoch_line(row: dict[str, Any], spec: ExperimentSpec) -> str:
+    line = (
+        f"Epoch: {row['epoch']:3d} | time: {row['train_time_s']:.1f}/{row['test_time_s']:.1f}, "
+        f"loss: {row['train_loss']:.4f}/{row['test_loss']:.4f}"
+    )
+    if row.get("test_acc") is not None:
+        line += f", acc: {row['train_acc']:.1f}/{row['test_acc']:.1f}"
+    if spec.cert_acc and cert_key(PAPER_RADII[0]) in row:
+        line += ", cert: " + "/".join(f"{row[cert_key(e)]:.1f}" for e in PAPER_RADII)
+    return line + f", 100lr: {100 * row['lr']:.3f}"
+
+
+def _summary(
+    model: nn.Module, spec: ExperimentSpec, history: list[dict[str, Any]], nparams: int,
+    dev: torch.device, restarts: int,
+) -> dict[str, Any]:
+    summary: dict[str, Any] = {"params": nparams, "epochs": len(history), "gamma": spec.gamma}
+    if history:
+        last = history[-1]
+        summary.update({k: v for k, v in last.items() if k.startswith(("test_", "cert_acc_"))})
+    if restarts > 0:
+        # The paper's probe points: uniform [0,1) plus 0.3 N(0,1) noise, shaped like an input.
+        shape = (LIP_BATCH, spec.in_channels) + ((spec.img_size,) * 2 if spec.img_size else ())
+        x = (torch.rand(shape) + 0.3 * torch.randn(shape)).to(dev)
+        lip = empirical_lipschitz(model, x, restarts=restarts)
+        summary["lipschitz_lower_bound"] = lip
+        summary["tightness"] = lip / spec.gamma if spec.gamma else None
+    return summary
+
+
+def _check_same_experiment(run_dir: Path, spec: ExperimentSpec) -> None:
+    path = run_dir / SPEC
+    if path.exists():
+        old = ExperimentSpec.model_validate_json(path.read_text())
+        if old != spec:
+            raise ValueError(
+                f"{run_dir} already holds a different experiment ({old.run_name()}, seed {old.seed}); "
+                "use another directory or remove it"
+            )
