@@ -4,7 +4,8 @@ Every command of the paper's README runs unchanged with `python main.py` replace
 `python -m lipcore`. Flags the paper has keep its names and defaults; `--layer`, `--scale` and
 `--loss` default to the model's own choice (for the paper's default model, Resnet, that is the
 paper's SLL / xlarge / xent). Our additions: --data_dir, --data_path, --device, --resume,
---download, --checkpoint_every, and for eval --attack-version, --n-examples, --eps.
+--download, --checkpoint_every, --lip-restarts, and for eval --attack-version, --n-examples,
+--eps.
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ def parser() -> argparse.ArgumentParser:
     ours.add_argument("--download", action="store_true",
                       help="fetch cifar10/cifar100/tiny_imagenet from the official source if missing")
     ours.add_argument("--checkpoint_every", type=int, default=1, help="epochs between resumable checkpoints")
+    ours.add_argument("--lip-restarts", dest="lip_restarts", type=int, default=10,
+                      help="restarts of the empirical Lipschitz estimate after training / in Toy eval (0 skips)")
     ours.add_argument("--attack-version", dest="attack_version", default="standard",
                       choices=["standard", "plus", "rand", "custom"], help="AutoAttack version (eval)")
     ours.add_argument("--n-examples", dest="n_examples", type=int, default=None,
@@ -130,7 +133,8 @@ def _train(spec: ExperimentSpec, args: argparse.Namespace, run_dir: Path) -> int
     with _Terminal() as term:
         hooks = TrainHooks(on_progress=term.on_progress, on_log=term.log, should_stop=lambda: term.stop_requested)
         result = train(spec, run_dir, data_dir=args.data_dir, device=args.device, hooks=hooks,
-                       resume=args.resume, checkpoint_every=args.checkpoint_every, download=args.download)
+                       resume=args.resume, checkpoint_every=args.checkpoint_every, download=args.download,
+                       lipschitz_restarts=args.lip_restarts)
     if result.status == "stopped":
         print(f"Stopped. Continue with the same command plus --resume (run directory {run_dir})")
         return EXIT_STOPPED
@@ -148,7 +152,7 @@ def _eval(spec: ExperimentSpec, args: argparse.Namespace, run_dir: Path) -> int:
               file=sys.stderr)
         return EXIT_FAILED
     if spec.model == "Toy":
-        result = ev.evaluate_toy(model_path, device=args.device, on_log=print)
+        result = ev.evaluate_toy(model_path, device=args.device, on_log=print, restarts=max(args.lip_restarts, 1))
         write_json(run_dir / EVAL_TOY, result)
     else:
         result = ev.evaluate_robustness(

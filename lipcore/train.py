@@ -31,7 +31,7 @@ from lipcore.losses import build_loss
 from lipcore.models import build
 from lipcore.precision import full_precision
 from lipcore.rundir import CHECKPOINT, METRICS, MODEL, SPEC, SUMMARY, RunLog, write_json
-from lipcore.runtime import resolve_device, rng_state, seed_everything, set_rng_state
+from lipcore.runtime import flush_denormals, resolve_device, rng_state, seed_everything, set_rng_state
 from lipcore.spec import ExperimentSpec
 
 LIP_BATCH = 64  # points of the final empirical Lipschitz estimate (paper: lip_batch_size)
@@ -101,6 +101,7 @@ def train(
     from lipcore.data import load_data, resolve_spec  # the data layer pulls in kornia; load lazily
 
     hooks = hooks or TrainHooks()
+    flush_denormals()
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     dev = resolve_device(device)

@@ -1,0 +1,197 @@
+"""Training benchmarks: throughput on real CIFAR-10, and the Toy study of Table 1 beside the paper.
+
+    python bench/train.py throughput [--device cuda] [--steps 20] [--models KWL-Sandwich,...]
+    python bench/train.py toy [--epochs 200] [--gammas 1,5,10] [--layers Sandwich,SLL,Orthogon,Aol]
+
+throughput: images/second of training steps (augmentation on the device, forward, backward, Adam)
+and of evaluation (eval-mode forward) for each layer family, on the real CIFAR-10 JPEGs of
+../shared/datasets (unpacked once into ~/.cache/lbdn-bench, read as an image folder), with each
+family's ratio to the Plain network measured in the same process.
+
+toy: trains the Toy network of Table 1 for every layer and gamma (the paper's 200 epochs by
+default) and prints its Lipschitz tightness (empirical lower bound / gamma) next to the paper's
+numbers, read from ../shared/paper-results.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lipcore.data import load_data  # noqa: E402
+from lipcore.losses import build_loss  # noqa: E402
+from lipcore.models import build  # noqa: E402
+from lipcore.runtime import flush_denormals, resolve_device  # noqa: E402
+from lipcore.spec import ExperimentSpec  # noqa: E402
+
+SHARED = Path(os.environ.get("LBDN_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))
+CACHE = Path(os.environ.get("LBDN_BENCH_CACHE", Path.home() / ".cache" / "lbdn-bench"))
+console = Console()
+
+THROUGHPUT_MODELS = {
+    "KWL-Plain": dict(model="KWL", layer="Plain", scale="small"),
+    "KWL-Sandwich": dict(model="KWL", layer="Sandwich", scale="small"),
+    "KWL-Orthogon": dict(model="KWL", layer="Orthogon", scale="small"),
+    "KWL-Aol": dict(model="KWL", layer="Aol", scale="small"),
+    "Resnet-SLL": dict(model="Resnet", layer="SLL", scale="small"),
+}
+
+
+def cifar_folder() -> Path:
+    """The real CIFAR-10 JPEGs as an image folder (train/<class>/*.jpg), unpacked once."""
+    root = CACHE / "cifar10-jpeg"
+    if not (root / "train").is_dir():
+        archive = SHARED / "datasets" / "cifar10-jpeg-train.tar.gz"
+        console.print(f"unpacking {archive} into {root} ...")
+        CACHE.mkdir(parents=True, exist_ok=True)
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=CACHE) as tmp, tarfile.open(archive) as tar:
+            tar.extractall(tmp, filter="data")
+            Path(tmp, "train").rename(root / "train")
+    return root
+
+
+def throughput(args: argparse.Namespace) -> None:
+    dev = resolve_device(args.device)
+    flush_denormals()
+    folder = cifar_folder()
+    table = Table(title=f"CIFAR-10 JPEG (real), batch {args.batch}, device {dev}")
+    for col in ("model", "params", "train img/s", "eval img/s", "train vs Plain", "eval vs Plain"):
+        table.add_column(col, justify="right")
+    base: tuple[float, float] | None = None
+    common = ExperimentSpec(model="KWL", dataset="image_folder", data_path=str(folder), loss="multimargin",
+                            train_batch_size=args.batch, test_batch_size=args.batch)
+    t0 = time.monotonic()
+    data = load_data(common, CACHE, device=dev)
+    console.print(f"loaded {data.train_size} + {data.test_size} images in {time.monotonic() - t0:.1f} s")
+    for name in args.models.split(","):
+        spec = ExperimentSpec(**{**data.spec.model_dump(), **THROUGHPUT_MODELS[name], "gamma": 1.0})
+        torch.manual_seed(0)
+        model = build(spec).to(dev)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        loss_fn = build_loss(spec)
+        train_ips = _train_rate(model, opt, loss_fn, data, args.steps, dev)
+        eval_ips = _eval_rate(model, data, args.steps, dev)
+        if base is None:
+            base = (train_ips, eval_ips)
+        params = sum(p.numel() for p in model.parameters())
+        table.add_row(name, f"{params:,}", f"{train_ips:,.0f}", f"{eval_ips:,.0f}",
+                      f"{train_ips / base[0]:.2f}x", f"{eval_ips / base[1]:.2f}x")
+        del model, opt
+    console.print(table)
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def _train_rate(model, opt, loss_fn, data, steps: int, dev: torch.device) -> float:
+    model.train()
+    batches = data.train_batches(0)
+    for _ in range(2):  # warm-up
+        x, y = next(batches)
+        loss_fn(model(x), y).backward()
+        opt.step()
+    _sync(dev)
+    t0, n = time.perf_counter(), 0
+    for _ in range(steps):
+        x, y = next(batches)
+        opt.zero_grad(set_to_none=True)
+        loss_fn(model(x), y).backward()
+        opt.step()
+        n += len(y)
+    _sync(dev)
+    return n / (time.perf_counter() - t0)
+
+
+def _eval_rate(model, data, steps: int, dev: torch.device) -> float:
+    model.eval()
+    with torch.no_grad():
+        batches = data.test_batches()
+        model(next(batches)[0])  # warm-up, fills the eval caches
+        _sync(dev)
+        t0, n = time.perf_counter(), 0
+        for _, (x, y) in zip(range(steps), batches):
+            model(x)
+            n += len(y)
+        _sync(dev)
+    return n / (time.perf_counter() - t0)
+
+
+def paper_table1(path: Path) -> dict[tuple[str, str], float]:
+    """{(layer, gamma): tightness %} from the paper's Table 1 in paper-results.md."""
+    names = {"Sandwich": "Sandwich", "SLL": "SLL", "Orthogonal (Cayley)": "Orthogon", "AOL": "Aol"}
+    out: dict[tuple[str, str], float] = {}
+    text = path.read_text().split("## Table 1", 1)[1].split("##", 1)[0]
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if cells and cells[0] in names:
+            for gamma, value in zip(("1", "5", "10"), cells[1:4]):
+                out[(names[cells[0]], gamma)] = float(value)
+    return out
+
+
+def toy(args: argparse.Namespace) -> None:
+    from lipcore.evaluate import evaluate_toy
+    from lipcore.train import train
+
+    paper = paper_table1(SHARED / "paper-results.md")
+    gammas, layers = args.gammas.split(","), args.layers.split(",")
+    ours: dict[tuple[str, str], float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for layer in layers:
+            for g in gammas:
+                spec = ExperimentSpec(model="Toy", layer=layer, gamma=float(g), epochs=args.epochs, seed=args.seed)
+                t0 = time.monotonic()
+                run = train(spec, Path(tmp) / f"{layer}-{g}", device=args.device, lipschitz_restarts=0)
+                result = evaluate_toy(run.run_dir / "model.safetensors", device=args.device, restarts=10)
+                ours[(layer, g)] = 100 * result["tightness"]
+                console.print(f"{layer:9s} gamma {g:>3s}: tightness {ours[(layer, g)]:5.1f}% "
+                              f"(paper {paper.get((layer, g), float('nan')):.1f}%), test mse "
+                              f"{run.metrics[-1]['test_loss']:.4f}, {time.monotonic() - t0:.0f} s")
+    table = Table(title=f"Table 1: Lipschitz tightness (%), Toy, {args.epochs} epochs, seed {args.seed}")
+    table.add_column("layer")
+    for g in gammas:
+        table.add_column(f"gamma {g}: ours", justify="right")
+        table.add_column("paper", justify="right")
+    for layer in layers:
+        row = [layer]
+        for g in gammas:
+            row += [f"{ours[(layer, g)]:.1f}", f"{paper.get((layer, g), float('nan')):.1f}"]
+        table.add_row(*row)
+    console.print(table)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="part", required=True)
+    t = sub.add_parser("throughput")
+    t.add_argument("--device", default="auto")
+    t.add_argument("--batch", type=int, default=256)
+    t.add_argument("--steps", type=int, default=10)
+    t.add_argument("--models", default=",".join(THROUGHPUT_MODELS))
+    y = sub.add_parser("toy")
+    y.add_argument("--device", default="auto")
+    y.add_argument("--epochs", type=int, default=200)
+    y.add_argument("--seed", type=int, default=123)
+    y.add_argument("--gammas", default="1,5,10")
+    y.add_argument("--layers", default="Sandwich,SLL,Orthogon,Aol")
+    args = ap.parse_args()
+    throughput(args) if args.part == "throughput" else toy(args)
+
+
+if __name__ == "__main__":
+    main()
