@@ -19,7 +19,7 @@ import pytest
 from lipcore.cli import main, parser, spec_from_args
 from lipcore.rundir import EVAL, EVAL_TOY, METRICS, MODEL
 from tests.conftest import SHARED
-from tests.test_data import write_cifar10, write_cifar100, write_tiny_imagenet
+from tests.fakedata import write_cifar10, write_cifar100, write_tiny_imagenet
 
 COMMANDS = SHARED / "paper-commands.txt"
 

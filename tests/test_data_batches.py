@@ -11,7 +11,7 @@ from lipcore.data import load_data
 from lipcore.data.augment import PAD, paper_augmentation
 from lipcore.data.square_wave import square_wave_target
 from lipcore.spec import ExperimentSpec
-from tests.test_data import _image, kwl, write_folder
+from tests.fakedata import _image, kwl, write_folder
 
 
 # ---- square wave ------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from lipcore.checkpoint import CheckpointError, load_model, load_train_state
 from lipcore.rundir import CHECKPOINT, METRICS, MODEL, SPEC, SUMMARY
 from lipcore.spec import ExperimentSpec
 from lipcore.train import TrainHooks, lr_at, train
-from tests.test_data import write_folder
+from tests.fakedata import write_folder
 
 
 def test_learning_rate_schedule_is_the_papers() -> None:
@@ -96,8 +96,8 @@ def test_resumed_image_run_ends_with_identical_weights(folder: Path, tmp_path: P
 def test_toy_run_writes_the_run_directory(tmp_path: Path) -> None:
     spec = ExperimentSpec(model="Toy", layer="Sandwich", gamma=5.0, epochs=6)
     epochs_seen = []
-    result = train(spec, tmp_path, hooks=TrainHooks(on_epoch=lambda row: epochs_seen.append(row["epoch"])),
-                   lipschitz_restarts=1)
+    train(spec, tmp_path, hooks=TrainHooks(on_epoch=lambda row: epochs_seen.append(row["epoch"])),
+          lipschitz_restarts=1)
     assert epochs_seen == list(range(1, 7))
     for name in (SPEC, METRICS, MODEL, CHECKPOINT, SUMMARY, "log.txt"):
         assert (tmp_path / name).is_file(), name
