@@ -7,9 +7,7 @@ folder, never into the repository. LBDN_TEST_FULL_ARCHIVE=1 also loads all 50,00
 
 from __future__ import annotations
 
-import hashlib
 import os
-import tarfile
 import time
 from pathlib import Path
 
@@ -22,29 +20,14 @@ from lipcore.data import decode as decode_mod
 from lipcore.data import load_data, resolve_spec
 from lipcore.data.image_folder import holdout_mask, list_folder
 from lipcore.spec import DATASETS, ExperimentSpec
-from tests.conftest import CIFAR_JPEG_ARCHIVE
+from tests.realdata import CLASSES, unpack_cifar_jpegs
 
-SHA256 = "bb033266dbb26aa71223ff120c0df4e7d3943dbd93b9e65984876854c6234931"
-CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 PER_CLASS = 150
-
-
-def _unpack(into: Path, per_class: int | None) -> Path:
-    if not CIFAR_JPEG_ARCHIVE.is_file():
-        pytest.skip(f"{CIFAR_JPEG_ARCHIVE} is not available")
-    digest = hashlib.sha256(CIFAR_JPEG_ARCHIVE.read_bytes()).hexdigest()
-    assert digest == SHA256, f"{CIFAR_JPEG_ARCHIVE}: unexpected sha256 {digest}"
-    with tarfile.open(CIFAR_JPEG_ARCHIVE, "r:gz") as tf:
-        for member in tf:
-            parts = member.name.split("/")
-            if member.isfile() and (per_class is None or int(parts[-1].split(".")[0]) < per_class):
-                tf.extract(member, into, filter="data")
-    return into
 
 
 @pytest.fixture(scope="module")
 def cifar_subset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _unpack(tmp_path_factory.mktemp("cifar-jpeg"), PER_CLASS)
+    return unpack_cifar_jpegs(tmp_path_factory.mktemp("cifar-jpeg"), PER_CLASS)
 
 
 def test_real_cifar10_jpegs_load_as_an_image_folder(
@@ -82,7 +65,7 @@ def test_real_cifar10_jpegs_load_as_an_image_folder(
 @pytest.mark.skipif(os.environ.get("LBDN_TEST_FULL_ARCHIVE") != "1",
                     reason="set LBDN_TEST_FULL_ARCHIVE=1 to decode all 50,000 images")
 def test_full_real_archive(tmp_path: Path) -> None:
-    root = _unpack(tmp_path / "cifar", None)
+    root = unpack_cifar_jpegs(tmp_path / "cifar", None)
     spec = ExperimentSpec(model="KWL", dataset="image_folder", data_path=str(root))
     t0 = time.perf_counter()
     data = load_data(spec, tmp_path)

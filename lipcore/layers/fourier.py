@@ -7,6 +7,8 @@ n * (n // 2 + 1) so that a whole layer is one batched matmul.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -33,6 +35,28 @@ def kernel_fft(weight: Tensor, n: int) -> Tensor:
     # the module across devices and dtypes.
     rolled = torch.roll(padded, shifts=(-shift, -shift), dims=(2, 3))
     return rearrange(torch.fft.rfft2(rolled), "o i h w -> (h w) o i").conj()
+
+
+def normalized_response(weight: Tensor, n: int, alpha: Tensor) -> Tensor:
+    """alpha * W(f) / ||W||_F, the input of the Cayley transform of a circular convolution.
+
+    (F, c_out, c_in) complex in general. A 1x1 kernel (every stride-2 layer with k <= 3) has the
+    same response at every frequency, so it is returned once as a real (c_out, c_in) matrix,
+    scaled exactly as the F identical copies would be: the layer then mixes channels pixel by
+    pixel, with no FFT and one Cayley transform instead of F.
+    """
+    if weight.shape[-1] == 1:
+        w = weight[:, :, 0, 0]
+        return alpha * w / (w.norm() * math.sqrt(n * (n // 2 + 1)))
+    wfft = kernel_fft(weight, n)
+    return alpha * wfft / wfft.norm()
+
+
+def apply_response(m: Tensor, x: Tensor, n: int) -> Tensor:
+    """Apply per-frequency maps m (F, o, i), or one pointwise map m (o, i), to x (b, i, n, n)."""
+    if m.dim() == 2:
+        return F.conv2d(x, m[:, :, None, None])
+    return from_freq(m @ to_freq(x), n)
 
 
 def to_freq(x: Tensor) -> Tensor:

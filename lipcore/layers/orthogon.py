@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lipcore.layers.cayley import cayley
-from lipcore.layers.fourier import FourierConv, from_freq, kernel_fft, to_freq
+from lipcore.layers.fourier import FourierConv, apply_response, kernel_fft, normalized_response
 from lipcore.layers.init import torch_default_
 from lipcore.layers.reparam import Reparameterized
 
@@ -67,13 +67,12 @@ class _OrthogonConvBase(FourierConv):
         self.alpha = nn.Parameter(kernel_fft(self.weight.detach(), self.n).norm().clone())
 
     def reparameterize(self) -> tuple[Tensor]:
-        wfft = kernel_fft(self.weight, self.n)
-        return (cayley(self.alpha * wfft / wfft.norm()),)
+        return (cayley(normalized_response(self.weight, self.n, self.alpha)),)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self._enter(x)
         (q,) = self.effective()
-        y = from_freq(q @ to_freq(x), self.n) + self.bias[:, None, None]
+        y = apply_response(q, x, self.n) + self.bias[:, None, None]
         return F.relu(y) if self.activation else y
 
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lipcore.layers.cayley import cayley
-from lipcore.layers.fourier import FourierConv, from_freq, kernel_fft, to_freq
+from lipcore.layers.fourier import FourierConv, apply_response, kernel_fft, normalized_response
 from lipcore.layers.init import torch_default_
 from lipcore.layers.reparam import Reparameterized
 
@@ -97,9 +97,9 @@ class _SandwichConvBase(FourierConv):
         self.alpha = nn.Parameter(kernel_fft(self.weight.detach(), self.n).norm().clone())
 
     def _factors(self) -> tuple[Tensor, Tensor]:
-        """Per-frequency (A, B): A (F, out, out), B (F, out, in_eff), rows of unitary matrices."""
-        wfft = kernel_fft(self.weight, self.n)
-        q = cayley(self.alpha * wfft / wfft.norm())
+        """(A, B), rows of unitary matrices: per frequency, A (F, out, out) and B (F, out, in_eff),
+        or for a 1x1 kernel one real pair, A (out, out) and B (out, in_eff)."""
+        q = cayley(normalized_response(self.weight, self.n, self.alpha))
         return q[..., : self.out_channels], q[..., self.out_channels :]
 
 
@@ -120,8 +120,8 @@ class SandwichConv(_SandwichConvBase):
     def forward(self, x: Tensor) -> Tensor:
         x = self._enter(x)
         a_out, b_in = self.effective()
-        z = from_freq(b_in @ to_freq(x), self.n) + self.bias[:, None, None]
-        return from_freq(a_out @ to_freq(F.relu(z)), self.n)
+        z = apply_response(b_in, x, self.n) + self.bias[:, None, None]
+        return apply_response(a_out, F.relu(z), self.n)
 
 
 class SandwichConvLin(_SandwichConvBase):
@@ -134,4 +134,4 @@ class SandwichConvLin(_SandwichConvBase):
     def forward(self, x: Tensor) -> Tensor:
         x = self._enter(x)
         (m,) = self.effective()
-        return from_freq(m @ to_freq(x), self.n) + self.bias[:, None, None]
+        return apply_response(m, x, self.n) + self.bias[:, None, None]
