@@ -1,0 +1,162 @@
+"""`lbdn`: serve (API + one worker, zero set-up), api, worker, keys create|list|revoke."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import signal
+import subprocess
+import sys
+from typing import Any
+
+from worker.settings import Settings, get_settings
+from worker.store import init_db, keys, make_engine, session_factory, transaction
+
+
+def _store(settings: Settings) -> Any:
+    engine = make_engine(settings.db_url)
+    init_db(engine)
+    return session_factory(engine)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind(settings: Settings, host: str) -> None:
+    """Refuse a non-loopback address while no API key exists: the API would be open to anyone."""
+    if _is_loopback(host):
+        return
+    with _store(settings)() as s:
+        if keys.any_active_key(s):
+            return
+    sys.exit(
+        f"lbdn: refusing to listen on {host}: no API key exists, so anyone who reaches this address "
+        "could use the service.\n  Create one first:  lbdn keys create --tenant NAME\n"
+        "  or listen on loopback only:  --host 127.0.0.1"
+    )
+
+
+def run_api(settings: Settings, host: str, port: int) -> None:
+    import uvicorn
+
+    from api.main import create_app
+
+    check_bind(settings, host)
+    print(f"lbdn API on http://{host}:{port}  (OpenAPI docs: http://{host}:{port}/docs)", flush=True)
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info", timeout_graceful_shutdown=5)
+
+
+def worker_argv(settings: Settings, queues: str, concurrency: int, pool: str, loglevel: str) -> list[str]:
+    prefixed = ",".join(settings.queue_prefix + q.strip() for q in queues.split(",") if q.strip())
+    return [
+        "worker",
+        "-Q",
+        prefixed,
+        "-c",
+        str(concurrency),
+        "-P",
+        pool,
+        "--loglevel",
+        loglevel,
+        "-n",
+        f"lbdn-{os.getpid()}@%h",
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+    ]
+
+
+def run_worker(settings: Settings, queues: str, concurrency: int, pool: str, loglevel: str) -> None:
+    from worker.queue import app
+
+    settings.jobs_dir.mkdir(parents=True, exist_ok=True)
+    init_db(make_engine(settings.db_url))
+    app.worker_main(argv=worker_argv(settings, queues, concurrency, pool, loglevel))
+
+
+def serve(settings: Settings, host: str, port: int) -> None:
+    """The API and one worker process; Ctrl-C stops both (a running job resumes at the next start)."""
+    check_bind(settings, host)
+    settings.jobs_dir.mkdir(parents=True, exist_ok=True)
+    _store(settings)  # tables exist before either process starts
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "api.cli", "worker"],
+        start_new_session=True,  # Ctrl-C is ours to pass on
+    )
+    print(f"lbdn: data in {settings.home.resolve()}, worker pid {worker.pid}", flush=True)
+    try:
+        run_api(settings, host, port)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            worker.kill()  # a job it was running resumes from its checkpoint next time
+            worker.wait()
+        print("lbdn: stopped", flush=True)
+
+
+def keys_command(settings: Settings, args: argparse.Namespace) -> None:
+    sessions = _store(settings)
+    with transaction(sessions) as s:
+        if args.keys_cmd == "create":
+            key, secret = keys.create_key(s, args.tenant, args.name)
+            print(f"created {key.id} for tenant {key.tenant!r}; the secret is shown once:\n{secret}")
+        elif args.keys_cmd == "list":
+            for k in keys.list_keys(s):
+                state = f"revoked {k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "active"
+                print(
+                    f"{k.id}  tenant={k.tenant}  name={k.name or '-'}  created={k.created_at:%Y-%m-%d %H:%M}  {state}"
+                )
+        elif not keys.revoke_key(s, args.key_id):
+            sys.exit(f"lbdn: no active key {args.key_id!r}")
+        else:
+            print(f"revoked {args.key_id}")
+
+
+def parser(settings: Settings) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lbdn", description="Lipschitz-bounded deep networks as a service")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    for name, text in (("serve", "API + one worker with embedded defaults"), ("api", "the HTTP API only")):
+        sp = sub.add_parser(name, help=text)
+        sp.add_argument("--host", default=settings.host)
+        sp.add_argument("--port", type=int, default=settings.port)
+    w = sub.add_parser("worker", help="a Celery worker that runs jobs")
+    w.add_argument("--queues", default="gpu,cpu", help="queue names, comma-separated (default gpu,cpu)")
+    w.add_argument("--concurrency", type=int, default=1, help="jobs at once (one per GPU)")
+    w.add_argument("--pool", default="prefork", choices=["prefork", "solo", "threads"])
+    w.add_argument("--loglevel", default="INFO")
+    k = sub.add_parser("keys", help="API keys").add_subparsers(dest="keys_cmd", required=True)
+    create = k.add_parser("create", help="make a key (the secret is printed once)")
+    create.add_argument("--tenant", required=True)
+    create.add_argument("--name")
+    k.add_parser("list", help="all keys (never their secrets)")
+    k.add_parser("revoke", help="revoke a key").add_argument("key_id")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        settings = get_settings()
+    except ValueError as e:
+        sys.exit(f"lbdn: invalid settings: {e}")
+    args = parser(settings).parse_args(argv)
+    if args.cmd == "serve":
+        serve(settings, args.host, args.port)
+    elif args.cmd == "api":
+        run_api(settings, args.host, args.port)
+    elif args.cmd == "worker":
+        run_worker(settings, args.queues, args.concurrency, args.pool, args.loglevel)
+    else:
+        keys_command(settings, args)
+
+
+if __name__ == "__main__":
+    main()

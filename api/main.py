@@ -1,0 +1,70 @@
+"""The FastAPI app: `create_app(settings)`; `uvicorn --factory api.main:create_app` serves it."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from api import problems
+from api.metrics import ServiceMetrics
+from api.middleware import LimitAndMeasure
+from api.model_cache import ModelCache
+from api.routers import artifacts, events, health, jobs, models
+from worker.queue import make_celery
+from worker.reaper import reap_and_resend
+from worker.settings import Settings, get_settings
+from worker.store import init_db, make_engine, session_factory
+
+log = logging.getLogger("lbdn.api")
+
+DESCRIPTION = """Train Lipschitz-bounded deep networks (sandwich layers, Wang & Manchester, ICML 2023)
+and certify inputs against them. Submit a job, follow it, download its checkpoint, and ask for
+certified l2 radii of your own inputs. Errors are application/problem+json."""
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    settings.jobs_dir.mkdir(parents=True, exist_ok=True)
+    init_db(app.state.engine)
+    # Jobs queued before a restart may have lost their messages (a broker without persistence):
+    # re-send them, off the start-up path so a slow broker does not delay serving.
+    threading.Thread(target=_resend_at_startup, args=(app,), name="lbdn-resend", daemon=True).start()
+    yield
+    app.state.engine.dispose()
+
+
+def _resend_at_startup(app: FastAPI) -> None:
+    try:
+        reap_and_resend(app.state.sessions, app.state.celery, app.state.settings, everything_queued=True)
+    except Exception:  # noqa: BLE001 - the workers' reapers will try again
+        log.exception("re-sending queued jobs at start-up failed")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    app = FastAPI(
+        title="lbdn-service",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        openapi_tags=[
+            {"name": "jobs", "description": "training and evaluation jobs"},
+            {"name": "models", "description": "trained models and certificates"},
+        ],
+    )
+    app.state.settings = settings
+    app.state.engine = make_engine(settings.db_url)
+    app.state.sessions = session_factory(app.state.engine)
+    app.state.celery = make_celery(settings)
+    app.state.model_cache = ModelCache(settings.model_cache_size)
+    app.state.metrics = ServiceMetrics(app.state.sessions)
+    problems.install(app)
+    for router in (jobs.router, events.router, artifacts.router, models.router, health.router):
+        app.include_router(router)
+    app.add_middleware(LimitAndMeasure, max_bytes=settings.max_upload_bytes, metrics=app.state.metrics)
+    return app

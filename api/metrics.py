@@ -1,0 +1,76 @@
+"""Prometheus metrics: requests by route and status, certify latency, and (read from the job store at
+scrape time, so every API replica reports the same) jobs by state and job durations."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from worker.store import FINISHED, Job, jobs
+
+log = logging.getLogger("lbdn.api")
+JOB_BUCKETS = (10, 30, 60, 300, 900, 1800, 3600, 3 * 3600, 12 * 3600, 24 * 3600, float("inf"))
+
+
+class JobsCollector(Collector):
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self.sessions = sessions
+
+    def collect(self) -> Iterator[GaugeMetricFamily | HistogramMetricFamily]:
+        try:
+            with self.sessions() as s:
+                counts = jobs.count_by_state(s)
+                spans = s.execute(
+                    select(Job.kind, Job.status, Job.started_at, Job.finished_at).where(
+                        Job.status.in_(FINISHED), Job.started_at.is_not(None), Job.finished_at.is_not(None)
+                    )
+                ).all()
+        except Exception as e:  # noqa: BLE001 - a scrape must not fail because the DB is away
+            log.warning("job metrics unavailable: %s", e)
+            return
+        gauge = GaugeMetricFamily("lbdn_jobs", "Jobs in the store by kind and state", labels=["kind", "status"])
+        for kind, status, n in counts:
+            gauge.add_metric([kind, status], n)
+        yield gauge
+        hist = HistogramMetricFamily(
+            "lbdn_job_duration_seconds", "Run time of finished jobs (first start to end)", labels=["kind", "status"]
+        )
+        groups: dict[tuple[str, str], list[float]] = {}
+        for kind, status, start, end in spans:
+            groups.setdefault((kind, status), []).append((end - start).total_seconds())
+        for labels, values in groups.items():
+            buckets = [(str(b), sum(v <= b for v in values)) for b in JOB_BUCKETS]
+            hist.add_metric(list(labels), [(b if b != "inf" else "+Inf", n) for b, n in buckets], sum(values))
+        yield hist
+
+
+class ServiceMetrics:
+    """One registry per app (tests build several apps in one process)."""
+
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "lbdn_http_requests",
+            "HTTP requests by route template and status",
+            ["method", "route", "status"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "lbdn_http_request_duration_seconds", "HTTP request latency", ["method", "route"], registry=r
+        )
+        self.certify_latency = Histogram(
+            "lbdn_certify_duration_seconds",
+            "Certify compute time per request (decode, forward, certificate)",
+            ["attack"],
+            registry=r,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+        self.certified_inputs = Counter("lbdn_certified_inputs", "Inputs certified", registry=r)
+        self.jobs_submitted = Counter("lbdn_jobs_submitted", "Jobs created", ["kind"], registry=r)
+        r.register(JobsCollector(sessions))

@@ -1,0 +1,47 @@
+"""A thread-safe LRU of trained models loaded for certify (safetensors only, via lipcore.checkpoint)."""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+
+class ModelCache:
+    """Keyed by (file, modification time): a re-written checkpoint is loaded afresh."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._lru: OrderedDict[tuple[str, int], Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, path: Path) -> Any:
+        """The lipcore LoadedModel of `path` (eval mode, CPU, parameters frozen)."""
+        key = (str(path), path.stat().st_mtime_ns)
+        with self._lock:
+            if key in self._lru:
+                self._lru.move_to_end(key)
+                return self._lru[key]
+        # Loaded outside the lock so a slow load never stalls requests for cached models; two
+        # first requests may both load, and one copy wins.
+        from lipcore.checkpoint import load_model
+
+        loaded = load_model(path, device="cpu")
+        loaded.model.requires_grad_(False)  # certify and its attack only differentiate w.r.t. inputs
+        with self._lock:
+            self._lru[key] = loaded
+            self._lru.move_to_end(key)
+            while len(self._lru) > self.size:
+                self._lru.popitem(last=False)
+        return loaded
+
+    def forget(self, folder: Path) -> None:
+        """Drop every model loaded from under `folder` (its job was deleted)."""
+        prefix = str(folder)
+        with self._lock:
+            for key in [k for k in self._lru if k[0].startswith(prefix)]:
+                del self._lru[key]
+
+    def __len__(self) -> int:
+        return len(self._lru)

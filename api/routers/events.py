@@ -1,0 +1,70 @@
+"""/v1/jobs/{id}/events (Server-Sent Events) and /v1/jobs/{id}/logs.
+
+Events are read from the job store by sequence number, so a client that reconnects with
+Last-Event-ID (or ?after=) gets exactly what it missed. The stream ends once the job has finished
+and every event up to its final state has been sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Request
+from sse_starlette import EventSourceResponse
+from starlette.concurrency import run_in_threadpool
+
+from api.deps import SessionDep, TenantJob
+from api.schemas import LogsOut
+from worker.store import FINISHED, JobEvent, jobs
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+BATCH = 500
+
+
+def _poll(request: Request, job_id: str, after: int) -> tuple[str | None, list[JobEvent]]:
+    with request.app.state.sessions() as s:
+        job = jobs.get_job(s, None, job_id)  # the status first: events after it include its final state
+        return (job.status if job else None), jobs.events_after(s, job_id, after, limit=BATCH)
+
+
+async def _stream(request: Request, job_id: str, after: int) -> AsyncIterator[dict[str, str]]:
+    pause = request.app.state.settings.sse_poll_s
+    while True:
+        status, events = await run_in_threadpool(_poll, request, job_id, after)
+        for e in events:
+            yield {"id": str(e.seq), "event": e.kind, "data": json.dumps(e.data)}
+            after = e.seq
+        if status is None or (status in FINISHED and len(events) < BATCH):
+            return
+        if not events:
+            await asyncio.sleep(pause)
+
+
+@router.get(
+    "/{job_id}/events",
+    summary="Live progress, metrics, state changes and logs (text/event-stream)",
+    response_class=EventSourceResponse,
+    responses={200: {"content": {"text/event-stream": {}}, "description": "events: state, progress, metrics, log"}},
+)
+async def job_events(
+    job: TenantJob,
+    request: Request,
+    after: Annotated[int | None, Query(ge=0, description="send events after this sequence number")] = None,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", pattern=r"^[0-9]{1,18}$")] = None,
+) -> EventSourceResponse:
+    start = after if after is not None else int(last_event_id or 0)
+    return EventSourceResponse(_stream(request, job.id, start), ping=15, send_timeout=30)
+
+
+@router.get("/{job_id}/logs", response_model=LogsOut, summary="A job's log lines from `offset` on")
+def job_logs(
+    job: TenantJob,
+    session: SessionDep,
+    offset: Annotated[int, Query(ge=0, description="first line, 0-based")] = 0,
+    limit: Annotated[int, Query(ge=1, le=5000)] = 1000,
+) -> LogsOut:
+    lines = jobs.log_lines(session, job.id, offset, limit)
+    return LogsOut(job_id=job.id, offset=offset, next_offset=offset + len(lines), lines=lines)

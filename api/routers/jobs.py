@@ -1,0 +1,157 @@
+"""/v1/jobs: submit, list, read, cancel and delete jobs, and read their metrics history."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response
+from fastapi.encoders import jsonable_encoder
+
+from api.deps import CurrentTenant, SessionDep, SettingsDep, TenantJob, tenant_model
+from api.schemas import EvaluateRequest, JobKind, JobOut, JobPage, JobRequest, JobStatus, MetricsOut
+from api.views import job_out
+from lipcore.spec import IMAGE_FOLDER, ExperimentSpec
+from worker.queue import enqueue
+from worker.settings import Settings
+from worker.store import FINISHED, jobs, leases
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+log = logging.getLogger("lbdn.api")
+
+
+def require_json(request: Request) -> None:
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype != "application/json" and not ctype.endswith("+json"):
+        raise HTTPException(415, f"send the job as application/json, not {ctype or 'no content type'}")
+
+
+def _resolve_image_folder(spec: ExperimentSpec, settings: Settings) -> ExperimentSpec:
+    """Check a user's image folder (it must lie inside the server's data dir: jobs never read
+    elsewhere) and fill in its shape and classes from the image headers (lipcore.data, no torch)."""
+    if spec.dataset != IMAGE_FOLDER or spec.data_path is None:
+        return spec
+    from lipcore.data import resolve_spec
+
+    root = settings.datasets_dir
+    folder = (root / spec.data_path).resolve()
+    if not folder.is_relative_to(root):
+        raise HTTPException(422, f"spec.data_path: must lie inside the server's data dir ({root})")
+    if not folder.is_dir():
+        raise HTTPException(422, f"spec.data_path: no folder {spec.data_path!r} in the server's data dir")
+    try:
+        return resolve_spec(spec, root)
+    except (OSError, ValueError) as e:  # DatasetNotFoundError is an OSError
+        raise HTTPException(422, f"spec.data_path: {e}") from None
+
+
+def send(request: Request, job_id: str, kind: str) -> None:
+    """Send the job's message; if the broker is away the reaper sends it later (the DB has it)."""
+    try:
+        enqueue(request.app.state.celery, job_id, kind)
+    except Exception as e:  # noqa: BLE001 - any broker failure: the job stays queued in the DB
+        log.warning("could not send job %s to the broker (%s); the reaper will re-send it", job_id, e)
+        with request.app.state.sessions() as s, s.begin():
+            leases.mark_unsent(s, job_id)
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=JobOut,
+    dependencies=[Depends(require_json)],
+    summary="Submit a training or evaluation job",
+)
+def submit_job(
+    body: JobRequest,
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    tenant: CurrentTenant,
+    settings: SettingsDep,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)] = None,
+) -> JobOut:
+    if isinstance(body, EvaluateRequest):
+        model = tenant_model(body.model_id, session, tenant)
+        spec, params, model_id = model.spec, body.attack.model_dump(), model.id
+        if spec.get("model") == "Toy":
+            raise HTTPException(
+                422, "model_id: the Toy regression has no classes to attack; evaluate an image classifier"
+            )
+    else:
+        spec = _resolve_image_folder(body.spec, settings).model_dump(mode="json")
+        params, model_id = None, None
+    try:
+        job, created = jobs.create_job(
+            session,
+            tenant=tenant,
+            kind=body.kind,
+            spec=spec,
+            params=params,
+            model_id=model_id,
+            idempotency_key=idempotency_key,
+            req_hash=jobs.request_hash(jsonable_encoder(body)),
+        )
+    except jobs.IdempotencyConflict as e:
+        raise HTTPException(422, str(e)) from None
+    session.commit()
+    if created:
+        request.app.state.metrics.jobs_submitted.labels(job.kind).inc()
+        send(request, job.id, job.kind)
+    else:
+        response.headers["Idempotent-Replayed"] = "true"
+    return job_out(job)
+
+
+@router.get("", response_model=JobPage, summary="List your jobs, newest first")
+def list_jobs(
+    session: SessionDep,
+    tenant: CurrentTenant,
+    status: JobStatus | None = None,
+    kind: JobKind | None = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[
+        str | None, Query(pattern=r"^[0-9]{1,18}$", description="next_cursor of the previous page")
+    ] = None,
+) -> JobPage:
+    rows = jobs.list_jobs(
+        session, tenant, status=status, kind=kind, limit=limit, before_pk=int(cursor) if cursor else None
+    )
+    nxt = str(rows[-1].pk) if len(rows) == limit else None
+    return JobPage(items=[job_out(j) for j in rows], next_cursor=nxt)
+
+
+@router.get("/{job_id}", response_model=JobOut, summary="A job's status, progress and latest metrics")
+def get_job(job: TenantJob) -> JobOut:
+    return job_out(job)
+
+
+@router.get("/{job_id}/metrics", response_model=MetricsOut, summary="Per-epoch metrics history")
+def get_metrics(
+    job: TenantJob,
+    session: SessionDep,
+    since_epoch: Annotated[int, Query(ge=0)] = 0,
+) -> MetricsOut:
+    return MetricsOut(job_id=job.id, items=jobs.metrics_since(session, job.id, since_epoch))
+
+
+@router.post("/{job_id}/cancel", response_model=JobOut, summary="Stop a job at its next step")
+def cancel_job(job: TenantJob, session: SessionDep) -> JobOut:
+    if job.status in FINISHED:
+        raise HTTPException(409, f"job {job.id} has already {job.status}; nothing to cancel")
+    job = jobs.request_cancel(session, job)
+    session.commit()
+    return job_out(job)
+
+
+@router.delete("/{job_id}", status_code=204, response_class=Response, summary="Remove a finished job and its artifacts")
+def delete_job(job: TenantJob, session: SessionDep, request: Request, settings: SettingsDep) -> Response:
+    if job.status not in FINISHED:
+        raise HTTPException(409, f"job {job.id} is {job.status}; cancel it and wait until it has stopped")
+    jobs.delete_job(session, job)
+    session.commit()
+    request.app.state.model_cache.forget(settings.job_dir(job.id))
+    shutil.rmtree(Path(settings.job_dir(job.id)), ignore_errors=True)
+    return Response(status_code=204)

@@ -1,0 +1,164 @@
+"""Request and response models of the HTTP API (separate from the tables in worker.store)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from lipcore.spec import ExperimentSpec
+
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+JobKind = Literal["train", "evaluate"]
+
+
+# ---- requests -------------------------------------------------------------------------------
+class AttackParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    eps: list[Annotated[int, Field(ge=1, le=255)]] = Field(
+        [36, 72, 108], min_length=1, max_length=16, description="l2 radii in 1/255 units ([0,1] pixel space)"
+    )
+    version: Literal["standard", "plus", "rand", "custom"] = "standard"
+    n_examples: int = Field(1000, ge=1, le=100_000, description="test points attacked")
+    attacks: list[Literal["apgd-ce", "apgd-t", "apgd-dlr", "fab", "fab-t", "square"]] | None = Field(
+        None, min_length=1, description="version 'custom' only: AutoAttack's attacks to run"
+    )
+
+    @model_validator(mode="after")
+    def _custom_needs_attacks(self) -> AttackParams:
+        if (self.version == "custom") != (self.attacks is not None):
+            raise ValueError("give 'attacks' exactly when version is 'custom', e.g. ['apgd-ce', 'square']")
+        return self
+
+
+class TrainRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["train"]
+    spec: ExperimentSpec
+
+
+class EvaluateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["evaluate"]
+    model_id: str = Field(max_length=40)
+    attack: AttackParams = AttackParams()
+
+
+JobRequest = Annotated[TrainRequest | EvaluateRequest, Field(discriminator="kind")]
+
+
+# ---- jobs -----------------------------------------------------------------------------------
+class ProgressOut(BaseModel):
+    epoch: int
+    epochs: int
+    step: int
+    steps: int
+    fraction: float = Field(description="share of all training steps done, 0..1")
+    eta_s: float | None = Field(None, description="estimated seconds left")
+
+
+class JobOut(BaseModel):
+    id: str
+    kind: JobKind
+    status: JobStatus
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    updated_at: datetime | None = None
+    spec: dict[str, Any]
+    model_id: str | None = Field(None, description="evaluate jobs: the trained model")
+    attack: dict[str, Any] | None = Field(None, description="evaluate jobs: the attack settings")
+    progress: ProgressOut | None = None
+    metrics: dict[str, Any] | None = Field(None, description="the latest epoch's metrics")
+    result: dict[str, Any] | None = Field(None, description="training summary or evaluation results")
+    error: str | None = None
+    attempt: int = Field(0, description="times a worker started this job")
+    cancel_requested: bool = False
+    resumed_from: dict[str, Any] | None = Field(None, description="checkpoint position of the last resume")
+
+
+class JobPage(BaseModel):
+    items: list[JobOut]
+    next_cursor: str | None = Field(None, description="pass as ?cursor= for the next (older) page")
+
+
+class MetricsOut(BaseModel):
+    job_id: str
+    items: list[dict[str, Any]] = Field(description="one object per epoch, oldest first")
+
+
+class LogsOut(BaseModel):
+    job_id: str
+    offset: int
+    next_offset: int
+    lines: list[str]
+
+
+class ArtifactOut(BaseModel):
+    name: str
+    size: int = Field(description="bytes")
+    url: str
+
+
+class ArtifactList(BaseModel):
+    job_id: str
+    items: list[ArtifactOut]
+
+
+# ---- models and certificates ----------------------------------------------------------------
+class ModelOut(BaseModel):
+    id: str = Field(description="the id of the training job")
+    spec: dict[str, Any]
+    gamma: float | None = Field(description="certified l2 Lipschitz bound, model-input space to logits")
+    classes: list[str] | None = None
+    clean_acc: float | None = Field(None, description="test accuracy, %")
+    certified_acc: dict[str, float | None] = Field(
+        default_factory=dict, description="certified test accuracy (%) by l2 radius in 1/255 units"
+    )
+    lipschitz_lower_bound: float | None = None
+    created_at: datetime
+    finished_at: datetime | None = None
+
+
+class ModelPage(BaseModel):
+    items: list[ModelOut]
+    next_cursor: str | None = None
+
+
+class LipschitzBound(BaseModel):
+    gamma: float
+    kind: Literal["sqrt2*gamma", "lln", "gamma (single output)"] = Field(
+        description="the bound on each logit gap used for the radius"
+    )
+
+
+class CertifiedInput(BaseModel):
+    index: int
+    predicted: int = Field(description="class index (single output: 1 if f(x) > 0.5 else 0); -1 if not finite")
+    class_name: str | None = None
+    logits: list[float]
+    margin: float | None = Field(description="logit gap to the runner-up (single output: |f(x) - 0.5|)")
+    radius: float = Field(description="certified l2 radius in model-input space (after normalisation)")
+    radius_pixel: float = Field(description="certified l2 radius in [0,1] pixel space (radius * min(std))")
+    attack_radius: float | None = Field(
+        None, description="?attack=true: smallest adversarial l2 perturbation found, model-input space"
+    )
+    attack_radius_pixel: float | None = Field(
+        None, description="?attack=true: an upper bound of it in [0,1] pixel space (attack_radius * max(std))"
+    )
+
+
+class CertifyOut(BaseModel):
+    model_id: str
+    input_shape: list[int]
+    lipschitz_bound: LipschitzBound
+    results: list[CertifiedInput]
+
+
+class Health(BaseModel):
+    status: str
+    checks: dict[str, str] = Field(default_factory=dict)

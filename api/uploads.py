@@ -1,0 +1,195 @@
+"""Certify inputs: read from JSON, multipart files (PNG, JPEG, .npy) or a raw .npy body, and validated.
+
+Decoding never trusts a header: images are checked for format and size before their pixels are
+decoded (a decompression bomb is refused from its header), .npy headers are checked against the
+bytes actually sent before numpy allocates anything, and pickles are never loaded.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+from fastapi import HTTPException, Request
+from PIL import Image, UnidentifiedImageError
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartException
+
+Scale = Literal["pixel", "model"]
+NPY_TYPES = ("application/x-npy", "application/octet-stream", "application/npy")
+IMAGE_FORMATS = {"PNG", "JPEG"}
+
+
+@dataclass
+class RawInputs:
+    """The request body, read but not yet decoded (decoding runs in the threadpool)."""
+
+    scale: Scale = "pixel"
+    json_inputs: Any = None
+    files: list[tuple[str, bytes]] = field(default_factory=list)  # (file name, content)
+    npy: bytes | None = None
+
+
+def _unprocessable(msg: str) -> HTTPException:
+    return HTTPException(422, msg)
+
+
+def _scale(value: Any) -> Scale:
+    if value not in ("pixel", "model"):
+        raise _unprocessable(
+            f"scale: must be 'pixel' ([0,1] values, normalised by the server) or 'model', not {value!r}"
+        )
+    return value
+
+
+async def read_certify_body(request: Request) -> RawInputs:
+    """Read the body by content type: JSON, multipart/form-data, or a raw .npy array; else 415."""
+    settings = request.app.state.settings
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype == "application/json":
+        try:
+            body = json.loads(await request.body())
+        except (ValueError, UnicodeDecodeError) as e:
+            raise _unprocessable(f"body: not valid JSON ({e})") from None
+        if not isinstance(body, dict) or "inputs" not in body:
+            raise _unprocessable('body: expected {"inputs": [...], "scale": "pixel" | "model"}')
+        extra = set(body) - {"inputs", "scale"}
+        if extra:
+            raise _unprocessable(f"body: unknown fields {sorted(extra)}")
+        return RawInputs(scale=_scale(body.get("scale", "pixel")), json_inputs=body["inputs"])
+    if ctype == "multipart/form-data":
+        limit = settings.max_certify_inputs
+        try:
+            form = await request.form(max_files=limit, max_fields=limit + 8, max_part_size=settings.max_upload_bytes)
+        except (MultiPartException, StarletteHTTPException) as e:  # Starlette makes parse errors 400s
+            message = str(getattr(e, "message", None) or getattr(e, "detail", e))
+            if "Too many files" in message:
+                raise HTTPException(413, f"at most {limit} files per request") from None
+            raise HTTPException(400, f"malformed multipart body: {message}") from None
+        raw = RawInputs(scale=_scale(form.get("scale", request.query_params.get("scale", "pixel"))))
+        for _, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                raw.files.append((value.filename or "upload", await value.read()))
+        await form.close()
+        if not raw.files:
+            raise _unprocessable("files: the multipart body holds no file parts (send images or .npy files)")
+        return raw
+    if ctype in NPY_TYPES:
+        return RawInputs(scale=_scale(request.query_params.get("scale", "pixel")), npy=await request.body())
+    raise HTTPException(
+        415,
+        f"send inputs as application/json, multipart/form-data (PNG, JPEG, .npy) or application/x-npy, not {ctype or 'no content type'}",
+    )
+
+
+def load_npy(data: bytes, what: str) -> np.ndarray:
+    """A numeric array from .npy bytes: header checked against the data size, no pickles."""
+    buf = io.BytesIO(data)
+    try:
+        version = np.lib.format.read_magic(buf)
+        readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+        if version not in readers:
+            raise ValueError(f"unsupported .npy format version {version}")
+        shape, _, dtype = readers[version](buf)
+    except ValueError as e:
+        raise _unprocessable(f"{what}: not a .npy array ({e})") from None
+    if dtype.hasobject or dtype.kind not in "biuf":
+        raise _unprocessable(f"{what}: .npy dtype {dtype} is not a real number type")
+    if int(np.prod(shape, dtype=np.int64)) * dtype.itemsize > len(data) - buf.tell():
+        raise _unprocessable(f"{what}: .npy header declares {shape} {dtype} but the data is shorter (truncated?)")
+    buf.seek(0)
+    try:
+        return np.load(buf, allow_pickle=False)
+    except ValueError as e:
+        raise _unprocessable(f"{what}: unreadable .npy array ({e})") from None
+
+
+def load_image(data: bytes, what: str, channels: int, size: int, max_pixels: int) -> np.ndarray:
+    """(C, H, W) float32 pixel values in [0, 1] from PNG/JPEG bytes of exactly size x size pixels."""
+    try:
+        img = Image.open(io.BytesIO(data))  # reads the header only
+    except Image.DecompressionBombError as e:
+        raise _unprocessable(f"{what}: refused as a decompression bomb ({e})") from None
+    except (UnidentifiedImageError, OSError, ValueError):
+        raise _unprocessable(f"{what}: not a PNG or JPEG image") from None
+    with img:
+        if img.format not in IMAGE_FORMATS:
+            raise _unprocessable(f"{what}: {img.format} images are not accepted; send PNG or JPEG")
+        w, h = img.size
+        if w * h > max_pixels:
+            raise _unprocessable(f"{what}: {w}x{h} pixels is over the decompression limit ({max_pixels} pixels)")
+        if (w, h) != (size, size):
+            raise _unprocessable(
+                f"{what}: the model expects {size}x{size} pixel images, got {w}x{h} (images are not resized)"
+            )
+        try:
+            img.load()
+            pixels = np.asarray(img.convert("L" if channels == 1 else "RGB"), dtype=np.float32) / 255.0
+        except (OSError, ValueError, Image.DecompressionBombError) as e:
+            raise _unprocessable(f"{what}: damaged or truncated image ({e})") from None
+    if channels == 1:
+        return pixels[None]
+    if channels != 3:
+        raise _unprocessable(f"{what}: the model takes {channels}-channel inputs; send them as .npy or JSON")
+    return pixels.transpose(2, 0, 1)
+
+
+def decode(raw: RawInputs, shape: tuple[int, ...], *, is_image: bool, max_inputs: int, max_pixels: int) -> np.ndarray:
+    """(n, *shape) float32 inputs, checked: shape, count, finite values, [0,1] for pixel images."""
+    expected = "x".join(map(str, shape))
+    if raw.json_inputs is not None:
+        if not isinstance(raw.json_inputs, list) or not raw.json_inputs:
+            raise _unprocessable("inputs: expected a non-empty list of inputs")
+        if len(raw.json_inputs) > max_inputs:
+            raise HTTPException(413, f"inputs: at most {max_inputs} inputs per request, got {len(raw.json_inputs)}")
+        try:
+            x = np.asarray(raw.json_inputs, dtype=np.float64)
+        except (ValueError, TypeError):
+            raise _unprocessable(
+                f"inputs: expected numbers in nested lists of shape (n, {expected.replace('x', ', ')})"
+            ) from None
+        batch = _batch(x, shape, "inputs")
+    elif raw.npy is not None:
+        batch = _batch(load_npy(raw.npy, "body"), shape, "body")
+    else:
+        parts = []
+        for i, (name, data) in enumerate(raw.files):
+            what = f"file {i} ({name})"
+            if name.lower().endswith(".npy") or data[:6] == b"\x93NUMPY":
+                parts.append(_batch(load_npy(data, what), shape, what))
+            elif is_image:
+                parts.append(load_image(data, what, shape[0], shape[1], max_pixels)[None])
+            else:
+                raise _unprocessable(
+                    f"{what}: this model takes {expected} feature vectors; send .npy or JSON, not images"
+                )
+        batch = np.concatenate(parts)
+    if len(batch) > max_inputs:
+        raise HTTPException(413, f"at most {max_inputs} inputs per request, got {len(batch)}")
+    bad = ~np.isfinite(batch.reshape(len(batch), -1)).all(axis=1)
+    if bad.any():
+        raise _unprocessable(f"input {int(np.argmax(bad))}: NaN or infinite values")
+    if is_image and raw.scale == "pixel":
+        out = (batch < 0) | (batch > 1)
+        if out.any():
+            first = int(np.argmax(out.reshape(len(batch), -1).any(axis=1)))
+            raise _unprocessable(
+                f"input {first}: pixel values must lie in [0, 1] (scale 'pixel'); use scale 'model' for normalised inputs"
+            )
+    return batch.astype(np.float32)
+
+
+def _batch(x: np.ndarray, shape: tuple[int, ...], what: str) -> np.ndarray:
+    """Accept one input of `shape` or a batch (n, *shape)."""
+    if x.shape == shape:
+        return x[None]
+    if x.ndim == len(shape) + 1 and x.shape[1:] == shape and x.shape[0] > 0:
+        return x
+    want = ", ".join(map(str, shape))
+    raise _unprocessable(
+        f"{what}: the model takes inputs of shape ({want}) or a batch (n, {want}), got {tuple(x.shape)}"
+    )

@@ -1,0 +1,49 @@
+"""Rows of the job store -> response models."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from api.schemas import JobOut, ModelOut, ProgressOut
+from worker.store import Job
+
+
+def job_out(job: Job) -> JobOut:
+    return JobOut(
+        id=job.id,
+        kind=job.kind,
+        status=job.status,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        updated_at=job.updated_at,
+        spec=job.spec,
+        model_id=job.model_id,
+        attack=job.params,
+        progress=ProgressOut(**job.progress) if job.progress else None,
+        metrics=job.latest_metrics,
+        result=job.result,
+        error=job.error,
+        attempt=job.attempt,
+        cancel_requested=job.cancel_requested,
+        resumed_from=job.resumed_from,
+    )
+
+
+def model_out(job: Job) -> ModelOut:
+    """A succeeded training job as a model: accuracies from its summary, else its last epoch."""
+    summary: dict[str, Any] = job.result or {}
+    last: dict[str, Any] = job.latest_metrics or {}
+    pick = lambda key: summary.get(key, last.get(key))  # noqa: E731
+    certified = {k.removeprefix("cert_acc_"): pick(k) for k in sorted({*summary, *last}) if k.startswith("cert_acc_")}
+    return ModelOut(
+        id=job.id,
+        spec=job.spec,
+        gamma=job.spec.get("gamma"),
+        classes=summary.get("classes"),
+        clean_acc=pick("test_acc"),
+        certified_acc=certified,
+        lipschitz_lower_bound=summary.get("lipschitz_lower_bound"),
+        created_at=job.created_at,
+        finished_at=job.finished_at,
+    )

@@ -1,0 +1,222 @@
+"""End to end with real processes: `lbdn api` (uvicorn) and `lbdn worker` (Celery prefork), over Redis
+and over the embedded SQLite broker, with PostgreSQL and SQLite job stores."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import time
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+TOY = {"model": "Toy", "layer": "Sandwich", "gamma": 2.0, "epochs": 5}
+
+
+def image_folder(root, n_per_class=34, classes=("cat", "dog", "eel")) -> str:
+    """~100 random 32x32 PNGs in the layout lipcore.data reads: <root>/tiny/train/<class>/."""
+    rng = np.random.default_rng(0)
+    for label, name in enumerate(classes):
+        folder = root / "tiny" / "train" / name
+        folder.mkdir(parents=True)
+        for i in range(n_per_class):
+            pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+            pixels[..., label] = pixels[..., label] // 2 + 128  # a learnable colour cue per class
+            Image.fromarray(pixels).save(folder / f"{i}.png")
+    return "tiny"
+
+
+def follow(url: str, job_id: str, timeout: float = 240) -> list[tuple[str, dict]]:
+    """Read the job's SSE stream until the server ends it; returns (event, data) pairs."""
+    events, kind = [], None
+    with httpx.stream("GET", f"{url}/v1/jobs/{job_id}/events", timeout=httpx.Timeout(timeout)) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        for line in r.iter_lines():
+            if line.startswith("event:"):
+                kind = line.split(":", 1)[1].strip()
+            elif line.startswith("data:") and kind:
+                events.append((kind, json.loads(line.split(":", 1)[1])))
+    return events
+
+
+def wait_for(client: httpx.Client, job_id: str, check, timeout: float = 240, what: str = "") -> dict:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        if check(job):
+            return job
+        if job["status"] == "failed":
+            raise AssertionError(f"job failed: {job['error']}")
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}: {job}")
+
+
+def png(pixels: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "broker,db,with_kwl",
+    [("redis", "postgres", False), ("embedded", "sqlite", True)],
+    ids=["redis-postgres", "embedded-sqlite"],
+)
+def test_end_to_end(service_factory, tmp_path, broker, db, with_kwl):
+    """Toy on both stacks; the image classifier (slow on a CPU) on the zero-set-up stack only."""
+    svc = service_factory(broker, db)
+    folder = image_folder(svc.settings.datasets_dir)
+    svc.worker()
+    client = httpx.Client(base_url=svc.url, timeout=60)
+    t0 = time.monotonic()
+    toy = client.post("/v1/jobs", json={"kind": "train", "spec": TOY})
+    assert toy.status_code == 201 and toy.json()["status"] == "queued"
+    kwl_spec = {
+        "model": "KWL",
+        "layer": "Sandwich",
+        "scale": "small",
+        "dataset": "image_folder",
+        "data_path": folder,
+        "loss": "multimargin",
+        "epochs": 1,
+        "train_batch_size": 32,
+        "test_batch_size": 64,
+        "cert_acc": True,
+    }
+    toy_id, kwl_id = toy.json()["id"], None
+    if with_kwl:
+        kwl = client.post("/v1/jobs", json={"kind": "train", "spec": kwl_spec})
+        assert kwl.status_code == 201, kwl.text
+        assert kwl.json()["spec"]["num_classes"] == 3  # resolved from the folder at submission
+        kwl_id = kwl.json()["id"]
+
+    events = follow(svc.url, toy_id)
+    states = [d["status"] for k, d in events if k == "state"]
+    assert states[0] == "queued" and states[-1] == "succeeded" and states.count("succeeded") == 1
+    assert [d["epoch"] for k, d in events if k == "metrics"] == [1, 2, 3, 4, 5]
+    assert any(k == "progress" for k, _ in events) and any(k == "log" for k, _ in events)
+    print(f"[{broker}/{db}] toy job: submit -> succeeded in {time.monotonic() - t0:.1f}s")
+
+    job = client.get(f"/v1/jobs/{toy_id}").json()
+    assert job["progress"]["fraction"] == 1.0 and job["finished_at"] and job["attempt"] == 1
+    metrics = client.get(f"/v1/jobs/{toy_id}/metrics").json()["items"]
+    assert [m["epoch"] for m in metrics] == [1, 2, 3, 4, 5] and all(math.isfinite(m["test_loss"]) for m in metrics)
+    assert [
+        m["epoch"] for m in client.get(f"/v1/jobs/{toy_id}/metrics", params={"since_epoch": 3}).json()["items"]
+    ] == [4, 5]
+    assert "Epoch:" in "\n".join(client.get(f"/v1/jobs/{toy_id}/logs").json()["lines"])
+    names = {a["name"] for a in client.get(f"/v1/jobs/{toy_id}/artifacts").json()["items"]}
+    assert {"model.safetensors", "spec.json", "metrics.json", "checkpoint.safetensors"} <= names
+    weights = client.get(f"/v1/jobs/{toy_id}/artifacts/model.safetensors")
+    assert weights.status_code == 200 and len(weights.content) > 1000
+    (tmp_path / "downloaded.safetensors").write_bytes(weights.content)
+    from lipcore.checkpoint import load_model
+
+    assert load_model(tmp_path / "downloaded.safetensors").spec.gamma == 2.0
+
+    xs = [[-0.8], [0.1], [0.9]]  # the Toy regression's 1-D inputs (model space)
+    cert = client.post(f"/v1/models/{toy_id}/certify", json={"inputs": xs, "scale": "model"}).json()
+    assert cert["lipschitz_bound"] == {"gamma": 2.0, "kind": "gamma (single output)"}
+    for r in cert["results"]:
+        assert math.isclose(r["radius"], r["margin"] / 2.0, rel_tol=1e-9)
+
+    assert client.get("/readyz").json()["checks"] == {"database": "ok", "broker": "ok"}
+    if not with_kwl:
+        return
+    wait_for(client, kwl_id, lambda j: j["status"] == "succeeded", what="the KWL job")
+    model = client.get(f"/v1/models/{kwl_id}").json()
+    assert model["classes"] == ["cat", "dog", "eel"] and model["clean_acc"] is not None
+    assert set(model["certified_acc"]) == {"36", "72", "108"}
+    rng = np.random.default_rng(1)
+    images = [
+        ("files", (f"{i}.png", png(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)), "image/png")) for i in range(3)
+    ]
+    cert = client.post(f"/v1/models/{kwl_id}/certify", files=images)
+    assert cert.status_code == 200, cert.text
+    gamma = cert.json()["lipschitz_bound"]["gamma"]
+    assert cert.json()["lipschitz_bound"]["kind"] == "sqrt2*gamma" and gamma == 1.0
+    for r in cert.json()["results"]:
+        assert r["class_name"] in model["classes"]
+        assert math.isclose(r["radius"], r["margin"] / (math.sqrt(2) * gamma), rel_tol=1e-9)
+    assert {m["id"] for m in client.get("/v1/models").json()["items"]} == {toy_id, kwl_id}
+
+
+def _epochs_done(client, job_id) -> int:
+    return len(client.get(f"/v1/jobs/{job_id}/metrics").json()["items"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("broker,db", [("redis", "postgres"), ("embedded", "sqlite")])
+def test_worker_killed_mid_training_resumes_from_checkpoint(service_factory, broker, db):
+    """kill -9 of the worker (and its pool child): the lease runs out, the reaper re-queues the job,
+    a new worker resumes it from its last checkpoint; a duplicate delivery meanwhile is dropped."""
+    svc = service_factory(broker, db)
+    first = svc.worker()
+    client = httpx.Client(base_url=svc.url, timeout=60)
+    job_id = client.post("/v1/jobs", json={"kind": "train", "spec": {**TOY, "epochs": 12}}).json()["id"]
+    wait_for(client, job_id, lambda j: _epochs_done(client, job_id) >= 2, what="two epochs")
+
+    second = svc.worker()  # a redelivery while the job runs (as Redis does after its visibility timeout)
+    from worker.queue import enqueue, make_celery
+
+    enqueue(make_celery(svc.settings), job_id, "train")
+    second.wait_for(f"job {job_id} is not runnable here", timeout=30)
+    assert client.get(f"/v1/jobs/{job_id}").json()["attempt"] == 1  # no second copy started
+
+    done_before = _epochs_done(client, job_id)
+    first.kill9()
+    t_kill = time.monotonic()
+    job = wait_for(client, job_id, lambda j: j["status"] == "succeeded", what="the resumed job")
+    print(f"killed after {done_before} epochs; succeeded {time.monotonic() - t_kill:.1f}s after the kill")
+    assert job["attempt"] == 2
+    assert job["resumed_from"]["epoch"] >= done_before >= 2  # not restarted from epoch 0
+    assert [m["epoch"] for m in client.get(f"/v1/jobs/{job_id}/metrics").json()["items"]] == list(range(1, 13))
+    states = [e for e in follow(svc.url, job_id) if e[0] == "state"]
+    assert [d["status"] for _, d in states].count("succeeded") == 1  # exactly one final result
+    assert any(d.get("requeued") for _, d in states)
+    assert "Resumed from checkpoint" in "\n".join(client.get(f"/v1/jobs/{job_id}/logs").json()["lines"])
+
+
+@pytest.mark.slow
+def test_cancel_running_job_keeps_its_checkpoint(service_factory):
+    svc = service_factory("embedded", "sqlite")
+    svc.worker()
+    client = httpx.Client(base_url=svc.url, timeout=60)
+    job_id = client.post("/v1/jobs", json={"kind": "train", "spec": {**TOY, "epochs": 200}}).json()["id"]
+    wait_for(client, job_id, lambda j: _epochs_done(client, job_id) >= 1, what="one epoch")
+    t0 = time.monotonic()
+    r = client.post(f"/v1/jobs/{job_id}/cancel")
+    assert r.status_code == 200 and r.json()["cancel_requested"]
+    job = wait_for(client, job_id, lambda j: j["status"] == "cancelled", timeout=60, what="cancelled")
+    print(f"cancel -> cancelled in {time.monotonic() - t0:.2f}s")
+    assert job["progress"]["epoch"] < 200 and job["finished_at"]
+    names = {a["name"] for a in client.get(f"/v1/jobs/{job_id}/artifacts").json()["items"]}
+    assert "checkpoint.safetensors" in names  # the last checkpoint is kept
+    assert client.get(f"/v1/models/{job_id}").status_code == 404  # a cancelled run is not a model
+    assert client.post(f"/v1/jobs/{job_id}/cancel").status_code == 409
+    assert client.delete(f"/v1/jobs/{job_id}").status_code == 204
+    assert not svc.settings.job_dir(job_id).exists()
+    assert client.get("/healthz").status_code == 200
+
+
+@pytest.mark.slow
+def test_jobs_lost_by_the_broker_are_resent_when_the_api_restarts(service_factory):
+    """Redis restarted without persistence: the queue is gone, the database still has the job."""
+    import redis
+
+    svc = service_factory("redis", "sqlite")
+    client = httpx.Client(base_url=svc.url, timeout=60)
+    job_id = client.post("/v1/jobs", json={"kind": "train", "spec": {**TOY, "epochs": 2}}).json()["id"]
+    r = redis.Redis.from_url(svc.settings.broker)
+    assert r.llen(svc.settings.gpu_queue) == 1
+    r.delete(svc.settings.gpu_queue)  # what a Redis restart without persistence does to it
+    svc.api.stop()
+    svc.api = svc._start(["api", "--host", "127.0.0.1", "--port", svc.url.rsplit(":", 1)[1]], "api")
+    svc.api.wait_for("Application startup complete")
+    svc.worker()
+    job = wait_for(client, job_id, lambda j: j["status"] == "succeeded", what="the re-sent job")
+    assert job["attempt"] == 1

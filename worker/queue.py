@@ -1,0 +1,76 @@
+"""The Celery app and `enqueue`: light enough for the API to import (tasks load in workers only).
+
+Broker messages only carry work ("run job X"); the job store holds everything else, so a message
+may be lost or delivered twice without harm (see worker.store.leases). Settings follow
+shared/notes/service-facts.md for long GPU jobs.
+
+Embedded default broker: kombu's SQLAlchemy transport on a SQLite file (`sqla+sqlite:///`), chosen
+over `filesystem://` because it needs no folder layout shared by name between processes, takes
+messages with BEGIN IMMEDIATE (one consumer per message), and Celery 5.7 runs it as is. Its limits
+(at-most-once: a SIGKILLed worker's message is not redelivered; no revoke/inspect) do not matter
+here: crash recovery comes from our leases and reaper, and cancellation from the jobs table.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu import Queue
+
+from worker.settings import Settings, get_settings
+
+TASKS = {"train": "lbdn.train", "evaluate": "lbdn.evaluate"}  # job kind -> task name
+
+
+def make_celery(settings: Settings) -> Celery:
+    app = Celery("lbdn", broker=settings.broker, include=["worker.tasks"])
+    # The sqla transport hands its transport options to create_engine(), so it gets none (and
+    # polls every second); Redis gets a visibility timeout longer than any job.
+    transport = {} if settings.embedded_broker else {"visibility_timeout": settings.visibility_timeout_s}
+    app.conf.update(
+        task_acks_late=True,  # a worker lost mid-job leaves its message to be redelivered...
+        task_reject_on_worker_lost=True,  # ...also when the pool child dies (bounded by our attempt count)
+        worker_prefetch_multiplier=1,  # a long job must not reserve the next one
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        broker_transport_options=transport,
+        broker_connection_retry_on_startup=True,
+        broker_connection_timeout=5,
+        task_ignore_result=True,  # job state lives in our database, not in a result backend
+        task_serializer="json",
+        accept_content=["json"],
+        task_queues=[Queue(settings.gpu_queue), Queue(settings.cpu_queue)],
+        task_default_queue=settings.cpu_queue,
+        task_routes={name: {"queue": settings.gpu_queue} for name in TASKS.values()},
+        worker_max_tasks_per_child=settings.worker_max_tasks_per_child,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        task_send_sent_event=False,
+    )
+    return app
+
+
+def enqueue(app: Celery, job_id: str, kind: str) -> None:
+    """Send the message that makes a worker run job `job_id` (by task name: no task import here).
+
+    Raises kombu/redis errors when the broker cannot take it; retries briefly first.
+    """
+    app.send_task(
+        TASKS[kind],
+        args=[job_id],
+        retry=True,
+        retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1},
+    )
+
+
+def broker_ping(app: Celery, timeout: float = 3.0) -> None:
+    """Raise if the broker cannot be reached."""
+    with app.connection_for_write() as conn:
+        conn.ensure_connection(max_retries=1, timeout=timeout)
+
+
+def __getattr__(name: str) -> Celery:
+    """`worker.queue.app`: the app of `celery -A worker.queue worker`, configured from the
+    environment, made on first use so that importing this module (the API does) reads no settings."""
+    if name == "app":
+        globals()["app"] = make_celery(get_settings())
+        return globals()["app"]
+    raise AttributeError(f"module 'worker.queue' has no attribute {name!r}")

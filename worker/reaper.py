@@ -1,0 +1,70 @@
+"""Recovering lost work: jobs whose worker died, and queued jobs whose broker message was lost.
+
+Runs in every worker (at start-up and every LBDN_REAP_INTERVAL_S) and once in the API at start-up,
+where every queued job is re-sent because a broker without persistence (Redis restarted) may have
+lost all messages. Duplicate messages are harmless: a job runs only under its lease.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from celery import Celery
+from sqlalchemy.orm import Session, sessionmaker
+
+from worker.queue import enqueue
+from worker.settings import Settings
+from worker.store import leases, transaction
+
+log = logging.getLogger("lbdn.reaper")
+
+
+def reap_and_resend(
+    sessions: sessionmaker[Session],
+    app: Celery,
+    settings: Settings,
+    *,
+    everything_queued: bool = False,
+) -> list[str]:
+    """One pass; returns the ids of the jobs whose message was (re-)sent."""
+    with transaction(sessions) as s:
+        todo = leases.reap(
+            s,
+            max_attempts=settings.max_attempts,
+            resend_queued_after_s=None if everything_queued else settings.resend_queued_after_s,
+        )
+    sent: list[str] = []
+    for i, item in enumerate(todo):
+        try:
+            enqueue(app, item.job_id, item.kind)
+            sent.append(item.job_id)
+        except Exception as e:  # noqa: BLE001 - broker away: leave the rest for the next pass
+            log.warning("broker unreachable while re-sending jobs (%s); will retry", e)
+            with transaction(sessions) as s:
+                for rest in todo[i:]:
+                    leases.mark_unsent(s, rest.job_id)
+            break
+    if sent:
+        log.info("re-sent %d job(s): %s", len(sent), ", ".join(sent))
+    return sent
+
+
+class PeriodicReaper(threading.Thread):
+    """A daemon thread running `reap_and_resend` every `settings.reap_interval_s` until stopped."""
+
+    def __init__(self, sessions: sessionmaker[Session], app: Celery, settings: Settings) -> None:
+        super().__init__(name="lbdn-reaper", daemon=True)
+        self.sessions, self.app, self.settings = sessions, app, settings
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                reap_and_resend(self.sessions, self.app, self.settings)
+            except Exception:  # noqa: BLE001 - e.g. the database restarting; try again next time
+                log.exception("reaper pass failed")
+            self.stopped.wait(self.settings.reap_interval_s)
+
+    def stop(self) -> None:
+        self.stopped.set()

@@ -1,0 +1,111 @@
+"""The one settings class of the service (environment variables with prefix LBDN_).
+
+Development (the default) runs with zero set-up: SQLite job store and an embedded SQLite broker under
+LBDN_HOME. Production refuses those embedded defaults: it must be told where its database and broker
+are, so a mis-configured deployment fails at start-up instead of silently using local files.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LBDN_", extra="ignore")
+
+    env: Literal["development", "production"] = "development"
+    home: Path = Field(Path("./var"), description="artifacts (one folder per job) and embedded databases")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite:///<home>/lbdn.sqlite")
+    broker_url: str | None = Field(
+        None, description="Celery broker; default the embedded sqla+sqlite:///<home>/broker.sqlite"
+    )
+    data_dir: Path | None = Field(None, description="datasets (lipcore's LBDN_DATA_DIR); default ./data")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+
+    # Requests
+    max_upload_bytes: int = Field(16 * 2**20, ge=1024, description="largest request body (bytes)")
+    max_certify_inputs: int = Field(256, ge=1, description="inputs per certify request")
+    max_image_pixels: int = Field(4096 * 4096, ge=1, description="decompression-bomb limit per image")
+    model_cache_size: int = Field(4, ge=1, description="trained models kept loaded for certify (LRU)")
+    certify_attack_steps: int = Field(100, ge=1, description="steps of the ?attack=true search")
+
+    # Jobs
+    queue_prefix: str = Field("", description="prefix of the queue names (gpu, cpu)")
+    device: str = Field("auto", description="torch device of training/evaluation: auto, cpu, cuda, cuda:1")
+    lease_s: float = Field(60.0, gt=0, description="a running job's lease; renewed every lease_s/3")
+    max_attempts: int = Field(3, ge=1, description="starts of a job before a lost worker fails it")
+    reap_interval_s: float = Field(30.0, gt=0, description="how often a worker looks for lost jobs")
+    resend_queued_after_s: float = Field(
+        600.0, gt=0, description="re-send a job that stayed queued this long (its message may be lost)"
+    )
+    progress_interval_s: float = Field(0.5, gt=0, description="least time between progress writes")
+    cancel_poll_s: float = Field(0.5, gt=0, description="least time between cancel-flag reads")
+    visibility_timeout_s: int = Field(
+        7 * 24 * 3600, ge=60, description="Redis redelivery delay; longer than the longest job"
+    )
+    worker_max_tasks_per_child: int | None = Field(
+        None, ge=1, description="recycle a worker process after this many jobs (1 frees GPU memory)"
+    )
+    lipschitz_restarts: int = Field(
+        10, ge=0, description="restarts of the empirical Lipschitz estimate after training (0 skips it)"
+    )
+    sse_poll_s: float = Field(0.25, gt=0, description="how often an event stream looks for new events")
+
+    @model_validator(mode="after")
+    def _refuse_unsafe_defaults(self) -> Settings:
+        if self.env == "production":
+            missing = [
+                name
+                for name, value in (("LBDN_DATABASE_URL", self.database_url), ("LBDN_BROKER_URL", self.broker_url))
+                if not value
+            ]
+            if missing:
+                raise ValueError(
+                    f"LBDN_ENV=production needs {' and '.join(missing)}: the embedded SQLite defaults "
+                    "are for development on one machine"
+                )
+        return self
+
+    # ---- derived ---------------------------------------------------------------------------
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home.resolve() / 'lbdn.sqlite'}"
+
+    @property
+    def broker(self) -> str:
+        return self.broker_url or f"sqla+sqlite:///{self.home.resolve() / 'broker.sqlite'}"
+
+    @property
+    def embedded_broker(self) -> bool:
+        return self.broker.startswith(("sqla+", "filesystem:"))
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.home.resolve() / "jobs"
+
+    @property
+    def datasets_dir(self) -> Path:
+        return (self.data_dir or Path("./data")).resolve()
+
+    @property
+    def gpu_queue(self) -> str:
+        return f"{self.queue_prefix}gpu"
+
+    @property
+    def cpu_queue(self) -> str:
+        return f"{self.queue_prefix}cpu"
+
+    def job_dir(self, job_id: str) -> Path:
+        """The artifact folder of one job (training run dir, evaluation results)."""
+        return self.jobs_dir / job_id
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,26 @@
+"""The job store: the source of truth for jobs, leases, progress, metrics, events, logs and API keys.
+
+Imported by the API and the worker alike (never by lipcore). SQLite by default, PostgreSQL by URL.
+"""
+
+from worker.store import jobs, keys, leases
+from worker.store.engine import init_db, make_engine, ping, session_factory, transaction
+from worker.store.tables import FINISHED, JOB_STATES, ApiKey, Job, JobEvent, JobMetric, utcnow
+
+__all__ = [
+    "FINISHED",
+    "JOB_STATES",
+    "ApiKey",
+    "Job",
+    "JobEvent",
+    "JobMetric",
+    "init_db",
+    "jobs",
+    "keys",
+    "leases",
+    "make_engine",
+    "ping",
+    "session_factory",
+    "transaction",
+    "utcnow",
+]

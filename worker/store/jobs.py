@@ -1,0 +1,202 @@
+"""Repository functions of jobs, their events, metrics and logs. Each takes an open Session.
+
+Every read that a tenant can trigger is filtered by tenant, so another tenant's job is simply not
+found (the API answers 404, never 403).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from typing import Any
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from worker.store.tables import FINISHED, Job, JobEvent, JobMetric, utcnow
+
+
+class IdempotencyConflict(Exception):
+    """The Idempotency-Key was used before with a different request body."""
+
+
+def new_job_id() -> str:
+    return f"job_{secrets.token_hex(10)}"
+
+
+def request_hash(body: Any) -> str:
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def create_job(
+    s: Session,
+    *,
+    tenant: str,
+    kind: str,
+    spec: dict[str, Any],
+    params: dict[str, Any] | None = None,
+    model_id: str | None = None,
+    idempotency_key: str | None = None,
+    req_hash: str | None = None,
+) -> tuple[Job, bool]:
+    """Insert a queued job; with an idempotency key an earlier identical request's job is returned.
+
+    Returns (job, created). Raises IdempotencyConflict when the key came with another body.
+    """
+    if idempotency_key is not None:
+        earlier = _by_idempotency_key(s, tenant, idempotency_key)
+        if earlier is not None:
+            return _replay(earlier, req_hash), False
+    job = Job(
+        id=new_job_id(),
+        tenant=tenant,
+        kind=kind,
+        status="queued",
+        spec=spec,
+        params=params,
+        model_id=model_id,
+        idempotency_key=idempotency_key,
+        request_hash=req_hash,
+        enqueued_at=utcnow(),  # the caller sends the message next; mark_unsent if that fails
+    )
+    try:
+        with s.begin_nested():  # a concurrent retry with the same key may win the insert
+            s.add(job)
+            s.flush()
+    except IntegrityError:
+        earlier = _by_idempotency_key(s, tenant, idempotency_key) if idempotency_key else None
+        if earlier is None:
+            raise
+        return _replay(earlier, req_hash), False
+    add_event(s, job.id, "state", {"status": "queued"})
+    return job, True
+
+
+def _by_idempotency_key(s: Session, tenant: str, key: str) -> Job | None:
+    return s.scalar(select(Job).where(Job.tenant == tenant, Job.idempotency_key == key))
+
+
+def _replay(job: Job, req_hash: str | None) -> Job:
+    if job.request_hash != req_hash:
+        raise IdempotencyConflict("this Idempotency-Key was already used with a different request body; use a new key")
+    return job
+
+
+def get_job(s: Session, tenant: str | None, job_id: str) -> Job | None:
+    """The job `job_id` of `tenant` (any tenant when None: worker side only)."""
+    q = select(Job).where(Job.id == job_id)
+    if tenant is not None:
+        q = q.where(Job.tenant == tenant)
+    return s.scalar(q)
+
+
+def list_jobs(
+    s: Session,
+    tenant: str,
+    *,
+    status: str | None = None,
+    kind: str | None = None,
+    limit: int = 50,
+    before_pk: int | None = None,
+) -> list[Job]:
+    """Newest first; `before_pk` is the cursor (the pk of the last job of the previous page)."""
+    q = select(Job).where(Job.tenant == tenant)
+    if status:
+        q = q.where(Job.status == status)
+    if kind:
+        q = q.where(Job.kind == kind)
+    if before_pk is not None:
+        q = q.where(Job.pk < before_pk)
+    return list(s.scalars(q.order_by(Job.pk.desc()).limit(limit)))
+
+
+def add_event(s: Session, job_id: str, kind: str, data: dict[str, Any]) -> int:
+    """Append an event; its number comes from an atomic increment of the job's event_seq."""
+    seq = s.execute(
+        update(Job).where(Job.id == job_id).values(event_seq=Job.event_seq + 1).returning(Job.event_seq)
+    ).scalar_one()
+    s.add(JobEvent(job_id=job_id, seq=seq, kind=kind, data=data))
+    return seq
+
+
+def events_after(
+    s: Session,
+    job_id: str,
+    after_seq: int = 0,
+    *,
+    kinds: tuple[str, ...] | None = None,
+    limit: int = 500,
+) -> list[JobEvent]:
+    q = select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.seq > after_seq)
+    if kinds:
+        q = q.where(JobEvent.kind.in_(kinds))
+    return list(s.scalars(q.order_by(JobEvent.seq).limit(limit)))
+
+
+def log_lines(s: Session, job_id: str, offset: int = 0, limit: int = 1000) -> list[str]:
+    """Log lines `offset`, `offset+1`, ... (0-based line numbers) of a job."""
+    q = (
+        select(JobEvent.data)
+        .where(JobEvent.job_id == job_id, JobEvent.kind == "log")
+        .order_by(JobEvent.seq)
+        .offset(offset)
+        .limit(limit)
+    )
+    return [d.get("line", "") for d in s.scalars(q)]
+
+
+def record_metrics(s: Session, job_id: str, row: dict[str, Any]) -> None:
+    """Store one epoch's metrics (replacing a row of the same epoch from an interrupted attempt)."""
+    epoch = int(row["epoch"])
+    s.execute(delete(JobMetric).where(JobMetric.job_id == job_id, JobMetric.epoch == epoch))
+    s.add(JobMetric(job_id=job_id, epoch=epoch, data=row))
+    s.execute(update(Job).where(Job.id == job_id).values(latest_metrics=row, updated_at=utcnow()))
+    add_event(s, job_id, "metrics", row)
+
+
+def metrics_since(s: Session, job_id: str, since_epoch: int = 0) -> list[dict[str, Any]]:
+    q = (
+        select(JobMetric.data)
+        .where(JobMetric.job_id == job_id, JobMetric.epoch > since_epoch)
+        .order_by(JobMetric.epoch)
+    )
+    return list(s.scalars(q))
+
+
+def request_cancel(s: Session, job: Job) -> Job:
+    """Cancel a queued job at once; flag a running one (its worker stops at the next step)."""
+    now = utcnow()
+    if job.status == "queued":
+        done = s.execute(
+            update(Job)
+            .where(Job.id == job.id, Job.status == "queued")
+            .values(status="cancelled", finished_at=now, updated_at=now, cancel_requested=True)
+        ).rowcount
+        if done:
+            add_event(s, job.id, "state", {"status": "cancelled"})
+    elif job.status == "running" and not job.cancel_requested:
+        s.execute(update(Job).where(Job.id == job.id).values(cancel_requested=True, updated_at=now))
+        add_event(s, job.id, "state", {"status": "running", "cancel_requested": True})
+    s.refresh(job)
+    return job
+
+
+def cancel_requested(s: Session, job_id: str) -> bool:
+    return bool(s.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
+
+
+def delete_job(s: Session, job: Job) -> None:
+    """Remove a finished job's rows (its artifact folder is the caller's)."""
+    if job.status not in FINISHED:
+        raise ValueError(f"job {job.id} is {job.status}; cancel it first")
+    s.execute(delete(JobEvent).where(JobEvent.job_id == job.id))
+    s.execute(delete(JobMetric).where(JobMetric.job_id == job.id))
+    s.execute(delete(Job).where(Job.id == job.id))
+
+
+def count_by_state(s: Session) -> list[tuple[str, str, int]]:
+    """(kind, status, count) over all tenants, for the Prometheus gauge."""
+    q = select(Job.kind, Job.status, func.count()).group_by(Job.kind, Job.status)
+    return [(k, st, int(n)) for k, st, n in s.execute(q)]

@@ -1,0 +1,118 @@
+"""The job store's tables (SQLAlchemy 2 declarative). SQLite and PostgreSQL alike.
+
+Jobs carry their own lease (lease_owner, lease_expires_at) and attempt counter: the database, not the
+broker, decides which worker runs a job. Events (state, progress, metrics, log lines) are numbered
+per job by `jobs.event_seq`, so an event stream can resume from a sequence number.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+FINISHED = ("succeeded", "failed", "cancelled")
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class UTCDateTime(TypeDecorator):
+    """Timezone-aware UTC datetimes on both backends (SQLite stores naive values)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("naive datetime given to the job store; use utcnow()")
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return value
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: UTCDateTime, dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class Job(Base):
+    __tablename__ = "lbdn_jobs"
+    __table_args__ = (
+        UniqueConstraint("tenant", "idempotency_key", name="uq_lbdn_jobs_idempotency"),
+        Index("ix_lbdn_jobs_tenant_pk", "tenant", "pk"),
+        Index("ix_lbdn_jobs_status", "status"),
+    )
+
+    pk: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)  # list order
+    id: Mapped[str] = mapped_column(String(40), unique=True)
+    tenant: Mapped[str] = mapped_column(String(100))
+    kind: Mapped[str] = mapped_column(String(20))  # train | evaluate
+    status: Mapped[str] = mapped_column(String(20), default="queued")
+    spec: Mapped[dict[str, Any]] = mapped_column()  # the ExperimentSpec (resolved once trained)
+    params: Mapped[dict[str, Any] | None] = mapped_column(nullable=True)  # evaluate: attack settings
+    model_id: Mapped[str | None] = mapped_column(String(40), nullable=True)  # evaluate: the trained job
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    request_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    enqueued_at: Mapped[datetime | None] = mapped_column(nullable=True)  # last message sent
+    started_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    progress: Mapped[dict[str, Any] | None] = mapped_column(nullable=True)
+    latest_metrics: Mapped[dict[str, Any] | None] = mapped_column(nullable=True)
+    result: Mapped[dict[str, Any] | None] = mapped_column(nullable=True)  # training summary / eval
+    resumed_from: Mapped[dict[str, Any] | None] = mapped_column(nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    lease_owner: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    attempt: Mapped[int] = mapped_column(Integer, default=0)  # starts so far
+    event_seq: Mapped[int] = mapped_column(Integer, default=0)  # last event number used
+
+
+class JobEvent(Base):
+    """One numbered event of a job: kind state | progress | metrics | log."""
+
+    __tablename__ = "lbdn_job_events"
+    __table_args__ = (UniqueConstraint("job_id", "seq", name="uq_lbdn_job_events_seq"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("lbdn_jobs.id", ondelete="CASCADE"))
+    seq: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(20))
+    data: Mapped[dict[str, Any]] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class JobMetric(Base):
+    """One epoch's metrics; (job_id, epoch) is unique, so a resumed run cannot record an epoch twice."""
+
+    __tablename__ = "lbdn_job_metrics"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("lbdn_jobs.id", ondelete="CASCADE"), primary_key=True)
+    epoch: Mapped[int] = mapped_column(Integer, primary_key=True)
+    data: Mapped[dict[str, Any]] = mapped_column()
+
+
+class ApiKey(Base):
+    """A bearer key of a tenant; only its SHA-256 is stored."""
+
+    __tablename__ = "lbdn_api_keys"
+
+    id: Mapped[str] = mapped_column(String(20), primary_key=True)  # public handle, "key_..."
+    tenant: Mapped[str] = mapped_column(String(100))
+    name: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    secret_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(nullable=True)

@@ -1,0 +1,159 @@
+"""Celery tasks of the worker process: run a training or evaluation job under a lease.
+
+Loaded only by workers (`include` of worker.queue); lipcore's training code is imported inside the
+tasks, so the worker's parent process never initialises torch/CUDA before it forks its pool.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import uuid
+from pathlib import Path
+from typing import Any
+
+from celery.signals import worker_ready, worker_shutdown
+from sqlalchemy.orm import Session, sessionmaker
+
+from worker.queue import app
+from worker.reaper import PeriodicReaper
+from worker.reporting import LeaseLost, Reporter
+from worker.settings import get_settings
+from worker.store import Job, init_db, leases, make_engine, session_factory, transaction
+
+log = logging.getLogger("lbdn.worker")
+settings = get_settings()
+_store: dict[str, Any] = {}
+
+
+def sessions() -> sessionmaker[Session]:
+    """This process's session factory; a forked pool child makes its own engine."""
+    if _store.get("pid") != os.getpid():
+        if "engine" in _store:
+            _store["engine"].dispose(close=False)  # the parent's connections are not ours to close
+        engine = make_engine(settings.db_url)
+        _store.update(pid=os.getpid(), engine=engine, sessions=session_factory(engine))
+    return _store["sessions"]
+
+
+@app.task(name="lbdn.train", acks_late=True, reject_on_worker_lost=True)
+def train_job(job_id: str) -> str:
+    return run_job(job_id, _train)
+
+
+@app.task(name="lbdn.evaluate", acks_late=True, reject_on_worker_lost=True)
+def evaluate_job(job_id: str) -> str:
+    return run_job(job_id, _evaluate)
+
+
+def run_job(job_id: str, body: Any) -> str:
+    """Take the job's lease and run `body(job, reporter)`; returns the job's final state (or why not)."""
+    owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    factory = sessions()
+    with transaction(factory) as s:
+        job = leases.acquire(s, job_id, owner, settings.lease_s)
+    if job is None:
+        # finished, cancelled, deleted, or running under another worker's live lease (a duplicate)
+        log.info("job %s is not runnable here; message dropped", job_id)
+        return "skipped"
+    reporter = Reporter(factory, job_id, owner, settings)
+    reporter.heartbeat.start()
+    try:
+        status, values = body(job, reporter)
+    except LeaseLost as e:
+        log.warning("%s; leaving it to its new worker", e)
+        return "lease-lost"
+    except Exception as e:  # noqa: BLE001 - any failure of the job is reported on the job
+        log.exception("job %s failed", job_id)
+        status, values = "failed", {"error": f"{type(e).__name__}: {e}"[:4000]}
+    finally:
+        reporter.heartbeat.stop()
+    if not reporter.finish(status, **values):
+        log.warning("job %s was taken over by another worker; its result here is dropped", job_id)
+        return "lease-lost"
+    return status
+
+
+def _train(job: Job, reporter: Reporter) -> tuple[str, dict[str, Any]]:
+    from lipcore.spec import ExperimentSpec
+    from lipcore.train import TrainHooks, train
+
+    run_dir = settings.job_dir(job.id)
+    hooks = TrainHooks(
+        on_progress=reporter.progress,
+        on_epoch=reporter.epoch,
+        on_log=reporter.log,
+        should_stop=reporter.should_stop,
+    )
+    # resume=True: a job picked up again after its worker died continues from its checkpoint.
+    result = train(
+        ExperimentSpec.model_validate(job.spec),
+        run_dir,
+        data_dir=settings.datasets_dir,
+        device=settings.device,
+        hooks=hooks,
+        resume=True,
+        lipschitz_restarts=settings.lipschitz_restarts,
+    )
+    values: dict[str, Any] = {"spec": json.loads((run_dir / "spec.json").read_text())}  # resolved
+    if result.resumed_from is not None:
+        values["resumed_from"] = result.resumed_from
+    if result.status == "stopped":
+        return "cancelled", values
+    values["result"] = {**result.summary, "classes": _classes(run_dir / "model.safetensors")}
+    return "succeeded", values
+
+
+def _classes(path: Path) -> list[str] | None:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as f:
+        return json.loads((f.metadata() or {}).get("classes", "null"))
+
+
+def _evaluate(job: Job, reporter: Reporter) -> tuple[str, dict[str, Any]]:
+    from lipcore.evaluate import evaluate_robustness
+
+    model_path = settings.job_dir(job.model_id or "") / "model.safetensors"
+    if not model_path.is_file():
+        return "failed", {"error": f"the model {job.model_id} has no weights file (deleted?)"}
+    params = job.params or {}
+    out = settings.job_dir(job.id)
+    out.mkdir(parents=True, exist_ok=True)
+    extra = {"attacks": params["attacks"]} if params.get("attacks") else {}  # version "custom" only
+    results = evaluate_robustness(
+        model_path,
+        data_dir=settings.datasets_dir,
+        eps=tuple(params.get("eps", (36, 72, 108))),
+        version=params.get("version", "standard"),
+        n_examples=params.get("n_examples", 1000),
+        device=settings.device,
+        on_log=reporter.log,
+        should_stop=reporter.should_stop,
+        state_dir=out,  # AutoAttack's progress per eps: a job picked up again continues it
+        **extra,
+    )
+    (out / "eval.json").write_text(json.dumps(results, indent=2))
+    return ("cancelled" if results.get("stopped") else "succeeded"), {"result": results}
+
+
+# ---- worker process life --------------------------------------------------------------------
+_reaper: dict[str, PeriodicReaper] = {}
+
+
+@worker_ready.connect
+def _start_reaper(**_: Any) -> None:
+    """In the worker's main process: make tables if needed, then look for lost jobs periodically."""
+    settings.jobs_dir.mkdir(parents=True, exist_ok=True)
+    init_db(sessions().kw["bind"])
+    _reaper["thread"] = PeriodicReaper(sessions(), app, settings)
+    _reaper["thread"].start()
+    log.info("lbdn worker ready: store %s", settings.db_url.split("@")[-1])
+
+
+@worker_shutdown.connect
+def _stop_reaper(**_: Any) -> None:
+    if "thread" in _reaper:
+        _reaper["thread"].stop()
