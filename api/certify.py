@@ -55,8 +55,10 @@ def certify_batch(
         weight = head.normalized_weight() if head is not None else None
     cert = certify(logits, model.gamma, weight)
     kind = "gamma (single output)" if logits.shape[1] == 1 else ("lln" if weight is not None else "sqrt2*gamma")
-    attacked = minimal_adversarial_l2(model, xt, steps=attack_steps).tolist() if attack else None
-    std_max = max(loaded.std or (1.0,))
+    adversarial = minimal_adversarial_l2(model, xt, steps=attack_steps) if attack else None
+    if adversarial is not None:
+        attacked = adversarial.radius.tolist()
+        attacked_pixel = adversarial.pixel_radius(loaded.std if spec.img_size else None).tolist()
     results = []
     for i in range(len(x)):
         pred = int(cert.predicted[i])
@@ -71,10 +73,9 @@ def certify_batch(
             radius=radius,
             radius_pixel=float(pixel_radius(radius, loaded.std)),
         )
-        if attacked is not None:
-            # The attack reports ||delta|| in model space; its pixel perturbation delta * std is at
-            # most ||delta|| * max(std) long, so that is an upper bound in pixel space.
+        if adversarial is not None:
+            # the same adversarial perturbation measured in both spaces (pixel step = model step * std)
             item.attack_radius = _finite(attacked[i])
-            item.attack_radius_pixel = _finite(attacked[i] * std_max)
+            item.attack_radius_pixel = _finite(attacked_pixel[i])
         results.append(item)
     return LipschitzBound(gamma=float(model.gamma), kind=kind), results

@@ -148,7 +148,7 @@ class CertifiedInput(BaseModel):
         None, description="?attack=true: smallest adversarial l2 perturbation found, model-input space"
     )
     attack_radius_pixel: float | None = Field(
-        None, description="?attack=true: an upper bound of it in [0,1] pixel space (attack_radius * max(std))"
+        None, description="?attack=true: the same perturbation's l2 norm in [0,1] pixel space (||delta * std||)"
     )
 
 

@@ -8,6 +8,8 @@ upper bounds, so a caller can report the bracket [certified, attacked]. Decision
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -78,15 +80,34 @@ def pgd_l2(
     return best
 
 
+@dataclass(frozen=True)
+class Adversarial:
+    """The smallest decision-changing perturbations found, per input (model-input space)."""
+
+    radius: Tensor  # (batch,) float64 ||delta||_2; inf where no adversarial example was found
+    delta: Tensor  # (batch, ...) the perturbation itself (zeros where none was found)
+
+    def pixel_radius(self, std: Sequence[float] | None) -> Tensor:
+        """||delta * std||_2 per input: the same perturbation measured in [0, 1] pixel space
+        (x_model = (x_pixel - mean) / std, so a pixel step is the model step times std)."""
+        if not std:
+            return self.radius
+        view = (1, -1) + (1,) * (self.delta.dim() - 2)
+        scaled = self.delta * torch.tensor(std, dtype=self.delta.dtype, device=self.delta.device).view(view)
+        norm = scaled.flatten(1).norm(dim=1).double()
+        return torch.where(torch.isfinite(self.radius), norm, self.radius)
+
+
 def minimal_adversarial_l2(
     model: nn.Module, x: Tensor, *, steps: int = 200, init_radius: float = 1.0, threshold: float = 0.5,
     max_radius: float = 1e3,
-) -> Tensor:
-    """Smallest l2 perturbation found that changes each decision (model-input space), (batch,) float64.
+) -> Adversarial:
+    """Smallest l2 perturbation found that changes each decision, in model-input space.
 
     Decoupled direction and norm (Rony et al., 2019): descend the decision margin on a sphere of
     radius eps, shrinking eps by 5% while the point is adversarial and growing it by 5% otherwise.
-    Every returned radius belongs to a verified adversarial example; inf where none was found.
+    Every returned radius belongs to a verified adversarial example (its `delta`); inf where none
+    was found.
     """
     model.eval()
     shape = (-1, *([1] * (x.dim() - 1)))
@@ -95,6 +116,16 @@ def minimal_adversarial_l2(
     eps = torch.full((x.shape[0],), float(init_radius), dtype=x.dtype, device=x.device)
     delta = torch.zeros_like(x)
     best = torch.full((x.shape[0],), math.inf, dtype=torch.float64, device=x.device)
+    best_delta = torch.zeros_like(x)
+
+    def record(out: Tensor, d: Tensor) -> None:
+        nonlocal best
+        adv = decision(out, threshold) != label
+        norm = d.flatten(1).norm(dim=1).double()
+        better = adv & (norm < best)
+        best = torch.where(better, norm, best)
+        best_delta[better] = d[better]
+
     with full_precision():
         for i in range(steps):
             delta.requires_grad_(True)
@@ -102,17 +133,12 @@ def minimal_adversarial_l2(
             m = decision_margin(out, label, threshold)
             (g,) = torch.autograd.grad(m.sum(), delta)
             with torch.no_grad():
+                record(out.detach(), delta.detach())
                 adv = decision(out.detach(), threshold) != label
-                norm = delta.flatten(1).norm(dim=1).double()
-                best = torch.where(adv & (norm < best), norm, best)
                 eps = torch.where(adv, eps * 0.95, (eps * 1.05).clamp(max=max_radius))
                 size = eps * (0.01 + 0.99 * (1 + math.cos(math.pi * i / steps)) / 2)
                 delta = delta - _unit(g) * size.view(shape)
                 delta = _unit(delta) * eps.view(shape) if i < steps - 1 else _project(delta, eps)
         with torch.no_grad():
-            # Verify the final point too (the loop records the point before each update).
-            out = model(x + delta)
-            adv = decision(out, threshold) != label
-            norm = delta.flatten(1).norm(dim=1).double()
-            best = torch.where(adv & (norm < best), norm, best)
-    return best
+            record(model(x + delta), delta)  # the final point was never evaluated in the loop
+    return Adversarial(best, best_delta)

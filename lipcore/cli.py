@@ -60,6 +60,8 @@ def parser() -> argparse.ArgumentParser:
                       help="restarts of the empirical Lipschitz estimate after training / in Toy eval (0 skips)")
     ours.add_argument("--attack-version", dest="attack_version", default="standard",
                       choices=["standard", "plus", "rand", "custom"], help="AutoAttack version (eval)")
+    ours.add_argument("--attacks", nargs="+", default=None,
+                      help="with --attack-version custom: AutoAttack attacks to run (apgd-ce, apgd-t, fab-t, square, ...)")
     ours.add_argument("--n-examples", dest="n_examples", type=int, default=None,
                       help="evaluate on the first N test inputs (default: all)")
     ours.add_argument("--eps", type=float, nargs="+", default=[36, 72, 108], help="l2 radii in 1/255 units")
@@ -158,6 +160,7 @@ def _eval(spec: ExperimentSpec, args: argparse.Namespace, run_dir: Path) -> int:
         result = ev.evaluate_robustness(
             model_path, data_dir=args.data_dir, eps=args.eps, version=args.attack_version,
             n_examples=args.n_examples, device=args.device, batch_size=args.test_batch_size, on_log=print,
+            attacks=args.attacks,
             state_dir=run_dir,
         )
         write_json(run_dir / EVAL, result)

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from lipcore.certify import certify, empirical_lipschitz, pixel_radius
 from lipcore.checkpoint import LoadedModel, load_model
 from lipcore.precision import full_precision
+from lipcore.progress import Progress
 from lipcore.runtime import flush_denormals, resolve_device, seed_everything
 
 PAPER_EPS = (36, 72, 108)  # in 1/255 units
@@ -43,8 +44,16 @@ class Normalized(nn.Module):
         return self.model((x - self.mean) / self.std)
 
 
-def attacks_for(version: str, num_classes: int) -> tuple[str, list[str] | None]:
-    """AutoAttack's targeted stages need 10 classes; below that run its untargeted attacks only."""
+def attacks_for(version: str, num_classes: int, attacks: Sequence[str] | None = None) -> tuple[str, list[str] | None]:
+    """The AutoAttack version and attack list to run.
+
+    AutoAttack's targeted stages need 10 classes; below that `standard` runs its untargeted
+    attacks only (APGD-CE and Square). `custom` needs an explicit list of attacks.
+    """
+    if version == "custom":
+        if not attacks:
+            raise ValueError("attack version 'custom' needs a list of attacks, e.g. ['apgd-ce', 'square']")
+        return version, list(attacks)
     if version == "standard" and num_classes < 10:
         return "custom", ["apgd-ce", "square"]
     return version, None
@@ -54,14 +63,18 @@ def evaluate_robustness(
     model_path: str | Path | LoadedModel, *, data_dir: str | Path | None = None,
     eps: Sequence[float] = PAPER_EPS, version: str = "standard", n_examples: int | None = 1000,
     device: str | torch.device = "auto", seed: int = 0, batch_size: int = 256,
+    attacks: Sequence[str] | None = None,
     on_log: Callable[[str], None] | None = None, should_stop: Callable[[], bool] | None = None,
-    state_dir: str | Path | None = None,
+    state_dir: str | Path | None = None, on_progress: Callable[[Progress], None] | None = None,
 ) -> dict[str, Any]:
     """l2 AutoAttack at each eps (in 1/255 units, pixel space) on the first `n_examples` test inputs.
 
     Returns {"n", "clean_acc", "certified_acc": {eps: %}, "autoattack_acc": {eps: %},
     "certificate_violations": {eps: count}, "eps", "version", "attacks", "units", "seconds"}.
-    `state_dir` keeps AutoAttack's per-eps progress so an interrupted evaluation resumes.
+    Inputs are attacked `batch_size` at a time: `should_stop` is polled and `on_progress` called
+    between batches, and `state_dir` keeps AutoAttack's progress per (eps, batch), so an
+    interrupted evaluation resumes where it stopped.
+    `attacks` lists AutoAttack's attacks for version "custom" (e.g. ["apgd-ce"] for a quick run).
     """
     from pyautoattack import AutoAttack
 
@@ -77,7 +90,7 @@ def evaluate_robustness(
     data = load_data(spec, data_dir, device=dev)
     x, y = data.test_pixels(n_examples)
     wrapped = Normalized(model, loaded.mean, loaded.std).eval()
-    version_used, attacks = attacks_for(version, spec.num_classes or 0)
+    version_used, attacks = attacks_for(version, spec.num_classes or 0, attacks)
     t0 = time.monotonic()
     with torch.no_grad(), full_precision():
         logits = torch.cat([wrapped(xb) for xb in x.split(batch_size)])
@@ -92,17 +105,29 @@ def evaluate_robustness(
         "attacks": attacks, "units": "l2 eps/255 in [0,1] pixel space",
     }
     log(f"clean accuracy {result['clean_acc']:.2f}% on {n} test inputs")
-    for e in eps:
-        if should_stop and should_stop():
-            result["stopped"] = True
-            break
+    starts = range(0, n, batch_size)
+    total = len(eps) * len(starts)
+    for i, e in enumerate(eps):
         radius = e / 255.0
         aa = AutoAttack(wrapped, norm="L2", eps=radius, version=version_used, device=dev, seed=seed,
                         attacks=attacks)
-        state = Path(state_dir) / f"autoattack{e:g}.state" if state_dir else None
-        x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=batch_size, state_path=state)
-        with torch.no_grad(), full_precision():
-            robust = torch.cat([wrapped(xb).argmax(1) for xb in x_adv.to(dev).split(batch_size)]) == y
+        parts = []
+        for j, start in enumerate(starts):
+            if should_stop and should_stop():
+                result["stopped"] = True
+                break
+            state = Path(state_dir) / f"autoattack{e:g}-{start}.state" if state_dir else None
+            xb, yb = x[start : start + batch_size], y[start : start + batch_size]
+            x_adv, _ = aa.run_standard_evaluation(xb, yb, batch_size=batch_size, state_path=state)
+            with torch.no_grad(), full_precision():
+                parts.append(wrapped(x_adv.to(dev)).argmax(1) == yb)
+            if on_progress:
+                done, elapsed = i * len(starts) + j + 1, time.monotonic() - t0
+                on_progress(Progress(i + 1, len(eps), j + 1, len(starts), done, total, None, None, elapsed,
+                                     elapsed / done * (total - done)))
+        if result.get("stopped"):
+            break
+        robust = torch.cat(parts)
         key = f"{e:g}"
         result["autoattack_acc"][key] = 100.0 * robust.float().mean().item()
         if cert is not None:

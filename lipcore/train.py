@@ -30,27 +30,12 @@ from lipcore.checkpoint import load_train_state, save_model, save_train_state
 from lipcore.losses import build_loss
 from lipcore.models import build
 from lipcore.precision import full_precision
+from lipcore.progress import Progress
 from lipcore.rundir import CHECKPOINT, METRICS, MODEL, SPEC, SUMMARY, RunLog, write_json
 from lipcore.runtime import flush_denormals, resolve_device, rng_state, seed_everything, set_rng_state
 from lipcore.spec import ExperimentSpec
 
 LIP_BATCH = 64  # points of the final empirical Lipschitz estimate (paper: lip_batch_size)
-
-
-@dataclass(frozen=True)
-class Progress:
-    """Where a run is after a training step (epoch and step are 1-based)."""
-
-    epoch: int
-    epochs: int
-    step: int
-    steps: int
-    global_step: int
-    total_steps: int
-    loss: float
-    lr: float
-    elapsed_s: float  # since this (possibly resumed) process started training
-    eta_s: float | None
 
 
 @dataclass

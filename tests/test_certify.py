@@ -129,7 +129,12 @@ def test_pgd_never_beats_a_certificate(trained_mlp) -> None:
 def test_minimal_adversarial_brackets_the_certificate(trained_mlp) -> None:
     x, _ = blobs(200, torch.Generator().manual_seed(4))
     cert = model_certificate(trained_mlp, x)
-    found = minimal_adversarial_l2(trained_mlp, x, steps=300, init_radius=0.5)
+    adv = minimal_adversarial_l2(trained_mlp, x, steps=300, init_radius=0.5)
+    found = adv.radius
+    with torch.no_grad():  # every reported radius is a real adversarial example of that size
+        ok = torch.isfinite(found)
+        assert (decision(trained_mlp(x[ok] + adv.delta[ok])) != cert.predicted[ok]).all()
+        torch.testing.assert_close(adv.delta[ok].norm(dim=1).double(), found[ok])
     finite = torch.isfinite(found)
     assert finite.float().mean() > 0.9
     assert (found[finite] >= cert.radius[finite] * (1 - 1e-6)).all()

@@ -63,7 +63,7 @@ class Reporter:
             raise LeaseLost(f"job {self.job_id} is no longer leased by {self.owner}")
 
     def progress(self, p: Any) -> None:
-        """lipcore.train.Progress -> progress column + event, at most every progress_interval_s."""
+        """lipcore.progress.Progress -> progress column + event, at most every progress_interval_s."""
         now = time.monotonic()
         last_step = p.global_step == p.total_steps or p.step == p.steps
         if now - self._last_progress < self.settings.progress_interval_s and not last_step:

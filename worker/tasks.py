@@ -132,7 +132,8 @@ def _evaluate(job: Job, reporter: Reporter) -> tuple[str, dict[str, Any]]:
         device=settings.device,
         on_log=reporter.log,
         should_stop=reporter.should_stop,
-        state_dir=out,  # AutoAttack's progress per eps: a job picked up again continues it
+        on_progress=reporter.progress,  # an "epoch" is one eps, a step one batch of inputs
+        state_dir=out,  # AutoAttack's progress per (eps, batch): a job picked up again continues it
         **extra,
     )
     (out / "eval.json").write_text(json.dumps(results, indent=2))

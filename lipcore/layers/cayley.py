@@ -23,6 +23,6 @@ def cayley(w: Tensor) -> Tensor:
         return cayley(w.transpose(-2, -1)).transpose(-2, -1)
     u, v = w[..., :n, :], w[..., n:, :]
     eye = torch.eye(n, dtype=w.dtype, device=w.device)
-    a = u - u.mH + v.mH @ v
-    inv = torch.linalg.inv(eye + a)
-    return torch.cat((inv @ (eye - a), -2 * v @ inv), dim=-2)
+    inv = torch.linalg.inv(eye + u - u.mH + v.mH @ v)
+    # (I + A)^-1 (I - A) = 2 (I + A)^-1 - I: one n x n product fewer per matrix (a third of the cost)
+    return torch.cat((2 * inv - eye, -2 * v @ inv), dim=-2)
