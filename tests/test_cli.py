@@ -81,7 +81,7 @@ def test_paper_command_family_runs(family: Family, data_dir: Path, tmp_path: Pat
             toy = "Toy" in argv
             # Toy runs keep the paper's 10-restart Lipschitz estimate; image models skip it on the CPU
             extra = ["--lip-restarts", "10" if toy else "0"]
-            extra += ["--epochs", "30" if toy else "1"] if mode == "train" else ["--n-examples", "1"]
+            extra += ["--epochs", "20" if toy else "1"] if mode == "train" else ["--n-examples", "1"]
             assert main(argv + small + extra) == 0, (argv, capsys.readouterr().err)
             spec = spec_from_args(parser().parse_args(argv + small + extra))
             run = Path(spec.train_dir(root))
