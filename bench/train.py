@@ -158,7 +158,7 @@ def toy(args: argparse.Namespace) -> None:
                 run = train(spec, Path(tmp) / f"{layer}-{g}", device=args.device, lipschitz_restarts=0)
                 result = evaluate_toy(run.run_dir / "model.safetensors", device=args.device, restarts=10)
                 ours[(layer, g)] = 100 * result["tightness"]
-                console.print(f"{layer:9s} gamma {g:>3s}: tightness {ours[(layer, g)]:5.1f}% "
+                console.print(f"{layer:9s} gamma {g:>3s}: tightness {ours[(layer, g)]:6.2f}% "
                               f"(paper {paper.get((layer, g), float('nan')):.1f}%), test mse "
                               f"{run.metrics[-1]['test_loss']:.4f}, {time.monotonic() - t0:.0f} s")
     table = Table(title=f"Table 1: Lipschitz tightness (%), Toy, {args.epochs} epochs, seed {args.seed}")
@@ -169,7 +169,7 @@ def toy(args: argparse.Namespace) -> None:
     for layer in layers:
         row = [layer]
         for g in gammas:
-            row += [f"{ours[(layer, g)]:.1f}", f"{paper.get((layer, g), float('nan')):.1f}"]
+            row += [f"{ours[(layer, g)]:.2f}", f"{paper.get((layer, g), float('nan')):.1f}"]
         table.add_row(*row)
     console.print(table)
 
