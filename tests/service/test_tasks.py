@@ -1,13 +1,15 @@
-"""The worker's job runner in-process: evaluation jobs (lipcore's AutoAttack run replaced by a stub, as
-it takes minutes on a CPU), failures, and duplicate deliveries."""
+"""The worker's job runner in-process, with the real lipcore: a training job, then an evaluation
+job with a real AutoAttack run (a small unconstrained KWL and APGD-CE on a few images keep it to
+seconds on a CPU), failures, and duplicate deliveries."""
 
 from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
+from PIL import Image
 
-import lipcore.evaluate
 from worker.store import init_db, jobs, leases, make_engine, session_factory, transaction
 
 
@@ -15,7 +17,7 @@ from worker.store import init_db, jobs, leases, make_engine, session_factory, tr
 def tasks(tmp_path, settings_for, monkeypatch):
     import worker.tasks as tasks
 
-    settings = settings_for(tmp_path)
+    settings = settings_for(tmp_path, lipschitz_restarts=0)
     monkeypatch.setattr(tasks, "settings", settings)
     engine = make_engine(settings.db_url)
     init_db(engine)
@@ -25,57 +27,58 @@ def tasks(tmp_path, settings_for, monkeypatch):
     return tasks
 
 
-def _job(tasks, **kw):
+def _job(tasks, spec=None, **kw):
     with transaction(tasks.sessions()) as s:
-        return jobs.create_job(s, tenant="local", spec={"model": "KWL"}, **kw)[0]
+        return jobs.create_job(s, tenant="local", spec=spec or {"model": "KWL"}, **kw)[0]
 
 
-def test_evaluate_job_runs_lipcore_and_stores_results(tasks, monkeypatch):
-    model = _job(tasks, kind="train")
-    weights = tasks.settings.job_dir(model.id) / "model.safetensors"
-    weights.parent.mkdir(parents=True)
-    weights.write_bytes(b"stub")
-    seen = {}
+def _write_folder(root, per_class: int = 8) -> None:
+    rng = np.random.default_rng(0)
+    for c, colour in enumerate(([220, 30, 30], [30, 30, 220])):
+        for i in range(per_class):
+            pixels = np.clip(np.array(colour) + rng.normal(0, 20, (32, 32, 3)), 0, 255).astype(np.uint8)
+            path = root / "train" / f"c{c}" / f"{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels).save(path)
 
-    def fake_evaluate(path, **kw):
-        seen.update(kw, path=path)
-        kw["on_log"]("eps 36/255: AutoAttack 50.00%")
-        assert kw["should_stop"]() is False
-        return {"n": 4, "clean_acc": 75.0, "autoattack_acc": {"36": 50.0}, "certified_acc": {"36": 25.0}}
 
-    monkeypatch.setattr(lipcore.evaluate, "evaluate_robustness", fake_evaluate)
+def test_train_then_evaluate_jobs_run_lipcore_and_store_results(tasks):
+    _write_folder(tasks.settings.datasets_dir / "colours")
+    spec = {"model": "KWL", "layer": "Plain", "dataset": "image_folder", "data_path": "colours",
+            "loss": "multimargin", "epochs": 2, "train_batch_size": 8, "test_batch_size": 8,
+            "in_channels": 3, "img_size": 32, "num_classes": 2}
+    model = _job(tasks, spec=spec, kind="train")
+    assert tasks.train_job(model.id) == "succeeded"
     params = {"eps": [36], "version": "custom", "n_examples": 4, "attacks": ["apgd-ce"]}
     job = _job(tasks, kind="evaluate", params=params, model_id=model.id)
     assert tasks.evaluate_job(job.id) == "succeeded"
-    assert seen["path"] == weights and seen["eps"] == (36,) and seen["attacks"] == ["apgd-ce"]
-    assert seen["state_dir"] == tasks.settings.job_dir(job.id)
     with tasks.sessions()() as s:
         done = jobs.get_job(s, None, job.id)
-        assert done.status == "succeeded" and done.result["autoattack_acc"] == {"36": 50.0}
-        assert jobs.log_lines(s, job.id) == ["eps 36/255: AutoAttack 50.00%"]
+        assert done.status == "succeeded" and done.progress["fraction"] == 1.0
+        result = done.result
+        assert any(line.startswith("eps 36/255: AutoAttack") for line in jobs.log_lines(s, job.id))
+    assert result["n"] == 2 and result["attacks"] == ["apgd-ce"]  # two held-out images exist
+    assert 0 <= result["autoattack_acc"]["36"] <= result["clean_acc"]
+    assert result["certified_acc"] == {}  # an unconstrained network has no certificate
     saved = json.loads((tasks.settings.job_dir(job.id) / "eval.json").read_text())
-    assert saved["clean_acc"] == 75.0
+    assert saved == result
     assert tasks.evaluate_job(job.id) == "skipped"  # a second delivery of a finished job does nothing
 
 
-def test_failures_are_reported_on_the_job(tasks, monkeypatch):
+def test_failures_are_reported_on_the_job(tasks):
     job = _job(tasks, kind="evaluate", params={}, model_id="job_gone")
     assert tasks.evaluate_job(job.id) == "failed"
     with tasks.sessions()() as s:
         assert "no weights file" in jobs.get_job(s, None, job.id).error
-
-    def broken(path, **kw):
-        raise RuntimeError("CUDA out of memory")
-
     model = _job(tasks, kind="train")
     (tasks.settings.job_dir(model.id)).mkdir(parents=True)
-    (tasks.settings.job_dir(model.id) / "model.safetensors").write_bytes(b"stub")
-    monkeypatch.setattr(lipcore.evaluate, "evaluate_robustness", broken)
+    (tasks.settings.job_dir(model.id) / "model.safetensors").write_bytes(b"\x80\x04not a safetensors file")
     job = _job(tasks, kind="evaluate", params={}, model_id=model.id)
     assert tasks.evaluate_job(job.id) == "failed"
     with tasks.sessions()() as s:
         failed = jobs.get_job(s, None, job.id)
-    assert failed.error == "RuntimeError: CUDA out of memory" and failed.lease_owner is None
+    assert failed.error.startswith("CheckpointError:") and "not a readable safetensors file" in failed.error
+    assert failed.lease_owner is None
 
 
 def test_a_job_leased_elsewhere_is_left_alone(tasks):
