@@ -31,7 +31,7 @@ from lipcore.losses import build_loss
 from lipcore.models import build
 from lipcore.precision import full_precision
 from lipcore.progress import Progress
-from lipcore.rundir import CHECKPOINT, METRICS, MODEL, SPEC, SUMMARY, RunLog, write_json
+from lipcore.rundir import CHECKPOINT, LOG, METRICS, MODEL, SPEC, SUMMARY, RunLog, write_json
 from lipcore.runtime import flush_denormals, resolve_device, rng_state, seed_everything, set_rng_state
 from lipcore.spec import ExperimentSpec
 
@@ -47,6 +47,7 @@ class TrainHooks:
     on_checkpoint: Callable[[Path], None] | None = None  # after a resumable checkpoint is written
     should_stop: Callable[[], bool] | None = None  # polled every step: True -> checkpoint and stop
     on_log: Callable[[str], None] | None = None  # human-readable lines (also in log.txt)
+    on_resume: Callable[[dict[str, int]], None] | None = None  # {"epoch", "step"} of the checkpoint resumed
 
 
 @dataclass
@@ -57,6 +58,8 @@ class TrainResult:
     metrics: list[dict[str, Any]]
     summary: dict[str, Any] = field(default_factory=dict)
     resumed_from: dict[str, int] | None = None
+    spec: ExperimentSpec | None = None  # as resolved against the data (image folders: shape, classes)
+    classes: list[str] = field(default_factory=list)  # class names in label order
 
 
 class TrainingDiverged(RuntimeError):
@@ -91,7 +94,7 @@ def train(
     run_dir.mkdir(parents=True, exist_ok=True)
     dev = resolve_device(device)
     spec = resolve_spec(spec, data_dir)
-    log = RunLog(run_dir / "log.txt", hooks.on_log)
+    log = RunLog(run_dir / LOG, hooks.on_log)
     ckpt = run_dir / CHECKPOINT
     if resume and ckpt.exists():
         _check_same_experiment(run_dir, spec)
@@ -122,6 +125,8 @@ def train(
         history = state.history
         resumed_from = {"epoch": epoch0, "step": step0}
         log(f"Resumed from checkpoint: {epoch0} epochs and {step0} steps done")
+        if hooks.on_resume:
+            hooks.on_resume(resumed_from)
     else:
         log(f"Set global seed to {spec.seed}")
         log(f"name: {spec.run_name()}, num_params: {nparams:,}, device: {dev}")
@@ -171,7 +176,7 @@ def train(
                 checkpoint(epoch, step + 1, acc)
                 log(f"Stopped at epoch {epoch + 1} step {step + 1}; checkpoint kept")
                 save_model(run_dir / MODEL, model, spec, classes=data.classes, mean=data.mean, std=data.std)
-                return TrainResult("stopped", run_dir, epoch, history, {}, resumed_from)
+                return TrainResult("stopped", run_dir, epoch, history, {}, resumed_from, spec, data.classes)
         train_time = time.monotonic() - t0
         row = {"epoch": epoch + 1, **acc.summary(), "lr": lr, "train_time_s": train_time}
         row.update(_test_pass(model, data, criterion, spec))
@@ -192,7 +197,7 @@ def train(
             + (f" / gamma {spec.gamma:.2f} = {100 * tight:.2f}%" if tight is not None else " (no bound)")
         )
     write_json(run_dir / SUMMARY, summary)
-    return TrainResult("completed", run_dir, spec.epochs, history, summary, resumed_from)
+    return TrainResult("completed", run_dir, spec.epochs, history, summary, resumed_from, spec, data.classes)
 
 
 @dataclass

@@ -6,17 +6,16 @@ tasks, so the worker's parent process never initialises torch/CUDA before it for
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
 import uuid
-from pathlib import Path
 from typing import Any
 
 from celery.signals import worker_ready, worker_shutdown
 from sqlalchemy.orm import Session, sessionmaker
 
+from lipcore.rundir import EVAL, MODEL, write_json
 from worker.queue import app
 from worker.reaper import PeriodicReaper
 from worker.reporting import LeaseLost, Reporter
@@ -86,6 +85,7 @@ def _train(job: Job, reporter: Reporter) -> tuple[str, dict[str, Any]]:
         on_epoch=reporter.epoch,
         on_log=reporter.log,
         should_stop=reporter.should_stop,
+        on_resume=lambda position: reporter.update(resumed_from=position),  # visible while it runs
     )
     # resume=True: a job picked up again after its worker died continues from its checkpoint.
     result = train(
@@ -97,26 +97,20 @@ def _train(job: Job, reporter: Reporter) -> tuple[str, dict[str, Any]]:
         resume=True,
         lipschitz_restarts=settings.lipschitz_restarts,
     )
-    values: dict[str, Any] = {"spec": json.loads((run_dir / "spec.json").read_text())}  # resolved
+    assert result.spec is not None
+    values: dict[str, Any] = {"spec": result.spec.model_dump(mode="json")}  # resolved against the data
     if result.resumed_from is not None:
         values["resumed_from"] = result.resumed_from
     if result.status == "stopped":
         return "cancelled", values
-    values["result"] = {**result.summary, "classes": _classes(run_dir / "model.safetensors")}
+    values["result"] = {**result.summary, "classes": result.classes}
     return "succeeded", values
-
-
-def _classes(path: Path) -> list[str] | None:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="numpy") as f:
-        return json.loads((f.metadata() or {}).get("classes", "null"))
 
 
 def _evaluate(job: Job, reporter: Reporter) -> tuple[str, dict[str, Any]]:
     from lipcore.evaluate import evaluate_robustness
 
-    model_path = settings.job_dir(job.model_id or "") / "model.safetensors"
+    model_path = settings.job_dir(job.model_id or "") / MODEL
     if not model_path.is_file():
         return "failed", {"error": f"the model {job.model_id} has no weights file (deleted?)"}
     params = job.params or {}
@@ -136,7 +130,7 @@ def _evaluate(job: Job, reporter: Reporter) -> tuple[str, dict[str, Any]]:
         state_dir=out,  # AutoAttack's progress per (eps, batch): a job picked up again continues it
         **extra,
     )
-    (out / "eval.json").write_text(json.dumps(results, indent=2))
+    write_json(out / EVAL, results)
     return ("cancelled" if results.get("stopped") else "succeeded"), {"result": results}
 
 

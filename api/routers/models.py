@@ -13,10 +13,10 @@ from api.deps import CurrentTenant, SessionDep, SettingsDep, TenantModel
 from api.schemas import CertifyOut, ModelOut, ModelPage
 from api.uploads import RawInputs, decode, read_certify_body
 from api.views import model_out
+from lipcore.rundir import MODEL
 from worker.store import Job
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
-MODEL_FILE = "model.safetensors"
 # The certify body is read by content type (api.uploads), so its schema is declared by hand.
 CERTIFY_BODY = {
     "application/json": {
@@ -76,7 +76,7 @@ def certify_inputs(
 ) -> CertifyOut:
     # A `def` route: FastAPI runs it in the threadpool, so torch never blocks the event loop.
     t0 = time.perf_counter()
-    path = settings.job_dir(model.id) / MODEL_FILE
+    path = settings.job_dir(model.id) / MODEL
     if not path.is_file():
         raise HTTPException(404, f"model {model.id} has no weights file (was it removed?)")
     loaded = request.app.state.model_cache.get(path)
