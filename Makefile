@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test serve install bench clean
+.PHONY: test test-fast serve install bench clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,10 @@ install: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The edit loop: the library's tests without servers or long runs (about 2 minutes here).
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow and not service"
 
 serve: $(STAMP)
 	$(VENV)/bin/lbdn serve

@@ -3,7 +3,8 @@
 PostgreSQL and Redis are the machine's own (127.0.0.1:5432 and :6379). Each test session makes its
 own database `lbdn_test_<random>` and Redis queue names, and drops them at the end, so runs never
 interfere with each other or with whatever else uses the `test` database. If a server is down the
-tests fail loudly instead of skipping.
+tests skip with a message saying what to start; under CI (CI=true) they fail instead, so a CI
+machine missing a server can never pass by skipping.
 """
 
 from __future__ import annotations
@@ -21,6 +22,21 @@ from worker.store import init_db, make_engine, session_factory
 PG_ADMIN = os.environ.get("LBDN_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("LBDN_TEST_REDIS", "redis://127.0.0.1:6379/0")
 RUN_ID = secrets.token_hex(4)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Everything under tests/service talks to real servers or processes: `make test-fast` leaves it out.
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(item.fspath).parents:
+            item.add_marker(pytest.mark.service)
+
+
+def _missing(what: str) -> None:
+    """A prerequisite server is down: fail under CI, skip (saying how to start it) elsewhere."""
+    if os.environ.get("CI"):
+        pytest.fail(what)
+    pytest.skip(what)
 
 
 @pytest.fixture(scope="session")
@@ -41,7 +57,10 @@ def _pg_database(name: str) -> Iterator[str]:
     try:
         admin = psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=5)
     except psycopg.OperationalError as e:
-        pytest.fail(f"PostgreSQL at {PG_ADMIN} is needed by the service tests and is not reachable: {e}")
+        _missing(
+            f"PostgreSQL at {PG_ADMIN} is needed by the service tests and is not reachable ({e}); start it "
+            "(e.g. `pg_ctlcluster 15 main start`) or point LBDN_TEST_PG_ADMIN at one"
+        )
     with admin:
         admin.execute(f'CREATE DATABASE "{name}"')
     try:
@@ -60,7 +79,10 @@ def redis_url() -> Iterator[str]:
     try:
         client.ping()
     except redis.RedisError as e:
-        pytest.fail(f"Redis at {REDIS_URL} is needed by the service tests and is not reachable: {e}")
+        _missing(
+            f"Redis at {REDIS_URL} is needed by the service tests and is not reachable ({e}); start it "
+            "(e.g. `redis-server --daemonize yes`) or point LBDN_TEST_REDIS at one"
+        )
     yield REDIS_URL
     for key in client.scan_iter(match=f"*t{RUN_ID}*"):
         client.delete(key)
