@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api import problems
+from api.certify import AttackSlots
 from api.auth import OpsGuard, auth_mode, listen_problem
 from api.metrics import ServiceMetrics
 from api.middleware import LimitAndMeasure
@@ -67,6 +68,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.celery = make_celery(settings)
     app.state.model_cache = ModelCache(settings.model_cache_size)
     app.state.metrics = ServiceMetrics(app.state.sessions)
+    app.state.attack_slots = AttackSlots(
+        settings.certify_attacks_per_tenant, settings.certify_attacks_total, settings.certify_attack_timeout_s
+    )
     problems.install(app)
     for router in (jobs.router, events.router, artifacts.router, models.router, health.router):
         app.include_router(router)

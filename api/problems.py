@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 PROBLEM_JSON = "application/problem+json"
+FASTAPI_BODY_ERROR = "There was an error parsing the body"  # FastAPI's 400 when json.loads raises non-JSON errors
 log = logging.getLogger("lbdn.api")
 
 
@@ -44,6 +45,8 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(HTTPException)
     async def _http(_: Request, exc: HTTPException) -> JSONResponse:
         detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).description
+        if exc.status_code == 400 and detail == FASTAPI_BODY_ERROR:  # e.g. RecursionError on deep nesting
+            return problem(422, "body: not parseable JSON (nested too deeply?); expected a JSON object")
         return problem(exc.status_code, detail, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)

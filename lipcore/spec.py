@@ -188,6 +188,8 @@ class ExperimentSpec(BaseModel):
         if self.dataset == IMAGE_FOLDER:
             if not self.data_path:
                 raise ValueError("dataset 'image_folder' needs data_path: the folder holding train/")
+            if "\x00" in self.data_path:
+                raise ValueError("data_path must not contain a NUL character")
         elif self.data_path is not None:
             raise ValueError(f"data_path is for dataset 'image_folder' only, not {self.dataset!r}")
         if self.img_size not in (None, 0, 32, 64) or (self.img_size == 0 and not toy_data):

@@ -46,7 +46,7 @@ class Settings(BaseSettings):
     )
     max_active_jobs_per_tenant: int = Field(20, ge=1, description="queued + running jobs of one tenant (429 above)")
     max_job_memory_gb: float = Field(
-        64.0, gt=0, description="worker memory a job may need by lipcore.cost's estimate (422 above), GiB"
+        80.0, gt=0, description="worker memory a job may need by lipcore.cost's estimate (422 above), GiB"
     )
     certify_attacks_per_tenant: int = Field(1, ge=1, description="concurrent ?attack=true requests of one tenant")
     certify_attacks_total: int = Field(2, ge=1, description="concurrent ?attack=true requests in all")

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Annotated
+
+import anyio
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from sqlalchemy import select
 
-from api.certify import certify_batch, input_shape
+from api.certify import AttackBudget, AttackSlots, certify_batch, input_shape
 from api.deps import CurrentTenant, SessionDep, SettingsDep, TenantModel
 from api.schemas import CertifyOut, ModelOut, ModelPage
 from api.uploads import RawInputs, decode, read_certify_body
@@ -72,10 +75,12 @@ def certify_inputs(
     raw: Annotated[RawInputs, Depends(read_certify_body)],
     request: Request,
     settings: SettingsDep,
+    tenant: CurrentTenant,
     attack: Annotated[bool, Query(description="also search adversarial examples")] = False,
 ) -> CertifyOut:
     # A `def` route: FastAPI runs it in the threadpool, so torch never blocks the event loop.
     t0 = time.perf_counter()
+    metrics = request.app.state.metrics
     path = settings.job_dir(model.id) / MODEL
     if not path.is_file():
         raise HTTPException(404, f"model {model.id} has no weights file (was it removed?)")
@@ -90,10 +95,33 @@ def certify_inputs(
         max_inputs=settings.max_certify_inputs,
         max_pixels=settings.max_image_pixels,
     )
-    bound, results = certify_batch(
-        loaded, x, scale=raw.scale, attack=attack, attack_steps=settings.certify_attack_steps
-    )
-    metrics = request.app.state.metrics
+    if attack:
+        slots: AttackSlots = request.app.state.attack_slots
+        with slots.hold(tenant):
+            metrics.certify_attacks_active.inc()
+            try:
+                budget = AttackBudget(settings.certify_attack_timeout_s, _disconnect_probe(request))
+                bound, results, report = certify_batch(
+                    loaded, x, scale=raw.scale, attack=True, attack_steps=settings.certify_attack_steps, budget=budget
+                )
+            finally:
+                metrics.certify_attacks_active.dec()
+    else:
+        bound, results, report = certify_batch(loaded, x, scale=raw.scale, attack=False, attack_steps=0)
     metrics.certify_latency.labels(str(attack).lower()).observe(time.perf_counter() - t0)
     metrics.certified_inputs.inc(len(results))
-    return CertifyOut(model_id=model.id, input_shape=list(shape), lipschitz_bound=bound, results=results)
+    return CertifyOut(
+        model_id=model.id, input_shape=list(shape), lipschitz_bound=bound, results=results, attack=report
+    )
+
+
+def _disconnect_probe(request: Request) -> Callable[[], bool]:
+    """A blocking 'has the client gone?' for code in the threadpool (asks the event loop)."""
+
+    def probe() -> bool:
+        try:
+            return bool(anyio.from_thread.run(request.is_disconnected))
+        except RuntimeError:  # not in a worker thread of the loop (e.g. called directly in a test)
+            return False
+
+    return probe
