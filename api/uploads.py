@@ -66,6 +66,8 @@ async def read_certify_body(request: Request) -> RawInputs:
         extra = set(body) - {"inputs", "scale"}
         if extra:
             raise _unprocessable(f"body: unknown fields {sorted(extra)}")
+        if not isinstance(body["inputs"], list) or not body["inputs"]:
+            raise _unprocessable("inputs: expected a non-empty list of inputs, each of the model's input shape")
         return RawInputs(scale=_scale(body.get("scale", "pixel")), json_inputs=body["inputs"])
     if ctype == "multipart/form-data":
         limit = settings.max_certify_inputs

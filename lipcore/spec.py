@@ -117,8 +117,8 @@ class ExperimentSpec(BaseModel):
         if "LLN" in d:
             d["lln"] = d.pop("LLN")
         model = d.get("model", "Resnet")
-        if model not in MODEL_LAYERS:
-            return d  # the Literal check reports it
+        if not isinstance(model, str) or model not in MODEL_LAYERS:
+            return d  # the Literal check reports it (also for a non-string, e.g. {})
         for key, value in FORCED.get(model, {}).items():
             # main.py overrides these silently; a contradicting explicit value is a user error here.
             if d.get(key) is not None and d[key] != value:

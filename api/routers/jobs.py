@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, R
 from fastapi.encoders import jsonable_encoder
 from sqlalchemy import func, select
 
+from api.problems import problem_responses
 from api.deps import CurrentTenant, SessionDep, SettingsDep, TenantJob, tenant_model
 from api.schemas import MAX_QUERY_INT, EvaluateRequest, JobKind, JobOut, JobPage, JobRequest, JobStatus, MetricsOut
 from api.views import job_out
@@ -19,7 +20,7 @@ from worker.queue import enqueue
 from worker.settings import Settings
 from worker.store import FINISHED, Job, jobs, leases
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=problem_responses(401, 413, 422))
 log = logging.getLogger("lbdn.api")
 
 
@@ -108,6 +109,7 @@ def send(request: Request, job_id: str, kind: str) -> None:
     response_model=JobOut,
     dependencies=[Depends(require_json)],
     summary="Submit a training or evaluation job",
+    responses=problem_responses(404, 415, 422, 429),
 )
 def submit_job(
     body: JobRequest,
@@ -185,7 +187,9 @@ def get_metrics(
     return MetricsOut(job_id=job.id, items=jobs.metrics_since(session, job.id, since_epoch))
 
 
-@router.post("/{job_id}/cancel", response_model=JobOut, summary="Stop a job at its next step")
+@router.post(
+    "/{job_id}/cancel", response_model=JobOut, summary="Stop a job at its next step", responses=problem_responses(409)
+)
 def cancel_job(job: TenantJob, session: SessionDep) -> JobOut:
     if job.status in FINISHED:
         raise HTTPException(409, f"job {job.id} has already {job.status}; nothing to cancel")
@@ -194,7 +198,13 @@ def cancel_job(job: TenantJob, session: SessionDep) -> JobOut:
     return job_out(job)
 
 
-@router.delete("/{job_id}", status_code=204, response_class=Response, summary="Remove a finished job and its artifacts")
+@router.delete(
+    "/{job_id}",
+    status_code=204,
+    response_class=Response,
+    summary="Remove a finished job and its artifacts",
+    responses=problem_responses(409),
+)
 def delete_job(job: TenantJob, session: SessionDep, request: Request, settings: SettingsDep) -> Response:
     if job.status not in FINISHED:
         raise HTTPException(409, f"job {job.id} is {job.status}; cancel it and wait until it has stopped")

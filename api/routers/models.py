@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from sqlalchemy import select
 
 from api.certify import AttackBudget, AttackSlots, certify_batch, input_shape
+from api.problems import problem_responses
 from api.deps import CurrentTenant, SessionDep, SettingsDep, TenantModel
 from api.schemas import CertifyOut, ModelOut, ModelPage
 from api.uploads import RawInputs, decode, read_certify_body
@@ -19,7 +20,7 @@ from api.views import model_out
 from lipcore.rundir import MODEL
 from worker.store import Job
 
-router = APIRouter(prefix="/v1/models", tags=["models"])
+router = APIRouter(prefix="/v1/models", tags=["models"], responses=problem_responses(401, 413, 422))
 # The certify body is read by content type (api.uploads), so its schema is declared by hand.
 CERTIFY_BODY = {
     "application/json": {
@@ -59,7 +60,7 @@ def list_models(
     return ModelPage(items=[model_out(j) for j in rows], next_cursor=str(rows[-1].pk) if len(rows) == limit else None)
 
 
-@router.get("/{model_id}", response_model=ModelOut, summary="One trained model")
+@router.get("/{model_id}", response_model=ModelOut, summary="One trained model", responses=problem_responses(404))
 def get_model(model: TenantModel) -> ModelOut:
     return model_out(model)
 
@@ -69,6 +70,7 @@ def get_model(model: TenantModel) -> ModelOut:
     response_model=CertifyOut,
     summary="Certified l2 radii (and optionally an attack's upper bound) for your inputs",
     openapi_extra={"requestBody": {"required": True, "content": CERTIFY_BODY}},
+    responses=problem_responses(400, 404, 413, 415, 422, 429),
 )
 def certify_inputs(
     model: TenantModel,

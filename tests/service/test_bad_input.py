@@ -113,7 +113,9 @@ CASES = [
     ("certify too many files", "post", CERT, {"files": [("files", (f"{i}.png", png(), "image/png")) for i in range(9)]}, 413, ["at most 8"]),
     ("certify image for the toy", "post", CERT_TOY, {"files": {"files": ("x.png", png(), "image/png")}}, 422, ["feature vectors"]),
     ("certify multipart without files", "post", CERT, {"data": {"scale": "pixel"}, "files": {}}, (415, 422), []),
-    # issue 7: inputs that used to answer 500
+    # issue 7: inputs that used to answer 500 (the last ones found by tests/service/test_schemathesis.py)
+    ("spec model not a string", "post", JOBS, {"json": {"kind": "train", "spec": {**TOY, "model": {}}}}, 422, ["spec.model"]),
+    ("certify inputs null", "post", CERT, {"json": {"inputs": None}}, 422, ["inputs", "non-empty list"]),
     ("certify 400-digit integer", "post", CERT_TOY, {"content": b'{"scale": "model", "inputs": [[' + b"9" * 400 + b"]]}", "headers": JSON}, 422, ["inputs", "float32"]),
     ("certify JSON nested 100k deep", "post", CERT, {"content": deep_json(b'{"inputs": ', 100_000), "headers": JSON}, 422, ["body", "nested"]),
     ("job JSON nested 100k deep", "post", JOBS, {"content": deep_json(b'{"kind": "train", "spec": ', 100_000), "headers": JSON}, 422, ["body", "nested"]),
