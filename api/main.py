@@ -10,8 +10,8 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api import problems
-from api.certify import AttackSlots
 from api.auth import OpsGuard, auth_mode, listen_problem
+from api.certify import AttackSlots
 from api.metrics import ServiceMetrics
 from api.middleware import LimitAndMeasure
 from api.model_cache import ModelCache

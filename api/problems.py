@@ -75,7 +75,7 @@ def _complete(doc: dict[str, Any]) -> dict[str, Any]:
     for name in ("HTTPValidationError", "ValidationError"):
         schemas.pop(name, None)
     for path, ops in doc.get("paths", {}).items():
-        for method, op in ops.items():
+        for op in ops.values():
             if not isinstance(op, dict) or "responses" not in op:
                 continue
             codes = [413, 422]

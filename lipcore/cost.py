@@ -26,8 +26,8 @@ import torch
 from lipcore.spec import ExperimentSpec
 
 BYTES = 4  # float32
-# The backward pass holds gradients of activations alongside the saved ones; measured on CPU for
-# KWL/Toy/DNN (bench/cost_check.py) the peak sits within ~1.3x of saved activations + state.
+# The backward pass holds gradients of activations alongside the saved ones. With 0.5, estimates
+# were 0.79-1.08x the measured CPU peak of KWL/DNN/Resnet training steps (bench/cost_check.py).
 BACKWARD_FACTOR = 0.5
 IMAGES = {"cifar10": 60_000, "cifar100": 60_000, "tiny_imagenet": 110_000}  # train + test
 
@@ -46,7 +46,7 @@ class MemoryEstimate:
         return self.state_bytes + self.activation_bytes + self.data_bytes
 
     def describe(self) -> str:
-        gib = lambda b: f"{b / 2**30:.2f} GiB"  # noqa: E731
+        gib = lambda b: f"{b / 2**30:.2f} GiB"
         return (
             f"{gib(self.total_bytes)} ({self.n_params:,} parameters with gradients and Adam state "
             f"{gib(self.state_bytes)}, activations {gib(self.activation_bytes)}, data {gib(self.data_bytes)})"

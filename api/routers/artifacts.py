@@ -8,8 +8,8 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Path, Request
 from fastapi.responses import FileResponse
 
-from api.problems import problem_responses
 from api.deps import SettingsDep, TenantJob
+from api.problems import problem_responses
 from api.schemas import ArtifactList, ArtifactOut
 
 router = APIRouter(prefix="/v1/jobs", tags=["artifacts"], responses=problem_responses(401, 404, 413, 422))

@@ -11,9 +11,18 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, R
 from fastapi.encoders import jsonable_encoder
 from sqlalchemy import func, select
 
-from api.problems import problem_responses
 from api.deps import CurrentTenant, SessionDep, SettingsDep, TenantJob, tenant_model
-from api.schemas import MAX_QUERY_INT, EvaluateRequest, JobKind, JobOut, JobPage, JobRequest, JobStatus, MetricsOut
+from api.problems import problem_responses
+from api.schemas import (
+    MAX_QUERY_INT,
+    EvaluateRequest,
+    JobKind,
+    JobOut,
+    JobPage,
+    JobRequest,
+    JobStatus,
+    MetricsOut,
+)
 from api.views import job_out
 from lipcore.spec import IMAGE_FOLDER, ExperimentSpec
 from worker.queue import enqueue
@@ -77,11 +86,12 @@ def _check_cost(spec: ExperimentSpec, settings: Settings) -> None:
     """422 naming the estimate and the limit when training `spec` would not fit a worker."""
     if not spec.resolved:
         return
-    from lipcore.cost import estimate_memory  # torch, lazily: only once a training job is submitted
+    # torch is imported lazily, on the first training job submitted
+    from lipcore.cost import estimate_memory
 
     try:
         estimate = estimate_memory(spec)
-    except Exception:  # noqa: BLE001 - an estimate that fails must not fail the request
+    except Exception:  # an estimate that fails must not fail the request (the worker will tell)
         log.exception("memory estimate failed for %s", spec.run_name())
         return
     limit = settings.max_job_memory_gb * 2**30

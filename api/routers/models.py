@@ -7,13 +7,12 @@ from collections.abc import Callable
 from typing import Annotated
 
 import anyio
-
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from sqlalchemy import select
 
 from api.certify import AttackBudget, AttackSlots, certify_batch, input_shape
-from api.problems import problem_responses
 from api.deps import CurrentTenant, SessionDep, SettingsDep, TenantModel
+from api.problems import problem_responses
 from api.schemas import CertifyOut, ModelOut, ModelPage
 from api.uploads import RawInputs, decode, read_certify_body
 from api.views import model_out

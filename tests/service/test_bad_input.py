@@ -41,7 +41,7 @@ def shape_bomb() -> bytes:
 
 def npy_header_only(shape: str) -> bytes:
     """A .npy file whose header declares `shape` (a Python tuple literal) followed by 8 bytes."""
-    header = "{'descr': '<f8', 'fortran_order': False, 'shape': %s, }" % shape
+    header = "{'descr': '<f8', 'fortran_order': False, 'shape': " + shape + ", }"
     header += " " * (64 - (10 + len(header) + 1) % 64) + "\n"
     return b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode() + b"\0" * 8
 

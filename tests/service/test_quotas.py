@@ -90,7 +90,7 @@ def test_attack_past_its_time_budget_still_returns_the_certificates(tmp_path, se
 
 def _attacks_active(url: str) -> float:
     text = httpx.get(f"{url}/metrics", timeout=30).text
-    return float(re.search(r"^lbdn_certify_attacks_active (\S+)$", text, re.M).group(1))
+    return float(re.search(r"^lbdn_certify_attacks_active (\S+)$", text, re.MULTILINE).group(1))
 
 
 def _wait(predicate, what: str, timeout: float = 300.0) -> None:
