@@ -47,3 +47,22 @@ def test_schemathesis_finds_nothing(service_factory, add_key, tmp_path):
     tail = (out.stdout + out.stderr)[-12000:]
     assert out.returncode == 0, tail
     assert "Traceback" not in svc.api.text(), svc.api.text()[-4000:]
+
+
+def test_every_error_answer_is_documented_as_problem_json(client):
+    doc = client.get("/openapi.json").json()
+    assert "HTTPValidationError" not in doc["components"]["schemas"]
+    for path, ops in doc["paths"].items():
+        for method, op in ops.items():
+            responses = op["responses"]
+            want = {"413", "422"} | ({"401"} if path.startswith("/v1") else set())
+            want |= {"404"} if path.startswith("/v1") and "{" in path else set()
+            assert want <= set(responses), (method, path, sorted(responses))
+            for code, entry in responses.items():
+                if code[0] in "45":
+                    assert list(entry["content"]) == ["application/problem+json"], (method, path, code)
+    submit = doc["paths"]["/v1/jobs"]["post"]["responses"]
+    assert {"404", "415", "429"} <= set(submit) and "Retry-After" in submit["429"]["headers"]
+    certify = doc["paths"]["/v1/models/{model_id}/certify"]["post"]["responses"]
+    assert {"400", "413", "415", "429"} <= set(certify)
+    assert "409" in doc["paths"]["/v1/jobs/{job_id}/cancel"]["post"]["responses"]
