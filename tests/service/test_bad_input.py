@@ -193,3 +193,23 @@ def test_good_requests_still_work_after_the_table(table_client):
     r = client.post(CERT.format(**ids), files={"files": ("x.png", png(), "image/png")})
     assert r.status_code == 200, r.text
     assert math.isfinite(r.json()["results"][0]["radius"])
+
+
+def test_data_path_is_resolved_once_the_same_way(tmp_path):
+    """lipcore's folder_root is what the API checks and what training reads: no `~` expansion,
+    no NUL, and (for the service) nothing outside the data dir after `..` and symlinks."""
+    from pathlib import Path
+
+    from lipcore.data.image_folder import folder_root
+
+    data = tmp_path / "data"
+    (data / "mine").mkdir(parents=True)
+    (data / "link").symlink_to(tmp_path)
+    assert folder_root("~/x", data) == data / "~" / "x"  # a folder named "~", not the home dir
+    assert folder_root("mine", data, confine=True) == data / "mine"
+    assert folder_root(str(data / "mine"), data, confine=True) == data / "mine"
+    for escaping in ("~/../../x", "../x", "/etc", "link/x", str(Path.home())):
+        with pytest.raises(ValueError, match="inside the data dir"):
+            folder_root(escaping, data, confine=True)
+    with pytest.raises(ValueError, match="NUL"):
+        folder_root("a\x00b", data)
