@@ -43,7 +43,8 @@ def test_schemathesis_finds_nothing(service_factory, add_key, tmp_path):
         "-H", f"Authorization: Bearer {secret}",
         "--report", "junit", "--report-dir", str(tmp_path / "report"),
     ]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=580, check=False)
+    # run in tmp_path: schemathesis writes its .schemathesis/ cache to the working directory
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=580, check=False, cwd=tmp_path)
     tail = (out.stdout + out.stderr)[-12000:]
     assert out.returncode == 0, tail
     assert "Traceback" not in svc.api.text(), svc.api.text()[-4000:]
