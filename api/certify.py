@@ -9,11 +9,17 @@ adversarial perturbation found (model-input space), an upper bound on the true d
 from __future__ import annotations
 
 import math
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
+from fastapi import HTTPException
 
-from api.schemas import CertifiedInput, LipschitzBound
+from api.schemas import AttackReport, CertifiedInput, LipschitzBound
 
 
 def input_shape(spec: Any) -> tuple[int, ...]:
@@ -27,6 +33,68 @@ def _finite(v: float) -> float | None:
     return v if math.isfinite(v) else None
 
 
+class AttackSlots:
+    """Concurrent ?attack=true searches, per tenant and in all (a CPU-heavy search each).
+
+    `hold(tenant)` answers 429 with Retry-After when either limit is reached, instead of queueing
+    work behind the threadpool that would then outlive its clients.
+    """
+
+    def __init__(self, per_tenant: int, total: int, retry_after_s: float) -> None:
+        self.per_tenant, self.total, self.retry_after_s = per_tenant, total, retry_after_s
+        self._lock = threading.Lock()
+        self._by_tenant: Counter[str] = Counter()
+
+    @property
+    def active(self) -> int:
+        return sum(self._by_tenant.values())
+
+    @contextmanager
+    def hold(self, tenant: str) -> Iterator[None]:
+        with self._lock:
+            if self._by_tenant[tenant] >= self.per_tenant:
+                limit = f"LBDN_CERTIFY_ATTACKS_PER_TENANT ({self.per_tenant}) attacks of your tenant are running"
+            elif self.active >= self.total:
+                limit = f"LBDN_CERTIFY_ATTACKS_TOTAL ({self.total}) attacks are running on this server"
+            else:
+                limit = None
+                self._by_tenant[tenant] += 1
+        if limit is not None:
+            raise HTTPException(
+                429,
+                f"attack: {limit}; retry later, or certify without ?attack=true (no limit)",
+                headers={"Retry-After": str(max(1, math.ceil(self.retry_after_s)))},
+            )
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._by_tenant[tenant] -= 1
+                if self._by_tenant[tenant] <= 0:
+                    del self._by_tenant[tenant]
+
+
+class AttackBudget:
+    """`should_stop()` for lipcore's attack: past `timeout_s`, or once `disconnected()` says so
+    (asked at most every `check_every_s`, since asking crosses into the event loop)."""
+
+    def __init__(self, timeout_s: float, disconnected: Callable[[], bool] | None, check_every_s: float = 0.25):
+        self.deadline = time.monotonic() + timeout_s
+        self.disconnected, self.check_every_s = disconnected, check_every_s
+        self._next_check = 0.0
+        self.reason: str | None = None
+
+    def __call__(self) -> bool:
+        now = time.monotonic()
+        if now >= self.deadline:
+            self.reason = "time budget"
+        elif self.disconnected is not None and now >= self._next_check:
+            self._next_check = now + self.check_every_s
+            if self.disconnected():
+                self.reason = "client disconnected"
+        return self.reason is not None
+
+
 def certify_batch(
     loaded: Any,
     x: np.ndarray,
@@ -34,8 +102,12 @@ def certify_batch(
     scale: str,
     attack: bool,
     attack_steps: int,
-) -> tuple[LipschitzBound, list[CertifiedInput]]:
-    """Certificates of `x` (n, *input_shape) given in `scale` ('pixel' in [0,1], or 'model')."""
+    budget: AttackBudget | None = None,
+) -> tuple[LipschitzBound, list[CertifiedInput], AttackReport | None]:
+    """Certificates of `x` (n, *input_shape) given in `scale` ('pixel' in [0,1], or 'model').
+
+    422 if the model's outputs are not finite for some input (inputs too large for float32); the
+    attack, if asked for, runs under `budget` and reports whether it was cut short."""
     import torch
 
     from lipcore.attack import minimal_adversarial_l2
@@ -53,9 +125,15 @@ def certify_batch(
     with torch.no_grad(), full_precision():
         logits = model(xt)
         weight = head.normalized_weight() if head is not None else None
+    finite = torch.isfinite(logits).all(dim=1)
+    if not bool(finite.all()):  # a certificate needs finite logits; never answer with nulls
+        first = int((~finite).nonzero()[0, 0])
+        raise HTTPException(
+            422, f"input {first}: the model's outputs overflow float32 for this input; send smaller values"
+        )
     cert = certify(logits, model.gamma, weight)
     kind = "gamma (single output)" if logits.shape[1] == 1 else ("lln" if weight is not None else "sqrt2*gamma")
-    adversarial = minimal_adversarial_l2(model, xt, steps=attack_steps) if attack else None
+    adversarial = minimal_adversarial_l2(model, xt, steps=attack_steps, should_stop=budget) if attack else None
     if adversarial is not None:
         attacked = adversarial.radius.tolist()
         attacked_pixel = adversarial.pixel_radius(loaded.std if spec.img_size else None).tolist()
@@ -78,4 +156,13 @@ def certify_batch(
             item.attack_radius = _finite(attacked[i])
             item.attack_radius_pixel = _finite(attacked_pixel[i])
         results.append(item)
-    return LipschitzBound(gamma=float(model.gamma), kind=kind), results
+    report = None
+    if adversarial is not None:
+        cut = adversarial.steps_run < attack_steps
+        report = AttackReport(
+            steps=attack_steps,
+            steps_run=adversarial.steps_run,
+            cut_short=cut,
+            reason=(budget.reason if budget is not None else None) if cut else None,
+        )
+    return LipschitzBound(gamma=float(model.gamma), kind=kind), results, report

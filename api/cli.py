@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import os
 import signal
 import subprocess
@@ -20,25 +19,22 @@ def _store(settings: Settings) -> Any:
     return session_factory(engine)
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def check_bind(settings: Settings, host: str) -> None:
-    """Refuse a non-loopback address while no API key exists: the API would be open to anyone."""
-    if _is_loopback(host):
+    """Refuse LBDN_AUTH=none beyond loopback, and a keyed server beyond loopback with no key yet
+    (it could only answer 401). Requests are checked at every call too (api.auth): this is a courtesy."""
+    from api.auth import is_loopback, listen_problem
+
+    problem = listen_problem(settings.model_copy(update={"host": host}))
+    if problem:
+        sys.exit(f"lbdn: refusing to listen on {host}: {problem}")
+    if is_loopback(host):
         return
     with _store(settings)() as s:
         if keys.any_active_key(s):
             return
     sys.exit(
-        f"lbdn: refusing to listen on {host}: no API key exists, so anyone who reaches this address "
-        "could use the service.\n  Create one first:  lbdn keys create --tenant NAME\n"
+        f"lbdn: refusing to listen on {host}: no API key exists, so every /v1 request would answer 401.\n"
+        "  Create one first:  lbdn keys create --tenant NAME\n"
         "  or listen on loopback only:  --host 127.0.0.1"
     )
 
@@ -49,6 +45,7 @@ def run_api(settings: Settings, host: str, port: int) -> None:
     from api.main import create_app
 
     check_bind(settings, host)
+    settings = settings.model_copy(update={"host": host})  # the auth rule depends on where we listen
     print(f"lbdn API on http://{host}:{port}  (OpenAPI docs: http://{host}:{port}/docs)", flush=True)
     uvicorn.run(create_app(settings), host=host, port=port, log_level="info", timeout_graceful_shutdown=5)
 

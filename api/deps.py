@@ -6,13 +6,11 @@ from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Path, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
+from api.auth import OPEN_TENANT, CurrentTenant, current_tenant  # noqa: F401 - re-exported
 from worker.settings import Settings
-from worker.store import Job, jobs, keys
-
-OPEN_TENANT = "local"  # the tenant of every request while no API key exists (loopback only)
+from worker.store import Job, jobs
 
 
 def get_settings(request: Request) -> Settings:
@@ -27,26 +25,6 @@ def get_session(request: Request) -> Iterator[Session]:
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[Session, Depends(get_session)]
-_bearer = HTTPBearer(auto_error=False, description="an API key made with `lbdn keys create`")
-
-
-def current_tenant(
-    session: SessionDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> str:
-    """The tenant of the bearer key; with no key configured at all, the open tenant."""
-    challenge = {"WWW-Authenticate": "Bearer"}
-    if credentials is not None:
-        tenant = keys.tenant_for_secret(session, credentials.credentials)
-        if tenant is None:
-            raise HTTPException(401, "unknown or revoked API key", headers=challenge)
-        return tenant
-    if keys.any_active_key(session):
-        raise HTTPException(401, "this server needs an API key: send 'Authorization: Bearer <key>'", headers=challenge)
-    return OPEN_TENANT
-
-
-CurrentTenant = Annotated[str, Depends(current_tenant)]
 JobId = Annotated[str, Path(max_length=40, description="a job id, e.g. job_1f2e...")]
 
 

@@ -10,6 +10,8 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api import problems
+from api.auth import OpsGuard, auth_mode, listen_problem
+from api.certify import AttackSlots
 from api.metrics import ServiceMetrics
 from api.middleware import LimitAndMeasure
 from api.model_cache import ModelCache
@@ -47,6 +49,8 @@ def _resend_at_startup(app: FastAPI) -> None:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    if (refused := listen_problem(settings)) is not None:
+        raise RuntimeError(refused)
     app = FastAPI(
         title="lbdn-service",
         version="0.1.0",
@@ -58,13 +62,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ],
     )
     app.state.settings = settings
+    app.state.auth_mode = auth_mode(settings)  # api.auth: open only by choice, or on loopback before any key
     app.state.engine = make_engine(settings.db_url)
     app.state.sessions = session_factory(app.state.engine)
     app.state.celery = make_celery(settings)
     app.state.model_cache = ModelCache(settings.model_cache_size)
     app.state.metrics = ServiceMetrics(app.state.sessions)
+    app.state.attack_slots = AttackSlots(
+        settings.certify_attacks_per_tenant, settings.certify_attacks_total, settings.certify_attack_timeout_s
+    )
     problems.install(app)
     for router in (jobs.router, events.router, artifacts.router, models.router, health.router):
         app.include_router(router)
     app.add_middleware(LimitAndMeasure, max_bytes=settings.max_upload_bytes, metrics=app.state.metrics)
+    app.add_middleware(OpsGuard, token=settings.metrics_token)  # /metrics, /readyz: token or loopback
     return app

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import select
@@ -72,5 +72,8 @@ class ServiceMetrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )
         self.certified_inputs = Counter("lbdn_certified_inputs", "Inputs certified", registry=r)
+        self.certify_attacks_active = Gauge(
+            "lbdn_certify_attacks_active", "?attack=true searches running now", registry=r
+        )
         self.jobs_submitted = Counter("lbdn_jobs_submitted", "Jobs created", ["kind"], registry=r)
         r.register(JobsCollector(sessions))

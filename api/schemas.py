@@ -9,6 +9,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from lipcore.spec import ExperimentSpec
 
+# Upper bound of integer query parameters (offsets, sequence numbers, epochs): exact in JSON numbers
+# and far inside the stores' 64-bit integers, so no database ever sees an out-of-range value.
+MAX_QUERY_INT = 2**53 - 1
+
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 JobKind = Literal["train", "evaluate"]
 
@@ -152,11 +156,21 @@ class CertifiedInput(BaseModel):
     )
 
 
+class AttackReport(BaseModel):
+    steps: int = Field(description="steps asked for (LBDN_CERTIFY_ATTACK_STEPS)")
+    steps_run: int = Field(description="steps taken")
+    cut_short: bool = Field(description="true when the search stopped before `steps`; its radii are still real")
+    reason: Literal["time budget", "client disconnected"] | None = Field(
+        None, description="why it was cut short (time budget: LBDN_CERTIFY_ATTACK_TIMEOUT_S)"
+    )
+
+
 class CertifyOut(BaseModel):
     model_id: str
     input_shape: list[int]
     lipschitz_bound: LipschitzBound
     results: list[CertifiedInput]
+    attack: AttackReport | None = Field(None, description="?attack=true: how the adversarial search went")
 
 
 class Health(BaseModel):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -22,6 +23,7 @@ from starlette.formparsers import MultiPartException
 Scale = Literal["pixel", "model"]
 NPY_TYPES = ("application/x-npy", "application/octet-stream", "application/npy")
 IMAGE_FORMATS = {"PNG", "JPEG"}
+F32_MAX = float(np.finfo(np.float32).max)  # the model computes in float32
 
 
 @dataclass
@@ -55,11 +57,17 @@ async def read_certify_body(request: Request) -> RawInputs:
             body = json.loads(await request.body())
         except (ValueError, UnicodeDecodeError) as e:
             raise _unprocessable(f"body: not valid JSON ({e})") from None
+        except RecursionError:  # json's C parser gives up on deep nesting (e.g. 100k '[')
+            raise _unprocessable(
+                "body: JSON nested too deeply; expected inputs nested as (n, *input_shape), a few levels"
+            ) from None
         if not isinstance(body, dict) or "inputs" not in body:
             raise _unprocessable('body: expected {"inputs": [...], "scale": "pixel" | "model"}')
         extra = set(body) - {"inputs", "scale"}
         if extra:
             raise _unprocessable(f"body: unknown fields {sorted(extra)}")
+        if not isinstance(body["inputs"], list) or not body["inputs"]:
+            raise _unprocessable("inputs: expected a non-empty list of inputs, each of the model's input shape")
         return RawInputs(scale=_scale(body.get("scale", "pixel")), json_inputs=body["inputs"])
     if ctype == "multipart/form-data":
         limit = settings.max_certify_inputs
@@ -99,7 +107,8 @@ def load_npy(data: bytes, what: str) -> np.ndarray:
         raise _unprocessable(f"{what}: not a .npy array ({e})") from None
     if dtype.hasobject or dtype.kind not in "biuf":
         raise _unprocessable(f"{what}: .npy dtype {dtype} is not a real number type")
-    if int(np.prod(shape, dtype=np.int64)) * dtype.itemsize > len(data) - buf.tell():
+    # math.prod, not np.prod: Python integers cannot overflow on a header declaring (2**64, 1)
+    if math.prod(shape) * dtype.itemsize > len(data) - buf.tell():
         raise _unprocessable(f"{what}: .npy header declares {shape} {dtype} but the data is shorter (truncated?)")
     buf.seek(0)
     try:
@@ -148,6 +157,12 @@ def decode(raw: RawInputs, shape: tuple[int, ...], *, is_image: bool, max_inputs
             raise HTTPException(413, f"inputs: at most {max_inputs} inputs per request, got {len(raw.json_inputs)}")
         try:
             x = np.asarray(raw.json_inputs, dtype=np.float64)
+        except OverflowError:  # an integer literal beyond float64, e.g. 400 digits
+            raise _unprocessable(
+                f"inputs: numbers must be within float32 range (|x| <= {F32_MAX:.4g}); one is an integer too large"
+            ) from None
+        except RecursionError:
+            raise _unprocessable("inputs: nested too deeply; expected (n, *input_shape)") from None
         except (ValueError, TypeError):
             raise _unprocessable(
                 f"inputs: expected numbers in nested lists of shape (n, {expected.replace('x', ', ')})"
@@ -170,9 +185,16 @@ def decode(raw: RawInputs, shape: tuple[int, ...], *, is_image: bool, max_inputs
         batch = np.concatenate(parts)
     if len(batch) > max_inputs:
         raise HTTPException(413, f"at most {max_inputs} inputs per request, got {len(batch)}")
-    bad = ~np.isfinite(batch.reshape(len(batch), -1)).all(axis=1)
+    flat = batch.reshape(len(batch), -1)
+    bad = ~np.isfinite(flat).all(axis=1)
     if bad.any():
         raise _unprocessable(f"input {int(np.argmax(bad))}: NaN or infinite values")
+    # The model runs in float32: a finite float64 such as 1e39 would become inf there (refused first)
+    huge = (np.abs(flat) > F32_MAX).any(axis=1) if flat.dtype.itemsize > 4 or flat.dtype.kind in "iu" else None
+    if huge is not None and huge.any():
+        raise _unprocessable(
+            f"input {int(np.argmax(huge))}: values must be within float32 range (|x| <= {F32_MAX:.4g})"
+        )
     if is_image and raw.scale == "pixel":
         out = (batch < 0) | (batch > 1)
         if out.any():

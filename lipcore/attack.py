@@ -8,7 +8,7 @@ upper bounds, so a caller can report the bracket [certified, attacked]. Decision
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -86,6 +86,7 @@ class Adversarial:
 
     radius: Tensor  # (batch,) float64 ||delta||_2; inf where no adversarial example was found
     delta: Tensor  # (batch, ...) the perturbation itself (zeros where none was found)
+    steps_run: int = 0  # steps taken; fewer than asked when `should_stop` cut the search short
 
     def pixel_radius(self, std: Sequence[float] | None) -> Tensor:
         """||delta * std||_2 per input: the same perturbation measured in [0, 1] pixel space
@@ -100,14 +101,15 @@ class Adversarial:
 
 def minimal_adversarial_l2(
     model: nn.Module, x: Tensor, *, steps: int = 200, init_radius: float = 1.0, threshold: float = 0.5,
-    max_radius: float = 1e3,
+    max_radius: float = 1e3, should_stop: Callable[[], bool] | None = None,
 ) -> Adversarial:
     """Smallest l2 perturbation found that changes each decision, in model-input space.
 
     Decoupled direction and norm (Rony et al., 2019): descend the decision margin on a sphere of
     radius eps, shrinking eps by 5% while the point is adversarial and growing it by 5% otherwise.
     Every returned radius belongs to a verified adversarial example (its `delta`); inf where none
-    was found.
+    was found. `should_stop()` is asked after every step; when it says True the search ends there
+    (its radii are still verified adversarial examples, just possibly larger) and `steps_run` says so.
     """
     model.eval()
     shape = (-1, *([1] * (x.dim() - 1)))
@@ -127,7 +129,11 @@ def minimal_adversarial_l2(
         best_delta[better] = d[better]
 
     with full_precision():
+        steps_run = 0
         for i in range(steps):
+            if steps_run and should_stop is not None and should_stop():
+                break
+            steps_run += 1
             delta.requires_grad_(True)
             out = model(x + delta)
             m = decision_margin(out, label, threshold)
@@ -141,4 +147,4 @@ def minimal_adversarial_l2(
                 delta = _unit(delta) * eps.view(shape) if i < steps - 1 else _project(delta, eps)
         with torch.no_grad():
             record(model(x + delta), delta)  # the final point was never evaluated in the loop
-    return Adversarial(best, best_delta)
+    return Adversarial(best, best_delta, steps_run)

@@ -117,8 +117,8 @@ class ExperimentSpec(BaseModel):
         if "LLN" in d:
             d["lln"] = d.pop("LLN")
         model = d.get("model", "Resnet")
-        if model not in MODEL_LAYERS:
-            return d  # the Literal check reports it
+        if not isinstance(model, str) or model not in MODEL_LAYERS:
+            return d  # the Literal check reports it (also for a non-string, e.g. {})
         for key, value in FORCED.get(model, {}).items():
             # main.py overrides these silently; a contradicting explicit value is a user error here.
             if d.get(key) is not None and d[key] != value:
@@ -188,6 +188,8 @@ class ExperimentSpec(BaseModel):
         if self.dataset == IMAGE_FOLDER:
             if not self.data_path:
                 raise ValueError("dataset 'image_folder' needs data_path: the folder holding train/")
+            if "\x00" in self.data_path:
+                raise ValueError("data_path must not contain a NUL character")
         elif self.data_path is not None:
             raise ValueError(f"data_path is for dataset 'image_folder' only, not {self.dataset!r}")
         if self.img_size not in (None, 0, 32, 64) or (self.img_size == 0 and not toy_data):

@@ -35,6 +35,25 @@ class Settings(BaseSettings):
     model_cache_size: int = Field(4, ge=1, description="trained models kept loaded for certify (LRU)")
     certify_attack_steps: int = Field(100, ge=1, description="steps of the ?attack=true search")
 
+    # Access and limits (see README "API keys, access and limits")
+    auth: Literal["keys", "none"] | None = Field(
+        None,
+        description="keys: every /v1 request needs a key; none: open (loopback only). Unset: keys beyond "
+        "loopback; on loopback open until the first key is created, keys from then on",
+    )
+    metrics_token: str | None = Field(
+        None, min_length=16, description="bearer token of /metrics and /readyz; unset: loopback clients only"
+    )
+    max_active_jobs_per_tenant: int = Field(20, ge=1, description="queued + running jobs of one tenant (429 above)")
+    max_job_memory_gb: float = Field(
+        80.0, gt=0, description="worker memory a job may need by lipcore.cost's estimate (422 above), GiB"
+    )
+    certify_attacks_per_tenant: int = Field(1, ge=1, description="concurrent ?attack=true requests of one tenant")
+    certify_attacks_total: int = Field(2, ge=1, description="concurrent ?attack=true requests in all")
+    certify_attack_timeout_s: float = Field(
+        30.0, gt=0, description="time budget of one ?attack=true search; cut short after it"
+    )
+
     # Jobs
     queue_prefix: str = Field("", description="prefix of the queue names (gpu, cpu)")
     device: str = Field("auto", description="torch device of training/evaluation: auto, cpu, cuda, cuda:1")

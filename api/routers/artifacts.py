@@ -9,9 +9,10 @@ from fastapi import APIRouter, HTTPException, Path, Request
 from fastapi.responses import FileResponse
 
 from api.deps import SettingsDep, TenantJob
+from api.problems import problem_responses
 from api.schemas import ArtifactList, ArtifactOut
 
-router = APIRouter(prefix="/v1/jobs", tags=["artifacts"])
+router = APIRouter(prefix="/v1/jobs", tags=["artifacts"], responses=problem_responses(401, 404, 413, 422))
 NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"  # plain file names only: no paths, no hidden files
 MEDIA = {".json": "application/json", ".txt": "text/plain; charset=utf-8"}
 

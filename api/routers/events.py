@@ -17,7 +17,7 @@ from sse_starlette import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import SessionDep, TenantJob
-from api.schemas import LogsOut
+from api.schemas import MAX_QUERY_INT, LogsOut
 from worker.store import FINISHED, JobEvent, jobs
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -52,7 +52,7 @@ async def _stream(request: Request, job_id: str, after: int) -> AsyncIterator[di
 async def job_events(
     job: TenantJob,
     request: Request,
-    after: Annotated[int | None, Query(ge=0, description="send events after this sequence number")] = None,
+    after: Annotated[int | None, Query(ge=0, le=MAX_QUERY_INT, description="send events after this sequence number")] = None,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", pattern=r"^[0-9]{1,18}$")] = None,
 ) -> EventSourceResponse:
     start = after if after is not None else int(last_event_id or 0)
@@ -63,7 +63,7 @@ async def job_events(
 def job_logs(
     job: TenantJob,
     session: SessionDep,
-    offset: Annotated[int, Query(ge=0, description="first line, 0-based")] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_QUERY_INT, description="first line, 0-based")] = 0,
     limit: Annotated[int, Query(ge=1, le=5000)] = 1000,
 ) -> LogsOut:
     lines = jobs.log_lines(session, job.id, offset, limit)

@@ -9,16 +9,27 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response
 from fastapi.encoders import jsonable_encoder
+from sqlalchemy import func, select
 
 from api.deps import CurrentTenant, SessionDep, SettingsDep, TenantJob, tenant_model
-from api.schemas import EvaluateRequest, JobKind, JobOut, JobPage, JobRequest, JobStatus, MetricsOut
+from api.problems import problem_responses
+from api.schemas import (
+    MAX_QUERY_INT,
+    EvaluateRequest,
+    JobKind,
+    JobOut,
+    JobPage,
+    JobRequest,
+    JobStatus,
+    MetricsOut,
+)
 from api.views import job_out
 from lipcore.spec import IMAGE_FOLDER, ExperimentSpec
 from worker.queue import enqueue
 from worker.settings import Settings
-from worker.store import FINISHED, jobs, leases
+from worker.store import FINISHED, Job, jobs, leases
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=problem_responses(401, 413, 422))
 log = logging.getLogger("lbdn.api")
 
 
@@ -34,17 +45,62 @@ def _resolve_image_folder(spec: ExperimentSpec, settings: Settings) -> Experimen
     if spec.dataset != IMAGE_FOLDER or spec.data_path is None:
         return spec
     from lipcore.data import resolve_spec
+    from lipcore.data.image_folder import folder_root
 
     root = settings.datasets_dir
-    folder = (root / spec.data_path).resolve()
-    if not folder.is_relative_to(root):
-        raise HTTPException(422, f"spec.data_path: must lie inside the server's data dir ({root})")
-    if not folder.is_dir():
+    try:  # lipcore's own resolution (no `~` expansion), so the folder checked is the folder read
+        folder = folder_root(spec.data_path, root, confine=True)
+        is_dir = folder.is_dir()
+    except (ValueError, OSError) as e:  # OSError: e.g. a name too long for the file system
+        raise HTTPException(422, f"spec.data_path: {e}") from None
+    if not is_dir:
         raise HTTPException(422, f"spec.data_path: no folder {spec.data_path!r} in the server's data dir")
     try:
         return resolve_spec(spec, root)
     except (OSError, ValueError) as e:  # DatasetNotFoundError is an OSError
         raise HTTPException(422, f"spec.data_path: {e}") from None
+
+
+def _check_active_jobs(session, tenant: str, settings: Settings, idempotency_key: str | None) -> None:
+    """429 while the tenant has LBDN_MAX_ACTIVE_JOBS_PER_TENANT jobs queued or running (a replay of
+    an earlier request by its Idempotency-Key creates nothing and is let through). Two requests at
+    the same instant may both pass, so the limit can be exceeded by the number of parallel submits."""
+    if idempotency_key is not None and session.scalar(
+        select(Job.id).where(Job.tenant == tenant, Job.idempotency_key == idempotency_key)
+    ):
+        return
+    active = session.scalar(
+        select(func.count()).select_from(Job).where(Job.tenant == tenant, Job.status.in_(("queued", "running")))
+    )
+    limit = settings.max_active_jobs_per_tenant
+    if active >= limit:
+        raise HTTPException(
+            429,
+            f"LBDN_MAX_ACTIVE_JOBS_PER_TENANT: your tenant has {active} jobs queued or running and the limit "
+            f"is {limit}; wait for one to finish or cancel one",
+            headers={"Retry-After": "60"},
+        )
+
+
+def _check_cost(spec: ExperimentSpec, settings: Settings) -> None:
+    """422 naming the estimate and the limit when training `spec` would not fit a worker."""
+    if not spec.resolved:
+        return
+    # torch is imported lazily, on the first training job submitted
+    from lipcore.cost import estimate_memory
+
+    try:
+        estimate = estimate_memory(spec)
+    except Exception:  # an estimate that fails must not fail the request (the worker will tell)
+        log.exception("memory estimate failed for %s", spec.run_name())
+        return
+    limit = settings.max_job_memory_gb * 2**30
+    if estimate.total_bytes > limit:
+        raise HTTPException(
+            422,
+            f"spec: training needs about {estimate.describe()}, over LBDN_MAX_JOB_MEMORY_GB "
+            f"({settings.max_job_memory_gb:g} GiB); use a smaller train_batch_size or scale",
+        )
 
 
 def send(request: Request, job_id: str, kind: str) -> None:
@@ -63,6 +119,7 @@ def send(request: Request, job_id: str, kind: str) -> None:
     response_model=JobOut,
     dependencies=[Depends(require_json)],
     summary="Submit a training or evaluation job",
+    responses=problem_responses(404, 415, 422, 429),
 )
 def submit_job(
     body: JobRequest,
@@ -81,8 +138,11 @@ def submit_job(
                 422, "model_id: the Toy regression has no classes to attack; evaluate an image classifier"
             )
     else:
-        spec = _resolve_image_folder(body.spec, settings).model_dump(mode="json")
+        resolved = _resolve_image_folder(body.spec, settings)
+        _check_cost(resolved, settings)
+        spec = resolved.model_dump(mode="json")
         params, model_id = None, None
+    _check_active_jobs(session, tenant, settings, idempotency_key)
     try:
         job, created = jobs.create_job(
             session,
@@ -132,12 +192,14 @@ def get_job(job: TenantJob) -> JobOut:
 def get_metrics(
     job: TenantJob,
     session: SessionDep,
-    since_epoch: Annotated[int, Query(ge=0)] = 0,
+    since_epoch: Annotated[int, Query(ge=0, le=MAX_QUERY_INT, description="epochs after this one")] = 0,
 ) -> MetricsOut:
     return MetricsOut(job_id=job.id, items=jobs.metrics_since(session, job.id, since_epoch))
 
 
-@router.post("/{job_id}/cancel", response_model=JobOut, summary="Stop a job at its next step")
+@router.post(
+    "/{job_id}/cancel", response_model=JobOut, summary="Stop a job at its next step", responses=problem_responses(409)
+)
 def cancel_job(job: TenantJob, session: SessionDep) -> JobOut:
     if job.status in FINISHED:
         raise HTTPException(409, f"job {job.id} has already {job.status}; nothing to cancel")
@@ -146,7 +208,13 @@ def cancel_job(job: TenantJob, session: SessionDep) -> JobOut:
     return job_out(job)
 
 
-@router.delete("/{job_id}", status_code=204, response_class=Response, summary="Remove a finished job and its artifacts")
+@router.delete(
+    "/{job_id}",
+    status_code=204,
+    response_class=Response,
+    summary="Remove a finished job and its artifacts",
+    responses=problem_responses(409),
+)
 def delete_job(job: TenantJob, session: SessionDep, request: Request, settings: SettingsDep) -> Response:
     if job.status not in FINISHED:
         raise HTTPException(409, f"job {job.id} is {job.status}; cancel it and wait until it has stopped")

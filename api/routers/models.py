@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Annotated
 
+import anyio
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from sqlalchemy import select
 
-from api.certify import certify_batch, input_shape
+from api.certify import AttackBudget, AttackSlots, certify_batch, input_shape
 from api.deps import CurrentTenant, SessionDep, SettingsDep, TenantModel
+from api.problems import problem_responses
 from api.schemas import CertifyOut, ModelOut, ModelPage
 from api.uploads import RawInputs, decode, read_certify_body
 from api.views import model_out
 from lipcore.rundir import MODEL
 from worker.store import Job
 
-router = APIRouter(prefix="/v1/models", tags=["models"])
+router = APIRouter(prefix="/v1/models", tags=["models"], responses=problem_responses(401, 413, 422))
 # The certify body is read by content type (api.uploads), so its schema is declared by hand.
 CERTIFY_BODY = {
     "application/json": {
@@ -56,7 +59,7 @@ def list_models(
     return ModelPage(items=[model_out(j) for j in rows], next_cursor=str(rows[-1].pk) if len(rows) == limit else None)
 
 
-@router.get("/{model_id}", response_model=ModelOut, summary="One trained model")
+@router.get("/{model_id}", response_model=ModelOut, summary="One trained model", responses=problem_responses(404))
 def get_model(model: TenantModel) -> ModelOut:
     return model_out(model)
 
@@ -66,16 +69,19 @@ def get_model(model: TenantModel) -> ModelOut:
     response_model=CertifyOut,
     summary="Certified l2 radii (and optionally an attack's upper bound) for your inputs",
     openapi_extra={"requestBody": {"required": True, "content": CERTIFY_BODY}},
+    responses=problem_responses(400, 404, 413, 415, 422, 429),
 )
 def certify_inputs(
     model: TenantModel,
     raw: Annotated[RawInputs, Depends(read_certify_body)],
     request: Request,
     settings: SettingsDep,
+    tenant: CurrentTenant,
     attack: Annotated[bool, Query(description="also search adversarial examples")] = False,
 ) -> CertifyOut:
     # A `def` route: FastAPI runs it in the threadpool, so torch never blocks the event loop.
     t0 = time.perf_counter()
+    metrics = request.app.state.metrics
     path = settings.job_dir(model.id) / MODEL
     if not path.is_file():
         raise HTTPException(404, f"model {model.id} has no weights file (was it removed?)")
@@ -90,10 +96,33 @@ def certify_inputs(
         max_inputs=settings.max_certify_inputs,
         max_pixels=settings.max_image_pixels,
     )
-    bound, results = certify_batch(
-        loaded, x, scale=raw.scale, attack=attack, attack_steps=settings.certify_attack_steps
-    )
-    metrics = request.app.state.metrics
+    if attack:
+        slots: AttackSlots = request.app.state.attack_slots
+        with slots.hold(tenant):
+            metrics.certify_attacks_active.inc()
+            try:
+                budget = AttackBudget(settings.certify_attack_timeout_s, _disconnect_probe(request))
+                bound, results, report = certify_batch(
+                    loaded, x, scale=raw.scale, attack=True, attack_steps=settings.certify_attack_steps, budget=budget
+                )
+            finally:
+                metrics.certify_attacks_active.dec()
+    else:
+        bound, results, report = certify_batch(loaded, x, scale=raw.scale, attack=False, attack_steps=0)
     metrics.certify_latency.labels(str(attack).lower()).observe(time.perf_counter() - t0)
     metrics.certified_inputs.inc(len(results))
-    return CertifyOut(model_id=model.id, input_shape=list(shape), lipschitz_bound=bound, results=results)
+    return CertifyOut(
+        model_id=model.id, input_shape=list(shape), lipschitz_bound=bound, results=results, attack=report
+    )
+
+
+def _disconnect_probe(request: Request) -> Callable[[], bool]:
+    """A blocking 'has the client gone?' for code in the threadpool (asks the event loop)."""
+
+    def probe() -> bool:
+        try:
+            return bool(anyio.from_thread.run(request.is_disconnected))
+        except RuntimeError:  # not in a worker thread of the loop (e.g. called directly in a test)
+            return False
+
+    return probe

@@ -36,10 +36,23 @@ def layout(root: Path) -> str:
     )
 
 
-def folder_root(data_path: str, data_dir: Path) -> Path:
-    """`data_path` if absolute, else relative to the data dir."""
-    path = Path(data_path).expanduser()
-    return path if path.is_absolute() else Path(data_dir) / path
+def folder_root(data_path: str, data_dir: Path, *, confine: bool = False) -> Path:
+    """The folder `data_path` names: itself if absolute, else relative to `data_dir`.
+
+    The one place a data_path becomes a path (the service's API and the training code both call
+    it). No `~` expansion: "~/x" is a folder named "~" in the data dir, so the API's check and the
+    folder read are the same path. With `confine`, the resolved folder (symlinks and ".." followed)
+    must lie inside the resolved data dir; ValueError otherwise, and for a NUL character.
+    """
+    if "\x00" in data_path:
+        raise ValueError("data_path must not contain a NUL character")
+    path = Path(data_path)
+    path = path if path.is_absolute() else Path(data_dir) / path
+    if confine:
+        root = Path(data_dir).resolve()
+        if not path.resolve().is_relative_to(root):
+            raise ValueError(f"data_path must lie inside the data dir ({root}), not {data_path!r}")
+    return path
 
 
 @dataclass(frozen=True)

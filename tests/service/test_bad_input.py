@@ -39,7 +39,21 @@ def shape_bomb() -> bytes:
     return b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode() + b"\0" * 8
 
 
+def npy_header_only(shape: str) -> bytes:
+    """A .npy file whose header declares `shape` (a Python tuple literal) followed by 8 bytes."""
+    header = "{'descr': '<f8', 'fortran_order': False, 'shape': " + shape + ", }"
+    header += " " * (64 - (10 + len(header) + 1) % 64) + "\n"
+    return b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode() + b"\0" * 8
+
+
+def deep_json(prefix: bytes, depth: int, suffix: bytes = b"}") -> bytes:
+    return prefix + b"[" * depth + b"]" * depth + suffix
+
+
 GOOD_IMG = [[[0.5] * 32] * 32] * 3
+HUGE = str(2**63)
+JSON = {"content-type": "application/json"}
+FOLDER = {**KWL, "dataset": "image_folder"}
 JOBS = "/v1/jobs"
 CERT = "/v1/models/{model}/certify"
 CERT_TOY = "/v1/models/{toy}/certify"
@@ -62,8 +76,8 @@ CASES = [
     ("malformed JSON", "post", JOBS, {"content": b"{nope", "headers": {"content-type": "application/json"}}, 422, ["JSON"]),
     ("job as text/plain", "post", JOBS, {"content": b"kind=train", "headers": {"content-type": "text/plain"}}, 415, ["application/json"]),
     ("job as form", "post", JOBS, {"data": {"kind": "train"}}, 415, ["application/json"]),
-    ("declared body too large", "post", JOBS, {"content": b"x" * 70_000, "headers": {"content-type": "application/json"}}, 413, ["LBDN_MAX_UPLOAD_BYTES"]),
-    ("streamed body too large", "post", JOBS, {"content": (b"x" * 10_000 for _ in range(7)), "headers": {"content-type": "application/json"}}, 413, ["LBDN_MAX_UPLOAD_BYTES"]),
+    ("declared body too large", "post", JOBS, {"content": b"x" * 300_000, "headers": {"content-type": "application/json"}}, 413, ["LBDN_MAX_UPLOAD_BYTES"]),
+    ("streamed body too large", "post", JOBS, {"content": (b"x" * 10_000 for _ in range(30)), "headers": {"content-type": "application/json"}}, 413, ["LBDN_MAX_UPLOAD_BYTES"]),
     ("unknown job", "get", "/v1/jobs/job_nope", {}, 404, ["job_nope"]),
     ("unknown job metrics", "get", "/v1/jobs/job_nope/metrics", {}, 404, ["job_nope"]),
     ("unknown job events", "get", "/v1/jobs/job_nope/events", {}, 404, ["job_nope"]),
@@ -99,6 +113,24 @@ CASES = [
     ("certify too many files", "post", CERT, {"files": [("files", (f"{i}.png", png(), "image/png")) for i in range(9)]}, 413, ["at most 8"]),
     ("certify image for the toy", "post", CERT_TOY, {"files": {"files": ("x.png", png(), "image/png")}}, 422, ["feature vectors"]),
     ("certify multipart without files", "post", CERT, {"data": {"scale": "pixel"}, "files": {}}, (415, 422), []),
+    # issue 7: inputs that used to answer 500 (the last ones found by tests/service/test_schemathesis.py)
+    ("spec model not a string", "post", JOBS, {"json": {"kind": "train", "spec": {**TOY, "model": {}}}}, 422, ["spec.model"]),
+    ("certify inputs null", "post", CERT, {"json": {"inputs": None}}, 422, ["inputs", "non-empty list"]),
+    ("certify 400-digit integer", "post", CERT_TOY, {"content": b'{"scale": "model", "inputs": [[' + b"9" * 400 + b"]]}", "headers": JSON}, 422, ["inputs", "float32"]),
+    ("certify JSON nested 100k deep", "post", CERT, {"content": deep_json(b'{"inputs": ', 100_000), "headers": JSON}, 422, ["body", "nested"]),
+    ("job JSON nested 100k deep", "post", JOBS, {"content": deep_json(b'{"kind": "train", "spec": ', 100_000), "headers": JSON}, 422, ["body", "nested"]),
+    ("certify npy shape (2**64, 1)", "post", CERT, {"content": npy_header_only("(18446744073709551616, 1)"), "headers": {"content-type": "application/x-npy"}}, 422, ["body", "shorter"]),
+    ("certify float64 beyond float32 (JSON)", "post", CERT_TOY, {"json": {"inputs": [[1e39]], "scale": "model"}}, 422, ["input 0", "float32"]),
+    ("certify float64 beyond float32 (npy)", "post", CERT_TOY, {"content": npy(np.array([[1.0], [-1e300]])), "headers": {"content-type": "application/x-npy"}}, 422, ["input 1", "float32"]),
+    ("data_path with NUL", "post", JOBS, {"json": {"kind": "train", "spec": {**FOLDER, "data_path": "a\u0000b"}}}, 422, ["data_path", "NUL"]),
+    ("data_path through ~", "post", JOBS, {"json": {"kind": "train", "spec": {**FOLDER, "data_path": "~/../srv/x"}}}, 422, ["spec.data_path"]),
+    ("data_path escaping via ~/..", "post", JOBS, {"json": {"kind": "train", "spec": {**FOLDER, "data_path": "~/../../../srv/x"}}}, 422, ["spec.data_path", "inside"]),
+    ("data_path too long", "post", JOBS, {"json": {"kind": "train", "spec": {**FOLDER, "data_path": "a" * 5000}}}, 422, ["spec.data_path"]),
+    ("logs offset past 2**63", "get", "/v1/jobs/{queued}/logs?offset=" + HUGE, {}, 422, ["offset", "less than or equal"]),
+    ("metrics since_epoch past 2**63", "get", "/v1/jobs/{queued}/metrics?since_epoch=" + HUGE, {}, 422, ["since_epoch", "less than or equal"]),
+    ("events after past 2**63", "get", "/v1/jobs/{queued}/events?after=" + HUGE * 3, {}, 422, ["after", "less than or equal"]),
+    ("events Last-Event-ID huge", "get", "/v1/jobs/{queued}/events", {"headers": {"Last-Event-ID": HUGE * 3}}, 422, ["Last-Event-ID"]),
+    ("list limit huge", "get", "/v1/jobs?limit=" + HUGE, {}, 422, ["limit"]),
 ]
 # fmt: on
 
@@ -110,7 +142,7 @@ def table_client(tmp_path_factory, settings_for, trained_model):
 
     from api.main import create_app
 
-    settings = settings_for(tmp_path_factory.mktemp("bad"), max_upload_bytes=64_000, max_certify_inputs=8)
+    settings = settings_for(tmp_path_factory.mktemp("bad"), max_upload_bytes=256_000, max_certify_inputs=8)
     with TestClient(create_app(settings)) as client:
         app = client.app
         ids = {
@@ -161,3 +193,23 @@ def test_good_requests_still_work_after_the_table(table_client):
     r = client.post(CERT.format(**ids), files={"files": ("x.png", png(), "image/png")})
     assert r.status_code == 200, r.text
     assert math.isfinite(r.json()["results"][0]["radius"])
+
+
+def test_data_path_is_resolved_once_the_same_way(tmp_path):
+    """lipcore's folder_root is what the API checks and what training reads: no `~` expansion,
+    no NUL, and (for the service) nothing outside the data dir after `..` and symlinks."""
+    from pathlib import Path
+
+    from lipcore.data.image_folder import folder_root
+
+    data = tmp_path / "data"
+    (data / "mine").mkdir(parents=True)
+    (data / "link").symlink_to(tmp_path)
+    assert folder_root("~/x", data) == data / "~" / "x"  # a folder named "~", not the home dir
+    assert folder_root("mine", data, confine=True) == data / "mine"
+    assert folder_root(str(data / "mine"), data, confine=True) == data / "mine"
+    for escaping in ("~/../../x", "../x", "/etc", "link/x", str(Path.home())):
+        with pytest.raises(ValueError, match="inside the data dir"):
+            folder_root(escaping, data, confine=True)
+    with pytest.raises(ValueError, match="NUL"):
+        folder_root("a\x00b", data)

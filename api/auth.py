@@ -1,0 +1,124 @@
+"""Who may call the API: bearer API keys for /v1, and a separate rule for /metrics and /readyz.
+
+The open mode (every request is tenant `local`) is a choice, never a side effect:
+- `LBDN_AUTH=keys`: every /v1 request needs an active key; with none, every /v1 route answers 401.
+- `LBDN_AUTH=none`: open; refused at start-up unless the server listens on loopback only.
+- unset: `keys` when listening beyond loopback; on loopback, open until the first key is created
+  and `keys` from then on, for good (revoking every key leaves the API closed, not open).
+/metrics and /readyz answer to `Authorization: Bearer $LBDN_METRICS_TOKEN` when that is set, and to
+loopback clients only when it is not (a scraper beyond loopback needs the token).
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+from typing import Annotated, Literal
+
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy import select
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from api.problems import problem
+from worker.settings import Settings
+from worker.store import keys
+from worker.store.tables import ApiKey
+
+OPEN_TENANT = "local"  # the tenant of every request in the open mode
+OPS_PATHS = ("/metrics", "/readyz")
+AuthMode = Literal["keys", "none", "auto"]
+_bearer = HTTPBearer(auto_error=False, description="an API key made with `lbdn keys create`")
+_CHALLENGE = {"WWW-Authenticate": "Bearer"}
+
+
+def is_loopback(host: str) -> bool:
+    """True for 'localhost' and loopback addresses (127.0.0.0/8, ::1); False for 0.0.0.0, names, LAN."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def auth_mode(settings: Settings) -> AuthMode:
+    """The mode for a server listening on settings.host ('auto': open until the first key exists)."""
+    if settings.auth is not None:
+        return settings.auth
+    return "auto" if is_loopback(settings.host) else "keys"
+
+
+def listen_problem(settings: Settings) -> str | None:
+    """Why the server must not start listening on settings.host, or None if it may."""
+    if settings.auth == "none" and not is_loopback(settings.host):
+        return (
+            f"LBDN_AUTH=none opens the API to anyone who reaches {settings.host}; it is allowed on a "
+            "loopback address only. Create a key (lbdn keys create --tenant NAME) and drop LBDN_AUTH=none, "
+            "or listen on --host 127.0.0.1"
+        )
+    return None
+
+
+def _keys_ever_created(request: Request) -> bool:
+    """Whether any key (active or revoked) exists; remembered once true, since keys are never deleted."""
+    state = request.app.state
+    if not getattr(state, "keys_seen", False):
+        with state.sessions() as session:
+            state.keys_seen = session.scalar(select(ApiKey.id).limit(1)) is not None
+    return state.keys_seen
+
+
+def current_tenant(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> str:
+    """The tenant of the bearer key; the open tenant only in the open mode (see the module doc)."""
+    # Short sessions of their own: a request never holds a DB connection for its whole life.
+    if credentials is not None:
+        with request.app.state.sessions() as session:
+            tenant = keys.tenant_for_secret(session, credentials.credentials)
+        if tenant is None:
+            raise HTTPException(401, "Authorization: unknown or revoked API key", headers=_CHALLENGE)
+        return tenant
+    mode = request.app.state.auth_mode
+    if mode == "none" or (mode == "auto" and not _keys_ever_created(request)):
+        return OPEN_TENANT
+    raise HTTPException(
+        401,
+        "Authorization: this server needs an API key; send 'Authorization: Bearer <key>' "
+        "(keys are made with `lbdn keys create --tenant NAME`)",
+        headers=_CHALLENGE,
+    )
+
+
+CurrentTenant = Annotated[str, Depends(current_tenant)]
+
+
+class OpsGuard:
+    """Pure ASGI middleware guarding OPS_PATHS: the metrics token if configured, else loopback clients."""
+
+    def __init__(self, app: ASGIApp, token: str | None) -> None:
+        self.app, self.token = app, token
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope.get("path") in OPS_PATHS:
+            denied = self._denied(scope)
+            if denied is not None:
+                return await denied(scope, receive, send)
+        await self.app(scope, receive, send)
+
+    def _denied(self, scope: Scope):
+        if self.token is not None:
+            header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
+            given = header[7:] if header[:7].lower() == "bearer " else ""
+            if hmac.compare_digest(given.encode("latin-1"), self.token.encode("latin-1", "replace")):
+                return None
+            return problem(401, "Authorization: send 'Authorization: Bearer <LBDN_METRICS_TOKEN>'", headers=_CHALLENGE)
+        client = scope.get("client")
+        # no client: a Unix socket; "testclient": Starlette's in-process TestClient (never a network peer)
+        if client is None or is_loopback(str(client[0])) or client[0] == "testclient":
+            return None
+        return problem(
+            403, f"{scope['path']} answers loopback clients only; set LBDN_METRICS_TOKEN to scrape it from elsewhere"
+        )
