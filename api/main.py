@@ -67,4 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (jobs.router, events.router, artifacts.router, models.router, health.router):
         app.include_router(router)
     app.add_middleware(LimitAndMeasure, max_bytes=settings.max_upload_bytes, metrics=app.state.metrics)
+    from api.routers import dashboard  # the browser UI at / (kept apart from the /v1 routers above)
+
+    app.include_router(dashboard.router)
     return app
