@@ -449,6 +449,7 @@ async function jobPage(view, id, signal) {
   function render() {
     const j = state.job;
     status.replaceChildren(statusBadge(j.status, j.cancel_requested));
+    status.dataset.status = j.status;
     const p = state.progress;
     setBar(bar, j.status === "succeeded" ? 1 : p ? p.fraction : 0);
     bar.querySelector(".bar").className = `bar ${j.status}`;
@@ -499,6 +500,8 @@ async function jobPage(view, id, signal) {
     else if (kind === "state") {
       state.job = { ...state.job, status: data.status, cancel_requested: data.cancel_requested ?? state.job.cancel_requested };
       if (data.error) state.job.error = data.error;
+      // the event holds the new status only; the record adds start/finish times, result and error
+      api(`/v1/jobs/${job.id}`, { signal }).then((j) => { state.job = j; schedule(); }).catch(() => {});
     }
     schedule();
   }, signal);
