@@ -381,7 +381,8 @@ function makeChart(el, title, series, { log = false, yLabel = "" } = {}) {
   const opts = {
     title, width, height: 220,
     scales: { x: { time: false }, y: log ? { distr: 3 } : {} },
-    axes: [{ label: "epoch" }, { label: yLabel, size: 60 }],
+    // whole epochs on the x axis (uPlot would otherwise tick at 1.5, 2.5 for short runs)
+    axes: [{ label: "epoch", incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000] }, { label: yLabel, size: 60 }],
     legend: { live: false },
     series: [{ label: "epoch" }, ...series.map(([label, color]) => ({
       label, stroke: color, width: 2, spanGaps: true, points: { show: true, size: 5 },
@@ -555,6 +556,7 @@ async function modelPage(view, id, signal) {
   const isImage = model.spec.dataset !== "square_wave";
   const attack = h("input", { type: "checkbox", id: "attack", checked: true });
   const results = h("tbody", { id: "certify-results" });
+  const barHead = h("th", {}, "distance to the boundary");
   const busy = h("span", { class: "muted small", id: "certify-busy" });
   const legend = h("p", { class: "muted small" },
     "Radii are l2 distances in [0, 1] pixel space, shown in units of 1/255. ",
@@ -600,8 +602,8 @@ async function modelPage(view, id, signal) {
     h("div", { class: "row" }, h("label", { class: "check" }, attack, h("span", {}, "also attack (upper bound on the distance; slower)")), busy),
     legend,
     h("table", { class: "jobs certify", id: "certify-table" },
-      h("thead", {}, h("tr", {}, ["input", "", "class", "margin", "certified", "attacked", "distance to the boundary (/255)"]
-        .map((t) => h("th", {}, t)))),
+      h("thead", {}, h("tr", {}, ["input", "", "class", "margin", "certified", "attacked"]
+        .map((t) => h("th", {}, t)), barHead)),
       results),
   );
 
@@ -619,10 +621,10 @@ async function modelPage(view, id, signal) {
       clearError();
       const scale = isImage ? 255 : 1;
       const unit = isImage ? "/255" : "";
-      const top = Math.max(...out.results.map((r) => Math.max(r.radius_pixel, r.attack_radius_pixel ?? 0))) * scale || 1;
       out.results.forEach((r, i) => {
-        results.prepend(certRow(r, inputs[i], scale, unit, top, attacked));
+        results.prepend(certRow(r, inputs[i], scale, unit, attacked));
       });
+      rescaleBars(results, barHead, unit);
       busy.textContent = `bound: ${out.lipschitz_bound.kind}, γ = ${out.lipschitz_bound.gamma}`;
     } catch (err) {
       busy.textContent = "";
@@ -630,24 +632,34 @@ async function modelPage(view, id, signal) {
     }
   }
 }
-function certRow(r, input, scale, unit, top, attacked) {
+// All bars of the page share one scale (0 .. the largest radius shown), so rows compare at a glance.
+function rescaleBars(tbody, head, unit) {
+  const bars = [...tbody.querySelectorAll(".interval")];
+  const top = Math.max(...bars.map((b) => Math.max(Number(b.dataset.cert), Number(b.dataset.att || 0)))) || 1;
+  const w = (x) => `${Math.max(0, Math.min(100, (100 * x) / top))}%`;
+  for (const b of bars) {
+    const cert = Number(b.dataset.cert);
+    b.querySelector(".certified").style.width = w(cert);
+    const gap = b.querySelector(".gap");
+    if (gap) {
+      gap.style.left = w(cert);
+      gap.style.width = w(Math.max(0, Number(b.dataset.att) - cert));
+    }
+  }
+  head.textContent = `distance to the boundary (bar: 0 – ${fmt(top, 2)}${unit})`;
+}
+function certRow(r, input, scale, unit, attacked) {
   const cert = r.radius_pixel * scale;
   const att = r.attack_radius_pixel === null || r.attack_radius_pixel === undefined ? null : r.attack_radius_pixel * scale;
-  const w = (x) => `${Math.max(0, Math.min(100, (100 * x) / top))}%`;
-  const barEl = h("div", { class: "interval", title: att === null ? `certified ${fmt(cert)}${unit}; no attack` : `true distance in [${fmt(cert)}, ${fmt(att)}]${unit}` },
-    h("div", { class: "certified" }), att !== null ? h("div", { class: "gap" }) : null);
-  barEl.querySelector(".certified").style.width = w(cert);
-  if (att !== null) {
-    const gap = barEl.querySelector(".gap");
-    gap.style.left = w(cert);
-    gap.style.width = w(Math.max(0, att - cert));
-  }
+  const barEl = h("div", { class: "interval", "data-cert": cert, "data-att": att ?? "",
+    title: att === null ? `certified ${fmt(cert)}${unit}; no attack` : `true distance in [${fmt(cert)}, ${fmt(att)}]${unit}` },
+  h("div", { class: "certified" }), att !== null ? h("div", { class: "gap" }) : null);
   return h("tr", { class: "cert-row" },
     h("td", { class: "mono small" }, input.name),
     h("td", {}, input.thumb ? h("img", { src: input.thumb, class: "thumb", alt: "" }) : null),
     h("td", { class: "class" }, r.predicted < 0 ? "not finite" : (r.class_name ? `${r.class_name} (${r.predicted})` : String(r.predicted))),
     h("td", {}, fmt(r.margin, 4)),
-    h("td", { class: "radius" }, `${fmt(cert, 2)}${unit}`),
+    h("td", { class: "radius", title: `model-input space (after normalisation): ${fmt(r.radius, 4)}` }, `${fmt(cert, 2)}${unit}`),
     h("td", { class: "attack" }, att === null ? (attacked ? "none found" : "not run") : `${fmt(att, 2)}${unit}`),
     h("td", { class: "bar-cell" }, barEl),
   );

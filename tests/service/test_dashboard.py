@@ -166,6 +166,7 @@ def test_dashboard_in_a_browser(service_factory, add_key, trained_model, tmp_pat
         wait.until(lambda d: "Epoch:   4" in d.find_element(By.ID, "log").text)
         wait.until(lambda d: "model.safetensors" in d.find_element(By.ID, "artifacts").text)
         assert find(By.ID, "model-link").is_displayed() and not find(By.ID, "cancel-job").is_displayed()
+        driver.set_window_size(1400, 1250)  # the whole page, artifacts included
         driver.save_screenshot(str(ARTIFACTS / "job-page.png"))
 
         # The list shows it as succeeded (the list polls).
@@ -195,6 +196,7 @@ def test_dashboard_in_a_browser(service_factory, add_key, trained_model, tmp_pat
             assert cells[4] == f"{255 * expected['radius_pixel']:.2f}/255"
             assert cells[5].endswith("/255") or cells[5] == "none found"
             assert row.find_element(By.CSS_SELECTOR, ".interval .certified").size["width"] > 0
+        driver.set_window_size(1400, 700)
         driver.save_screenshot(str(ARTIFACTS / "model-page.png"))
     except Exception:
         driver.save_screenshot(str(ARTIFACTS / "failure.png"))
