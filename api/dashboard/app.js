@@ -399,6 +399,7 @@ function chartData(chart, rows) {
   }))];
   chart.plot.setData(data);
   chart.el.dataset.points = String(rows.length);
+  chart.el.classList.toggle("empty", rows.length === 0);
 }
 
 async function jobPage(view, id, signal) {
