@@ -623,7 +623,9 @@ async function modelPage(view, id, signal) {
       const scale = isImage ? 255 : 1;
       const unit = isImage ? "/255" : "";
       out.results.forEach((r, i) => {
-        results.prepend(certRow(r, inputs[i], scale, unit, attacked));
+        // a .npy file may hold several inputs: then rows outnumber files and are named by index
+        const input = out.results.length === inputs.length ? inputs[i] : { name: `input ${i}` };
+        results.prepend(certRow(r, input, scale, unit, attacked));
       });
       rescaleBars(results, barHead, unit);
       busy.textContent = `bound: ${out.lipschitz_bound.kind}, γ = ${out.lipschitz_bound.gamma}`;
