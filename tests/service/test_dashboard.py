@@ -198,6 +198,10 @@ def test_dashboard_in_a_browser(service_factory, add_key, trained_model, tmp_pat
             assert row.find_element(By.CSS_SELECTOR, ".interval .certified").size["width"] > 0
         driver.set_window_size(1400, 700)
         driver.save_screenshot(str(ARTIFACTS / "model-page.png"))
+
+        # Nothing the page does is refused by its own Content-Security-Policy.
+        logs = driver.get_log("browser")
+        assert not [e for e in logs if "Content Security Policy" in e.get("message", "")], logs
     except Exception:
         driver.save_screenshot(str(ARTIFACTS / "failure.png"))
         for entry in driver.get_log("browser")[-30:]:
