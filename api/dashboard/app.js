@@ -141,7 +141,7 @@ function setupKeyDialog() {
 }
 
 // ---- Server-Sent Events over fetch (so the Bearer key can be sent) -------------------------------
-async function followEvents(path, onEvent, signal) {
+async function followEvents(path, onEvent, signal, isDone) {
   let after = 0;
   let failures = 0;
   while (!signal.aborted) {
@@ -181,8 +181,9 @@ async function followEvents(path, onEvent, signal) {
       if (err instanceof ApiError && err.status < 500) throw err;  // 401/404: retrying will not help
       failures += 1;
     }
-    // The server ends the stream once the job has finished and everything was sent.
-    if (ended) return;
+    // The server ends the stream once the job has finished and everything was sent; a stream cut
+    // earlier (a proxy's idle timeout) is resumed from the last event seen.
+    if (ended && isDone()) return;
     await sleep(Math.min(1000 * 2 ** failures, 15000), signal);
   }
 }
@@ -506,7 +507,7 @@ async function jobPage(view, id, signal) {
       api(`/v1/jobs/${job.id}`, { signal }).then((j) => { state.job = j; schedule(); }).catch(() => {});
     }
     schedule();
-  }, signal);
+  }, signal, () => ["succeeded", "failed", "cancelled"].includes(state.job.status));
   if (signal.aborted) return;
   // The stream has ended: the job is finished. Read its final record (result, error) and files.
   state.job = await api(`/v1/jobs/${job.id}`, { signal });
