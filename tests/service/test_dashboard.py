@@ -199,6 +199,20 @@ def test_dashboard_in_a_browser(service_factory, add_key, trained_model, tmp_pat
         driver.set_window_size(1400, 700)
         driver.save_screenshot(str(ARTIFACTS / "model-page.png"))
 
+        # 5. Cancel from the job page: a run far too long to end by itself, cancelled once it has
+        # finished an epoch, stops as `cancelled`.
+        driver.set_window_size(1400, 1050)
+        driver.get(svc.url + "/#/new")
+        box = wait.until(ec.visibility_of_element_located((By.ID, "f-epochs")))
+        box.clear()
+        box.send_keys("100000")
+        find(By.ID, "submit-job").click()
+        wait.until(lambda d: "#/jobs/job_" in d.current_url and d.current_url.rsplit("/", 1)[1] != job_id)
+        wait.until(lambda d: int(d.find_element(By.ID, "chart-loss").get_attribute("data-points") or 0) >= 1)
+        find(By.ID, "cancel-job").click()
+        wait.until(lambda d: status_of(d) == "cancelled")
+        assert not find(By.ID, "cancel-job").is_displayed()
+
         # Nothing the page does is refused by its own Content-Security-Policy.
         logs = driver.get_log("browser")
         assert not [e for e in logs if "Content Security Policy" in e.get("message", "")], logs
