@@ -372,7 +372,7 @@ async function newJobPage(view, signal) {
       submit.disabled = false;
     }
   });
-  view.append(h("h1", {}, "New training job"), h("div", { class: "two-col" }, form, h("div", {}, h("h3", {}, "Request"), preview)));
+  view.append(h("h1", { class: "page-title" }, "New training job"), h("div", { class: "two-col" }, form, h("div", {}, h("h3", {}, "Request"), preview)));
   syncChoices();
 }
 
@@ -536,7 +536,7 @@ async function modelsPage(view, signal) {
   const page = await api("/v1/models?limit=100", { signal });
   const radii = [...new Set(page.items.flatMap((m) => Object.keys(m.certified_acc)))].sort((a, b) => a - b);
   view.append(
-    h("h1", {}, "Models"),
+    h("h1", { class: "page-title" }, "Models"),
     h("p", { class: "muted" }, "Succeeded training jobs. Open one to certify your own inputs."),
     h("table", { class: "jobs", id: "models-table" },
       h("thead", {}, h("tr", {}, ["model", "architecture", "γ", "clean acc", ...radii.map((r) => `cert ${r}/255`), "finished"]
