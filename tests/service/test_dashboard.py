@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import httpx
@@ -70,6 +71,17 @@ def _browser(tmp_path: Path):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     return webdriver.Chrome(service=Service(CHROMEDRIVER, log_output=str(tmp_path / "chromedriver.log")), options=options)
+
+
+def test_a_missing_browser_skips_only_outside_ci(monkeypatch, tmp_path):
+    me = sys.modules[__name__]
+    monkeypatch.setattr(me, "CHROMIUM", str(tmp_path / "no-chromium"))
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="apt-get install -y chromium chromium-driver"):
+        me._browser(tmp_path)
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI is set"):
+        me._browser(tmp_path)
 
 
 def _pngs(folder: Path) -> list[Path]:
