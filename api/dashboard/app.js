@@ -418,6 +418,7 @@ async function jobPage(view, id, signal) {
   const artifacts = h("ul", { class: "artifacts", id: "artifacts" });
   const logBox = h("pre", { class: "log", id: "log" });
   const charts = h("div", { class: "charts" });
+  const evalBox = h("div", { id: "eval-table" });
 
   view.append(
     h("div", { class: "title-row" }, h("h1", { class: "mono" }, job.id), status, modelLink, cancel, remove),
@@ -425,6 +426,7 @@ async function jobPage(view, id, signal) {
       ` · created ${when(job.created_at)}`),
     h("div", { class: "progress-row" }, bar, progressText),
     errorBox,
+    evalBox,
     charts,
     h("div", { class: "two-col" },
       h("section", {}, h("h3", {}, "Summary"), summary, h("h3", {}, "Artifacts"), artifacts),
@@ -470,6 +472,7 @@ async function jobPage(view, id, signal) {
     const rows = [...state.rows.values()].sort((a, b) => a.epoch - b.epoch);
     for (const c of plots) chartData(c, rows);
     summary.replaceChildren(summaryTable(j, rows[rows.length - 1]));
+    evalBox.replaceChildren(...(j.result && j.result.autoattack_acc ? [evalTable(j.result)] : []));
     const atBottom = logBox.scrollHeight - logBox.scrollTop - logBox.clientHeight < 30;
     logBox.textContent = state.log.slice(-200).join("\n");
     if (atBottom) logBox.scrollTop = logBox.scrollHeight;
@@ -514,6 +517,19 @@ async function jobPage(view, id, signal) {
   render();
   await loadArtifacts();
 }
+// An evaluation job's result: accuracy under AutoAttack beside the certified accuracy, per radius.
+// A certified input that the attack broke would be a bug in the bound: shown, never hidden.
+function evalTable(r) {
+  const keys = Object.keys(r.autoattack_acc).sort((a, b) => a - b);
+  return h("table", { class: "jobs" },
+    h("thead", {}, h("tr", {}, [`l2 radius (/255, pixel space)`, "certified acc", "AutoAttack acc", "certified but broken"]
+      .map((t) => h("th", {}, t)))),
+    h("tbody", {},
+      h("tr", {}, h("td", {}, "0 (clean)"), h("td", {}, pct(r.clean_acc)), h("td", {}, pct(r.clean_acc)), h("td", {}, "–")),
+      keys.map((k) => h("tr", {}, h("td", {}, k), h("td", {}, pct(r.certified_acc?.[k])), h("td", {}, pct(r.autoattack_acc[k])),
+        h("td", {}, String(r.certificate_violations?.[k] ?? "–"))))),
+    h("caption", { class: "muted small" }, `${r.n} test inputs · AutoAttack ${r.version}${r.attacks ? " (" + r.attacks.join(", ") + ")" : ""}`));
+}
 function summaryTable(job, last) {
   const rows = [];
   const add = (k, v) => rows.push(h("tr", {}, h("th", {}, k), h("td", {}, v)));
@@ -526,7 +542,8 @@ function summaryTable(job, last) {
   for (const [k, v] of Object.entries(src)) {
     if (typeof v === "number") add(k, Number.isInteger(v) ? v : fmt(v, 4));
     else if (typeof v === "string" || typeof v === "boolean") add(k, String(v));
-    else if (k !== "classes" && v !== null) add(k, JSON.stringify(v));
+    else if (Array.isArray(v) && k !== "classes") add(k, v.join(", "));
+    // objects (per-radius accuracies of an evaluation) have their own table above
   }
   return h("table", { class: "kv" }, h("tbody", {}, rows));
 }
