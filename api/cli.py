@@ -142,7 +142,15 @@ def parser(settings: Settings) -> argparse.ArgumentParser:
     return p
 
 
+SERVER_COMMANDS = ("serve", "api", "worker", "keys")
+
+
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] not in (*SERVER_COMMANDS, "-h", "--help"):
+        from client.cli import main as client_main  # submit, jobs, show, ... (imports no server code)
+
+        sys.exit(client_main(argv))
     try:
         settings = get_settings()
     except ValueError as e:

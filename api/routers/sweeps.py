@@ -44,6 +44,24 @@ def _specs(body: SweepRequest) -> list[tuple[dict[str, Any], dict[str, Any]]]:
         raise HTTPException(422, str(e)) from None
 
 
+def _matches(spec: dict[str, Any], only: dict[str, list[Any]]) -> bool:
+    """True when every field named in `only` has one of its values (numbers compared as numbers)."""
+    for key, values in only.items():
+        if key not in spec:
+            raise HTTPException(422, f"only.{key}: not a spec field")
+        have = spec[key]
+        if not any(have == v or (isinstance(have, (int, float)) and _number(v) == have) for v in values):
+            return False
+    return True
+
+
+def _number(v: Any) -> float | None:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
+
+
 def _evaluate(body: SweepRequest) -> dict[str, Any] | None:
     if isinstance(body.evaluate, AttackParams):
         return body.evaluate.model_dump()
@@ -70,6 +88,10 @@ def create_sweep(body: SweepRequest, request: Request, session: SessionDep, tena
         # the point as resolved (a Plain network has no gamma), so equal specs collapse to one job
         resolved.append((done, {k: done.get(k, v) for k, v in point.items()}))
     resolved = dedupe(resolved)
+    if body.only:
+        resolved = [(spec, point) for spec, point in resolved if _matches(spec, body.only)]
+        if not resolved:
+            raise HTTPException(422, f"only: no job of the sweep matches {body.only}")
     evaluate = _evaluate(body)
     sweep, made = sweeps.create_sweep(
         session, tenant=tenant, name=body.name or body.preset or "sweep", preset=body.preset,
