@@ -221,8 +221,28 @@ def cmd_certify(c: Client, ui: Ui, a: argparse.Namespace) -> int:
         if not p.is_file():
             raise UsageError(f"no file {p}")
     answer = c.certify(a.model, paths, attack=a.attack)
-    ui.json(answer) if ui.as_json else ui.out.print(certify_table(answer, [str(p) for p in paths]))
+    ui.json(answer) if ui.as_json else ui.out.print(certify_table(answer, input_names(paths, answer["input_shape"])))
     return EXIT_OK
+
+
+def input_names(paths: list[Path], input_shape: list[int]) -> list[str]:
+    """The name of each certified input, in the server's order: an image is one input, a .npy
+    holding a batch (n, *input_shape) is n inputs, named file.npy[i]."""
+    import numpy as np
+
+    names = []
+    for p in paths:
+        shape: tuple[int, ...] = ()
+        if p.suffix.lower() == ".npy":
+            with p.open("rb") as f:  # the header only: never the data, never a pickle
+                version = np.lib.format.read_magic(f)
+                read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                shape = read(f)[0]
+        if len(shape) == len(input_shape) + 1:
+            names += [f"{p}[{i}]" for i in range(shape[0])]
+        else:
+            names.append(str(p))
+    return names
 
 
 # ---- sweeps and the paper -------------------------------------------------------------------

@@ -11,6 +11,7 @@ import httpx
 from httpx_sse import connect_sse
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+EVENT_KINDS = ("state", "progress", "metrics", "log")
 
 
 class ApiError(Exception):
@@ -117,8 +118,9 @@ class Client:
                                  timeout=httpx.Timeout(60.0, read=None)) as source:
                     _raise_for(source.response)
                     for sse in source.iter_sse():
-                        if not sse.id:
-                            continue  # keep-alive pings
+                        # keep-alive pings carry no data (and the id of the last event, as SSE ids persist)
+                        if not sse.data or not sse.id or sse.event not in EVENT_KINDS:
+                            continue
                         after = int(sse.id)
                         yield after, sse.event, json.loads(sse.data)
                 return

@@ -45,12 +45,14 @@ def _specs(body: SweepRequest) -> list[tuple[dict[str, Any], dict[str, Any]]]:
 
 
 def _matches(spec: dict[str, Any], only: dict[str, list[Any]]) -> bool:
-    """True when every field named in `only` has one of its values (numbers compared as numbers)."""
+    """True when every field named in `only` has one of its values (numbers compared as numbers,
+    "none" matching an unset field such as a Plain network's gamma)."""
     for key, values in only.items():
         if key not in spec:
             raise HTTPException(422, f"only.{key}: not a spec field")
         have = spec[key]
-        if not any(have == v or (isinstance(have, (int, float)) and _number(v) == have) for v in values):
+        if not any(have == v or (isinstance(have, (int, float)) and _number(v) == have)
+                   or (have is None and str(v).lower() in ("none", "null")) for v in values):
             return False
     return True
 
