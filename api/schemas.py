@@ -180,6 +180,9 @@ class SweepRequest(BaseModel):
     seeds: list[Annotated[int, Field(ge=0)]] | None = Field(
         None, min_length=1, max_length=50, description="override every job's seeds (a seed grid)"
     )
+    overrides: dict[str, Any] | None = Field(
+        None, description="spec fields set on every job, e.g. {\"train_batch_size\": 64} for a small GPU"
+    )
     only: dict[str, list[Any]] | None = Field(
         None, description="keep only the jobs whose spec has one of these values, e.g. {\"layer\": [\"Sandwich\"]}"
     )

@@ -308,6 +308,8 @@ def cmd_paper(c: Client, ui: Ui, a: argparse.Namespace) -> int:
                 body["evaluate"].update(version="custom", attacks=a.attacks)
         if a.only:
             body["only"] = _only(a.only)
+        if a.set:
+            body["overrides"] = _overrides(a.set)
         sw = c.create_sweep(body)
         if not ui.as_json:
             ui.out.print(f"sweep {sw['id']}: {len(sw['jobs'])} training jobs of {a.name}"
@@ -351,6 +353,19 @@ def _only(items: list[str]) -> dict[str, list[str]]:
         if not sep or not key or not values:
             raise UsageError(f"--only {item!r}: expected FIELD=VALUE[,VALUE...], e.g. layer=Sandwich,Plain")
         out.setdefault(key, []).extend(v for v in values.split(",") if v)
+    return out
+
+
+def _overrides(items: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--set {item!r}: expected FIELD=VALUE, e.g. train_batch_size=64")
+        try:
+            out[key] = json.loads(value)  # numbers, true/false, null
+        except ValueError:
+            out[key] = value  # a bare string such as a loss name
     return out
 
 
@@ -420,6 +435,8 @@ def parser() -> argparse.ArgumentParser:
                      help="evaluate with these AutoAttack attacks only (e.g. apgd-ce), not the standard set")
     run.add_argument("--only", nargs="+", default=None, metavar="FIELD=V1,V2",
                      help="run only the jobs whose spec matches, e.g. --only layer=Sandwich,Plain gamma=1")
+    run.add_argument("--set", nargs="+", default=None, metavar="FIELD=VALUE",
+                     help="spec fields for every job, e.g. --set train_batch_size=64 lr=0.005")
     run.add_argument("--follow", action="store_true", help="wait until every job has finished")
     run.add_argument("--poll", type=float, default=2.0, help=argparse.SUPPRESS)
     rep = pa.add_parser("report", parents=[common], help="the preset's table / figure from the finished jobs")

@@ -26,6 +26,13 @@ MAX_JOBS = 500  # per sweep: a typo in a grid should not queue a month of GPU ti
 
 
 def _specs(body: SweepRequest) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    made = _grid_specs(body)
+    if body.overrides:
+        made = [({**spec, **body.overrides}, point) for spec, point in made]
+    return made
+
+
+def _grid_specs(body: SweepRequest) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     if body.preset is not None:
         preset = PRESETS.get(body.preset)
         if preset is None:

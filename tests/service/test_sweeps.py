@@ -111,7 +111,8 @@ def test_figure_presets_make_their_plots(service_factory, tmp_path: Path) -> Non
     svc.worker()
     url = svc.url
     run = lbdn(url, "paper", "run", "fig4-cifar10", "--epochs", "1", "--only", "layer=Sandwich,Plain", "gamma=1,none",
-               "--n-examples", "2", "--attacks", "apgd-ce", "--follow", timeout=900)
+               "--n-examples", "2", "--attacks", "apgd-ce", "--set", "train_batch_size=8", "test_batch_size=4",
+               "--follow", timeout=900)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "2 training jobs of fig4-cifar10 (each evaluated once trained)" in run.stdout
     newest = json.loads(lbdn(url, "sweeps", "--json").stdout)[0]["id"]
@@ -126,7 +127,7 @@ def test_figure_presets_make_their_plots(service_factory, tmp_path: Path) -> Non
     assert (out4 / "fig4-cifar10.png").read_bytes().startswith(PNG)
 
     run = lbdn(url, "paper", "run", "fig5-cifar10", "--epochs", "2", "--seeds", "1", "2", "--only", "layer=Sandwich",
-               "--follow", timeout=900)
+               "--set", "train_batch_size=8", "--follow", timeout=900)
     assert run.returncode == 0, run.stdout + run.stderr
     out5 = tmp_path / "fig5"
     rep = lbdn(url, "paper", "report", "fig5-cifar10", "--out", str(out5))
