@@ -142,6 +142,8 @@ def parser(settings: Settings) -> argparse.ArgumentParser:
     return p
 
 
+# Subcommands this parser owns; every other one is a client command (client.cli). Add new server
+# subcommands here.
 SERVER_COMMANDS = ("serve", "api", "worker", "keys")
 
 
@@ -151,6 +153,11 @@ def main(argv: list[str] | None = None) -> None:
         from client.cli import main as client_main  # submit, jobs, show, ... (imports no server code)
 
         sys.exit(client_main(argv))
+    if argv and argv[0] in ("-h", "--help"):
+        from client.cli import parser as client_parser
+
+        client_parser().print_help()
+        print("\nserver commands (run the service here):")
     try:
         settings = get_settings()
     except ValueError as e:
