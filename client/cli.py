@@ -341,7 +341,7 @@ def cmd_paper(c: Client, ui: Ui, a: argparse.Namespace) -> int:
     if ui.as_json:
         ui.json({"sweep": sweep_id, "files": [str(p) for p in made]})
     else:
-        ui.out.print((out / "report.md").read_text(), markup=False)
+        print((out / "report.md").read_text(), flush=True)  # as written: Markdown must not be re-wrapped
         ui.out.print("written: " + ", ".join(str(p) for p in made))
     return EXIT_OK
 

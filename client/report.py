@@ -104,6 +104,16 @@ def _layers(keys: Iterable[str | None]) -> list[str]:
     return [x for x in LAYER_ORDER if x in present] + sorted(present - set(LAYER_ORDER))
 
 
+def _legend(fig: Any, axes: Any) -> None:
+    """One legend for all panels (a line may appear in some panels only), outside on the right."""
+    seen: dict[str, Any] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            seen.setdefault(label, handle)
+    if seen:
+        fig.legend(list(seen.values()), list(seen), loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
+
+
 def _gamma_label(g: Any) -> str:
     return f"{float(g):g}"
 
@@ -155,11 +165,11 @@ def _table1(preset: dict[str, Any], records: list[dict[str, Any]], out: Path) ->
         ax.set_title(f"gamma = {_gamma_label(g)}")
         ax.set_ylim(0, 105)
     axes[0][0].set_ylabel("tightness (%)")
-    axes[0][-1].legend(loc="lower right")
+    _legend(fig, axes[0][:1])
     fig.suptitle("Table 1: Lipschitz tightness, ours (filled) vs paper (hatched)")
     fig.tight_layout()
     png = out / "table1.png"
-    fig.savefig(png, dpi=110)
+    fig.savefig(png, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return lines, [png]
 
@@ -174,11 +184,12 @@ def _fig4(preset: dict[str, Any], records: list[dict[str, Any]], out: Path) -> t
     lines = ["Accuracy in % at l2 radius eps (1/255, pixel space): clean, certified, and empirical "
              "(AutoAttack) robust accuracy. Plain networks have no certificate.", "",
              "| layer | gamma | clean | cert 36 | cert 72 | cert 108 | AA 36 | AA 72 | AA 108 |", "|---|---|" + "---|" * 7]
-    for (layer, g), a in sorted(acc.items(), key=lambda kv: (_layers([kv[0][0]]), kv[0][1] or 0)):
+    order = {layer: i for i, layer in enumerate(layers)}
+    for (layer, g), a in sorted(acc.items(), key=lambda kv: (order[kv[0][0]], kv[0][1] or 0)):
         lines.append(f"| {PAPER_NAME.get(layer, layer)} | {'-' if g is None else _gamma_label(g)} | {_f(a['clean'])} | "
                      + " | ".join(_f(a[f'cert_{e}']) for e in EPS) + " | " + " | ".join(_f(a[f'aa_{e}']) for e in EPS) + " |")
     cols = gammas or [None]
-    fig, axes = plt.subplots(1, len(cols), figsize=(4.2 * len(cols), 3.6), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(1, len(cols), figsize=(max(6.0, 4.2 * len(cols)), 3.8), sharey=True, squeeze=False)
     xs = [0] + [int(e) for e in EPS]
     for ax, g in zip(axes[0], cols):
         for layer in layers:
@@ -193,11 +204,11 @@ def _fig4(preset: dict[str, Any], records: list[dict[str, Any]], out: Path) -> t
         ax.set_xlabel("eps (l2, x/255)")
         ax.set_xticks(xs)
     axes[0][0].set_ylabel("accuracy (%)")
-    axes[0][-1].legend(fontsize=8)
-    fig.suptitle(f"{preset['title']}\nsolid: empirical (AutoAttack), dashed: certified")
+    _legend(fig, axes[0])
+    fig.suptitle(f"{preset['title']}\nsolid: empirical (AutoAttack), dashed: certified", fontsize=10)
     fig.tight_layout()
     png = out / f"{preset['name']}.png"
-    fig.savefig(png, dpi=110)
+    fig.savefig(png, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return lines, [png]
 
@@ -228,13 +239,16 @@ def _fig5(preset: dict[str, Any], records: list[dict[str, Any]], out: Path) -> t
         c = COLOURS.get(layer, "k")
         ax.plot(ep, mean, color=c, label=PAPER_NAME.get(layer, layer))
         ax.fill_between(ep, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], color=c, alpha=0.2)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(preset["title"], fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     png = out / f"{preset['name']}.png"
-    fig.savefig(png, dpi=110)
+    fig.savefig(png, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return lines, [png]
 
@@ -271,11 +285,11 @@ def _table2(preset: dict[str, Any], records: list[dict[str, Any]], out: Path) ->
         ax.set_xlabel("eps (l2, x/255)")
         ax.set_xticks(xs)
     axes[0][0].set_ylabel("accuracy (%)")
-    axes[0][-1].legend(fontsize=7)
-    fig.suptitle(f"{preset['title']}\nsolid: ours (AutoAttack), dotted: paper")
+    _legend(fig, axes[0])
+    fig.suptitle(f"{preset['title']}\nsolid: ours (AutoAttack), dotted: paper", fontsize=10)
     fig.tight_layout()
     png = out / f"{preset['name']}.png"
-    fig.savefig(png, dpi=110)
+    fig.savefig(png, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return lines, [png]
 
@@ -305,6 +319,6 @@ def _table3(preset: dict[str, Any], records: list[dict[str, Any]], out: Path) ->
     ax.legend()
     fig.tight_layout()
     png = out / f"{preset['name']}.png"
-    fig.savefig(png, dpi=110)
+    fig.savefig(png, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return lines, [png]
