@@ -152,3 +152,33 @@ def test_figure_presets_make_their_plots(service_factory, tmp_path: Path) -> Non
     assert "| Sandwich | small | 1 |" in t2  # the fig4 Sandwich-small model, beside the paper's small
     t3 = (tmp_path / "table3-tiny" / "report.md").read_text()
     assert "| SLL Small (paper only) | 0 | - (26.6) | - (19.5) |" in t3
+
+
+def test_sweep_store_on_sqlite_and_postgres(store) -> None:
+    """Evaluation jobs are made once per trained model, even when two readers advance a sweep."""
+    from worker.store import leases, sweeps, transaction
+
+    toy = {"model": "Toy", "layer": "Sandwich", "dataset": "square_wave", "gamma": 1.0}
+    kwl = {"model": "KWL", "layer": "Sandwich", "dataset": "cifar10", "gamma": 1.0}
+    with transaction(store) as s:
+        sweep, made = sweeps.create_sweep(
+            s, tenant="t1", name="mix", preset=None, request={}, evaluate={"eps": [36], "n_examples": 2},
+            specs=[(toy, {"gamma": 1.0}), (kwl, {"gamma": 1.0})])
+    for job in made:
+        with transaction(store) as s:
+            leases.acquire(s, job.id, "w", 60)
+            leases.finish(s, job.id, "w", "succeeded", result={"test_acc": 10.0})
+    with transaction(store) as s:
+        pending = sweeps.pending_evaluations(s, sweeps.get_sweep(s, "t1", sweep.id))
+        assert [job.id for _, job in pending] == [made[1].id]  # the Toy regression is never attacked
+        link, trained = pending[0]
+        first = sweeps.add_evaluation(s, sweep, link, trained)
+        assert first is not None and first.kind == "evaluate" and first.model_id == made[1].id
+    with transaction(store) as s:  # a second reader that saw the same pending list
+        assert sweeps.add_evaluation(s, sweep, link, trained) is None
+        assert sweeps.pending_evaluations(s, sweep) == []
+        rows = sweeps.sweep_jobs(s, sweep.id)
+        assert [(link.role, job.kind) for link, job in rows] == [("train", "train"), ("train", "train"),
+                                                                 ("evaluate", "evaluate")]
+        assert sweeps.get_sweep(s, "t2", sweep.id) is None
+        assert [sw.id for sw in sweeps.list_sweeps(s, "t1")][:1] == [sweep.id]
