@@ -119,6 +119,16 @@ def test_figure_presets_make_their_plots(service_factory, tmp_path: Path) -> Non
     sw = json.loads(lbdn(url, "sweeps", newest, "--json").stdout)
     assert sw["status"] == "succeeded" and sw["counts"] == {"succeeded": 4}
     assert sorted(j["role"] for j in sw["jobs"]) == ["evaluate", "evaluate", "train", "train"]
+    assert "fig4-cifar10" in lbdn(url, "sweeps").stdout and "evaluate" in lbdn(url, "sweeps", newest).stdout
+    assert "fig5-cifar100" in lbdn(url, "paper", "list").stdout
+
+    # `lbdn evaluate` of one of these models, followed to its summary
+    sandwich = next(j["job_id"] for j in sw["jobs"] if j["role"] == "train" and j["spec"]["layer"] == "Sandwich")
+    ev = lbdn(url, "evaluate", sandwich, "--eps", "36", "--n-examples", "2", "--version", "custom",
+              "--attacks", "apgd-ce", "--follow", timeout=900)
+    assert ev.returncode == 0, ev.stdout + ev.stderr
+    assert "succeeded" in ev.stdout and "clean accuracy" in ev.stdout and "eps 36/255: AutoAttack" in ev.stdout
+
     out4 = tmp_path / "fig4"
     rep = lbdn(url, "paper", "report", "fig4-cifar10", "--out", str(out4))
     assert rep.returncode == 0, rep.stdout + rep.stderr
