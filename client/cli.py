@@ -463,10 +463,10 @@ def main(argv: list[str] | None = None) -> int:
         if ui.as_json:
             ui.json(e.body)
         where = f"{e.status} {e.title}: " if e.status else ""
-        ui.err.print(f"lbdn: {where}{e.detail}", markup=False)
+        print(f"lbdn: {where}{e.detail}", file=sys.stderr)  # plain: a message must not be re-wrapped
         return exit_code(e.status)
     except UsageError as e:
-        ui.err.print(f"lbdn: {e}", markup=False)
+        print(f"lbdn: {e}", file=sys.stderr)
         return EXIT_USAGE
 
 

@@ -1,6 +1,6 @@
 """`--follow`: a job's live progress bar (rich) from its Server-Sent Events, ending with its summary.
 
-The bar shows epoch, the latest step loss, test accuracy, certified accuracy at 36/255 (when the
+The bar shows epoch, the latest step loss, test accuracy (test loss for the Toy regression), certified accuracy at 36/255 (when the
 job records it) and the server's ETA. Off a terminal it prints one line per finished epoch instead.
 """
 
@@ -42,13 +42,13 @@ def follow(client: Client, job_id: str, console: Console) -> dict[str, Any]:
     if job["status"] in FINISHED:
         return job
     live = console.is_terminal
-    fields = {"epoch": "-", "loss": "-", "acc": "-", "cert": "-", "eta": _eta(None)}
+    fields = {"epoch": "-", "loss": "-", "test": "acc -", "cert": "-", "eta": _eta(None)}
     progress = Progress(
         TextColumn("[bold]{task.description}"),
         TextColumn("epoch {task.fields[epoch]}"),
         BarColumn(),
         TaskProgressColumn(),
-        TextColumn("loss {task.fields[loss]}  acc {task.fields[acc]}  cert36 {task.fields[cert]}  {task.fields[eta]}"),
+        TextColumn("loss {task.fields[loss]}  test {task.fields[test]}  cert36 {task.fields[cert]}  {task.fields[eta]}"),
         console=console,
         transient=False,
         disable=not live,
@@ -62,7 +62,9 @@ def follow(client: Client, job_id: str, console: Console) -> dict[str, Any]:
                 progress.update(task, completed=100.0 * float(data.get("fraction") or 0.0), **fields)
             elif kind == "metrics":
                 if data.get("test_acc") is not None:
-                    fields["acc"] = f"{fmt(data['test_acc'], 1)}%"
+                    fields["test"] = f"acc {fmt(data['test_acc'], 1)}%"
+                elif data.get("test_loss") is not None:  # the Toy regression has no accuracy
+                    fields["test"] = f"loss {fmt(data['test_loss'], 4)}"
                 if data.get("cert_acc_36") is not None:
                     fields["cert"] = f"{fmt(data['cert_acc_36'], 1)}%"
                 progress.update(task, **fields)
