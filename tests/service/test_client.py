@@ -189,3 +189,13 @@ def test_every_client_command_against_a_real_service(service_factory, tmp_path: 
     gone = lbdn(url, "show", first["id"])
     assert gone.returncode == 3 and "404 Not Found" in gone.stderr
     assert lbdn("http://127.0.0.1:9", "jobs").returncode == 6
+
+    # API keys: LBDN_API_KEY is sent as a bearer token; without it a keyed server answers 401 -> 5
+    made = subprocess.run([sys.executable, "-m", "api.cli", "keys", "create", "--tenant", "acme"], env=svc.env,
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    secret = made.stdout.strip().splitlines()[-1]
+    refused = lbdn(url, "jobs")
+    assert refused.returncode == 5 and "401" in refused.stderr and "API key" in refused.stderr
+    keyed = subprocess.run([sys.executable, "-m", "api.cli", "jobs", "--json"], env={**client_env(url), "LBDN_API_KEY": secret},
+                           cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert keyed.returncode == 0 and json.loads(keyed.stdout) == []  # tenant acme has no jobs yet
