@@ -51,8 +51,8 @@ def _f(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def _pair(ours: float | None, paper: float | None) -> str:
-    return f"{_f(ours)} ({_f(paper)})" if paper is not None else _f(ours)
+def _pair(ours: float | None, paper: float | None, digits: int = 1) -> str:
+    return f"{_f(ours, digits)} ({_f(paper)})" if paper is not None else _f(ours, digits)
 
 
 def runs(sweep: dict[str, Any]) -> list[dict[str, Any]]:
@@ -152,7 +152,8 @@ def _table1(preset: dict[str, Any], records: list[dict[str, Any]], out: Path) ->
              "| layer | " + " | ".join(f"gamma {_gamma_label(g)}" for g in gammas) + " |",
              "|---|" + "---|" * len(gammas)]
     for layer in layers:
-        cells = [_pair(ours.get((layer, g)), paper.get(layer, {}).get(_gamma_label(g))) for g in gammas]
+        # two decimals: a tightness of 99.96 % must not print as 100.0 (it is a lower bound / gamma <= 1)
+        cells = [_pair(ours.get((layer, g)), paper.get(layer, {}).get(_gamma_label(g)), 2) for g in gammas]
         lines.append(f"| {PAPER_NAME.get(layer, layer)} | " + " | ".join(cells) + " |")
     fig, axes = plt.subplots(1, len(gammas), figsize=(4 * len(gammas), 3.6), sharey=True, squeeze=False)
     for ax, g in zip(axes[0], gammas):

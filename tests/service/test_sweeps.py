@@ -96,7 +96,7 @@ def test_table1_run_and_report(service_factory, tmp_path: Path) -> None:
     assert "12 trained models used" in md
     for layer, paper in (("Sandwich", "99.9"), ("SLL", "67.9"), ("Orthogonal (Cayley)", "74.1"), ("AOL", "45.2")):
         row = next(line for line in md.splitlines() if line.startswith(f"| {layer} |"))
-        assert f"({paper})" in row and re.search(r"\| \d+\.\d \(", row), row  # ours beside the paper's
+        assert f"({paper})" in row and re.search(r"\| \d+\.\d\d \(", row), row  # ours beside the paper's
     assert (out / "table1.png").read_bytes().startswith(PNG)
     assert "![table1](table1.png)" in md
 
