@@ -150,7 +150,8 @@ SERVER_COMMANDS = ("serve", "api", "worker", "keys")
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] not in (*SERVER_COMMANDS, "-h", "--help"):
-        from client.cli import main as client_main  # submit, jobs, show, ... (imports no server code)
+        # submit, jobs, show, ...: the client package (it imports no server code)
+        from client.cli import main as client_main
 
         sys.exit(client_main(argv))
     if argv and argv[0] in ("-h", "--help"):

@@ -20,7 +20,7 @@ FINISHED = ("succeeded", "failed", "cancelled")
 def _eta(seconds: float | None) -> str:
     if seconds is None:
         return "ETA -:--"
-    s = int(round(seconds))
+    s = round(seconds)
     return f"ETA {s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"ETA {s // 60}:{s % 60:02d}"
 
 
@@ -70,11 +70,9 @@ def follow(client: Client, job_id: str, console: Console) -> dict[str, Any]:
                 progress.update(task, **fields)
                 if not live:
                     console.print(_epoch_line(data), highlight=False)
-            elif kind == "state" and data.get("status") in FINISHED:
-                if data["status"] == "succeeded":
-                    progress.update(task, completed=100.0)
-    job = client.job(job_id)
-    return job
+            elif kind == "state" and data.get("status") == "succeeded":
+                progress.update(task, completed=100.0)
+    return client.job(job_id)
 
 
 def print_summary(job: dict[str, Any], console: Console) -> None:

@@ -55,7 +55,7 @@ class Client:
     def __enter__(self) -> Client:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:

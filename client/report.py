@@ -182,8 +182,8 @@ def _fig4(preset: dict[str, Any], records: list[dict[str, Any]], out: Path) -> t
     gammas = sorted({float(g) for _, g in groups if g is not None})
     layers = _layers([layer for layer, _ in groups])
     acc = {k: _mean_acc(v) for k, v in groups.items()}
-    lines = ["Accuracy in % at l2 radius eps (1/255, pixel space): clean, certified, and empirical "
-             "(AutoAttack) robust accuracy. Plain networks have no certificate.", "",
+    lines = [("Accuracy in % at l2 radius eps (1/255, pixel space): clean, certified, and empirical "
+              "(AutoAttack) robust accuracy. Plain networks have no certificate."), "",
              "| layer | gamma | clean | cert 36 | cert 72 | cert 108 | AA 36 | AA 72 | AA 108 |", "|---|---|" + "---|" * 7]
     order = {layer: i for i, layer in enumerate(layers)}
     for (layer, g), a in sorted(acc.items(), key=lambda kv: (order[kv[0][0]], kv[0][1] or 0)):

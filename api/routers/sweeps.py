@@ -16,7 +16,14 @@ from pydantic import ValidationError
 from api.deps import CurrentTenant, SessionDep, SettingsDep
 from api.problems import validation_detail
 from api.routers.jobs import _resolve_image_folder, require_json, send
-from api.schemas import AttackParams, ProgressOut, SweepJobOut, SweepOut, SweepPage, SweepRequest
+from api.schemas import (
+    AttackParams,
+    ProgressOut,
+    SweepJobOut,
+    SweepOut,
+    SweepPage,
+    SweepRequest,
+)
 from lipcore.paper import PRESETS, dedupe, expand
 from lipcore.spec import ExperimentSpec
 from worker.store import FINISHED, Sweep, jobs, sweeps, transaction

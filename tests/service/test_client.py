@@ -22,7 +22,7 @@ def lbdn(url: str, *args: str, tty: bool = False, timeout: float = 300) -> subpr
     """Run `lbdn ARGS` against `url`. tty=True makes rich draw as on a terminal (its documented
     TTY_COMPATIBLE / TTY_INTERACTIVE switches), so the live progress bar is in the output."""
     return subprocess.run([sys.executable, "-m", "api.cli", *args], env=client_env(url, tty), cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def client_env(url: str, tty: bool = False) -> dict[str, str]:
@@ -192,10 +192,11 @@ def test_every_client_command_against_a_real_service(service_factory, tmp_path: 
 
     # API keys: LBDN_API_KEY is sent as a bearer token; without it a keyed server answers 401 -> 5
     made = subprocess.run([sys.executable, "-m", "api.cli", "keys", "create", "--tenant", "acme"], env=svc.env,
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+                          cwd=ROOT, capture_output=True, text=True, timeout=120, check=True)
     secret = made.stdout.strip().splitlines()[-1]
     refused = lbdn(url, "jobs")
     assert refused.returncode == 5 and "401" in refused.stderr and "API key" in refused.stderr
-    keyed = subprocess.run([sys.executable, "-m", "api.cli", "jobs", "--json"], env={**client_env(url), "LBDN_API_KEY": secret},
-                           cwd=ROOT, capture_output=True, text=True, timeout=120)
+    keyed = subprocess.run([sys.executable, "-m", "api.cli", "jobs", "--json"],
+                           env={**client_env(url), "LBDN_API_KEY": secret}, cwd=ROOT, capture_output=True,
+                           text=True, timeout=120, check=False)
     assert keyed.returncode == 0 and json.loads(keyed.stdout) == []  # tenant acme has no jobs yet
