@@ -150,7 +150,8 @@ def test_every_client_command_against_a_real_service(service_factory, tmp_path: 
 
     # a spec file, with an idempotency key: the retry answers the same job
     spec = tmp_path / "spec.json"
-    spec.write_text(json.dumps({"model": "Toy", "layer": "Aol", "gamma": 2.0, "epochs": 400}))
+    # long enough never to end by itself: the test cancels it (and never depends on the machine's speed)
+    spec.write_text(json.dumps({"model": "Toy", "layer": "Aol", "gamma": 2.0, "epochs": 100_000}))
     first = json.loads(lbdn(url, "submit", str(spec), "--idempotency-key", "k1", "--json").stdout)
     again = json.loads(lbdn(url, "submit", str(spec), "--idempotency-key", "k1", "--json").stdout)
     assert first["id"] == again["id"] and first["spec"]["layer"] == "Aol"
@@ -161,16 +162,25 @@ def test_every_client_command_against_a_real_service(service_factory, tmp_path: 
         proc = subprocess.Popen([sys.executable, "-m", "api.cli", "submit", str(spec), "--idempotency-key", "k1",
                                  "--follow"], env=client_env(url, tty=True), cwd=ROOT, stdout=f,
                                 stderr=subprocess.STDOUT)
-        _wait_output(proc, log, "/400 ")  # the bar is live
+        _wait_output(proc, log, "/100000 ")  # the bar is live
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 130
     assert "detached" in log.read_text()
     state = json.loads(lbdn(url, "show", first["id"], "--json").stdout)
     assert state["status"] == "running" and not state["cancel_requested"]
 
-    # cancel, then problem+json as exit codes: 409 -> 4, 404 -> 3, 422 -> 2, unreachable -> 6
-    cancelled = lbdn(url, "cancel", first["id"])
-    assert cancelled.returncode == 0 and first["id"] in cancelled.stdout
+    # logs -f of the running job prints lines as they come and ends by itself once it is cancelled
+    tail_log = tmp_path / "tail.log"
+    with tail_log.open("w") as f:
+        tail = subprocess.Popen([sys.executable, "-m", "api.cli", "logs", first["id"], "-f"], env=client_env(url),
+                                cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+        _wait_output(tail, tail_log, "Epoch")
+
+        # cancel, then problem+json as exit codes: 409 -> 4, 404 -> 3, 422 -> 2, unreachable -> 6
+        cancelled = lbdn(url, "cancel", first["id"])
+        assert cancelled.returncode == 0 and first["id"] in cancelled.stdout
+        assert tail.wait(timeout=300) == 0
+    assert tail_log.read_text().splitlines() == lbdn(url, "logs", first["id"]).stdout.splitlines()
     deadline = time.monotonic() + 300
     while json.loads(lbdn(url, "show", first["id"], "--json").stdout)["status"] != "cancelled":
         assert time.monotonic() < deadline, "the cancelled job never stopped"
