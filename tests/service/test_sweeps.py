@@ -27,6 +27,10 @@ def test_sweep_requests_are_validated_and_stored(client, add_key) -> None:
     assert point.json()["detail"].startswith("spec at layer=SLL: layer 'SLL' is not defined for model KWL")
     huge = client.post("/v1/sweeps", json={"spec": {"model": "Toy"}, "grid": {"seed": list(range(501))}})
     assert huge.status_code == 422 and "at most 500" in huge.json()["detail"]
+    form = client.post("/v1/sweeps", data={"preset": "table1"})
+    assert form.status_code == 415 and "application/json" in form.json()["detail"]
+    field = client.post("/v1/sweeps", json={"preset": "table1", "only": {"depth": [3]}})
+    assert field.status_code == 422 and "only.depth: not a spec field" in field.json()["detail"]
     none = client.post("/v1/sweeps", json={"preset": "table1", "only": {"layer": ["Plain"]}})
     assert none.status_code == 422 and "no job of the sweep matches" in none.json()["detail"]
 
