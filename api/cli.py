@@ -139,7 +139,23 @@ def parser(settings: Settings) -> argparse.ArgumentParser:
     return p
 
 
+# Subcommands this parser owns; every other one is a client command (client.cli). Add new server
+# subcommands here.
+SERVER_COMMANDS = ("serve", "api", "worker", "keys")
+
+
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] not in (*SERVER_COMMANDS, "-h", "--help"):
+        # submit, jobs, show, ...: the client package (it imports no server code)
+        from client.cli import main as client_main
+
+        sys.exit(client_main(argv))
+    if argv and argv[0] in ("-h", "--help"):
+        from client.cli import parser as client_parser
+
+        client_parser().print_help()
+        print("\nserver commands (run the service here):")
     try:
         settings = get_settings()
     except ValueError as e:

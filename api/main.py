@@ -15,7 +15,7 @@ from api.certify import AttackSlots
 from api.metrics import ServiceMetrics
 from api.middleware import LimitAndMeasure
 from api.model_cache import ModelCache
-from api.routers import artifacts, dashboard, events, health, jobs, models
+from api.routers import artifacts, dashboard, events, health, jobs, models, paper, sweeps
 from worker.queue import make_celery
 from worker.reaper import reap_and_resend
 from worker.settings import Settings, get_settings
@@ -59,6 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_tags=[
             {"name": "jobs", "description": "training and evaluation jobs"},
             {"name": "models", "description": "trained models and certificates"},
+            {"name": "sweeps", "description": "grids of jobs and the paper's experiments as presets"},
         ],
     )
     app.state.settings = settings
@@ -73,6 +74,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     problems.install(app)
     for router in (jobs.router, events.router, artifacts.router, models.router, health.router):
+        app.include_router(router)
+    for router in (sweeps.router, paper.router):  # sweeps of jobs and the paper's presets
         app.include_router(router)
     app.add_middleware(LimitAndMeasure, max_bytes=settings.max_upload_bytes, metrics=app.state.metrics)
     app.add_middleware(OpsGuard, token=settings.metrics_token)  # /metrics, /readyz: token or loopback

@@ -176,3 +176,72 @@ class CertifyOut(BaseModel):
 class Health(BaseModel):
     status: str
     checks: dict[str, str] = Field(default_factory=dict)
+
+
+# ---- sweeps and the paper's presets ---------------------------------------------------------
+class SweepRequest(BaseModel):
+    """A grid of training jobs: a paper preset by name, or a base spec with a grid."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(None, max_length=200, description="a label (default: the preset's name)")
+    preset: str | None = Field(None, max_length=100, description="a preset of GET /v1/paper/presets")
+    spec: dict[str, Any] | None = Field(None, description="base ExperimentSpec fields (without preset)")
+    grid: dict[str, list[Any]] = Field(
+        default_factory=dict, description="values to sweep over: any of gamma, layer, scale, seed"
+    )
+    epochs: int | None = Field(None, ge=1, le=100_000, description="override every job's epochs")
+    seeds: list[Annotated[int, Field(ge=0)]] | None = Field(
+        None, min_length=1, max_length=50, description="override every job's seeds (a seed grid)"
+    )
+    overrides: dict[str, Any] | None = Field(
+        None, description="spec fields set on every job, e.g. {\"train_batch_size\": 64} for a small GPU"
+    )
+    only: dict[str, list[Any]] | None = Field(
+        None, description="keep only the jobs whose spec has one of these values, e.g. {\"layer\": [\"Sandwich\"]}"
+    )
+    evaluate: AttackParams | bool | None = Field(
+        None,
+        description="evaluate each trained model (AutoAttack beside certificates): settings, true for the "
+        "defaults, false for none; default: the preset's choice (the paper's --mode eval), none otherwise",
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SweepRequest:
+        if (self.preset is None) == (self.spec is None):
+            raise ValueError("give either 'preset' (a paper preset name) or 'spec' (base spec fields), not both")
+        if self.preset is not None and self.grid:
+            raise ValueError("'grid' goes with 'spec'; a preset has its own grid (use 'epochs' and 'seeds')")
+        return self
+
+
+class SweepJobOut(BaseModel):
+    job_id: str
+    role: Literal["train", "evaluate"]
+    point: dict[str, Any] = Field(description="this job's grid values")
+    train_job_id: str | None = Field(None, description="evaluate jobs: the trained model")
+    status: JobStatus | Literal["deleted"]
+    spec: dict[str, Any] | None = None
+    progress: ProgressOut | None = None
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    history: list[dict[str, Any]] | None = Field(None, description="?history=true: per-epoch metrics of a training job")
+
+
+class SweepOut(BaseModel):
+    id: str
+    name: str
+    preset: str | None = None
+    created_at: datetime
+    request: dict[str, Any]
+    evaluate: dict[str, Any] | None = None
+    status: Literal["running", "succeeded", "failed", "cancelled"] = Field(
+        description="running while any job is queued or running; then succeeded, failed or cancelled"
+    )
+    counts: dict[str, int] = Field(description="jobs by status")
+    jobs: list[SweepJobOut] | None = Field(None, description="omitted in lists")
+
+
+class SweepPage(BaseModel):
+    items: list[SweepOut]
+    next_cursor: str | None = None

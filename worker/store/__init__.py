@@ -3,9 +3,9 @@
 Imported by the API and the worker alike (never by lipcore). SQLite by default, PostgreSQL by URL.
 """
 
-from worker.store import jobs, keys, leases
+from worker.store import jobs, keys, leases, sweeps
 from worker.store.engine import init_db, make_engine, ping, session_factory, transaction
-from worker.store.tables import FINISHED, JOB_STATES, ApiKey, Job, JobEvent, JobMetric, utcnow
+from worker.store.tables import FINISHED, JOB_STATES, ApiKey, Job, JobEvent, JobMetric, Sweep, SweepJob, utcnow
 
 __all__ = [
     "FINISHED",
@@ -20,6 +20,9 @@ __all__ = [
     "leases",
     "make_engine",
     "ping",
+    "Sweep",
+    "SweepJob",
+    "sweeps",
     "session_factory",
     "transaction",
     "utcnow",

@@ -116,3 +116,41 @@ class ApiKey(Base):
     secret_sha256: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+class Sweep(Base):
+    """A group of jobs made from one request: a base spec with a grid, or one of the paper's presets.
+
+    Its jobs are ordinary rows of lbdn_jobs, linked through lbdn_sweep_jobs (no column is added to
+    the jobs table). `evaluate` holds the attack settings of the evaluation job that follows each
+    succeeded training job (None: training only).
+    """
+
+    __tablename__ = "lbdn_sweeps"
+    __table_args__ = (Index("ix_lbdn_sweeps_tenant_pk", "tenant", "pk"),)
+
+    pk: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)  # list order
+    id: Mapped[str] = mapped_column(String(40), unique=True)
+    tenant: Mapped[str] = mapped_column(String(100))
+    name: Mapped[str] = mapped_column(String(200))
+    preset: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    request: Mapped[dict[str, Any]] = mapped_column()  # what was asked for (base spec + grid, or preset)
+    evaluate: Mapped[dict[str, Any] | None] = mapped_column(nullable=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class SweepJob(Base):
+    """One job of a sweep: its grid point, and for an evaluation job the training job it evaluates.
+
+    job_id is deliberately not a foreign key: a user may delete a finished job, and the sweep then
+    reports it as deleted instead of losing the row.
+    """
+
+    __tablename__ = "lbdn_sweep_jobs"
+
+    sweep_id: Mapped[str] = mapped_column(ForeignKey("lbdn_sweeps.id", ondelete="CASCADE"), primary_key=True)
+    job_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    role: Mapped[str] = mapped_column(String(20))  # train | evaluate
+    position: Mapped[int] = mapped_column(Integer)  # order of the grid
+    point: Mapped[dict[str, Any]] = mapped_column()  # the grid values of this job (gamma, layer, ...)
+    train_job_id: Mapped[str | None] = mapped_column(String(40), nullable=True)  # evaluate: the trained job

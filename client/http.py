@@ -1,0 +1,184 @@
+"""`Client`: the lbdn HTTP API as Python methods; errors as `ApiError` (from problem+json)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+from httpx_sse import connect_sse
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+EVENT_KINDS = ("state", "progress", "metrics", "log")
+
+
+class ApiError(Exception):
+    """An error answer of the server (RFC 9457 problem details), or no answer at all (status 0)."""
+
+    def __init__(self, status: int, title: str, detail: str, body: dict[str, Any] | None = None) -> None:
+        super().__init__(f"{status} {title}: {detail}" if status else detail)
+        self.status, self.title, self.detail = status, title, detail
+        self.body = body or {"status": status, "title": title, "detail": detail}
+
+
+def _raise_for(r: httpx.Response) -> None:
+    if r.is_success:
+        return
+    try:
+        body = r.json()
+    except ValueError:
+        body = {}
+    if not isinstance(body, dict):
+        body = {}
+    detail = body.get("detail") if isinstance(body.get("detail"), str) else (r.text[:300] or r.reason_phrase)
+    raise ApiError(r.status_code, body.get("title") or r.reason_phrase, detail, body or None)
+
+
+class Client:
+    """The lbdn service at `url` (default $LBDN_URL or http://127.0.0.1:8000), with $LBDN_API_KEY.
+
+    Every method returns the decoded JSON of the answer and raises ApiError for an error answer or
+    an unreachable server (status 0).
+    """
+
+    def __init__(self, url: str | None = None, api_key: str | None = None, timeout: float = 60.0) -> None:
+        self.url = (url or os.environ.get("LBDN_URL") or DEFAULT_URL).rstrip("/")
+        key = api_key if api_key is not None else os.environ.get("LBDN_API_KEY")
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self.http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            r = self.http.request(method, path, **kwargs)
+        except httpx.TransportError as e:
+            raise ApiError(0, "unreachable", f"cannot reach the lbdn service at {self.url} ({e}); "
+                           "start it with `lbdn serve` or set LBDN_URL") from None
+        _raise_for(r)
+        return r
+
+    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        r = self.request(method, path, **kwargs)
+        return r.json() if r.content else None
+
+    # ---- jobs -------------------------------------------------------------------------------
+    def submit(self, body: dict[str, Any], idempotency_key: str | None = None) -> dict[str, Any]:
+        """POST /v1/jobs: body {"kind": "train", "spec": {...}} or {"kind": "evaluate", ...}."""
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        return self._json("POST", "/v1/jobs", json=body, headers=headers)
+
+    def jobs(self, status: str | None = None, kind: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        """Newest first, following the cursor until `limit` jobs are read."""
+        out: list[dict[str, Any]] = []
+        cursor = None
+        while len(out) < limit:
+            params = {k: v for k, v in (("status", status), ("kind", kind), ("cursor", cursor)) if v}
+            page = self._json("GET", "/v1/jobs", params={**params, "limit": min(200, limit - len(out))})
+            out += page["items"]
+            cursor = page.get("next_cursor")
+            if not cursor:
+                break
+        return out
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        return self._json("GET", f"/v1/jobs/{job_id}")
+
+    def metrics(self, job_id: str, since_epoch: int = 0) -> list[dict[str, Any]]:
+        return self._json("GET", f"/v1/jobs/{job_id}/metrics", params={"since_epoch": since_epoch})["items"]
+
+    def logs(self, job_id: str, offset: int = 0) -> dict[str, Any]:
+        """{"lines": [...], "next_offset": n}: log lines from line `offset` (0-based) on."""
+        return self._json("GET", f"/v1/jobs/{job_id}/logs", params={"offset": offset})
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        return self._json("POST", f"/v1/jobs/{job_id}/cancel")
+
+    def delete(self, job_id: str) -> None:
+        self.request("DELETE", f"/v1/jobs/{job_id}")
+
+    def events(self, job_id: str, after: int = 0) -> Iterator[tuple[int, str, dict[str, Any]]]:
+        """The job's Server-Sent Events after sequence number `after`: (seq, kind, data) with kind
+        state | progress | metrics | log. Reconnects from the last seen event when the connection
+        drops; ends when the server ends the stream (the job has finished)."""
+        import json
+
+        while True:
+            try:
+                with connect_sse(self.http, "GET", f"/v1/jobs/{job_id}/events", params={"after": after},
+                                 timeout=httpx.Timeout(60.0, read=None)) as source:
+                    _raise_for(source.response)
+                    for sse in source.iter_sse():
+                        # keep-alive pings carry no data (and the id of the last event, as SSE ids persist)
+                        if not sse.data or not sse.id or sse.event not in EVENT_KINDS:
+                            continue
+                        after = int(sse.id)
+                        yield after, sse.event, json.loads(sse.data)
+                return
+            except (httpx.RemoteProtocolError, httpx.ReadError):
+                continue  # dropped mid-stream: resume after the last event seen
+            except httpx.TransportError as e:
+                raise ApiError(0, "unreachable", f"lost the lbdn service at {self.url} ({e})") from None
+
+    def artifacts(self, job_id: str) -> list[dict[str, Any]]:
+        return self._json("GET", f"/v1/jobs/{job_id}/artifacts")["items"]
+
+    def download(self, job_id: str, name: str, dest: Path) -> Path:
+        """Stream one artifact to `dest` (written to a temporary name first, then renamed)."""
+        tmp = dest.with_name(dest.name + ".part")
+        try:
+            with self.http.stream("GET", f"/v1/jobs/{job_id}/artifacts/{name}") as r:
+                if not r.is_success:
+                    r.read()
+                    _raise_for(r)
+                with tmp.open("wb") as f:
+                    for chunk in r.iter_bytes(1 << 20):
+                        f.write(chunk)
+        except httpx.TransportError as e:
+            raise ApiError(0, "unreachable", f"download of {name} failed ({e})") from None
+        tmp.replace(dest)
+        return dest
+
+    # ---- models -----------------------------------------------------------------------------
+    def models(self, limit: int = 50) -> list[dict[str, Any]]:
+        return self._json("GET", "/v1/models", params={"limit": limit})["items"]
+
+    def model(self, model_id: str) -> dict[str, Any]:
+        return self._json("GET", f"/v1/models/{model_id}")
+
+    def certify(self, model_id: str, files: list[Path], attack: bool = False) -> dict[str, Any]:
+        """Certified radii of image / .npy files (multipart upload, pixel scale)."""
+        parts = [("files", (p.name, p.read_bytes(), "application/octet-stream")) for p in files]
+        return self._json("POST", f"/v1/models/{model_id}/certify", params={"attack": str(attack).lower()},
+                          files=parts, timeout=None if attack else 120.0)
+
+    # ---- sweeps and the paper ---------------------------------------------------------------
+    def create_sweep(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self._json("POST", "/v1/sweeps", json=body)
+
+    def sweeps(self, preset: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"limit": limit}
+        if preset:
+            params["preset"] = preset
+        return self._json("GET", "/v1/sweeps", params=params)["items"]
+
+    def sweep(self, sweep_id: str, history: bool = False) -> dict[str, Any]:
+        return self._json("GET", f"/v1/sweeps/{sweep_id}", params={"history": str(history).lower()})
+
+    def cancel_sweep(self, sweep_id: str) -> dict[str, Any]:
+        return self._json("POST", f"/v1/sweeps/{sweep_id}/cancel")
+
+    def presets(self) -> list[dict[str, Any]]:
+        return self._json("GET", "/v1/paper/presets")["items"]
+
+    def preset(self, name: str) -> dict[str, Any]:
+        return self._json("GET", f"/v1/paper/presets/{name}")

@@ -1,0 +1,108 @@
+"""Text of jobs, models and certificates for the terminal (rich tables and plain lines)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from rich import box
+from rich.table import Table
+
+
+def fmt(value: Any, digits: int = 2) -> str:
+    """A number with `digits` decimals; '-' for None."""
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def describe(spec: dict[str, Any]) -> str:
+    """KWL-Sandwich-small gamma=1 cifar10 (100 ep)."""
+    if not spec:
+        return "-"
+    gamma = spec.get("gamma")
+    g = f" g={gamma:g}" if isinstance(gamma, (int, float)) else ""
+    lln = "-LLN" if spec.get("lln") else ""
+    return f"{spec.get('model')}-{spec.get('layer')}-{spec.get('scale')}{lln}{g} {spec.get('dataset')} {spec.get('epochs')}ep"
+
+
+def _when(value: str | None) -> str:
+    if not value:
+        return "-"
+    return datetime.fromisoformat(value).strftime("%m-%d %H:%M")
+
+
+def jobs_table(items: list[dict[str, Any]]) -> Table:
+    t = Table(box=box.SIMPLE)
+    t.add_column("job", no_wrap=True)
+    t.add_column("kind")
+    t.add_column("status")
+    t.add_column("experiment", min_width=24)
+    t.add_column("progress")
+    t.add_column("created", no_wrap=True)
+    for j in items:
+        p = j.get("progress") or {}
+        prog = f"epoch {p['epoch']}/{p['epochs']}" if p and j["status"] == "running" else ""
+        what = describe(j.get("spec") or {})
+        if j["kind"] == "evaluate":
+            what = f"model {j.get('model_id')}"
+        t.add_row(j["id"], j["kind"], j["status"], what, prog, _when(j.get("created_at")))
+    return t
+
+
+def _duration(job: dict[str, Any]) -> str:
+    a, b = job.get("started_at"), job.get("finished_at")
+    if not (a and b):
+        return ""
+    s = int((datetime.fromisoformat(b) - datetime.fromisoformat(a)).total_seconds())
+    return f" in {s // 60}m{s % 60:02d}s"
+
+
+def summary_lines(job: dict[str, Any]) -> list[str]:
+    """What a finished (or running) job amounts to, a few lines."""
+    lines = [f"job {job['id']} {job['status']}{_duration(job)}: {describe(job.get('spec') or {})}"
+             if job["kind"] == "train" else f"job {job['id']} {job['status']}{_duration(job)}: evaluate model {job.get('model_id')}"]
+    if job.get("error"):
+        lines.append(f"  error: {job['error']}")
+    r = job.get("result") or job.get("metrics") or {}
+    if job["kind"] == "train" and r:
+        if r.get("test_acc") is not None:
+            lines.append(f"  test accuracy {fmt(r['test_acc'], 2)}%")
+        elif r.get("test_loss") is not None:
+            lines.append(f"  test loss {fmt(r['test_loss'], 5)}")
+        certs = {k.removeprefix("cert_acc_"): v for k, v in r.items() if k.startswith("cert_acc_")}
+        if certs:
+            lines.append("  certified accuracy " + ", ".join(f"{fmt(v, 2)}% at {k}/255" for k, v in certs.items()))
+        if r.get("lipschitz_lower_bound") is not None:
+            tight = r.get("tightness")
+            lines.append(f"  Lipschitz bound gamma={fmt(r.get('gamma'), 3)}, empirical lower bound "
+                         f"{fmt(r['lipschitz_lower_bound'], 4)}" + (f" (tightness {100 * tight:.1f}%)" if tight else ""))
+        if r.get("params") is not None:
+            lines.append(f"  {r['params']:,} parameters, {r.get('epochs')} epochs")
+    elif job["kind"] == "evaluate" and r:
+        lines.append(f"  clean accuracy {fmt(r.get('clean_acc'), 2)}% on {r.get('n')} test inputs")
+        for eps in r.get("eps") or []:
+            key = f"{eps:g}" if isinstance(eps, float) else str(eps)
+            aa = (r.get("autoattack_acc") or {}).get(key)
+            ca = (r.get("certified_acc") or {}).get(key)
+            lines.append(f"  eps {key}/255: AutoAttack {fmt(aa, 2)}%, certified {fmt(ca, 2)}%")
+    if job["status"] == "succeeded" and job["kind"] == "train":
+        lines.append(f"  certify inputs: lbdn certify {job['id']} FILE...   files: lbdn pull {job['id']}")
+    return lines
+
+
+def certify_table(answer: dict[str, Any], names: list[str]) -> Table:
+    """file, class, margin, certified radius and attacked radius, both in pixel /255 units (l2)."""
+    bound = answer.get("lipschitz_bound") or {}
+    t = Table("file", "class", "margin", "certified radius (/255)", "attacked radius (/255)",
+              title=f"model {answer.get('model_id')}: l2 radii in [0,1] pixel space x 255 "
+                    f"(bound: gamma={bound.get('gamma')}, {bound.get('kind')})")
+    for r in answer["results"]:
+        name = names[r["index"]] if r["index"] < len(names) else str(r["index"])
+        cls = f"{r['predicted']} {r['class_name']}" if r.get("class_name") else str(r["predicted"])
+        attacked = r.get("attack_radius_pixel")
+        t.add_row(name, cls, fmt(r.get("margin"), 4), fmt(255 * r["radius_pixel"], 3),
+                  "-" if attacked is None else fmt(255 * attacked, 3))
+    return t
