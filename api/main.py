@@ -13,7 +13,7 @@ from api import problems
 from api.metrics import ServiceMetrics
 from api.middleware import LimitAndMeasure
 from api.model_cache import ModelCache
-from api.routers import artifacts, events, health, jobs, models
+from api.routers import artifacts, events, health, jobs, model_io, models
 from worker.queue import make_celery
 from worker.reaper import reap_and_resend
 from worker.settings import Settings, get_settings
@@ -66,5 +66,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     problems.install(app)
     for router in (jobs.router, events.router, artifacts.router, models.router, health.router):
         app.include_router(router)
+    app.include_router(model_io.router)  # /v1/models/import, /v1/models/{id}/export
     app.add_middleware(LimitAndMeasure, max_bytes=settings.max_upload_bytes, metrics=app.state.metrics)
     return app

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from lipcore.spec import ExperimentSpec
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-JobKind = Literal["train", "evaluate"]
+JobKind = Literal["train", "evaluate", "import"]  # import: born succeeded (api/routers/model_io.py)
 
 
 # ---- requests -------------------------------------------------------------------------------

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -279,7 +281,7 @@ def to_onnx(loaded: LoadedModel, path: str | Path, opset: int = 17) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     net = standard_model(loaded)
     x = example_input(loaded, 2)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     torch.onnx.export(
         net, (x,), str(tmp), input_names=["x"], output_names=["logits"], opset_version=opset,
         dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False,
@@ -302,7 +304,7 @@ def to_torch(loaded: LoadedModel, path: str | Path) -> Path:
     x = example_input(loaded, 2)
     batch = torch.export.Dim("batch", min=1, max=1 << 20)
     program = torch.export.export(net, (x,), dynamic_shapes={"input": {0: batch}})
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     torch.export.save(program, str(tmp), extra_files={f"{METADATA_KEY}.json": json.dumps(export_metadata(loaded))})
     tmp.replace(path)
     return path
