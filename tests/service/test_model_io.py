@@ -128,3 +128,14 @@ def test_export_onnx_certifies_like_the_service(client):
     assert client.get(f"/v1/models/{mid}/export", params={"format": "tf"}).status_code == 422
     r = client.get(f"/v1/models/{mid}/export", params={"format": "torch"})
     assert r.status_code == 200 and len(r.content) > 1000
+
+
+def test_evaluate_jobs_accept_an_imported_model(client):
+    folder = PAPER / "cifar10/KWL-Sandwich-small-gamma2.0"
+    entry = next(e for e in CHECKPOINTS if e["dir"].endswith("KWL-Sandwich-small-gamma2.0"))
+    mid = _import(client, (folder / "model.ckpt").read_bytes(), _spec(entry)).json()["id"]
+    r = client.post("/v1/jobs", json={"kind": "evaluate", "model_id": mid,
+                                      "attack": {"n_examples": 4, "version": "custom", "attacks": ["apgd-ce"]}})
+    assert r.status_code == 201, r.text
+    assert r.json()["model_id"] == mid and r.json()["status"] == "queued"
+    assert {j["kind"] for j in client.get("/v1/jobs").json()["items"]} == {"import", "evaluate"}
