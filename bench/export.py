@@ -3,10 +3,11 @@
     python bench/export.py [--models Toy-Sandwich,KWL-Sandwich,...] [--threads N] [--min-time 1.0]
 
 For each model: lipcore's eval forward (cached effective weights; circular convolutions by FFT),
-the exported standard-operator network run by torch eager (the same full-kernel convolutions the
-ONNX file holds), and onnxruntime on the ONNX file. Medians in ms; the ratio column is onnxruntime
-over lipcore measured in the same process (below 1: the export is faster). Random weights: latency
-does not depend on their values.
+the exported standard-operator network run by torch eager (default form), and onnxruntime on the
+ONNX file in both forms of the circular convolutions: "dft" (the default: DFT as matrix products,
+`lipcore.export.CircularDFT`) and "conv" (CircularPad2d + Conv2d with the full n x n kernel).
+Medians in ms; the ratio column is onnxruntime (dft) over lipcore measured in the same process
+(below 1: the export is faster). Random weights: latency does not depend on their values.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def main() -> None:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = args.threads
     print(f"threads {args.threads}, torch {torch.__version__}, onnxruntime {ort.__version__}")
-    print(f"{'model':14} {'batch':>5} {'lipcore ms':>11} {'export/torch ms':>16} {'onnxruntime ms':>15} {'ort/lipcore':>12}")
+    print(f"{'model':14} {'batch':>5} {'lipcore ms':>11} {'export/torch ms':>16} {'ort dft ms':>11} {'ort conv ms':>12} {'ort/lipcore':>12}")
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
             spec = ExperimentSpec(**MODELS[name])
@@ -67,9 +68,11 @@ def main() -> None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 path = to_onnx(loaded, Path(tmp) / f"{name}.onnx")
-            export_s = time.perf_counter() - t0
+                export_s = time.perf_counter() - t0
+                conv_path = to_onnx(loaded, Path(tmp) / f"{name}-conv.onnx", circular="conv")
             net = standard_model(loaded)
             session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            conv_session = ort.InferenceSession(str(conv_path), opts, providers=["CPUExecutionProvider"])
             for batch in (int(b) for b in args.batches.split(",")):
                 x = torch.rand_like(example_input(loaded, batch))
                 xn = x.numpy()
@@ -77,9 +80,11 @@ def main() -> None:
                     t_lip = timed(lambda: loaded.model(x), args.min_time)
                     t_std = timed(lambda: net(x), args.min_time)
                 t_ort = timed(lambda: session.run(None, {"x": xn}), args.min_time)
-                print(f"{name:14} {batch:5d} {1e3 * t_lip:11.3f} {1e3 * t_std:16.3f} {1e3 * t_ort:15.3f} {t_ort / t_lip:12.2f}",
-                      flush=True)
-            print(f"{'':14} export {export_s:.1f} s, ONNX file {path.stat().st_size / 2**20:.1f} MiB")
+                t_conv = timed(lambda: conv_session.run(None, {"x": xn}), args.min_time)
+                print(f"{name:14} {batch:5d} {1e3 * t_lip:11.3f} {1e3 * t_std:16.3f} {1e3 * t_ort:11.3f} "
+                      f"{1e3 * t_conv:12.3f} {t_ort / t_lip:12.2f}", flush=True)
+            print(f"{'':14} export {export_s:.1f} s, ONNX file {path.stat().st_size / 2**20:.1f} MiB "
+                  f"(conv form {conv_path.stat().st_size / 2**20:.1f} MiB)")
 
 
 if __name__ == "__main__":

@@ -7,18 +7,22 @@ a consumer needs to certify (`bound_metadata` plus input normalisation, classes,
 What each layer becomes (all exact rewrites of the layer's own forward, from its effective weights):
 - FC sandwich -> Linear(sqrt2 Psi^-1 B, b) / ReLU / Linear(sqrt2 A^T Psi, no bias); orthogonal, AOL,
   LLN and the last sandwich layer -> one Linear (the input `scale` folded into the weight);
-- circular (FFT) convolutions -> CircularPad2d + Conv2d with the full n x n spatial kernel, read off
-  the layer's frequency response by its impulse responses; stride 2 -> PixelUnshuffle(2) then the
-  (pointwise, 1x1) convolution, as the layer itself does;
+- circular (FFT) convolutions -> by default `CircularDFT`: the 2-D real DFT as products with
+  constant cos/sin matrices, the layer's per-frequency complex maps as a real batched MatMul pair,
+  and the inverse DFT (circular="dft"); or CircularPad2d + Conv2d with the full n x n spatial kernel,
+  read off the layer's frequency response by its impulse responses (circular="conv"). Stride 2 ->
+  PixelUnshuffle(2) then the pointwise (1x1) convolution, as the layer itself does;
 - SLL blocks -> x - T relu(x W^T + b) W (one copy of W) / x - ConvTranspose2d(T relu(Conv2d(x)));
 - channel padding / read-out -> a 1x1 Conv2d / Linear with a scaled 0/1 matrix.
 
-Why full kernels, not ONNX DFT: ONNX's DFT works on one axis at a time on real/complex pairs, so a
-per-frequency complex matrix product becomes a chain of DFT, Gather, MatMul and a hand-written
-complex multiply; onnxruntime's DFT kernel is a naive/radix-2 CPU path, while its Conv is im2col +
-MLAS GEMM. For the paper's grid sizes (n <= 32, and 1x1 after every stride-2 layer) the dense
-kernel is exact, small (c_out x c_in x n x n floats) and needs only standard conv kernels; bench/
-export.py prints the resulting latency beside lipcore's FFT form.
+Why DFT-by-MatMul, not full kernels or the ONNX DFT operator: a Cayley-transformed kernel has full
+n x n support, so the dense Conv2d costs c_out c_in n^2 per output pixel, where the DFT form costs
+O(n) per pixel for the transforms plus c_out c_in per frequency, all in large GEMMs that
+onnxruntime's MLAS runs well. Measured with bench/export.py (2 threads, batch 256, a busy machine):
+KWL-Sandwich-small 3.1 s (dft) vs 26.0 s (conv), lipcore 3.9 s; KWL-Orthogon 1.34 s vs 3.88 s,
+lipcore 1.40 s. The ONNX DFT operator was not used: it works one axis at a time, has no batched
+per-frequency complex matmul, and needs opset 17's complex-as-pairs layout for the same products;
+MatMul with constant matrices is the same arithmetic with only the most optimised kernels.
 
 Radii from an exported model are in **model-input space** (after (x - mean) / std), as lipcore's.
 """
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import threading
 from pathlib import Path
@@ -88,6 +93,56 @@ class SandwichCore(nn.Module):
         return self.a(F.relu(self.b(x)))
 
 
+class CircularDFT(nn.Module):
+    """A circular convolution as real matrix products: DFT, per-frequency channel mix, inverse DFT.
+
+    x (b, c_in, n, n) -> (b, c_out, n, n). The 2-D rfft is two products with constant cos/sin
+    matrices (along W to n // 2 + 1 bins, then along H), the layer's per-frequency complex maps
+    (F, c_out, c_in) become one batched real MatMul pair per frequency, and the inverse is the same
+    in reverse (irfft's Hermitian weights folded into its matrices). Only MatMul, Add, Sub, Mul,
+    Reshape and Transpose: no DFT operator, no complex tensors, exact in exact arithmetic.
+    """
+
+    def __init__(self, m: Tensor, n: int, bias: Tensor | None, scale: float = 1.0) -> None:
+        super().__init__()
+        half = n // 2 + 1
+        k = torch.arange(n, dtype=torch.float64)
+        ang_w = 2 * math.pi * torch.outer(k, k[:half]) / n  # (n, half)
+        ang_h = 2 * math.pi * torch.outer(k, k) / n  # (n, n)
+        weights = torch.full((half,), 2.0, dtype=torch.float64)
+        weights[0] = 1.0
+        if n % 2 == 0:
+            weights[-1] = 1.0
+        m = scale * m.to(torch.complex128)
+        f32 = lambda t: t.to(torch.float32).contiguous()  # noqa: E731
+        self.register_buffer("cw", f32(torch.cos(ang_w)))
+        self.register_buffer("sw", f32(-torch.sin(ang_w)))  # rfft along W: imaginary part
+        self.register_buffer("ch", f32(torch.cos(ang_h)))
+        self.register_buffer("sh", f32(torch.sin(ang_h)))
+        self.register_buffer("ar", f32(weights[:, None] * torch.cos(ang_w.T) / n**2))
+        self.register_buffer("ai", f32(-weights[:, None] * torch.sin(ang_w.T) / n**2))
+        self.register_buffer("mr", f32(m.real.transpose(1, 2)))  # (F, in, out)
+        self.register_buffer("mi", f32(m.imag.transpose(1, 2)))
+        self.register_buffer("bias", None if bias is None else f32(bias.detach()).view(1, -1, 1, 1))
+        self.n, self.half, self.c_in, self.c_out = n, half, m.shape[2], m.shape[1]
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, half = self.n, self.half
+        xr, xi = x @ self.cw, x @ self.sw  # (b, c, n, half)
+        yr = self.ch @ xr + self.sh @ xi  # full DFT along H: (cos - i sin)(xr + i xi)
+        yi = self.ch @ xi - self.sh @ xr
+        yr = yr.permute(2, 3, 0, 1).reshape(n * half, -1, self.c_in)  # (F, b, c_in), f = h * half + w
+        yi = yi.permute(2, 3, 0, 1).reshape(n * half, -1, self.c_in)
+        zr = yr @ self.mr - yi @ self.mi
+        zi = yr @ self.mi + yi @ self.mr
+        zr = zr.reshape(n, half, -1, self.c_out).permute(2, 3, 0, 1)  # (b, c_out, n, half)
+        zi = zi.reshape(n, half, -1, self.c_out).permute(2, 3, 0, 1)
+        ur = self.ch @ zr - self.sh @ zi  # inverse DFT along H (1/n folded into ar, ai)
+        ui = self.ch @ zi + self.sh @ zr
+        y = ur @ self.ar + ui @ self.ai  # inverse rfft along W
+        return y if self.bias is None else y + self.bias
+
+
 # ---- weights ------------------------------------------------------------------------------------
 def _linear(w: Tensor, b: Tensor | None) -> nn.Linear:
     lin = nn.Linear(w.shape[1], w.shape[0], bias=b is not None)
@@ -126,10 +181,17 @@ def circular_kernel(m: Tensor, n: int, in_channels: int) -> Tensor:
     return r[:, :, idx][:, :, :, idx]
 
 
-def _circular(m: Tensor, n: int, in_channels: int, bias: Tensor | None, scale: float = 1.0) -> nn.Module:
+CIRCULAR_FORMS = ("dft", "conv")
+
+
+def _circular(
+    m: Tensor, n: int, in_channels: int, bias: Tensor | None, scale: float = 1.0, form: str = "dft"
+) -> nn.Module:
     """A circular convolution with per-frequency maps m (or one pointwise map, m.dim() == 2)."""
     if m.dim() == 2:  # 1x1: the same real matrix at every frequency
         return _conv((scale * m.double())[:, :, None, None].float(), bias)
+    if form == "dft":
+        return CircularDFT(m, n, bias, scale)
     k = (scale * circular_kernel(m, n, in_channels)).float()
     p = n // 2
     return nn.Sequential(nn.CircularPad2d((p, n - 1 - p, p, n - 1 - p)), _conv(k, bias))
@@ -143,8 +205,14 @@ def _double(t: Tensor) -> Tensor:
     return t.detach().to(torch.complex128 if t.is_complex() else torch.float64)
 
 
-def standard_layer(layer: nn.Module) -> nn.Module:
-    """One lipcore layer as a module of standard torch operators with its effective weights frozen."""
+def standard_layer(layer: nn.Module, circular: str = "dft") -> nn.Module:
+    """One lipcore layer as a module of standard torch operators with its effective weights frozen.
+
+    circular: how circular (FFT) convolutions are written: "dft" (`CircularDFT`, matrix products) or
+    "conv" (CircularPad2d + Conv2d with the full n x n kernel).
+    """
+    if circular not in CIRCULAR_FORMS:
+        raise ValueError(f"circular must be one of {CIRCULAR_FORMS}, not {circular!r}")
     from lipcore import layers as L
 
     with torch.no_grad():
@@ -170,12 +238,12 @@ def standard_layer(layer: nn.Module) -> nn.Module:
             return nn.Sequential(conv, nn.ReLU()) if layer.activation else conv
         if isinstance(layer, L.SandwichConv):
             a_out, b_in = (_double(t) for t in layer.effective())
-            b = _circular(b_in, layer.n, layer.fft_in_channels, layer.bias, layer.scale)
-            a = _circular(a_out, layer.n, layer.out_channels, None)
+            b = _circular(b_in, layer.n, layer.fft_in_channels, layer.bias, layer.scale, circular)
+            a = _circular(a_out, layer.n, layer.out_channels, None, 1.0, circular)
             return _enter(layer, SandwichCore(b, a))
         if isinstance(layer, (L.SandwichConvLin, L.OrthogonConv, L.OrthogonConvLin)):
             (m,) = (_double(t) for t in layer.effective())
-            conv = _circular(m, layer.n, layer.fft_in_channels, layer.bias, layer.scale)
+            conv = _circular(m, layer.n, layer.fft_in_channels, layer.bias, layer.scale, circular)
             relu = getattr(layer, "activation", False)
             return _enter(layer, nn.Sequential(conv, nn.ReLU()) if relu else conv)
         if isinstance(layer, L.SLLBlockFc):
@@ -199,8 +267,9 @@ def standard_layer(layer: nn.Module) -> nn.Module:
     raise TypeError(f"no standard-operator form for {type(layer).__name__} (FirstChannel needs its input width)")
 
 
-def standard_model(loaded: LoadedModel) -> nn.Sequential:
-    """The whole network as standard torch modules, float32, eval mode, parameters frozen."""
+def standard_model(loaded: LoadedModel, circular: str = "dft") -> nn.Sequential:
+    """The whole network as standard torch modules, float32, eval mode, parameters frozen
+    (`circular`: see `standard_layer`)."""
     from lipcore.layers import FirstChannel
 
     model = loaded.model.eval()
@@ -214,7 +283,7 @@ def standard_model(loaded: LoadedModel) -> nn.Sequential:
                 w[torch.arange(layer.out), torch.arange(layer.out)] = layer.scale
                 mods.append(_linear(w, None) if x.dim() == 2 else _conv(w[:, :, None, None], None))
             else:
-                mods.append(standard_layer(layer))
+                mods.append(standard_layer(layer, circular))
             x = layer(x)
     net = nn.Sequential(*mods).float().eval()
     net.requires_grad_(False)
@@ -268,7 +337,7 @@ def export_metadata(loaded: LoadedModel) -> dict[str, Any]:
     }
 
 
-def to_onnx(loaded: LoadedModel, path: str | Path, opset: int = 17) -> Path:
+def to_onnx(loaded: LoadedModel, path: str | Path, opset: int = 17, circular: str = "dft") -> Path:
     """Write the network as ONNX (input "x": (batch, *input shape) model-input space, output
     "logits"), with `export_metadata` as JSON under metadata_props["lbdn"]. Returns the path.
 
@@ -279,7 +348,7 @@ def to_onnx(loaded: LoadedModel, path: str | Path, opset: int = 17) -> Path:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    net = standard_model(loaded)
+    net = standard_model(loaded, circular)
     x = example_input(loaded, 2)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     torch.onnx.export(
@@ -295,12 +364,12 @@ def to_onnx(loaded: LoadedModel, path: str | Path, opset: int = 17) -> Path:
     return path
 
 
-def to_torch(loaded: LoadedModel, path: str | Path) -> Path:
+def to_torch(loaded: LoadedModel, path: str | Path, circular: str = "dft") -> Path:
     """Write the network as a torch.export program (.pt2; `torch.export.load(path).module()(x)`),
     dynamic batch, with `export_metadata` in the extra file "lbdn.json". Returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    net = standard_model(loaded)
+    net = standard_model(loaded, circular)
     x = example_input(loaded, 2)
     batch = torch.export.Dim("batch", min=1, max=1 << 20)
     program = torch.export.export(net, (x,), dynamic_shapes={"input": {0: batch}})

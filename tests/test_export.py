@@ -45,14 +45,14 @@ def _rel(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
 
 
-def _check(loaded: LoadedModel, tmp_path) -> None:
+def _check(loaded: LoadedModel, tmp_path, circular: str = "dft") -> None:
     import onnxruntime as ort
 
     x = _inputs(loaded.spec)
     with torch.no_grad():
         ref = loaded.model(x).numpy()
-        assert _rel(standard_model(loaded)(x).numpy(), ref) <= 1e-5
-    path = to_onnx(loaded, tmp_path / "m.onnx")
+        assert _rel(standard_model(loaded, circular)(x).numpy(), ref) <= 1e-5
+    path = to_onnx(loaded, tmp_path / "m.onnx", circular=circular)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     out = session.run(["logits"], {"x": x.numpy()})[0]
     assert _rel(out, ref) <= 1e-5
@@ -73,6 +73,11 @@ def _check(loaded: LoadedModel, tmp_path) -> None:
 @pytest.mark.parametrize("kw", TOY + KWL, ids=lambda kw: f"{kw['model']}-{kw['layer']}")
 def test_onnx_matches_lipcore(kw: dict, tmp_path) -> None:
     _check(_loaded(kw), tmp_path)
+
+
+@pytest.mark.parametrize("kw", KWL[:2], ids=lambda kw: f"{kw['model']}-{kw['layer']}")
+def test_full_kernel_conv_form_matches_too(kw: dict, tmp_path) -> None:
+    _check(_loaded(kw), tmp_path, circular="conv")
 
 
 @pytest.mark.slow
