@@ -20,9 +20,9 @@ n x n support, so the dense Conv2d costs c_out c_in n^2 per output pixel, where 
 O(n) per pixel for the transforms plus c_out c_in per frequency, all in large GEMMs that
 onnxruntime's MLAS runs well. Measured with bench/export.py (2 threads, batch 256, a busy machine):
 KWL-Sandwich-small 3.1 s (dft) vs 26.0 s (conv), lipcore 3.9 s; KWL-Orthogon 1.34 s vs 3.88 s,
-lipcore 1.40 s. The ONNX DFT operator was not used: it works one axis at a time, has no batched
-per-frequency complex matmul, and needs opset 17's complex-as-pairs layout for the same products;
-MatMul with constant matrices is the same arithmetic with only the most optimised kernels.
+lipcore 1.40 s. The ONNX DFT operator was not tried (not measured): it transforms one axis at a
+time and has no batched per-frequency complex product, so the channel mixing would be the same
+MatMul pair; only the transforms could differ.
 
 Radii from an exported model are in **model-input space** (after (x - mean) / std), as lipcore's.
 """
