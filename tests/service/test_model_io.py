@@ -139,3 +139,53 @@ def test_evaluate_jobs_accept_an_imported_model(client):
     assert r.status_code == 201, r.text
     assert r.json()["model_id"] == mid and r.json()["status"] == "queued"
     assert {j["kind"] for j in client.get("/v1/jobs").json()["items"]} == {"import", "evaluate"}
+
+
+def test_lbdn_export_downloads_over_http(settings, tmp_path):
+    """`lbdn export` against the app served by uvicorn on a real socket."""
+    import socket
+    import threading
+
+    import uvicorn
+
+    from api.cli import main
+    from api.main import create_app
+
+    app = create_app(settings)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        import httpx
+
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(600):  # wait for the server to answer (an event, not a duration)
+            try:
+                if httpx.get(f"{url}/healthz", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                threading.Event().wait(0.1)
+        folder = PAPER / "square_wave/Toy-Aol-small-gamma5.0"
+        spec = {"model": "Toy", "layer": "Aol", "gamma": 5.0}
+        r = httpx.post(f"{url}/v1/models/import", files={"checkpoint": ("model.ckpt", (folder / "model.ckpt").read_bytes())},
+                       data={"spec": json.dumps(spec)}, timeout=120)
+        assert r.status_code == 201, r.text
+        out = tmp_path / "toy.onnx"
+        main(["export", r.json()["id"], "--format", "onnx", "--url", url, "-o", str(out)])
+        from lipcore.export import certify_onnx
+
+        x = np.load(folder / "io.npz")["x"]
+        import onnxruntime as ort
+
+        logits = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+        y = np.load(folder / "io.npz")["y"]
+        assert np.abs(logits - y).max() / np.abs(y).max() <= 1e-5
+        assert certify_onnx(out, x).radius.shape == (16,)
+        with pytest.raises(SystemExit, match="404"):
+            main(["export", "job_nope", "--url", url, "-o", str(tmp_path / "x.onnx")])
+    finally:
+        server.should_exit = True
+        thread.join(timeout=60)
