@@ -126,13 +126,19 @@ def load_model(
 
 
 def is_paper_checkpoint(path: str | Path) -> bool:
-    """True for a torch.save file (zip or legacy pickle), judged by its first bytes, not its name."""
+    """True for a torch.save file (zip or legacy pickle), judged by its first bytes, not its name.
+
+    A safetensors file starts with an 8-byte header length and then '{'; its first byte can be
+    0x80 like a pickle's, so the '{' is checked first.
+    """
     try:
         with open(path, "rb") as f:
-            head = f.read(4)
+            head = f.read(9)
     except OSError:
         return False
-    return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
+    if head.startswith(b"PK\x03\x04"):
+        return True
+    return head[8:9] != b"{" and head[:1] == b"\x80"
 
 
 def load_paper_model(path: str | Path, spec: ExperimentSpec | None = None, device: str | torch.device = "cpu") -> LoadedModel:

@@ -184,3 +184,22 @@ def test_cli_eval_runs_the_table1_study_on_a_paper_run_directory(tmp_path: Path,
     assert result["model_file"] == "model.ckpt" and result["gamma"] == 5.0
     assert 0 < result["tightness"] <= 1.0 + 1e-6  # a lower bound on the Lipschitz constant, over gamma
     assert len(result["layers"]) == 10
+
+
+def test_file_kind_is_told_by_content_not_by_a_shared_first_byte(tmp_path: Path) -> None:
+    """A safetensors header length can start with byte 0x80, like a pickle: still ours."""
+    from safetensors.torch import save_file
+
+    from lipcore.checkpoint import is_paper_checkpoint
+
+    found = None
+    for n in range(1, 400):
+        p = tmp_path / f"{n}.safetensors"
+        save_file({"x" * n: torch.zeros(1)}, str(p))
+        if p.read_bytes()[:1] == b"\x80":
+            found = p
+            break
+    assert found is not None and not is_paper_checkpoint(found)
+    torch.save({"a": torch.zeros(1)}, tmp_path / "z.ckpt")
+    torch.save({"a": torch.zeros(1)}, tmp_path / "l.ckpt", _use_new_zipfile_serialization=False)
+    assert is_paper_checkpoint(tmp_path / "z.ckpt") and is_paper_checkpoint(tmp_path / "l.ckpt")
