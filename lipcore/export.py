@@ -350,18 +350,27 @@ def to_onnx(loaded: LoadedModel, path: str | Path, opset: int = 17, circular: st
     path.parent.mkdir(parents=True, exist_ok=True)
     net = standard_model(loaded, circular)
     x = example_input(loaded, 2)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    torch.onnx.export(
-        net, (x,), str(tmp), input_names=["x"], output_names=["logits"], opset_version=opset,
-        dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False,
-    )
-    proto = onnx.load(str(tmp))
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = METADATA_KEY, json.dumps(export_metadata(loaded))
-    proto.doc_string = "lbdn-service export: Lipschitz-bounded network, effective weights frozen"
-    onnx.save(proto, str(tmp))
-    tmp.replace(path)
+    tmp = _tmp_name(path)
+    try:
+        torch.onnx.export(
+            net, (x,), str(tmp), input_names=["x"], output_names=["logits"], opset_version=opset,
+            dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False,
+        )
+        proto = onnx.load(str(tmp))
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = METADATA_KEY, json.dumps(export_metadata(loaded))
+        proto.doc_string = "lbdn-service export: Lipschitz-bounded network, effective weights frozen"
+        onnx.save(proto, str(tmp))
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
+
+
+def _tmp_name(path: Path) -> Path:
+    """A hidden sibling unique to this process and thread (concurrent exports of one model), with
+    the same suffix (torch.export.save wants .pt2); renamed over `path` when complete."""
+    return path.with_name(f".{path.stem}.{os.getpid()}.{threading.get_ident()}.tmp{path.suffix}")
 
 
 def to_torch(loaded: LoadedModel, path: str | Path, circular: str = "dft") -> Path:
@@ -373,9 +382,12 @@ def to_torch(loaded: LoadedModel, path: str | Path, circular: str = "dft") -> Pa
     x = example_input(loaded, 2)
     batch = torch.export.Dim("batch", min=1, max=1 << 20)
     program = torch.export.export(net, (x,), dynamic_shapes={"input": {0: batch}})
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    torch.export.save(program, str(tmp), extra_files={f"{METADATA_KEY}.json": json.dumps(export_metadata(loaded))})
-    tmp.replace(path)
+    tmp = _tmp_name(path)
+    try:
+        torch.export.save(program, str(tmp), extra_files={f"{METADATA_KEY}.json": json.dumps(export_metadata(loaded))})
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 
