@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --upgrade pip
 	# The CPU build of torch from local disk first, so the project's torch range is already met.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[service,attack,test]'
+	$(PY) -m pip install -q -e '.[service,attack,test,export]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -12,6 +12,8 @@ from api.auth import OPEN_TENANT, CurrentTenant, current_tenant  # noqa: F401 - 
 from worker.settings import Settings
 from worker.store import Job, jobs
 
+MODEL_KINDS = ("train", "import")  # job kinds whose folder holds a model.safetensors when succeeded
+
 
 def get_settings(request: Request) -> Settings:
     return request.app.state.settings
@@ -40,10 +42,10 @@ TenantJob = Annotated[Job, Depends(tenant_job)]
 
 
 def tenant_model(model_id: Annotated[str, Path(max_length=40)], session: SessionDep, tenant: CurrentTenant) -> Job:
-    """The caller's trained model: a succeeded training job with a weights file; else 404."""
+    """The caller's model: a succeeded training job or an import (born succeeded); else 404."""
     job = jobs.get_job(session, tenant, model_id)
-    if job is None or job.kind != "train" or job.status != "succeeded":
-        raise HTTPException(404, f"no trained model {model_id!r} (models are succeeded training jobs)")
+    if job is None or job.kind not in MODEL_KINDS or job.status != "succeeded":
+        raise HTTPException(404, f"no trained model {model_id!r} (models are succeeded training jobs and imports)")
     return job
 
 

@@ -14,7 +14,7 @@ from lipcore.spec import ExperimentSpec
 MAX_QUERY_INT = 2**53 - 1
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-JobKind = Literal["train", "evaluate"]
+JobKind = Literal["train", "evaluate", "import"]  # import: born succeeded (api/routers/model_io.py)
 
 
 # ---- requests -------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Checkpoints in safetensors only: weights plus the ExperimentSpec, never a pickle.
+"""Checkpoints in safetensors: weights plus the ExperimentSpec; pickles only as the paper's model.ckpt.
 
 Two files per run:
 - `model.safetensors`: the weights, with metadata `spec` (JSON), `classes`, `mean`, `std`;
@@ -7,6 +7,9 @@ Two files per run:
   Adam state tensors, RNG states, and (as JSON metadata) the optimizer's hyper-parameters, the
   position in the schedule and the metric history.
 Both are written to a temporary file and renamed, so a crash never leaves half a checkpoint.
+
+`load_model` also reads a checkpoint written by the paper's code (`model.ckpt`, a torch.save of the
+state dict), only through `torch.load(weights_only=True)`; see lipcore.paper_checkpoint.
 """
 
 from __future__ import annotations
@@ -41,6 +44,10 @@ class LoadedModel:
     classes: list[str]
     mean: tuple[float, ...]  # x_model = (x_pixel - mean) / std, per channel
     std: tuple[float, ...]
+    source: str = "lbdn"  # "lbdn" (model.safetensors) or "paper" (the paper's model.ckpt)
+    # The paper's SLL epsilon placement is in use (imports): model.gamma was raised by this factor.
+    sll_reference_epsilon: bool = False
+    bound_factor: float = 1.0
 
 
 def _write_atomic(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str]) -> None:
@@ -67,9 +74,13 @@ def _read(path: Path, expected_format: str) -> tuple[dict[str, Tensor], dict[str
 
 def save_model(
     path: str | Path, model: nn.Module, spec: ExperimentSpec, *, classes: list[str] | None = None,
-    mean: tuple[float, ...] = (0.0,), std: tuple[float, ...] = (1.0,),
+    mean: tuple[float, ...] = (0.0,), std: tuple[float, ...] = (1.0,), sll_reference_epsilon: bool = False,
 ) -> None:
-    """Write the weights of `model` with its spec and input normalisation to `path`."""
+    """Write the weights of `model` with its spec and input normalisation to `path`.
+
+    `sll_reference_epsilon`: the weights come from the paper's code and its SLL epsilon placement
+    must be restored on load (see lipcore.paper_checkpoint); recorded in the metadata.
+    """
     meta = {
         "format": MODEL_FORMAT,
         "spec": spec.model_dump_json(),
@@ -77,14 +88,90 @@ def save_model(
         "mean": json.dumps(list(mean)),
         "std": json.dumps(list(std)),
     }
+    if sll_reference_epsilon:
+        meta["sll_reference_epsilon"] = "true"
     _write_atomic(Path(path), dict(model.state_dict()), meta)
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
-    """Rebuild the network of a `model.safetensors` file (eval mode, on `device`)."""
+def load_model(
+    path: str | Path, spec: ExperimentSpec | None = None, device: str | torch.device = "cpu"
+) -> LoadedModel:
+    """Rebuild a trained network (eval mode, on `device`) from one of:
+
+    - a `model.safetensors` file of ours (its own spec is used; `spec` is ignored);
+    - a paper `model.ckpt` (a torch.save of the state dict, read with weights_only=True only),
+      with `spec`, or else the spec told by its paper-style run directory path;
+    - a run directory holding either (model.safetensors preferred).
+
+    For backward compatibility a device given as the second positional argument is accepted.
+    Raises CheckpointError (a ValueError) naming what is wrong: for a misfit the first mismatched
+    key and both shapes.
+    """
+    if spec is not None and not isinstance(spec, ExperimentSpec):
+        spec, device = None, spec  # the old signature load_model(path, device)
+    path = Path(path)
+    if path.is_dir():
+        from lipcore.paper_checkpoint import PAPER_CHECKPOINT
+        from lipcore.rundir import MODEL
+
+        if (path / MODEL).is_file():
+            path = path / MODEL
+        elif (path / PAPER_CHECKPOINT).is_file():
+            path = path / PAPER_CHECKPOINT
+        else:
+            raise CheckpointError(f"{path} holds neither {MODEL} nor a paper {PAPER_CHECKPOINT}")
+    if is_paper_checkpoint(path):
+        return load_paper_model(path, spec, device)
+    return _load_safetensors_model(path, device)
+
+
+def is_paper_checkpoint(path: str | Path) -> bool:
+    """True for a torch.save file (zip or legacy pickle), judged by its first bytes, not its name.
+
+    A safetensors file starts with an 8-byte header length and then '{'; its first byte can be
+    0x80 like a pickle's, so the '{' is checked first.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except OSError:
+        return False
+    if head.startswith(b"PK\x03\x04"):
+        return True
+    return head[8:9] != b"{" and head[:1] == b"\x80"
+
+
+def load_paper_model(path: str | Path, spec: ExperimentSpec | None = None, device: str | torch.device = "cpu") -> LoadedModel:
+    """Load a checkpoint written by the paper's code; see `load_model` and lipcore.paper_checkpoint."""
+    from lipcore import paper_checkpoint as pc
     from lipcore.models import build
 
     path = Path(path)
+    try:
+        spec = spec or pc.spec_from_run_dir(path)
+        state = pc.read_state_dict(path)
+        if not spec.resolved:
+            raise CheckpointError(f"spec for dataset {spec.dataset!r} does not know its input shape/classes")
+        with torch.device("meta"):
+            model = build(spec)
+        model = model.to_empty(device="cpu")
+        state = pc.map_keys(state, model, spec)
+        pc.check_fit(state, model, path.name)
+    except pc.PaperCheckpointError as e:
+        raise CheckpointError(str(e)) from None
+    model.load_state_dict(state, strict=True)
+    factor = pc.use_reference_sll(model)
+    if getattr(model, "gamma", None) is not None:
+        model.gamma = model.gamma * factor
+    mean, std = pc.input_normalisation(spec)
+    model = model.to(device).eval()
+    return LoadedModel(model, spec, pc.class_names(spec), tuple(mean), tuple(std), source="paper",
+                       sll_reference_epsilon=True, bound_factor=factor)
+
+
+def _load_safetensors_model(path: Path, device: str | torch.device) -> LoadedModel:
+    from lipcore.models import build
+
     tensors, meta = _read(path, MODEL_FORMAT)
     try:
         spec = ExperimentSpec.model_validate_json(meta["spec"])
@@ -98,8 +185,17 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as e:
         raise CheckpointError(f"{path} does not match the architecture of its spec: {e}") from None
+    reference = meta.get("sll_reference_epsilon") == "true"
+    factor = 1.0
+    if reference:
+        from lipcore.paper_checkpoint import use_reference_sll
+
+        factor = use_reference_sll(model)
+        if getattr(model, "gamma", None) is not None:
+            model.gamma = model.gamma * factor
     model = model.to(device).eval()
-    return LoadedModel(model, spec, list(classes), tuple(mean), tuple(std))
+    return LoadedModel(model, spec, list(classes), tuple(mean), tuple(std),
+                       sll_reference_epsilon=reference, bound_factor=factor)
 
 
 @dataclass

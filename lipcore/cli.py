@@ -146,15 +146,23 @@ def _train(spec: ExperimentSpec, args: argparse.Namespace, run_dir: Path) -> int
 
 def _eval(spec: ExperimentSpec, args: argparse.Namespace, run_dir: Path) -> int:
     from lipcore import evaluate as ev
+    from lipcore.checkpoint import load_model
+    from lipcore.paper_checkpoint import PAPER_CHECKPOINT
     from lipcore.rundir import EVAL, EVAL_TOY, MODEL, write_json
 
     model_path = run_dir / MODEL
     if not model_path.exists():
-        print(f"error: no trained model at {model_path}; run the same command with --mode train first",
-              file=sys.stderr)
-        return EXIT_FAILED
+        paper = run_dir / PAPER_CHECKPOINT
+        if not paper.exists():
+            print(f"error: no trained model at {model_path} (nor a paper {PAPER_CHECKPOINT}); run the same "
+                  "command with --mode train first", file=sys.stderr)
+            return EXIT_FAILED
+        # A run directory of the paper's own code: its torch.save state dict, read safely.
+        print(f"Evaluating the paper checkpoint {paper} (no {MODEL} here); spec from the command line")
+        model_path = load_model(paper, spec)  # type: ignore[assignment]
     if spec.model == "Toy":
         result = ev.evaluate_toy(model_path, device=args.device, on_log=print, restarts=max(args.lip_restarts, 1))
+        result["model_file"] = model_path.name if isinstance(model_path, Path) else PAPER_CHECKPOINT
         write_json(run_dir / EVAL_TOY, result)
     else:
         result = ev.evaluate_robustness(
@@ -163,6 +171,7 @@ def _eval(spec: ExperimentSpec, args: argparse.Namespace, run_dir: Path) -> int:
             attacks=args.attacks,
             state_dir=run_dir,
         )
+        result["model_file"] = model_path.name if isinstance(model_path, Path) else PAPER_CHECKPOINT
         write_json(run_dir / EVAL, result)
     print(json.dumps(result, indent=2))
     return 0

@@ -83,7 +83,7 @@ def evaluate_robustness(
     log = on_log or (lambda _msg: None)
     flush_denormals()
     dev = resolve_device(device)
-    loaded = model_path if isinstance(model_path, LoadedModel) else load_model(model_path, dev)
+    loaded = model_path if isinstance(model_path, LoadedModel) else load_model(model_path, device=dev)
     model, spec = loaded.model.to(dev).eval(), loaded.spec
     if spec.model == "Toy":
         raise ValueError("AutoAttack needs a classifier; evaluate the Toy regression with evaluate_toy")
@@ -189,7 +189,7 @@ def evaluate_toy(
     log = on_log or (lambda _msg: None)
     flush_denormals()
     dev = resolve_device(device)
-    loaded = model_path if isinstance(model_path, LoadedModel) else load_model(model_path, dev)
+    loaded = model_path if isinstance(model_path, LoadedModel) else load_model(model_path, device=dev)
     model, spec = loaded.model.to(dev).eval(), loaded.spec
     if spec.model != "Toy":
         raise ValueError(f"evaluate_toy is for the Toy model, not {spec.model}")

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from sqlalchemy import select
 
 from api.certify import AttackBudget, AttackSlots, certify_batch, input_shape
-from api.deps import CurrentTenant, SessionDep, SettingsDep, TenantModel
+from api.deps import MODEL_KINDS, CurrentTenant, SessionDep, SettingsDep, TenantModel
 from api.problems import problem_responses
 from api.schemas import CertifyOut, ModelOut, ModelPage
 from api.uploads import RawInputs, decode, read_certify_body
@@ -52,7 +52,7 @@ def list_models(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(pattern=r"^[0-9]{1,18}$")] = None,
 ) -> ModelPage:
-    q = select(Job).where(Job.tenant == tenant, Job.kind == "train", Job.status == "succeeded")
+    q = select(Job).where(Job.tenant == tenant, Job.kind.in_(MODEL_KINDS), Job.status == "succeeded")
     if cursor:
         q = q.where(Job.pk < int(cursor))
     rows = list(session.scalars(q.order_by(Job.pk.desc()).limit(limit)))

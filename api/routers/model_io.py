@@ -1,0 +1,166 @@
+"""/v1/models/import and /v1/models/{id}/export: models in (the paper's checkpoints) and out (ONNX, torch).
+
+An import is a job of kind "import" that is born succeeded: its folder holds the converted
+`model.safetensors`, so the certify route, evaluate jobs, artifacts and delete treat it exactly
+like a trained model. The upload is read with `torch.load(weights_only=True)` only (lipcore.
+paper_checkpoint): a pickle that is not a plain {name: tensor} state dict is refused with 422 and
+nothing in it runs. No training code is imported here (lipcore.checkpoint/models/export only).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.responses import FileResponse
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartException
+
+from api.deps import CurrentTenant, SessionDep, SettingsDep, TenantModel
+from api.schemas import ModelOut
+from api.views import model_out
+from lipcore.rundir import MODEL
+from lipcore.spec import ExperimentSpec
+from worker.store import jobs, leases, transaction
+
+router = APIRouter(prefix="/v1/models", tags=["models"])
+EXPORTS = {"onnx": ("model.onnx", "application/onnx"), "torch": ("model.pt2", "application/octet-stream")}
+IMPORT_BODY = {
+    "multipart/form-data": {
+        "schema": {
+            "type": "object",
+            "required": ["checkpoint", "spec"],
+            "properties": {
+                "checkpoint": {
+                    "type": "string", "format": "binary",
+                    "description": "the paper's model.ckpt (torch.save of the state dict) or our model.safetensors",
+                },
+                "spec": {"type": "string", "description": "the ExperimentSpec as JSON, e.g. "
+                         '{"model": "KWL", "layer": "Sandwich", "scale": "small", "gamma": 2.0, "dataset": "cifar10"}'},
+            },
+        }
+    }
+}
+
+
+@dataclass
+class ImportUpload:
+    spec: ExperimentSpec
+    name: str
+    data: bytes
+
+
+async def read_import_body(request: Request) -> ImportUpload:
+    """The multipart body: one file part `checkpoint` and a text part `spec` (JSON)."""
+    settings = request.app.state.settings
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype != "multipart/form-data":
+        raise HTTPException(415, f"send multipart/form-data with parts 'checkpoint' (file) and 'spec' (JSON), not {ctype or 'no content type'}")
+    try:
+        form = await request.form(max_files=1, max_fields=4, max_part_size=settings.max_upload_bytes)
+    except (MultiPartException, StarletteHTTPException) as e:
+        message = str(getattr(e, "message", None) or getattr(e, "detail", e))
+        raise HTTPException(400, f"malformed multipart body: {message}") from None
+    try:
+        upload, spec_text = form.get("checkpoint"), form.get("spec")
+        if not isinstance(upload, UploadFile):
+            raise HTTPException(422, "checkpoint: expected a file part named 'checkpoint' (model.ckpt or model.safetensors)")
+        if not isinstance(spec_text, str):
+            raise HTTPException(422, "spec: expected a text part named 'spec' holding the ExperimentSpec as JSON")
+        try:
+            spec = ExperimentSpec.model_validate(json.loads(spec_text))
+        except json.JSONDecodeError as e:
+            raise HTTPException(422, f"spec: not valid JSON ({e})") from None
+        except ValidationError as e:
+            msgs = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'spec'}: {err['msg'].removeprefix('Value error, ')}" for err in e.errors())
+            raise HTTPException(422, f"spec: {msgs}") from None
+        if not spec.resolved:
+            raise HTTPException(422, f"spec: dataset {spec.dataset!r} has no fixed input shape; give in_channels, img_size and num_classes")
+        return ImportUpload(spec, upload.filename or "checkpoint", await upload.read())
+    finally:
+        await form.close()
+
+
+@router.post(
+    "/import",
+    status_code=201,
+    response_model=ModelOut,
+    summary="Import a checkpoint (the paper's model.ckpt) as a model you can certify and evaluate",
+    openapi_extra={"requestBody": {"required": True, "content": IMPORT_BODY}},
+)
+def import_model(
+    upload: Annotated[ImportUpload, Depends(read_import_body)],
+    request: Request,
+    session: SessionDep,
+    tenant: CurrentTenant,
+    settings: SettingsDep,
+) -> ModelOut:
+    from lipcore.checkpoint import CheckpointError, load_model, save_model
+
+    settings.jobs_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=settings.jobs_dir, prefix=".import-") as tmp:
+        path = os.path.join(tmp, "upload")
+        with open(path, "wb") as f:
+            f.write(upload.data)
+        try:
+            loaded = load_model(path, upload.spec, device="cpu")
+        except CheckpointError as e:
+            raise HTTPException(422, f"checkpoint: {e}".replace("upload", upload.name)) from None
+        spec = loaded.spec
+        staged = os.path.join(tmp, MODEL)
+        save_model(staged, loaded.model, spec, classes=loaded.classes, mean=loaded.mean, std=loaded.std,
+                   sll_reference_epsilon=loaded.sll_reference_epsilon)
+        result = {
+            "source": loaded.source, "file": upload.name, "classes": loaded.classes,
+            "gamma_used": loaded.model.gamma, "bound_factor": loaded.bound_factor,
+        }
+        # One transaction: the job is never seen queued (no worker task exists for kind "import").
+        with transaction(request.app.state.sessions) as s:
+            job, _ = jobs.create_job(s, tenant=tenant, kind="import", spec=spec.model_dump(mode="json"))
+            job_id = job.id
+            leases.acquire(s, job_id, "import", 60)
+            leases.finish(s, job_id, "import", "succeeded", result=result)
+        folder = settings.job_dir(job_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        os.replace(staged, folder / MODEL)  # same file system (jobs dir): atomic
+    job = jobs.get_job(session, tenant, job_id)
+    assert job is not None
+    return model_out(job)
+
+
+@router.get(
+    "/{model_id}/export",
+    summary="Download the model with frozen weights in standard operators (ONNX or torch.export)",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/onnx": {}, "application/octet-stream": {}}}},
+)
+def export_model(
+    model: TenantModel,
+    request: Request,
+    settings: SettingsDep,
+    format: Annotated[Literal["onnx", "torch"], Query(description="onnx (onnxruntime) or torch (torch.export .pt2)")] = "onnx",
+) -> FileResponse:
+    folder = settings.job_dir(model.id)
+    weights = folder / MODEL
+    if not weights.is_file():
+        raise HTTPException(404, f"model {model.id} has no weights file (was it removed?)")
+    name, media = EXPORTS[format]
+    out = folder / name
+    # Exported once per weights file; a rewritten model.safetensors is exported afresh.
+    if not out.is_file() or out.stat().st_mtime_ns < weights.stat().st_mtime_ns:
+        try:
+            from lipcore import export
+        except ImportError as e:  # the `export` extra is not installed
+            raise HTTPException(501, f"export needs the 'export' extra (onnx, onnxruntime): {e}") from None
+        loaded = request.app.state.model_cache.get(weights)
+        try:
+            (export.to_onnx if format == "onnx" else export.to_torch)(loaded, out)
+        except ImportError as e:
+            raise HTTPException(501, f"export needs the 'export' extra (onnx, onnxruntime): {e}") from None
+    return FileResponse(out, media_type=media, filename=f"{model.id}.{name.split('.')[-1]}")
