@@ -1,4 +1,5 @@
-"""`lbdn`: serve (API + one worker, zero set-up), api, worker, keys create|list|revoke, export."""
+"""`lbdn`: serve (API + one worker, zero set-up), api, worker, keys create|list|revoke; every other
+subcommand (submit, jobs, certify, export, ...) is the client's (client.cli)."""
 
 from __future__ import annotations
 
@@ -118,35 +119,6 @@ def keys_command(settings: Settings, args: argparse.Namespace) -> None:
             print(f"revoked {args.key_id}")
 
 
-def export_command(settings: Settings, args: argparse.Namespace) -> None:
-    """Download GET /v1/models/{id}/export?format=... from a running API to a file."""
-    import httpx
-
-    url = (args.url or f"http://{settings.host}:{settings.port}").rstrip("/")
-    ext = {"onnx": "onnx", "torch": "pt2"}[args.format]
-    out = args.output or f"{args.model_id}.{ext}"
-    key = args.key or os.environ.get("LBDN_API_KEY")
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    try:
-        with httpx.stream("GET", f"{url}/v1/models/{args.model_id}/export", params={"format": args.format},
-                          headers=headers, timeout=httpx.Timeout(30.0, read=600.0)) as r:
-            if r.status_code != 200:
-                r.read()
-                try:
-                    detail = r.json().get("detail", r.text)
-                except ValueError:
-                    detail = r.text
-                sys.exit(f"lbdn: export failed ({r.status_code}): {detail}")
-            tmp = f"{out}.part"
-            with open(tmp, "wb") as f:
-                for chunk in r.iter_bytes():
-                    f.write(chunk)
-            os.replace(tmp, out)
-    except httpx.HTTPError as e:
-        sys.exit(f"lbdn: cannot reach the API at {url}: {e}")
-    print(f"wrote {out}")
-
-
 def parser(settings: Settings) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lbdn", description="Lipschitz-bounded deep networks as a service")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -165,12 +137,6 @@ def parser(settings: Settings) -> argparse.ArgumentParser:
     create.add_argument("--name")
     k.add_parser("list", help="all keys (never their secrets)")
     k.add_parser("revoke", help="revoke a key").add_argument("key_id")
-    e = sub.add_parser("export", help="download a model as ONNX or a torch.export program (from the API)")
-    e.add_argument("model_id")
-    e.add_argument("--format", choices=["onnx", "torch"], default="onnx")
-    e.add_argument("-o", "--output", help="file to write (default MODEL_ID.onnx / .pt2)")
-    e.add_argument("--url", help="the API (default http://LBDN_HOST:LBDN_PORT)")
-    e.add_argument("--key", help="API key (default $LBDN_API_KEY)")
     return p
 
 
@@ -202,8 +168,6 @@ def main(argv: list[str] | None = None) -> None:
         run_api(settings, args.host, args.port)
     elif args.cmd == "worker":
         run_worker(settings, args.queues, args.concurrency, args.pool, args.loglevel)
-    elif args.cmd == "export":
-        export_command(settings, args)
     else:
         keys_command(settings, args)
 

@@ -24,7 +24,7 @@ from client.http import ApiError, Client
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_CONFLICT, EXIT_AUTH, EXIT_UNREACHABLE = 0, 1, 2, 3, 4, 5, 6
 EXIT_DETACHED = 130
 COMMANDS = ("submit", "jobs", "show", "logs", "cancel", "delete", "pull", "models", "evaluate", "certify",
-            "sweeps", "paper")
+            "export", "sweeps", "paper")
 
 
 def exit_code(status: int) -> int:
@@ -160,6 +160,13 @@ def cmd_cancel(c: Client, ui: Ui, a: argparse.Namespace) -> int:
 def cmd_delete(c: Client, ui: Ui, a: argparse.Namespace) -> int:
     c.delete(a.job)
     ui.json({"deleted": a.job}) if ui.as_json else ui.out.print(f"deleted {a.job} and its files")
+    return EXIT_OK
+
+
+def cmd_export(c: Client, ui: Ui, a: argparse.Namespace) -> int:
+    out = Path(a.output or f"{a.model}.{ {'onnx': 'onnx', 'torch': 'pt2'}[a.format] }")
+    c.export(a.model, a.format, out)
+    ui.json({"model": a.model, "format": a.format, "path": str(out)}) if ui.as_json else ui.say(f"wrote {out}")
     return EXIT_OK
 
 
@@ -417,6 +424,10 @@ def parser() -> argparse.ArgumentParser:
     ce.add_argument("model")
     ce.add_argument("files", nargs="+", help="PNG/JPEG of the model's input size, or .npy arrays")
     ce.add_argument("--attack", action="store_true", help="also search the smallest adversarial perturbation")
+    ex = sub.add_parser("export", parents=[common], help="a model as ONNX or a torch.export program, with certify metadata")
+    ex.add_argument("model")
+    ex.add_argument("--format", choices=["onnx", "torch"], default="onnx")
+    ex.add_argument("-o", "--output", help="file to write (default MODEL.onnx / MODEL.pt2)")
     sw = sub.add_parser("sweeps", parents=[common], help="your sweeps, or one sweep's jobs")
     sw.add_argument("sweep", nargs="?")
     sw.add_argument("--limit", type=int, default=50)

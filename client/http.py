@@ -134,9 +134,18 @@ class Client:
 
     def download(self, job_id: str, name: str, dest: Path) -> Path:
         """Stream one artifact to `dest` (written to a temporary name first, then renamed)."""
+        return self.fetch(f"/v1/jobs/{job_id}/artifacts/{name}", dest, what=name)
+
+    def export(self, model_id: str, fmt: str, dest: Path) -> Path:
+        """The model as ONNX (`fmt="onnx"`) or a torch.export program (`"torch"`), written to `dest`."""
+        return self.fetch(f"/v1/models/{model_id}/export", dest, params={"format": fmt}, what=f"the {fmt} export")
+
+    def fetch(self, path: str, dest: Path, *, params: dict[str, str] | None = None, what: str = "") -> Path:
+        """Stream GET `path` to `dest` (a temporary name first, then renamed: no half-written file)."""
         tmp = dest.with_name(dest.name + ".part")
+        name = what or path
         try:
-            with self.http.stream("GET", f"/v1/jobs/{job_id}/artifacts/{name}") as r:
+            with self.http.stream("GET", path, params=params) as r:
                 if not r.is_success:
                     r.read()
                     _raise_for(r)

@@ -148,8 +148,8 @@ def test_lbdn_export_downloads_over_http(settings, tmp_path):
 
     import uvicorn
 
-    from api.cli import main
     from api.main import create_app
+    from client.cli import main
 
     app = create_app(settings)
     with socket.socket() as sock:
@@ -174,7 +174,7 @@ def test_lbdn_export_downloads_over_http(settings, tmp_path):
                        data={"spec": json.dumps(spec)}, timeout=120)
         assert r.status_code == 201, r.text
         out = tmp_path / "toy.onnx"
-        main(["export", r.json()["id"], "--format", "onnx", "--url", url, "-o", str(out)])
+        assert main(["export", r.json()["id"], "--format", "onnx", "--url", url, "-o", str(out)]) == 0
         from lipcore.export import certify_onnx
 
         x = np.load(folder / "io.npz")["x"]
@@ -184,8 +184,8 @@ def test_lbdn_export_downloads_over_http(settings, tmp_path):
         y = np.load(folder / "io.npz")["y"]
         assert np.abs(logits - y).max() / np.abs(y).max() <= 1e-5
         assert certify_onnx(out, x).radius.shape == (16,)
-        with pytest.raises(SystemExit, match="404"):
-            main(["export", "job_nope", "--url", url, "-o", str(tmp_path / "x.onnx")])
+        assert main(["export", "job_nope", "--url", url, "-o", str(tmp_path / "x.onnx")]) == 3  # not found
+        assert not (tmp_path / "x.onnx").exists() and not (tmp_path / "x.onnx.part").exists()
     finally:
         server.should_exit = True
         thread.join(timeout=60)
