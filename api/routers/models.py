@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Annotated
 
+import anyio.to_thread
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from sqlalchemy import select
 
@@ -14,6 +15,7 @@ from api.schemas import CertifyOut, ModelOut, ModelPage
 from api.uploads import RawInputs, decode, read_certify_body
 from api.views import model_out
 from lipcore.rundir import MODEL
+from worker.settings import Settings
 from worker.store import Job
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
@@ -67,14 +69,22 @@ def get_model(model: TenantModel) -> ModelOut:
     summary="Certified l2 radii (and optionally an attack's upper bound) for your inputs",
     openapi_extra={"requestBody": {"required": True, "content": CERTIFY_BODY}},
 )
-def certify_inputs(
+async def certify_inputs(
     model: TenantModel,
     raw: Annotated[RawInputs, Depends(read_certify_body)],
     request: Request,
     settings: SettingsDep,
     attack: Annotated[bool, Query(description="also search adversarial examples")] = False,
 ) -> CertifyOut:
-    # A `def` route: FastAPI runs it in the threadpool, so torch never blocks the event loop.
+    # torch runs on the certify threads (app.state.certify_limiter, LBDN_CERTIFY_CONCURRENCY), never
+    # on the event loop nor on the threads of the other routes; a request waiting for its turn holds
+    # no thread and no DB connection.
+    return await anyio.to_thread.run_sync(
+        _certify, model, raw, request, settings, attack, limiter=request.app.state.certify_limiter
+    )
+
+
+def _certify(model: Job, raw: RawInputs, request: Request, settings: Settings, attack: bool) -> CertifyOut:
     t0 = time.perf_counter()
     path = settings.job_dir(model.id) / MODEL
     if not path.is_file():
