@@ -50,7 +50,16 @@ def run_api(settings: Settings, host: str, port: int) -> None:
 
     check_bind(settings, host)
     print(f"lbdn API on http://{host}:{port}  (OpenAPI docs: http://{host}:{port}/docs)", flush=True)
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info", timeout_graceful_shutdown=5)
+    uvicorn.run(
+        create_app(settings),
+        host=host,
+        port=port,
+        log_level="info",
+        timeout_graceful_shutdown=5,
+        # longer than clients keep idle connections (httpx 5 s, browsers more): a server that closes
+        # a kept-alive connection just as a client reuses it makes that request fail (ReadError)
+        timeout_keep_alive=75,
+    )
 
 
 def worker_argv(settings: Settings, queues: str, concurrency: int, pool: str, loglevel: str) -> list[str]:
