@@ -90,26 +90,63 @@ def run_worker(settings: Settings, queues: str, concurrency: int, pool: str, log
     app.worker_main(argv=worker_argv(settings, queues, concurrency, pool, loglevel))
 
 
+WORKER_STOP_S = 60.0  # Celery's warm shutdown: the running job checkpoints at its next step, then it exits
+
+
+class _Stop(BaseException):
+    """SIGTERM to `lbdn serve` (raised like KeyboardInterrupt, so `finally:` stops the worker)."""
+
+
+def _raise_stop(_signum: int, _frame: Any) -> None:
+    raise _Stop
+
+
 def serve(settings: Settings, host: str, port: int) -> None:
-    """The API and one worker process; Ctrl-C stops both (a running job resumes at the next start)."""
+    """The API and one worker process; SIGTERM or SIGINT (Ctrl-C) stops both, and a job that was
+    running checkpoints and resumes at the next start.
+
+    uvicorn catches SIGTERM/SIGINT while it serves and raises the signal again once it has shut
+    down; with Python's default SIGTERM action that re-raise ended this process before `finally:`
+    could stop the worker, which ran on as an orphan (issue 7). Our handler turns it into _Stop.
+    """
     check_bind(settings, host)
     settings.jobs_dir.mkdir(parents=True, exist_ok=True)
     _store(settings)  # tables exist before either process starts
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "api.cli", "worker"],
-        start_new_session=True,  # Ctrl-C is ours to pass on
-    )
-    print(f"lbdn: data in {settings.home.resolve()}, worker pid {worker.pid}", flush=True)
+    signal.signal(signal.SIGTERM, _raise_stop)
+    worker: subprocess.Popen[bytes] | None = None
     try:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "api.cli", "worker"],
+            start_new_session=True,  # Ctrl-C is ours to pass on; the group is the worker and its pool
+        )
+        print(f"lbdn: data in {settings.home.resolve()}, worker pid {worker.pid}", flush=True)
         run_api(settings, host, port)
+    except (_Stop, KeyboardInterrupt):
+        pass
     finally:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            worker.kill()  # a job it was running resumes from its checkpoint next time
-            worker.wait()
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the clean-up short
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if worker is not None:
+            stop_worker(worker)
         print("lbdn: stopped", flush=True)
+
+
+def stop_worker(worker: subprocess.Popen[bytes], timeout: float = WORKER_STOP_S) -> None:
+    """SIGTERM to the worker's process group (its main process and pool children): a warm shutdown
+    in which the running job checkpoints and goes back to the queue. Whatever is left after
+    `timeout` is killed (a job it was running then resumes from its last checkpoint)."""
+    try:
+        os.killpg(worker.pid, signal.SIGTERM)
+        worker.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        print(f"lbdn: the worker did not stop within {timeout:.0f}s; killing it", flush=True)
+    except ProcessLookupError:
+        pass
+    try:
+        os.killpg(worker.pid, signal.SIGKILL)  # pool children that outlived their main process
+    except ProcessLookupError:
+        pass
+    worker.wait()
 
 
 def keys_command(settings: Settings, args: argparse.Namespace) -> None:

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
+import threading
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
-from celery.signals import worker_ready, worker_shutdown
+from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 from sqlalchemy.orm import Session, sessionmaker
 
 from lipcore.rundir import EVAL, MODEL, write_json
@@ -20,11 +24,14 @@ from worker.queue import app
 from worker.reaper import PeriodicReaper
 from worker.reporting import LeaseLost, Reporter
 from worker.settings import get_settings
-from worker.store import Job, init_db, leases, make_engine, session_factory, transaction
+from worker.store import Job, init_db, jobs, leases, make_engine, session_factory, transaction
 
 log = logging.getLogger("lbdn.worker")
 settings = get_settings()
 _store: dict[str, Any] = {}
+# Set when this process is asked to shut down: the running job checkpoints at its next step and goes
+# back to the queue (leases.release), to resume wherever a worker picks it up next.
+SHUTTING_DOWN = threading.Event()
 
 
 def sessions() -> sessionmaker[Session]:
@@ -60,7 +67,11 @@ def run_job(job_id: str, body: Any) -> str:
     reporter = Reporter(factory, job_id, owner, settings)
     reporter.heartbeat.start()
     try:
-        status, values = body(job, reporter)
+        with _sigterm_checkpoints():
+            status, values = body(job, reporter)
+        if status == "cancelled" and SHUTTING_DOWN.is_set() and _release_for_shutdown(factory, job_id, owner):
+            log.info("job %s checkpointed and queued again: the worker is shutting down", job_id)
+            return "interrupted"
     except LeaseLost as e:
         log.warning("%s; leaving it to its new worker", e)
         return "lease-lost"
@@ -75,6 +86,32 @@ def run_job(job_id: str, body: Any) -> str:
     return status
 
 
+@contextmanager
+def _sigterm_checkpoints() -> Iterator[None]:
+    """In a pool child, while a job runs: SIGTERM asks it to checkpoint and stop at its next step.
+
+    Installed here, not at child start-up: billiard replaces a child's SIGTERM handler with one that
+    exits at once (mid-step) after Celery's initializer has run. The main process (solo pool) keeps
+    Celery's own handler, which reaches the job through worker_shutting_down.
+    """
+    from billiard.process import current_process
+
+    if current_process().name == "MainProcess" or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, lambda *_: SHUTTING_DOWN.set())
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _release_for_shutdown(factory: Any, job_id: str, owner: str) -> bool:
+    """The job stopped because the worker shuts down (not because a user cancelled it): queue it."""
+    with transaction(factory) as s:
+        return not jobs.cancel_requested(s, job_id) and leases.release(s, job_id, owner)
+
+
 def _train(job: Job, reporter: Reporter) -> tuple[str, dict[str, Any]]:
     from lipcore.spec import ExperimentSpec
     from lipcore.train import TrainHooks, train
@@ -84,7 +121,7 @@ def _train(job: Job, reporter: Reporter) -> tuple[str, dict[str, Any]]:
         on_progress=reporter.progress,
         on_epoch=reporter.epoch,
         on_log=reporter.log,
-        should_stop=reporter.should_stop,
+        should_stop=lambda: SHUTTING_DOWN.is_set() or reporter.should_stop(),
         on_resume=lambda position: reporter.update(resumed_from=position),  # visible while it runs
     )
     # resume=True: a job picked up again after its worker died continues from its checkpoint.
@@ -125,7 +162,7 @@ def _evaluate(job: Job, reporter: Reporter) -> tuple[str, dict[str, Any]]:
         n_examples=params.get("n_examples", 1000),
         device=settings.device,
         on_log=reporter.log,
-        should_stop=reporter.should_stop,
+        should_stop=lambda: SHUTTING_DOWN.is_set() or reporter.should_stop(),
         on_progress=reporter.progress,  # an "epoch" is one eps, a step one batch of inputs
         state_dir=out,  # AutoAttack's progress per (eps, batch): a job picked up again continues it
         **extra,
@@ -146,6 +183,21 @@ def _start_reaper(**_: Any) -> None:
     _reaper["thread"] = PeriodicReaper(sessions(), app, settings)
     _reaper["thread"].start()
     log.info("lbdn worker ready: store %s", settings.db_url.split("@")[-1])
+
+
+@worker_shutting_down.connect
+def _stop_running_jobs(**_: Any) -> None:
+    """In the main process, on a warm or cold shutdown (SIGTERM, SIGINT, SIGQUIT): tell the pool
+    children, whose running jobs would otherwise go on to their end, and a job of the solo or
+    threads pool running in this process."""
+    from billiard.process import active_children
+
+    SHUTTING_DOWN.set()
+    for child in active_children():
+        try:
+            os.kill(child.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
 
 
 @worker_shutdown.connect
