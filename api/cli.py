@@ -113,22 +113,61 @@ def serve(settings: Settings, host: str, port: int) -> None:
     settings.jobs_dir.mkdir(parents=True, exist_ok=True)
     _store(settings)  # tables exist before either process starts
     signal.signal(signal.SIGTERM, _raise_stop)
-    worker: subprocess.Popen[bytes] | None = None
+    supervisor = WorkerSupervisor()
     try:
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "api.cli", "worker"],
-            start_new_session=True,  # Ctrl-C is ours to pass on; the group is the worker and its pool
-        )
-        print(f"lbdn: data in {settings.home.resolve()}, worker pid {worker.pid}", flush=True)
+        supervisor.start()
+        print(f"lbdn: data in {settings.home.resolve()}", flush=True)
         run_api(settings, host, port)
     except (_Stop, KeyboardInterrupt):
         pass
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the clean-up short
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        if worker is not None:
-            stop_worker(worker)
+        supervisor.stop()
         print("lbdn: stopped", flush=True)
+
+
+class WorkerSupervisor:
+    """The one worker of `lbdn serve`, started again when it dies (killed, out of memory): a job it
+    was running resumes from its checkpoint once its lease runs out (worker.reaper)."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="lbdn-worker-supervisor", daemon=True)
+
+    def _spawn(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "api.cli", "worker"],
+            start_new_session=True,  # Ctrl-C is ours to pass on; the group is the worker and its pool
+        )
+        print(f"lbdn: worker pid {self.proc.pid}", flush=True)
+
+    def start(self) -> None:
+        with self._lock:
+            self._spawn()
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._stopping.wait(1.0):
+            with self._lock:
+                if self._stopping.is_set() or self.proc is None or self.proc.poll() is None:
+                    continue
+                print(f"lbdn: the worker exited ({self.proc.returncode}); starting a new one", flush=True)
+                try:
+                    os.killpg(self.proc.pid, signal.SIGKILL)  # pool children of a killed main process
+                except ProcessLookupError:
+                    pass
+                self._spawn()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        with self._lock:
+            if self.proc is not None:
+                stop_worker(self.proc)
 
 
 def stop_worker(worker: subprocess.Popen[bytes], timeout: float = WORKER_STOP_S) -> None:

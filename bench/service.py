@@ -105,6 +105,12 @@ class Serve:
             time.sleep(0.2)
         raise RuntimeError(f"lbdn serve did not start in {timeout:.0f}s:\n{self.log.read_text()[-3000:]}")
 
+    def current_worker_pid(self) -> int | None:
+        """The pid (and process group) of the worker `lbdn serve` started last."""
+        text = self.log.read_text(errors="replace")
+        pids = [line.rsplit("worker pid", 1)[1].split()[0] for line in text.splitlines() if "worker pid" in line]
+        return int(pids[-1]) if pids else None
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> float:
         """Signal `lbdn serve` and wait for it; returns the seconds it took. Kills leftovers."""
         t0 = time.monotonic()
@@ -115,7 +121,7 @@ class Serve:
             except subprocess.TimeoutExpired:
                 pass
         took = time.monotonic() - t0
-        for pgid in (self.proc.pid if self.proc else None, self.worker_pid):
+        for pgid in (self.proc.pid if self.proc else None, self.current_worker_pid()):
             if pgid:
                 try:
                     os.killpg(pgid, signal.SIGKILL)
