@@ -15,7 +15,8 @@ and waits for every job to end. It reports, from the job store:
 - jobs run twice: jobs with two live leases at once (a `running` state event while another
   attempt was still running, with no re-queue in between) or more than one final state;
 - epochs repeated: per-epoch metrics recorded more than once (an epoch re-run after a kill between
-  its checkpoint and its metrics), and steps re-run (work done after the last checkpoint, lost);
+  its checkpoint and its metrics), and training steps re-run (done after the last checkpoint
+  before a kill, so lost and done again after the resume);
 - time to recover: from each fault to the next training progress written by a new attempt (after
   the Redis restart: the next progress at all, as the running job may carry on).
 Settings of the drill: LBDN_LEASE_S=5 (a killed worker's job is re-queued 5 s after it died),
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -39,11 +41,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.service import PgDatabase, Serve, free_port  # noqa: E402
 from worker.store import Job, JobEvent, make_engine, session_factory  # noqa: E402
 
+RESUMED = re.compile(r"Resumed from checkpoint: (\d+) epochs and (\d+) steps done")
 DRILL_SETTINGS = {
     "lease_s": "5",
     "reap_interval_s": "1",
     "max_attempts": "15",
-    "resend_queued_after_s": "10",
+    "resend_queued_after_s": "60",
     "progress_interval_s": "0.3",
 }
 
@@ -206,7 +209,7 @@ class Drill:
     def report(self, took: float) -> dict:
         jobs = self.jobs()
         lost = [j.id for j in jobs if j.status != "succeeded"]
-        twice, epochs_repeated, attempts = [], 0, 0
+        twice, epochs_repeated, attempts, steps_rerun, resumes = [], 0, 0, 0, 0
         with self.sessions() as s:
             for j in jobs:
                 events = s.query(JobEvent).filter(JobEvent.job_id == j.id).order_by(JobEvent.seq).all()
@@ -225,6 +228,16 @@ class Drill:
                         finals += st != "queued"
                 if finals > 1:
                     twice.append(j.id)
+                # work re-run: from the last progress seen before a resume back to the checkpoint
+                last = None
+                for e in events:
+                    if e.kind == "progress":
+                        last = e.data
+                    m = RESUMED.match(e.data.get("line", "")) if e.kind == "log" else None
+                    if m and last is not None:
+                        done = (last["epoch"] - 1) * last["steps"] + last["step"]
+                        steps_rerun += max(0, done - (int(m[1]) * last["steps"] + int(m[2])))
+                        resumes += 1
                 per_epoch = Counter(e.data.get("epoch") for e in events if e.kind == "metrics")
                 epochs_repeated += sum(n - 1 for n in per_epoch.values())
                 attempts += j.attempt
@@ -237,6 +250,8 @@ class Drill:
             "run_twice": len(set(twice)),
             "epochs_repeated": epochs_repeated,
             "starts": attempts,
+            "resumes": resumes,
+            "steps_rerun": steps_rerun,
             "recoveries": self.recoveries,
             "recover_median_s": finite[len(finite) // 2] if finite else float("nan"),
             "recover_max_s": finite[-1] if finite else float("nan"),
@@ -272,7 +287,8 @@ def main() -> None:
         drill.close()
     print(
         f"jobs {r['jobs']}: succeeded {r['succeeded']}, lost {r['lost']}, run twice {r['run_twice']}; "
-        f"epochs repeated {r['epochs_repeated']}; worker starts {r['starts']} for {r['jobs']} jobs"
+        f"epochs repeated {r['epochs_repeated']}; {r['resumes']} resumes from a checkpoint re-ran "
+        f"{r['steps_rerun']} training steps in all (6 steps per Toy epoch; at least: progress is written every 0.3 s)"
     )
     print("time to recover (fault -> training progress of a new attempt):")
     for fault, t in r["recoveries"]:

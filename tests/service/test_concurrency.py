@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from tests.service.conftest import save_trained_model
-from worker.store import init_db, keys, make_engine, session_factory, transaction
+from worker.store import init_db, jobs, keys, make_engine, session_factory, transaction
 
 TOY = {"model": "Toy", "layer": "Sandwich", "gamma": 1.0, "epochs": 1}
 POLLERS, POLLS = 60, 8  # 480 polls
@@ -29,11 +29,14 @@ def _store_app(settings):
     return SimpleNamespace(state=SimpleNamespace(sessions=session_factory(engine), settings=settings)), engine
 
 
-async def _hammer(url: str, secret: str, model: str) -> tuple[list[str], list[int]]:
+STREAMS = 10  # event streams of a queued job (no worker here): open, polling, for the whole test
+
+
+async def _hammer(url: str, secret: str, model: str, queued: str) -> tuple[list[str], list[int]]:
     failures: list[str] = []
     health: list[int] = []
     started = asyncio.Event()
-    limits = httpx.Limits(max_connections=POLLERS + CERTIFIERS + 5)
+    limits = httpx.Limits(max_connections=POLLERS + CERTIFIERS + STREAMS + 5)
     timeout = httpx.Timeout(300.0)  # generous: this test is about errors, not speed
     headers = {"Authorization": f"Bearer {secret}"}
 
@@ -62,17 +65,33 @@ async def _hammer(url: str, secret: str, model: str) -> tuple[list[str], list[in
             async with httpx.AsyncClient(base_url=url, timeout=timeout) as p:
                 health.append((await p.get("/healthz")).status_code)
 
+        streaming = asyncio.Event()
+
+        async def stream() -> None:
+            async with c.stream("GET", f"/v1/jobs/{queued}/events") as r:
+                if r.status_code != 200:
+                    failures.append(f"events: {r.status_code}")
+                async for _ in r.aiter_lines():
+                    streaming.set()  # the queued job's first event arrived: the stream is open
+
+        streams = [asyncio.create_task(stream()) for _ in range(STREAMS)]
+        await streaming.wait()
         load = [asyncio.create_task(poller()) for _ in range(POLLERS)]
         load += [asyncio.create_task(certifier()) for _ in range(CERTIFIERS)]
         probe = asyncio.create_task(prober())
         await asyncio.gather(*load)
         await probe
+        for t in streams:
+            assert not t.done(), "an event stream ended while its job was queued"
+            t.cancel()
+        await asyncio.gather(*streams, return_exceptions=True)
     return failures, health
 
 
 @pytest.mark.parametrize("stack", ["embedded", "redis+postgres"])
 def test_pollers_and_certify_beyond_the_pools_get_no_error(service_factory, stack):
-    # 4 route threads and 1 certify thread: the pool holds 11 connections, the clients open 68
+    # 4 route threads and 1 certify thread: the pool holds 11 connections, the clients open 78,
+    # 10 of them event streams polling the store all along
     broker, db = ("embedded", "sqlite") if stack == "embedded" else ("redis", "postgres")
     svc = service_factory(broker, db, api_threads=4, certify_concurrency=1)
     app, engine = _store_app(svc.settings)
@@ -80,9 +99,11 @@ def test_pollers_and_certify_beyond_the_pools_get_no_error(service_factory, stac
         with transaction(app.state.sessions) as s:
             secret = keys.create_key(s, "acme")[1]
         model = save_trained_model(app, "acme", TOY)
+        with transaction(app.state.sessions) as s:
+            queued = jobs.create_job(s, tenant="acme", kind="train", spec=TOY)[0].id
     finally:
         engine.dispose()
-    failures, health = asyncio.run(_hammer(svc.url, secret, model))
+    failures, health = asyncio.run(_hammer(svc.url, secret, model, queued))
     assert failures == [], f"{len(failures)} failed requests, e.g. {failures[:3]}"
     assert health == [200]
     assert "QueuePool limit" not in svc.api.text() and "Traceback" not in svc.api.text()
