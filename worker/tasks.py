@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import billiard
 from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -29,9 +30,21 @@ from worker.store import Job, init_db, jobs, leases, make_engine, session_factor
 log = logging.getLogger("lbdn.worker")
 settings = get_settings()
 _store: dict[str, Any] = {}
-# Set when this process is asked to shut down: the running job checkpoints at its next step and goes
-# back to the queue (leases.release), to resume wherever a worker picks it up next.
-SHUTTING_DOWN = threading.Event()
+# Set by the worker's main process when it shuts down, and seen by its forked pool children (a
+# process-shared event made before the fork): a running job, and one the pool still starts during a
+# warm shutdown, checkpoints at its next step and goes back to the queue (leases.release).
+SHUTTING_DOWN = billiard.Event()
+# Set by SIGTERM in a pool child while a job runs (`lbdn serve` signals the worker's whole process
+# group; Celery terminates a task on broker connection loss): that job stops the same way. Reset for
+# each job, so a child that lives on after a terminated task runs its next job normally.
+_TERMINATED = threading.Event()
+
+
+_MAIN_STOPPING = [False]  # the same, for jobs of the solo/threads pool in the main process
+
+
+def _stopping() -> bool:
+    return _MAIN_STOPPING[0] or _TERMINATED.is_set() or SHUTTING_DOWN.is_set()
 
 
 def sessions() -> sessionmaker[Session]:
@@ -69,7 +82,7 @@ def run_job(job_id: str, body: Any) -> str:
     try:
         with _sigterm_checkpoints():
             status, values = body(job, reporter)
-        if status == "cancelled" and SHUTTING_DOWN.is_set() and _release_for_shutdown(factory, job_id, owner):
+        if status == "cancelled" and _stopping() and _release_for_shutdown(factory, job_id, owner):
             log.info("job %s checkpointed and queued again: the worker is shutting down", job_id)
             return "interrupted"
     except LeaseLost as e:
@@ -99,7 +112,8 @@ def _sigterm_checkpoints() -> Iterator[None]:
     if current_process().name == "MainProcess" or threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, lambda *_: SHUTTING_DOWN.set())
+    _TERMINATED.clear()
+    previous = signal.signal(signal.SIGTERM, lambda *_: _TERMINATED.set())
     try:
         yield
     finally:
@@ -121,7 +135,7 @@ def _train(job: Job, reporter: Reporter) -> tuple[str, dict[str, Any]]:
         on_progress=reporter.progress,
         on_epoch=reporter.epoch,
         on_log=reporter.log,
-        should_stop=lambda: SHUTTING_DOWN.is_set() or reporter.should_stop(),
+        should_stop=lambda: _stopping() or reporter.should_stop(),
         on_resume=lambda position: reporter.update(resumed_from=position),  # visible while it runs
     )
     # resume=True: a job picked up again after its worker died continues from its checkpoint.
@@ -162,7 +176,7 @@ def _evaluate(job: Job, reporter: Reporter) -> tuple[str, dict[str, Any]]:
         n_examples=params.get("n_examples", 1000),
         device=settings.device,
         on_log=reporter.log,
-        should_stop=lambda: SHUTTING_DOWN.is_set() or reporter.should_stop(),
+        should_stop=lambda: _stopping() or reporter.should_stop(),
         on_progress=reporter.progress,  # an "epoch" is one eps, a step one batch of inputs
         state_dir=out,  # AutoAttack's progress per (eps, batch): a job picked up again continues it
         **extra,
@@ -192,7 +206,8 @@ def _stop_running_jobs(**_: Any) -> None:
     threads pool running in this process."""
     from billiard.process import active_children
 
-    SHUTTING_DOWN.set()
+    _MAIN_STOPPING[0] = True  # a plain flag: this runs in a signal handler, maybe amid is_set() below
+    threading.Thread(target=SHUTTING_DOWN.set, name="lbdn-shutdown", daemon=True).start()
     for child in active_children():
         try:
             os.kill(child.pid, signal.SIGTERM)
