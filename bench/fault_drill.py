@@ -26,6 +26,7 @@ LBDN_REAP_INTERVAL_S=1, LBDN_MAX_ATTEMPTS=15 (one job may be hit by several of t
 from __future__ import annotations
 
 import argparse
+import math
 import random
 import re
 import signal
@@ -242,7 +243,7 @@ class Drill:
                 epochs_repeated += sum(n - 1 for n in per_epoch.values())
                 attempts += j.attempt
         rec = [t for _, t in self.recoveries]
-        finite = sorted(t for t in rec if t == t)
+        finite = sorted(t for t in rec if not math.isnan(t))
         return {
             "jobs": len(jobs),
             "succeeded": sum(j.status == "succeeded" for j in jobs),

@@ -108,10 +108,10 @@ def report(rec: Recorder, duration: float, title: str) -> int:
     total_errors = 0
     for route, lat in sorted(rec.lat.items()):
         lat = sorted(lat)
-        p = lambda q: 1000 * lat[min(len(lat) - 1, int(q * len(lat)))]  # noqa: E731
+        p50, p99 = (1000 * lat[min(len(lat) - 1, int(q * len(lat)))] for q in (0.5, 0.99))
         total_errors += rec.errors[route]
         print(
-            f"{route:34s} {len(lat):8d} {len(lat) / duration:7.1f} {p(0.5):8.1f} {p(0.99):8.1f} "
+            f"{route:34s} {len(lat):8d} {len(lat) / duration:7.1f} {p50:8.1f} {p99:8.1f} "
             f"{1000 * lat[-1]:8.1f} {rec.errors[route]:6d}"
         )
     print(f"errors: {total_errors}")
