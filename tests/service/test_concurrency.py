@@ -13,6 +13,7 @@ from types import SimpleNamespace
 
 import httpx
 import pytest
+from sqlalchemy import select
 
 from tests.service.conftest import save_trained_model
 from worker.store import init_db, jobs, keys, make_engine, session_factory, transaction
@@ -171,3 +172,33 @@ def test_one_db_connection_serves_many_threads_without_deadlock(tmp_path, settin
     failures, health = asyncio.run(run())
     assert failures == [], f"{len(failures)} failed requests, e.g. {failures[:3]}"
     assert health == [200]
+
+
+def test_releasing_session_gives_the_connection_back_after_reads_but_not_mid_write(db_url):
+    """ReleasingSession: a read ends its transaction (the pool gets its connection back), a write
+    keeps it until commit or rollback, so writes stay atomic; on SQLite and PostgreSQL."""
+    from sqlalchemy import update
+
+    from worker.store import Job, releasing_session_factory
+
+    engine = make_engine(db_url, pool_size=1, max_overflow=0)
+    init_db(engine)
+    factory = releasing_session_factory(engine)
+    try:
+        s = factory()
+        assert jobs.get_job(s, "acme", "job_none") is None
+        assert not s.in_transaction() and engine.pool.checkedout() == 0
+        job, created = jobs.create_job(s, tenant="acme", kind="train", spec=TOY)
+        assert created and s.in_transaction() and engine.pool.checkedout() == 1  # a write holds it
+        s.commit()
+        assert engine.pool.checkedout() == 0
+        s.execute(update(Job).where(Job.id == job.id).values(error="half done"))
+        assert s.scalar(select(Job.error).where(Job.id == job.id)) == "half done"  # a read amid a write
+        assert s.in_transaction() and engine.pool.checkedout() == 1  # ...keeps the transaction
+        s.rollback()
+        assert engine.pool.checkedout() == 0
+        assert s.scalar(select(Job.error).where(Job.id == job.id)) is None  # rolled back as a whole
+        assert engine.pool.checkedout() == 0
+        s.close()
+    finally:
+        engine.dispose()
