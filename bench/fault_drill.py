@@ -275,7 +275,7 @@ def main() -> None:
     ap.add_argument("--stack", action="store_true", help="own redis-server + own PostgreSQL database")
     ap.add_argument("--jobs", type=int, default=10)
     ap.add_argument("--kills", type=int, default=10)
-    ap.add_argument("--epochs", type=int, default=30, help="epochs of each Toy job")
+    ap.add_argument("--epochs", type=int, default=50, help="epochs of each Toy job")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds to wait for the jobs after the faults")
     args = ap.parse_args()
@@ -293,7 +293,7 @@ def main() -> None:
     )
     print("time to recover (fault -> training progress of a new attempt):")
     for fault, t in r["recoveries"]:
-        print(f"  {fault:6s} {t:6.1f} s")
+        print(f"  {fault:6s} " + ("  (every job had ended)" if math.isnan(t) else f"{t:6.1f} s"))
     print(f"recover median {r['recover_median_s']:.1f} s, max {r['recover_max_s']:.1f} s; drill took {r['took_s']:.0f} s")
     sys.exit(1 if r["lost"] or r["run_twice"] else 0)
 
