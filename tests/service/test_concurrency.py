@@ -181,14 +181,17 @@ def test_releasing_session_gives_the_connection_back_after_reads_but_not_mid_wri
 
     from worker.store import Job, releasing_session_factory
 
+    import secrets
+
+    tenant = f"releasing-{secrets.token_hex(4)}"  # the PostgreSQL database is shared by the session's tests
     engine = make_engine(db_url, pool_size=1, max_overflow=0)
     init_db(engine)
     factory = releasing_session_factory(engine)
     try:
         s = factory()
-        assert jobs.get_job(s, "acme", "job_none") is None
+        assert jobs.get_job(s, tenant, "job_none") is None
         assert not s.in_transaction() and engine.pool.checkedout() == 0
-        job, created = jobs.create_job(s, tenant="acme", kind="train", spec=TOY)
+        job, created = jobs.create_job(s, tenant=tenant, kind="train", spec=TOY)
         assert created and s.in_transaction() and engine.pool.checkedout() == 1  # a write holds it
         s.commit()
         assert engine.pool.checkedout() == 0
