@@ -48,7 +48,16 @@ def run_api(settings: Settings, host: str, port: int) -> None:
     check_bind(settings, host)
     settings = settings.model_copy(update={"host": host})  # the auth rule depends on where we listen
     print(f"lbdn API on http://{host}:{port}  (OpenAPI docs: http://{host}:{port}/docs)", flush=True)
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info", timeout_graceful_shutdown=5)
+    uvicorn.run(
+        create_app(settings),
+        host=host,
+        port=port,
+        log_level="info",
+        timeout_graceful_shutdown=5,
+        # longer than clients keep idle connections (httpx 5 s, browsers more): a server that closes
+        # a kept-alive connection just as a client reuses it makes that request fail (ReadError)
+        timeout_keep_alive=75,
+    )
 
 
 def worker_argv(settings: Settings, queues: str, concurrency: int, pool: str, loglevel: str) -> list[str]:
@@ -79,26 +88,102 @@ def run_worker(settings: Settings, queues: str, concurrency: int, pool: str, log
     app.worker_main(argv=worker_argv(settings, queues, concurrency, pool, loglevel))
 
 
+WORKER_STOP_S = 60.0  # Celery's warm shutdown: the running job checkpoints at its next step, then it exits
+
+
+class _Stop(BaseException):
+    """SIGTERM to `lbdn serve` (raised like KeyboardInterrupt, so `finally:` stops the worker)."""
+
+
+def _raise_stop(_signum: int, _frame: Any) -> None:
+    raise _Stop
+
+
 def serve(settings: Settings, host: str, port: int) -> None:
-    """The API and one worker process; Ctrl-C stops both (a running job resumes at the next start)."""
+    """The API and one worker process; SIGTERM or SIGINT (Ctrl-C) stops both, and a job that was
+    running checkpoints and resumes at the next start.
+
+    uvicorn catches SIGTERM/SIGINT while it serves and raises the signal again once it has shut
+    down; with Python's default SIGTERM action that re-raise ended this process before `finally:`
+    could stop the worker, which ran on as an orphan (issue 7). Our handler turns it into _Stop.
+    """
     check_bind(settings, host)
     settings.jobs_dir.mkdir(parents=True, exist_ok=True)
     _store(settings)  # tables exist before either process starts
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "api.cli", "worker"],
-        start_new_session=True,  # Ctrl-C is ours to pass on
-    )
-    print(f"lbdn: data in {settings.home.resolve()}, worker pid {worker.pid}", flush=True)
+    signal.signal(signal.SIGTERM, _raise_stop)
+    supervisor = WorkerSupervisor()
     try:
+        supervisor.start()
+        print(f"lbdn: data in {settings.home.resolve()}", flush=True)
         run_api(settings, host, port)
+    except (_Stop, KeyboardInterrupt):
+        pass
     finally:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            worker.kill()  # a job it was running resumes from its checkpoint next time
-            worker.wait()
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the clean-up short
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        supervisor.stop()
         print("lbdn: stopped", flush=True)
+
+
+class WorkerSupervisor:
+    """The one worker of `lbdn serve`, started again when it dies (killed, out of memory): a job it
+    was running resumes from its checkpoint once its lease runs out (worker.reaper)."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="lbdn-worker-supervisor", daemon=True)
+
+    def _spawn(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "api.cli", "worker"],
+            start_new_session=True,  # Ctrl-C is ours to pass on; the group is the worker and its pool
+        )
+        print(f"lbdn: worker pid {self.proc.pid}", flush=True)
+
+    def start(self) -> None:
+        with self._lock:
+            self._spawn()
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._stopping.wait(1.0):
+            with self._lock:
+                if self._stopping.is_set() or self.proc is None or self.proc.poll() is None:
+                    continue
+                print(f"lbdn: the worker exited ({self.proc.returncode}); starting a new one", flush=True)
+                try:
+                    os.killpg(self.proc.pid, signal.SIGKILL)  # pool children of a killed main process
+                except ProcessLookupError:
+                    pass
+                self._spawn()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        with self._lock:
+            if self.proc is not None:
+                stop_worker(self.proc)
+
+
+def stop_worker(worker: subprocess.Popen[bytes], timeout: float = WORKER_STOP_S) -> None:
+    """SIGTERM to the worker's process group (its main process and pool children): a warm shutdown
+    in which the running job checkpoints and goes back to the queue. Whatever is left after
+    `timeout` is killed (a job it was running then resumes from its last checkpoint)."""
+    try:
+        os.killpg(worker.pid, signal.SIGTERM)
+        worker.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        print(f"lbdn: the worker did not stop within {timeout:.0f}s; killing it", flush=True)
+    except ProcessLookupError:
+        pass
+    try:
+        os.killpg(worker.pid, signal.SIGKILL)  # pool children that outlived their main process
+    except ProcessLookupError:
+        pass
+    worker.wait()
 
 
 def keys_command(settings: Settings, args: argparse.Namespace) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Path, Request
@@ -19,10 +19,19 @@ def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_session(request: Request) -> Iterator[Session]:
-    """A session per request; routes that write commit themselves before they answer."""
-    with request.app.state.sessions() as session:
+async def get_session(request: Request) -> AsyncIterator[Session]:
+    """A session per request that holds a DB connection only while a statement or a write is in
+    flight (worker.store.ReleasingSession); routes that write commit themselves before they answer.
+
+    `async def` on purpose: making the session takes no I/O, and its teardown (FastAPI 0.165 runs
+    request-scoped teardown after the response is sent) needs no thread-pool thread; it finds the
+    connection already given back, except after a write that failed, which close() rolls back.
+    """
+    session = request.app.state.request_sessions()
+    try:
         yield session
+    finally:
+        session.close()
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]

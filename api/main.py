@@ -7,6 +7,8 @@ import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio
+import anyio.to_thread
 from fastapi import FastAPI
 
 from api import problems
@@ -19,9 +21,20 @@ from api.routers import artifacts, dashboard, events, health, jobs, model_io, mo
 from worker.queue import make_celery
 from worker.reaper import reap_and_resend
 from worker.settings import Settings, get_settings
-from worker.store import init_db, make_engine, session_factory
+from worker.store import init_db, make_engine, releasing_session_factory, session_factory
 
 log = logging.getLogger("lbdn.api")
+STREAM_THREADS = 4  # event-stream polls at once, however many streams are open
+HEALTH_THREADS = 2  # /readyz checks at once
+
+
+def pool_sizes(settings: Settings) -> dict[str, int | float]:
+    """The API's DB pool: one connection for every thread that can hold one at the same time
+    (sync routes, stream polls, readiness checks, certify threads), so a thread never waits for a
+    connection; pool_timeout is only a backstop. A connection is held only within one thread call
+    (api.deps.get_session), so no size can deadlock; these sizes only keep waits away."""
+    threads = settings.api_threads + STREAM_THREADS + HEALTH_THREADS + settings.certify_concurrency
+    return {"pool_size": threads // 2, "max_overflow": threads - threads // 2, "pool_timeout": 10.0}
 
 DESCRIPTION = """Train Lipschitz-bounded deep networks (sandwich layers, Wang & Manchester, ICML 2023)
 and certify inputs against them. Submit a job, follow it, download its checkpoint, and ask for
@@ -32,6 +45,13 @@ certified l2 radii of your own inputs. Errors are application/problem+json."""
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     settings.jobs_dir.mkdir(parents=True, exist_ok=True)
+    # Thread and connection budgets, sized together (see pool_sizes): sync routes and dependencies
+    # share anyio's default limiter; certify compute, event-stream polls and readiness checks get
+    # limiters of their own, so neither CPU work nor streams can take the threads pollers need.
+    anyio.to_thread.current_default_thread_limiter().total_tokens = settings.api_threads
+    app.state.certify_limiter = anyio.CapacityLimiter(settings.certify_concurrency)
+    app.state.stream_limiter = anyio.CapacityLimiter(STREAM_THREADS)
+    app.state.health_limiter = anyio.CapacityLimiter(HEALTH_THREADS)
     init_db(app.state.engine)
     # Jobs queued before a restart may have lost their messages (a broker without persistence):
     # re-send them, off the start-up path so a slow broker does not delay serving.
@@ -64,8 +84,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.auth_mode = auth_mode(settings)  # api.auth: open only by choice, or on loopback before any key
-    app.state.engine = make_engine(settings.db_url)
+    app.state.engine = make_engine(settings.db_url, **pool_sizes(settings))
     app.state.sessions = session_factory(app.state.engine)
+    app.state.request_sessions = releasing_session_factory(app.state.engine)
     app.state.celery = make_celery(settings)
     app.state.model_cache = ModelCache(settings.model_cache_size)
     app.state.metrics = ServiceMetrics(app.state.sessions)

@@ -34,6 +34,12 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(4096 * 4096, ge=1, description="decompression-bomb limit per image")
     model_cache_size: int = Field(4, ge=1, description="trained models kept loaded for certify (LRU)")
     certify_attack_steps: int = Field(100, ge=1, description="steps of the ?attack=true search")
+    api_threads: int = Field(
+        32, ge=4, description="threads of the API's sync routes; its DB pool is sized from this (api.main)"
+    )
+    certify_concurrency: int = Field(
+        2, ge=1, description="certify requests computed at once (own threads; the rest wait without a thread)"
+    )
 
     # Access and limits (see README "API keys, access and limits")
     auth: Literal["keys", "none"] | None = Field(

@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
+import threading
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
-from celery.signals import worker_ready, worker_shutdown
+import billiard
+from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 from sqlalchemy.orm import Session, sessionmaker
 
 from lipcore.rundir import EVAL, MODEL, write_json
@@ -20,11 +25,26 @@ from worker.queue import app
 from worker.reaper import PeriodicReaper
 from worker.reporting import LeaseLost, Reporter
 from worker.settings import get_settings
-from worker.store import Job, init_db, leases, make_engine, session_factory, transaction
+from worker.store import Job, init_db, jobs, leases, make_engine, session_factory, transaction
 
 log = logging.getLogger("lbdn.worker")
 settings = get_settings()
 _store: dict[str, Any] = {}
+# Set by the worker's main process when it shuts down, and seen by its forked pool children (a
+# process-shared event made before the fork): a running job, and one the pool still starts during a
+# warm shutdown, checkpoints at its next step and goes back to the queue (leases.release).
+SHUTTING_DOWN = billiard.Event()
+# Set by SIGTERM in a pool child while a job runs (`lbdn serve` signals the worker's whole process
+# group; Celery terminates a task on broker connection loss): that job stops the same way. Reset for
+# each job, so a child that lives on after a terminated task runs its next job normally.
+_TERMINATED = threading.Event()
+
+
+_MAIN_STOPPING = [False]  # the same, for jobs of the solo/threads pool in the main process
+
+
+def _stopping() -> bool:
+    return _MAIN_STOPPING[0] or _TERMINATED.is_set() or SHUTTING_DOWN.is_set()
 
 
 def sessions() -> sessionmaker[Session]:
@@ -60,7 +80,11 @@ def run_job(job_id: str, body: Any) -> str:
     reporter = Reporter(factory, job_id, owner, settings)
     reporter.heartbeat.start()
     try:
-        status, values = body(job, reporter)
+        with _sigterm_checkpoints():
+            status, values = body(job, reporter)
+        if status == "cancelled" and _stopping() and _release_for_shutdown(factory, job_id, owner):
+            log.info("job %s checkpointed and queued again: the worker is shutting down", job_id)
+            return "interrupted"
     except LeaseLost as e:
         log.warning("%s; leaving it to its new worker", e)
         return "lease-lost"
@@ -75,6 +99,33 @@ def run_job(job_id: str, body: Any) -> str:
     return status
 
 
+@contextmanager
+def _sigterm_checkpoints() -> Iterator[None]:
+    """In a pool child, while a job runs: SIGTERM asks it to checkpoint and stop at its next step.
+
+    Installed here, not at child start-up: billiard replaces a child's SIGTERM handler with one that
+    exits at once (mid-step) after Celery's initializer has run. The main process (solo pool) keeps
+    Celery's own handler, which reaches the job through worker_shutting_down.
+    """
+    from billiard.process import current_process
+
+    if current_process().name == "MainProcess" or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _TERMINATED.clear()
+    previous = signal.signal(signal.SIGTERM, lambda *_: _TERMINATED.set())
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _release_for_shutdown(factory: Any, job_id: str, owner: str) -> bool:
+    """The job stopped because the worker shuts down (not because a user cancelled it): queue it."""
+    with transaction(factory) as s:
+        return not jobs.cancel_requested(s, job_id) and leases.release(s, job_id, owner)
+
+
 def _train(job: Job, reporter: Reporter) -> tuple[str, dict[str, Any]]:
     from lipcore.spec import ExperimentSpec
     from lipcore.train import TrainHooks, train
@@ -84,7 +135,7 @@ def _train(job: Job, reporter: Reporter) -> tuple[str, dict[str, Any]]:
         on_progress=reporter.progress,
         on_epoch=reporter.epoch,
         on_log=reporter.log,
-        should_stop=reporter.should_stop,
+        should_stop=lambda: _stopping() or reporter.should_stop(),
         on_resume=lambda position: reporter.update(resumed_from=position),  # visible while it runs
     )
     # resume=True: a job picked up again after its worker died continues from its checkpoint.
@@ -125,7 +176,7 @@ def _evaluate(job: Job, reporter: Reporter) -> tuple[str, dict[str, Any]]:
         n_examples=params.get("n_examples", 1000),
         device=settings.device,
         on_log=reporter.log,
-        should_stop=reporter.should_stop,
+        should_stop=lambda: _stopping() or reporter.should_stop(),
         on_progress=reporter.progress,  # an "epoch" is one eps, a step one batch of inputs
         state_dir=out,  # AutoAttack's progress per (eps, batch): a job picked up again continues it
         **extra,
@@ -146,6 +197,22 @@ def _start_reaper(**_: Any) -> None:
     _reaper["thread"] = PeriodicReaper(sessions(), app, settings)
     _reaper["thread"].start()
     log.info("lbdn worker ready: store %s", settings.db_url.split("@")[-1])
+
+
+@worker_shutting_down.connect
+def _stop_running_jobs(**_: Any) -> None:
+    """In the main process, on a warm or cold shutdown (SIGTERM, SIGINT, SIGQUIT): tell the pool
+    children, whose running jobs would otherwise go on to their end, and a job of the solo or
+    threads pool running in this process."""
+    from billiard.process import active_children
+
+    _MAIN_STOPPING[0] = True  # a plain flag: this runs in a signal handler, maybe amid is_set() below
+    threading.Thread(target=SHUTTING_DOWN.set, name="lbdn-shutdown", daemon=True).start()
+    for child in active_children():
+        try:
+            os.kill(child.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
 
 
 @worker_shutdown.connect

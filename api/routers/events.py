@@ -12,9 +12,9 @@ import json
 from collections.abc import AsyncIterator
 from typing import Annotated
 
+import anyio.to_thread
 from fastapi import APIRouter, Header, Query, Request
 from sse_starlette import EventSourceResponse
-from starlette.concurrency import run_in_threadpool
 
 from api.deps import SessionDep, TenantJob
 from api.schemas import MAX_QUERY_INT, LogsOut
@@ -33,7 +33,10 @@ def _poll(request: Request, job_id: str, after: int) -> tuple[str | None, list[J
 async def _stream(request: Request, job_id: str, after: int) -> AsyncIterator[dict[str, str]]:
     pause = request.app.state.settings.sse_poll_s
     while True:
-        status, events = await run_in_threadpool(_poll, request, job_id, after)
+        # on the stream threads (app.state.stream_limiter): open streams cannot starve the pollers
+        status, events = await anyio.to_thread.run_sync(
+            _poll, request, job_id, after, limiter=request.app.state.stream_limiter
+        )
         for e in events:
             yield {"id": str(e.seq), "event": e.kind, "data": json.dumps(e.data)}
             after = e.seq

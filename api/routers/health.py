@@ -1,7 +1,19 @@
-"""/healthz (the process answers), /readyz (database and broker reachable), /metrics (Prometheus)."""
+"""/healthz (the process answers), /readyz (database and broker reachable), /metrics (Prometheus).
+
+/healthz is `async def` with no dependency: it runs on the event loop, so it answers while every
+thread and every DB connection is busy (a liveness probe must not fail because of load). /readyz
+runs its checks on threads of its own (app.state.health_limiter) under a short deadline, and says
+only which dependency failed: the error text is logged, never sent (it can hold host names, users).
+Access rules (who may call /readyz and /metrics) are added as route dependencies.
+"""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+
+import anyio
+import anyio.to_thread
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -12,11 +24,26 @@ from worker.queue import broker_ping
 from worker.store import ping
 
 router = APIRouter(tags=["health"])
+log = logging.getLogger("lbdn.api")
+READY_TIMEOUT_S = 3.0  # per check; a probe that waits longer than this is as good as a failure
 
 
 @router.get("/healthz", response_model=Health, summary="Liveness")
-def healthz() -> Health:
+async def healthz() -> Health:
     return Health(status="ok")
+
+
+async def _check(request: Request, name: str, check: Callable[[], None]) -> str:
+    try:
+        with anyio.fail_after(READY_TIMEOUT_S):
+            await anyio.to_thread.run_sync(check, limiter=request.app.state.health_limiter, abandon_on_cancel=True)
+        return "ok"
+    except TimeoutError:
+        log.warning("readiness: %s did not answer within %.0f s", name, READY_TIMEOUT_S)
+        return "timeout"
+    except Exception:  # noqa: BLE001 - report any failure as "not ready"; details go to the log only
+        log.warning("readiness: %s unreachable", name, exc_info=True)
+        return "unreachable"
 
 
 @router.get(
@@ -25,17 +52,12 @@ def healthz() -> Health:
     summary="Readiness: database and broker reachable",
     responses={503: {"description": "a dependency is unreachable (problem+json)"}},
 )
-def readyz(request: Request) -> Health | JSONResponse:
-    checks: dict[str, str] = {}
-    for name, check in (
-        ("database", lambda: ping(request.app.state.engine)),
-        ("broker", lambda: broker_ping(request.app.state.celery)),
-    ):
-        try:
-            check()
-            checks[name] = "ok"
-        except Exception as e:  # noqa: BLE001 - report any failure as "not ready"
-            checks[name] = f"unreachable: {type(e).__name__}: {e}"[:300]
+async def readyz(request: Request) -> Health | JSONResponse:
+    state = request.app.state
+    checks = {
+        "database": await _check(request, "database", lambda: ping(state.engine)),
+        "broker": await _check(request, "broker", lambda: broker_ping(state.celery, timeout=READY_TIMEOUT_S)),
+    }
     if all(v == "ok" for v in checks.values()):
         return Health(status="ready", checks=checks)
     failed = ", ".join(f"{k} {v}" for k, v in checks.items() if v != "ok")

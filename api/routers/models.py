@@ -6,7 +6,8 @@ import time
 from collections.abc import Callable
 from typing import Annotated
 
-import anyio
+import anyio.from_thread
+import anyio.to_thread
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from sqlalchemy import select
 
@@ -17,6 +18,7 @@ from api.schemas import CertifyOut, ModelOut, ModelPage
 from api.uploads import RawInputs, decode, read_certify_body
 from api.views import model_out
 from lipcore.rundir import MODEL
+from worker.settings import Settings
 from worker.store import Job
 
 router = APIRouter(prefix="/v1/models", tags=["models"], responses=problem_responses(401, 413, 422))
@@ -71,7 +73,7 @@ def get_model(model: TenantModel) -> ModelOut:
     openapi_extra={"requestBody": {"required": True, "content": CERTIFY_BODY}},
     responses=problem_responses(400, 404, 413, 415, 422, 429),
 )
-def certify_inputs(
+async def certify_inputs(
     model: TenantModel,
     raw: Annotated[RawInputs, Depends(read_certify_body)],
     request: Request,
@@ -79,7 +81,17 @@ def certify_inputs(
     tenant: CurrentTenant,
     attack: Annotated[bool, Query(description="also search adversarial examples")] = False,
 ) -> CertifyOut:
-    # A `def` route: FastAPI runs it in the threadpool, so torch never blocks the event loop.
+    # torch runs on the certify threads (app.state.certify_limiter, LBDN_CERTIFY_CONCURRENCY), never
+    # on the event loop nor on the threads of the other routes; a request waiting for its turn holds
+    # no thread and no DB connection.
+    return await anyio.to_thread.run_sync(
+        _certify, model, raw, request, settings, tenant, attack, limiter=request.app.state.certify_limiter
+    )
+
+
+def _certify(
+    model: Job, raw: RawInputs, request: Request, settings: Settings, tenant: str, attack: bool
+) -> CertifyOut:
     t0 = time.perf_counter()
     metrics = request.app.state.metrics
     path = settings.job_dir(model.id) / MODEL

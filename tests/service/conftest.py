@@ -214,7 +214,9 @@ class Proc:
     def text(self) -> str:
         return self.log.read_text(errors="replace")
 
-    def wait_for(self, needle: str, timeout: float = 60.0) -> None:
+    def wait_for(self, needle: str, timeout: float = 300.0) -> None:
+        """Wait for `needle` in the log; `timeout` only guards against a hang (a loaded machine
+        can take a minute to start a Celery worker)."""
         import time
 
         end = time.monotonic() + timeout

@@ -61,24 +61,25 @@ def test_serve_runs_a_job_and_stops_on_ctrl_c(tmp_path):
     url = f"http://127.0.0.1:{port}"
     try:
         client = httpx.Client(base_url=url, timeout=30)
-        end = time.monotonic() + 60
+        end = time.monotonic() + 300  # a bound against a hang, not a speed requirement
         while time.monotonic() < end:
             try:
                 if client.get("/readyz").status_code == 200:
                     break
             except httpx.TransportError:
-                time.sleep(0.2)
+                pass
+            time.sleep(0.2)
         job = client.post(
             "/v1/jobs", json={"kind": "train", "spec": {"model": "Toy", "layer": "Sandwich", "epochs": 1}}
         ).json()
         while (status := client.get(f"/v1/jobs/{job['id']}").json()["status"]) in ("queued", "running"):
-            assert time.monotonic() < end + 60, "the job did not finish"
+            assert time.monotonic() < end + 300, "the job did not finish"
             time.sleep(0.2)
         assert status == "succeeded"
         assert (tmp_path / "var" / "jobs" / job["id"] / "model.safetensors").is_file()
     finally:
         proc.send_signal(signal.SIGINT)  # Ctrl-C
-        proc.wait(timeout=30)
+        proc.wait(timeout=300)  # the worker's warm shutdown takes 5-7 s on an idle machine
         log.seek(0)
         out = log.read()
     assert f"http://127.0.0.1:{port}" in out and "lbdn: stopped" in out

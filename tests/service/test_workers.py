@@ -168,7 +168,7 @@ def test_worker_killed_mid_training_resumes_from_checkpoint(service_factory, bro
     from worker.queue import enqueue, make_celery
 
     enqueue(make_celery(svc.settings), job_id, "train")
-    second.wait_for(f"job {job_id} is not runnable here", timeout=120)
+    second.wait_for(f"job {job_id} is not runnable here")
     assert client.get(f"/v1/jobs/{job_id}").json()["attempt"] == 1  # no second copy started
 
     done_before = _epochs_done(client, job_id)
@@ -196,14 +196,15 @@ def test_cancel_running_job_keeps_its_checkpoint(service_factory):
     svc = service_factory("embedded", "sqlite")
     svc.worker()
     client = httpx.Client(base_url=svc.url, timeout=60)
-    job_id = client.post("/v1/jobs", json={"kind": "train", "spec": {**TOY, "epochs": 200}}).json()["id"]
+    # a run too long to end by itself, whatever the machine's speed
+    job_id = client.post("/v1/jobs", json={"kind": "train", "spec": {**TOY, "epochs": 100_000}}).json()["id"]
     wait_for(client, job_id, lambda j: _epochs_done(client, job_id) >= 1, what="one epoch")
     t0 = time.monotonic()
     r = client.post(f"/v1/jobs/{job_id}/cancel")
     assert r.status_code == 200 and r.json()["cancel_requested"]
-    job = wait_for(client, job_id, lambda j: j["status"] == "cancelled", timeout=60, what="cancelled")
+    job = wait_for(client, job_id, lambda j: j["status"] == "cancelled", what="cancelled")
     print(f"cancel -> cancelled in {time.monotonic() - t0:.2f}s")
-    assert job["progress"]["epoch"] < 200 and job["finished_at"]
+    assert job["progress"]["epoch"] < 100_000 and job["finished_at"]
     names = {a["name"] for a in client.get(f"/v1/jobs/{job_id}/artifacts").json()["items"]}
     assert "checkpoint.safetensors" in names  # the last checkpoint is kept
     assert client.get(f"/v1/models/{job_id}").status_code == 404  # a cancelled run is not a model

@@ -4,7 +4,15 @@ Imported by the API and the worker alike (never by lipcore). SQLite by default, 
 """
 
 from worker.store import jobs, keys, leases, sweeps
-from worker.store.engine import init_db, make_engine, ping, session_factory, transaction
+from worker.store.engine import (
+    ReleasingSession,
+    init_db,
+    make_engine,
+    ping,
+    releasing_session_factory,
+    session_factory,
+    transaction,
+)
 from worker.store.tables import FINISHED, JOB_STATES, ApiKey, Job, JobEvent, JobMetric, Sweep, SweepJob, utcnow
 
 __all__ = [
@@ -14,12 +22,14 @@ __all__ = [
     "Job",
     "JobEvent",
     "JobMetric",
+    "ReleasingSession",
     "init_db",
     "jobs",
     "keys",
     "leases",
     "make_engine",
     "ping",
+    "releasing_session_factory",
     "Sweep",
     "SweepJob",
     "sweeps",

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, make_url, text
+from sqlalchemy.engine import Result
 from sqlalchemy.orm import Session, sessionmaker
 
 from worker.store.tables import Base
@@ -57,3 +58,64 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
 def ping(engine: Engine) -> None:
     with engine.connect() as conn:
         conn.execute(text("SELECT 1"))
+
+
+class ReleasingSession(Session):
+    """A session that holds a pooled connection only while it has work in flight.
+
+    A SELECT that leaves nothing pending ends its transaction at once (its rows are buffered
+    first), so the connection goes back to the pool before the statement returns. A write (a
+    flush, or any statement that is not a SELECT) keeps the transaction, and its connection, until
+    the caller commits or rolls back, so multi-statement writes stay atomic. The API's request
+    handlers use it: FastAPI runs a request's dependencies and its route in separate thread-pool
+    calls, and a connection kept between those calls is what let 40 waiting threads deadlock
+    against 15 connections held by requests that could not get a thread (issue 7). With this
+    session a connection is taken and given back within one thread-pool call, so no thread ever
+    waits for a connection held by a request that itself waits for a thread.
+    Reads see the database as of each statement (read committed), which every route expects.
+    """
+
+    _writing = False
+
+    def _release_if_idle(self) -> None:
+        if self._writing or self.new or self.dirty or self.deleted or self.in_nested_transaction():
+            return
+        if self.in_transaction():
+            self.commit()  # a read-only COMMIT; expire_on_commit=False keeps the loaded rows usable
+
+    def execute(self, statement: Any, *args: Any, **kwargs: Any) -> Result[Any]:  # type: ignore[override]
+        if not getattr(statement, "is_select", False):
+            self._writing = True
+            return super().execute(statement, *args, **kwargs)
+        frozen = super().execute(statement, *args, **kwargs).freeze()  # rows read before release
+        self._release_if_idle()
+        return frozen()
+
+    def scalar(self, statement: Any, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        return self.execute(statement, *args, **kwargs).scalar()
+
+    def scalars(self, statement: Any, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        return self.execute(statement, *args, **kwargs).scalars()
+
+    def flush(self, objects: Any = None) -> None:
+        if self.new or self.dirty or self.deleted:
+            self._writing = True
+        super().flush(objects)
+
+    def commit(self) -> None:
+        super().commit()
+        if not self.in_transaction():
+            self._writing = False
+
+    def rollback(self) -> None:
+        super().rollback()
+        self._writing = False
+
+    def close(self) -> None:
+        super().close()
+        self._writing = False
+
+
+def releasing_session_factory(engine: Engine) -> sessionmaker[ReleasingSession]:
+    """Sessions for request handlers (see ReleasingSession); rows stay usable after release."""
+    return sessionmaker(engine, class_=ReleasingSession, expire_on_commit=False)

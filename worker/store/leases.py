@@ -86,6 +86,28 @@ def finish(s: Session, job_id: str, owner: str, status: str, **values: Any) -> b
     return bool(done)
 
 
+def release(s: Session, job_id: str, owner: str) -> bool:
+    """Give a running job that `owner` holds back to the queue: its worker is shutting down and has
+    checkpointed it. The start does not count against max_attempts (nothing was lost), and
+    enqueued_at is cleared so the next reaper pass (or the API's start) sends it again."""
+    now = utcnow()
+    done = s.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.lease_owner == owner, Job.status == "running")
+        .values(
+            status="queued",
+            lease_owner=None,
+            lease_expires_at=None,
+            enqueued_at=None,
+            attempt=Job.attempt - 1,
+            updated_at=now,
+        )
+    ).rowcount
+    if done:
+        add_event(s, job_id, "state", {"status": "queued", "interrupted": "worker shutdown"})
+    return bool(done)
+
+
 def fail_unleased(s: Session, job_id: str, error: str) -> bool:
     """Fail a queued job that cannot run at all (e.g. its spec no longer loads)."""
     now = utcnow()
