@@ -50,15 +50,27 @@ def matmul(a: Tensor, b: Tensor) -> Tensor:
 
 
 def inverse(g: Tensor) -> Tensor:
-    """torch.linalg.inv for real or complex batches; complex through the real 2n x 2n block form.
+    """torch.linalg.inv for real or complex batches (..., n, n); the complex backward in real matmuls.
 
-    [[Re g, -Im g], [Im g, Re g]]^-1 is the same block form of g^-1. The real inverse costs twice
-    the LU flops of the complex one but its backward is two real batched matmuls, where the complex
-    backward loops over the batch on the CPU (see `matmul`). Tiny next to the data path.
+    LAPACK's complex inverse is fast (measured 3.5x faster than the real 2n x 2n block form), but
+    autograd's complex backward, -K^H G K^H, goes through the looping complex bmm (see `matmul`).
     """
     if not g.is_complex():
         return torch.linalg.inv(g)
-    n = g.shape[-1]
-    gr, gi = g.real, g.imag
-    k = torch.linalg.inv(torch.cat((torch.cat((gr, -gi), -1), torch.cat((gi, gr), -1)), -2))
-    return torch.complex(k[..., :n, :n], k[..., n:, :n])
+    return _ComplexInverse.apply(g)
+
+
+class _ComplexInverse(torch.autograd.Function):
+    @staticmethod
+    def forward(g: Tensor) -> Tensor:  # type: ignore[override]
+        return torch.linalg.inv(g)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:  # type: ignore[override]
+        ctx.save_for_backward(output)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
+        (k,) = ctx.saved_tensors
+        kh = k.mH
+        return -matmul(kh, matmul(grad, kh))
