@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from lipcore import layers as L
 from lipcore.layers.cayley import cayley, inverse, matmul
-from lipcore.layers.fourier import apply_response, kernel_fft
+from lipcore.layers.fourier import apply_response, kernel_fft, rfft2
 from lipcore.losses import build_loss
 from lipcore.models import build
 from lipcore.spec import ExperimentSpec
@@ -31,6 +31,17 @@ def test_frequency_product_is_circular_convolution(k: int, n: int, cin: int, cou
     p = k // 2
     dense = F.conv2d(F.pad(x, (p, p, p, p), mode="circular"), w)
     assert torch.allclose(apply_response(kernel_fft(w, n), x, n), dense, atol=1e-12)
+
+
+@pytest.mark.parametrize("h,w", [(8, 8), (7, 7), (6, 5), (1, 1), (2, 2)])
+def test_rfft2_gradient_matches_autograd(h: int, w: int) -> None:
+    torch.manual_seed(5)
+    x = torch.randn(3, 2, h, w, dtype=torch.float64, requires_grad=True)
+    probe = torch.randn(3, 2, h, w // 2 + 1, dtype=torch.complex128)
+    (g1,) = torch.autograd.grad((rfft2(x) * probe).real.sum(), x)
+    (g2,) = torch.autograd.grad((torch.fft.rfft2(x) * probe).real.sum(), x)
+    assert torch.equal(rfft2(x), torch.fft.rfft2(x))
+    assert torch.allclose(g1, g2, atol=1e-12)
 
 
 def test_complex_matmul_and_inverse_match_torch() -> None:
