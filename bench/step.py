@@ -7,7 +7,8 @@ A train step is forward + loss + backward + Adam on a fixed random batch of the 
 The baseline's `lipcore/` is extracted with `git archive <commit> lipcore` into a temporary folder.
 Each implementation runs in its own worker process (so both can be imported as `lipcore`); the
 parent alternates them, `--steps` steps each, for `--rounds` rounds, so both see the same machine
-load, and prints median step milliseconds, aten ops per step (torch.profiler: every `aten::` event
+load, and prints median step milliseconds (and the median of the per-round ratios, steadier when
+the load drifts), aten ops per step (torch.profiler: every `aten::` event
 of one step, nested ones included) and the ratios current / baseline. Worker processes sleep
 (blocked on a pipe) while the other one runs.
 """
@@ -129,11 +130,14 @@ def compare(args: argparse.Namespace) -> dict[str, float]:
         workers = {"baseline": Worker(base_root, args), "current": Worker(ROOT, args)}
         try:
             times: dict[str, list[float]] = {k: [] for k in workers}
+            round_ratios: list[float] = []
             for w in workers.values():
                 w.ask("time 2")  # warm-up (allocator, MKL, first-call paths)
             for r in range(args.rounds):
-                for name, w in workers.items():
-                    times[name] += w.ask(f"time {args.steps}")["times"]
+                this = {name: w.ask(f"time {args.steps}")["times"] for name, w in workers.items()}
+                for name, t in this.items():
+                    times[name] += t
+                round_ratios.append(statistics.median(this["current"]) / statistics.median(this["baseline"]))
                 print(f"round {r + 1}/{args.rounds}: " + ", ".join(
                     f"{k} {1e3 * statistics.median(v):.1f} ms" for k, v in times.items()), flush=True)
             ops = {k: w.ask("ops")["ops"] for k, w in workers.items()}
@@ -143,6 +147,9 @@ def compare(args: argparse.Namespace) -> dict[str, float]:
     ms = {k: 1e3 * statistics.median(v) for k, v in times.items()}
     result = {
         "baseline_ms": ms["baseline"], "current_ms": ms["current"], "ms_ratio": ms["current"] / ms["baseline"],
+        # The machine's load drifts between rounds; the ratio within each round (both measured
+        # back to back) is the steadier figure.
+        "round_ratio_median": statistics.median(round_ratios), "round_ratios": round_ratios,
         "baseline_ops": ops["baseline"], "current_ops": ops["current"],
         "ops_ratio": ops["current"] / ops["baseline"],
     }
@@ -174,6 +181,8 @@ def main() -> None:
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, baseline {args.baseline}", flush=True)
     r = compare(args)
     print(f"step ms   : baseline {r['baseline_ms']:.1f}  current {r['current_ms']:.1f}  ratio {r['ms_ratio']:.3f}")
+    print(f"per-round : ratios {', '.join(f'{x:.3f}' for x in r['round_ratios'])}; "
+          f"median {r['round_ratio_median']:.3f}")
     print(f"aten ops  : baseline {r['baseline_ops']}  current {r['current_ops']}  ratio {r['ops_ratio']:.3f}")
     if args.json:
         print(json.dumps(r))

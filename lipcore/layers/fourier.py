@@ -68,9 +68,12 @@ def apply_response(m: Tensor, x: Tensor, n: int) -> Tensor:
 
 
 def block_matrix(m: Tensor) -> Tensor:
-    """(F, o, i) complex -> (F, 2i, 2o) real R with [Re x | Im x] @ R = [Re(m x) | Im(m x)] per frequency."""
-    mr, mi = m.real.mT, m.imag.mT
-    return torch.cat((torch.cat((mr, mi), -1), torch.cat((-mi, mr), -1)), -2)
+    """(F, o, i) complex -> (F, 2i, 2o) real R: per frequency, x @ R = m x with complex numbers as
+    interleaved (re, im) pairs (the memory layout of complex tensors), i.e. 2 x 2 blocks
+    [[Re m_jk, Im m_jk], [-Im m_jk, Re m_jk]]."""
+    mr, mi = m.real.mT, m.imag.mT  # (F, i, o)
+    f, i, o = mr.shape
+    return torch.stack((torch.stack((mr, mi), -1), torch.stack((-mi, mr), -1)), 2).reshape(f, 2 * i, 2 * o)
 
 
 def _fft_dtype(x: Tensor) -> Tensor:
@@ -80,13 +83,13 @@ def _fft_dtype(x: Tensor) -> Tensor:
 
 
 def to_freq(x: Tensor) -> Tensor:
-    """(b, c, n, n) real -> (F, b, 2c) real: rfft2 with real parts in [..., :c], imaginary in [..., c:].
+    """(b, c, n, n) real -> (F, b, 2c) real: the rfft2, frequency-major, complex as (re, im) pairs.
 
     One copy: the rfft2 output is permuted to frequency-major order for the batched matmul.
     """
     b, c, n, _ = x.shape
-    z = torch.view_as_real(rfft2(_fft_dtype(x)))  # (b, c, n, w, 2)
-    return z.permute(2, 3, 0, 4, 1).reshape(n * (n // 2 + 1), b, 2 * c)
+    z = rfft2(_fft_dtype(x)).permute(2, 3, 0, 1).contiguous()  # (n, w, b, c) complex
+    return torch.view_as_real(z).reshape(n * (n // 2 + 1), b, 2 * c)
 
 
 def rfft2(x: Tensor) -> Tensor:
@@ -120,10 +123,14 @@ class _Rfft2(torch.autograd.Function):
 
 
 def from_freq(xf: Tensor, n: int) -> Tensor:
-    """(F, b, 2c) real (layout of `to_freq`) -> (b, c, n, n) real; inverse of `to_freq`."""
+    """(F, b, 2c) real (layout of `to_freq`) -> (b, c, n, n) real; inverse of `to_freq`.
+
+    The interleaved layout is a complex tensor already (a view, no copy); irfft2 makes the one
+    contiguous copy its c2r transform needs.
+    """
     f, b, c2 = xf.shape
-    z = _fft_dtype(xf).reshape(n, f // n, b, 2, c2 // 2).permute(2, 4, 0, 1, 3).contiguous()
-    return torch.fft.irfft2(torch.view_as_complex(z), s=(n, n))
+    z = torch.view_as_complex(_fft_dtype(xf).contiguous().view(n, f // n, b, c2 // 2, 2))
+    return torch.fft.irfft2(z.permute(2, 3, 0, 1), s=(n, n))
 
 
 class FourierConv(Reparameterized):
