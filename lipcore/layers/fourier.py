@@ -115,11 +115,12 @@ class _Rfft2(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
         h, w = ctx.shape
-        scale = torch.full((grad.shape[-1],), 0.5, dtype=grad.real.dtype, device=grad.device)
-        scale[0] = 1.0
+        # one data-sized multiply: the column weights and the n*m factor together
+        scale = torch.full((grad.shape[-1],), 0.5 * h * w, dtype=grad.real.dtype, device=grad.device)
+        scale[0] = h * w
         if w % 2 == 0:
-            scale[-1] = 1.0  # the Nyquist column has no mirror either
-        return torch.fft.irfft2(grad * scale, s=(h, w)) * (h * w)
+            scale[-1] = h * w  # the Nyquist column has no mirror either
+        return torch.fft.irfft2(grad * scale, s=(h, w))
 
 
 def from_freq(xf: Tensor, n: int) -> Tensor:
