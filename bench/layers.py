@@ -5,7 +5,8 @@
 Times are medians from torch.utils.benchmark (warm-up included) and are also printed as ratios to
 the Plain (unconstrained) baseline measured in the same process, which is what later speed-ups
 should be compared on. Train-mode forwards recompute the reparameterisation (Cayley transforms,
-rescalings) every call; eval-mode forwards reuse the cached factors.
+rescalings) every call; eval-mode forwards reuse the cached factors. "fwd+bwd ops" counts the aten ops of one forward+backward
+(torch.profiler), the CPU-side proxy of GPU kernel launches.
 """
 
 from __future__ import annotations
@@ -33,8 +34,17 @@ def timed(fn, min_time: float) -> float:
     return benchmark.Timer(stmt="fn()", globals={"fn": fn}).blocked_autorange(min_run_time=min_time).median
 
 
-def measure(module: nn.Module, x: torch.Tensor, min_time: float) -> tuple[float, float, float]:
-    """(train forward, eval forward, train forward+backward) seconds per batch."""
+def count_ops(fn) -> int:
+    """aten ops (torch.profiler events, nested ones included) of one call of fn: the launch count proxy."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return sum(1 for e in prof.events() if e.name.startswith("aten::"))
+
+
+def measure(module: nn.Module, x: torch.Tensor, min_time: float) -> tuple[float, float, float, int]:
+    """(train forward, eval forward, train forward+backward seconds per batch, fwd+bwd aten ops)."""
     module.train()
 
     def fwd() -> None:
@@ -54,10 +64,11 @@ def measure(module: nn.Module, x: torch.Tensor, min_time: float) -> tuple[float,
 
     t_train = timed(sync(fwd), min_time)
     t_fb = timed(sync(fwd_bwd), min_time)
+    ops = count_ops(fwd_bwd)
     module.eval()
     t_eval = timed(sync(fwd), min_time)
     module.train()
-    return t_train, t_eval, t_fb
+    return t_train, t_eval, t_fb, ops
 
 
 def layer_cases(c: int, n: int, f: int) -> dict[str, dict[str, nn.Module]]:
@@ -106,7 +117,7 @@ def main() -> None:
 
     for title, modules in groups.items():
         table = Table(title=title)
-        for col in ("family", "params", "train fwd ms", "eval fwd ms", "fwd+bwd ms", "fwd+bwd / Plain"):
+        for col in ("family", "params", "train fwd ms", "eval fwd ms", "fwd+bwd ms", "fwd+bwd / Plain", "fwd+bwd ops"):
             table.add_column(col, justify="right")
         rows = {}
         for name, module in modules.items():
@@ -122,7 +133,7 @@ def main() -> None:
             base = rows["Plain"][2]
             t = rows[name]
             table.add_row(name, f"{params:,}", f"{1e3 * t[0]:.2f}", f"{1e3 * t[1]:.2f}", f"{1e3 * t[2]:.2f}",
-                          f"{t[2] / base:.2f}x")
+                          f"{t[2] / base:.2f}x", f"{t[3]:,}")
         console.print(table)
 
 

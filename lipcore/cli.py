@@ -65,6 +65,10 @@ def parser() -> argparse.ArgumentParser:
     ours.add_argument("--n-examples", dest="n_examples", type=int, default=None,
                       help="evaluate on the first N test inputs (default: all)")
     ours.add_argument("--eps", type=float, nargs="+", default=[36, 72, 108], help="l2 radii in 1/255 units")
+    ours.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
+                      help="torch.compile the training step (auto: on for CUDA, off on CPU)")
+    ours.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                      help="training arithmetic (bf16 autocast); certificates are always full precision")
     return p
 
 
@@ -73,7 +77,7 @@ def spec_from_args(args: argparse.Namespace) -> ExperimentSpec:
     fields: dict[str, Any] = {
         "model": args.model, "dataset": args.dataset, "gamma": args.gamma, "seed": args.seed,
         "epochs": args.epochs, "lr": args.lr, "train_batch_size": args.train_batch_size,
-        "test_batch_size": args.test_batch_size,
+        "test_batch_size": args.test_batch_size, "compile": args.compile, "precision": args.precision,
     }
     optional = {"layer": args.layer, "scale": args.scale, "loss": args.loss, "data_path": args.data_path}
     fields.update({k: v for k, v in optional.items() if v is not None})

@@ -21,6 +21,8 @@ ModelName = Literal["DNN", "KWL", "Resnet", "Toy"]
 LayerName = Literal["Sandwich", "Orthogon", "Aol", "SLL", "Plain"]
 ScaleName = Literal["small", "medium", "large", "xlarge"]
 LossName = Literal["xent", "multimargin", "mse"]
+CompileMode = Literal["auto", "on", "off"]
+PrecisionName = Literal["fp32", "bf16"]
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,14 @@ class ExperimentSpec(BaseModel):
     cert_acc: bool = False
     train_batch_size: int = Field(256, ge=1, le=65_536)
     test_batch_size: int = Field(256, ge=1, le=65_536)
+    # Speed options of training only: they never change what is certified (certificates and the
+    # test pass always run the eager model in full precision, see lipcore.train).
+    compile: CompileMode = Field(
+        "auto", description="torch.compile the training step: auto = on for CUDA devices, off on CPU"
+    )
+    precision: PrecisionName = Field(
+        "fp32", description="training arithmetic: fp32, or bf16 autocast (reparameterisations stay fp32)"
+    )
     # Filled from DATASETS, or from the folder for image_folder (see lipcore.data.resolve_spec).
     in_channels: int | None = Field(None, ge=1, le=64)
     img_size: int | None = Field(None, ge=0, le=1024)

@@ -15,6 +15,7 @@ RNG states, and each epoch's batch order is a function of (seed, epoch) only.
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,6 +37,10 @@ from lipcore.runtime import flush_denormals, resolve_device, rng_state, seed_eve
 from lipcore.spec import ExperimentSpec
 
 LIP_BATCH = 64  # points of the final empirical Lipschitz estimate (paper: lip_batch_size)
+PROGRESS_SYNC_S = 0.5  # on GPUs, read the loss back (a host sync) at most this often
+# torch.compile backend of compile="on"/"auto"; "aot_eager" traces the same graphs without code
+# generation (the tests use it: inductor's C++ build takes minutes on a busy 2-core machine).
+COMPILE_BACKEND = os.environ.get("LBDN_COMPILE_BACKEND", "inductor")
 
 
 @dataclass
@@ -142,41 +147,45 @@ def train(
 
     total = spec.epochs * steps
     start_time, start_global = time.monotonic(), epoch0 * steps + step0
+    step_fn = train_step(model, criterion, opt, spec, dev)
+    # Host syncs (.item(), int()) stall a GPU's queue: the loss and accuracy sums stay on the device
+    # and are read only when a report needs them (see _DeviceAccum). A CPU has no queue to stall.
+    sync_every_s = 0.0 if dev.type == "cpu" else PROGRESS_SYNC_S
     for epoch in range(epoch0, spec.epochs):
         model.train()
         t0 = time.monotonic()
         first = step0 if epoch == epoch0 else 0
-        acc = accum if epoch == epoch0 else _Accum(classify=classify)
+        acc = _DeviceAccum(accum if epoch == epoch0 else _Accum(classify=classify), dev)
         lr = lr_at(epoch + first / steps, spec.epochs, spec.lr)
+        value, last_sync = float("nan"), -math.inf
         for step, (x, y) in enumerate(data.train_batches(epoch, first), start=first):
             lr = lr_at(epoch + (step + 1) / steps, spec.epochs, spec.lr)
             for group in opt.param_groups:
                 group["lr"] = lr
-            out = model(x)
-            loss = criterion(out, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            value = loss.item()
-            if not math.isfinite(value):
-                raise TrainingDiverged(
-                    f"loss became {value} at epoch {epoch + 1} step {step + 1}; "
-                    f"the learning rate {spec.lr} may be too high for this model"
-                )
-            acc.add(value, out, y)
+            loss, out = step_fn(x, y)
+            acc.add(loss, out, y)
             done = epoch * steps + step + 1
+            now = time.monotonic()
+            if now - last_sync >= sync_every_s or step + 1 == steps:
+                value, last_sync = loss.item(), now
+                if not math.isfinite(value) or not acc.finite():
+                    raise TrainingDiverged(
+                        f"loss became non-finite by epoch {epoch + 1} step {step + 1}; "
+                        f"the learning rate {spec.lr} may be too high for this model"
+                    )
             if hooks.on_progress:
-                elapsed = time.monotonic() - start_time
+                elapsed = now - start_time
                 rate = (done - start_global) / elapsed if elapsed > 0 else 0.0
                 hooks.on_progress(Progress(
                     epoch + 1, spec.epochs, step + 1, steps, done, total, value, lr, elapsed,
                     (total - done) / rate if rate > 0 else None,
                 ))
             if hooks.should_stop and hooks.should_stop():
-                checkpoint(epoch, step + 1, acc)
+                checkpoint(epoch, step + 1, acc.read())
                 log(f"Stopped at epoch {epoch + 1} step {step + 1}; checkpoint kept")
                 save_model(run_dir / MODEL, model, spec, classes=data.classes, mean=data.mean, std=data.std)
                 return TrainResult("stopped", run_dir, epoch, history, {}, resumed_from, spec, data.classes)
+        acc = acc.read()
         train_time = time.monotonic() - t0
         row = {"epoch": epoch + 1, **acc.summary(), "lr": lr, "train_time_s": train_time}
         row.update(_test_pass(model, data, criterion, spec))
@@ -219,6 +228,63 @@ class _Accum:
     def summary(self) -> dict[str, float | None]:
         n = max(self.n, 1)
         return {"train_loss": self.loss / n, "train_acc": 100.0 * self.correct / n if self.classify else None}
+
+
+class _DeviceAccum:
+    """`_Accum`'s sums kept on the device (float64, so the checkpointed floats are exact), read on demand.
+
+    The additions are the same float64 operations as `_Accum.add`, so a stopped and resumed epoch
+    reports bit-for-bit the numbers of an uninterrupted one.
+    """
+
+    def __init__(self, start: _Accum, dev: torch.device) -> None:
+        self.n, self.classify = start.n, start.classify
+        self.loss = torch.tensor(start.loss, dtype=torch.float64, device=dev)
+        self.correct = torch.tensor(start.correct, dtype=torch.int64, device=dev)
+
+    def add(self, loss: Tensor, out: Tensor, y: Tensor) -> None:
+        b = y.shape[0]
+        self.n += b
+        self.loss += loss.detach().double() * b
+        if self.classify:
+            self.correct += (out.detach().argmax(1) == y).sum()
+
+    def finite(self) -> bool:
+        return bool(torch.isfinite(self.loss))
+
+    def read(self) -> _Accum:
+        return _Accum(self.n, float(self.loss), int(self.correct), self.classify)
+
+
+def train_step(
+    model: nn.Module, criterion: Any, opt: torch.optim.Optimizer, spec: ExperimentSpec, dev: torch.device,
+) -> Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]:
+    """(x, y) -> (loss, logits) after one forward, backward and optimizer step, as `spec` asks.
+
+    spec.compile: "on" runs the forward and loss through torch.compile (backward through its
+    AOTAutograd graph); "auto" does so on CUDA only (on the CPU compiling costs minutes and saves
+    little). The eager `model` is untouched, so the test pass, certificates and checkpoints use it.
+    spec.precision "bf16": forward and loss under bf16 autocast; the reparameterisations' linear
+    algebra opts out (lipcore.layers.cayley) and parameters, gradients and Adam stay float32.
+    """
+    use_compile = spec.compile == "on" or (spec.compile == "auto" and dev.type == "cuda")
+    bf16 = spec.precision == "bf16"
+
+    def forward(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+            out = model(x)
+            return criterion(out, y).float(), out
+
+    fwd = torch.compile(forward, backend=COMPILE_BACKEND) if use_compile else forward
+
+    def step(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        loss, out = fwd(x, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss, out
+
+    return step
 
 
 def _test_pass(model: nn.Module, data: Any, criterion: Any, spec: ExperimentSpec) -> dict[str, Any]:

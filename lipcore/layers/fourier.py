@@ -2,7 +2,8 @@
 
 A circular convolution with c_out x c_in kernels acts on the 2-D rfft of its input as one
 c_out x c_in complex matrix per frequency. Frequencies are flattened to a leading batch axis F =
-n * (n // 2 + 1) so that a whole layer is one batched matmul.
+n * (n // 2 + 1) (the rfft2 half-spectrum: the other half is the complex conjugate and needs no
+work) so that a whole layer is one batched matmul, run in real arithmetic on a real-block form.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ def kernel_fft(weight: Tensor, n: int) -> Tensor:
 
     weight: (c_out, c_in, k, k) real. Returns (F, c_out, c_in) complex with F = n * (n // 2 + 1):
     the conjugated rfft2 of the kernel zero-padded to n x n and shifted by (k - 1) // 2 pixels, so
-    that `kernel_fft(w, n) @ to_freq(x)` is the cross-correlation `conv2d(x, w, padding=k//2)`
-    made circular.
+    that `apply_response(kernel_fft(w, n), x, n)` is the cross-correlation
+    `conv2d(x, w, padding=k//2)` made circular.
     """
     k = weight.shape[-1]
     if k > n:
@@ -53,20 +54,84 @@ def normalized_response(weight: Tensor, n: int, alpha: Tensor) -> Tensor:
 
 
 def apply_response(m: Tensor, x: Tensor, n: int) -> Tensor:
-    """Apply per-frequency maps m (F, o, i), or one pointwise map m (o, i), to x (b, i, n, n)."""
+    """Apply per-frequency maps m (F, o, i) complex, or one pointwise map m (o, i) real, to x.
+
+    x: (b, i, n, n) real -> (b, o, n, n) real. The per-frequency product runs as ONE real batched
+    matmul on the real-block form of m (`block_matrix`): PyTorch's CPU complex bmm loops over the
+    F matrices (thousands of small aten ops per step), and complex bmm has no bf16 autocast.
+    """
     if m.dim() == 2:
-        return F.conv2d(x, m[:, :, None, None])
-    return from_freq(m @ to_freq(x), n)
+        return F.conv2d(x, m[:, :, None, None].to(x.dtype))
+    blk = block_matrix(m)
+    xf = to_freq(x)
+    return from_freq(torch.bmm(xf, blk.to(xf.dtype)), n)
+
+
+def block_matrix(m: Tensor) -> Tensor:
+    """(F, o, i) complex -> (F, 2i, 2o) real R: per frequency, x @ R = m x with complex numbers as
+    interleaved (re, im) pairs (the memory layout of complex tensors), i.e. 2 x 2 blocks
+    [[Re m_jk, Im m_jk], [-Im m_jk, Re m_jk]]."""
+    mr, mi = m.real.mT, m.imag.mT  # (F, i, o)
+    f, i, o = mr.shape
+    return torch.stack((torch.stack((mr, mi), -1), torch.stack((-mi, mr), -1)), 2).reshape(f, 2 * i, 2 * o)
+
+
+def _fft_dtype(x: Tensor) -> Tensor:
+    # FFTs have no reduced-precision CPU kernels: under bf16 autocast a matmul output arrives here
+    # as bf16 and is widened; float32/float64 pass through untouched.
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
 def to_freq(x: Tensor) -> Tensor:
-    """(b, c, n, n) real -> (F, c, b) complex, the layout of `kernel_fft`."""
-    return rearrange(torch.fft.rfft2(x), "b c h w -> (h w) c b")
+    """(b, c, n, n) real -> (F, b, 2c) real: the rfft2, frequency-major, complex as (re, im) pairs.
+
+    One copy: the rfft2 output is permuted to frequency-major order for the batched matmul.
+    """
+    b, c, n, _ = x.shape
+    z = rfft2(_fft_dtype(x)).permute(2, 3, 0, 1).contiguous()  # (n, w, b, c) complex
+    return torch.view_as_real(z).reshape(n * (n // 2 + 1), b, 2 * c)
 
 
-def from_freq(xfft: Tensor, n: int) -> Tensor:
-    """(F, c, b) complex -> (b, c, n, n) real; inverse of `to_freq`."""
-    return torch.fft.irfft2(rearrange(xfft, "(h w) c b -> b c h w", h=n), s=(n, n))
+def rfft2(x: Tensor) -> Tensor:
+    """torch.fft.rfft2 over the last two dims, with a cheaper backward.
+
+    Autograd's rfft2 backward zero-pads the gradient to the full spectrum and runs a complex FFT of
+    it (a data-sized fill, copy and c2c per layer). The adjoint of the half-spectrum transform is one
+    irfft2: grad_x = n*m * irfft2(g with its interior columns halved), because irfft2 counts every
+    interior column twice (as the column and its conjugate mirror) and the edge columns once.
+    """
+    return _Rfft2.apply(x)
+
+
+class _Rfft2(torch.autograd.Function):
+    @staticmethod
+    def forward(x: Tensor) -> Tensor:  # type: ignore[override]
+        return torch.fft.rfft2(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:  # type: ignore[override]
+        ctx.shape = inputs[0].shape[-2:]
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
+        h, w = ctx.shape
+        # one data-sized multiply: the column weights and the n*m factor together
+        scale = torch.full((grad.shape[-1],), 0.5 * h * w, dtype=grad.real.dtype, device=grad.device)
+        scale[0] = h * w
+        if w % 2 == 0:
+            scale[-1] = h * w  # the Nyquist column has no mirror either
+        return torch.fft.irfft2(grad * scale, s=(h, w))
+
+
+def from_freq(xf: Tensor, n: int) -> Tensor:
+    """(F, b, 2c) real (layout of `to_freq`) -> (b, c, n, n) real; inverse of `to_freq`.
+
+    The interleaved layout is a complex tensor already (a view, no copy); irfft2 makes the one
+    contiguous copy its c2r transform needs.
+    """
+    f, b, c2 = xf.shape
+    z = torch.view_as_complex(_fft_dtype(xf).contiguous().view(n, f // n, b, c2 // 2, 2))
+    return torch.fft.irfft2(z.permute(2, 3, 0, 1), s=(n, n))
 
 
 class FourierConv(Reparameterized):

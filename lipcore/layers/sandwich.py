@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lipcore.layers.cayley import cayley
+from lipcore.layers.cayley import cayley, matmul
 from lipcore.layers.fourier import FourierConv, apply_response, kernel_fft, normalized_response
 from lipcore.layers.init import torch_default_
 from lipcore.layers.reparam import Reparameterized
@@ -129,7 +129,7 @@ class SandwichConvLin(_SandwichConvBase):
 
     def reparameterize(self) -> tuple[Tensor]:
         a, b = self._factors()
-        return (2 * a.mH @ b,)
+        return (2 * matmul(a.mH, b),)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self._enter(x)
