@@ -34,6 +34,10 @@ def add_spec_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--LLN", action="store_true", help="last-layer normalisation (DNN, Resnet)")
     g.add_argument("--normalized", action="store_true", help="divide inputs by the dataset std")
     g.add_argument("--cert_acc", action="store_true", help="record certified accuracy every epoch")
+    g.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
+                   help="torch.compile the training step (auto: on for CUDA, off on CPU)")
+    g.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="training arithmetic (bf16 autocast); certificates are always full precision")
     g.add_argument("--data_path", default=None,
                    help="image_folder: folder holding train/ (and test/), inside the server's data dir")
 
@@ -43,7 +47,7 @@ def spec_fields(args: argparse.Namespace) -> dict[str, Any]:
     fields: dict[str, Any] = {
         "model": args.model, "dataset": args.dataset, "gamma": args.gamma, "seed": args.seed,
         "epochs": args.epochs, "lr": args.lr, "train_batch_size": args.train_batch_size,
-        "test_batch_size": args.test_batch_size,
+        "test_batch_size": args.test_batch_size, "compile": args.compile, "precision": args.precision,
     }
     optional = {"layer": args.layer, "scale": args.scale, "loss": args.loss, "data_path": args.data_path}
     fields.update({k: v for k, v in optional.items() if v is not None})

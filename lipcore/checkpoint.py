@@ -120,7 +120,9 @@ def load_model(
             path = path / PAPER_CHECKPOINT
         else:
             raise CheckpointError(f"{path} holds neither {MODEL} nor a paper {PAPER_CHECKPOINT}")
-    if is_paper_checkpoint(path):
+    # a file named .safetensors is ours whatever its bytes: a corrupt one must say so, not be
+    # mistaken for a pickle because its first byte happens to be 0x80
+    if path.suffix != ".safetensors" and is_paper_checkpoint(path):
         return load_paper_model(path, spec, device)
     return _load_safetensors_model(path, device)
 

@@ -192,10 +192,11 @@ def train(
         history.append(row)
         write_json(run_dir / METRICS, history)
         log(_epoch_line(row, spec))
-        if hooks.on_epoch:
-            hooks.on_epoch(row)
+        # checkpoint first: an epoch a caller has seen reported is never lost to a crash
         if (epoch + 1) % checkpoint_every == 0 or epoch + 1 == spec.epochs:
             checkpoint(epoch + 1, 0, _Accum(classify=classify))
+        if hooks.on_epoch:
+            hooks.on_epoch(row)
 
     save_model(run_dir / MODEL, model, spec, classes=data.classes, mean=data.mean, std=data.std)
     summary = _summary(model, spec, history, nparams, dev, lipschitz_restarts)

@@ -22,7 +22,9 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
 
+from api.auth import current_tenant
 from api.deps import CurrentTenant, SessionDep, SettingsDep, TenantModel
+from api.problems import problem_responses
 from api.schemas import ModelOut
 from api.views import model_out
 from lipcore.rundir import MODEL
@@ -93,6 +95,9 @@ async def read_import_body(request: Request) -> ImportUpload:
     response_model=ModelOut,
     summary="Import a checkpoint (the paper's model.ckpt) as a model you can certify and evaluate",
     openapi_extra={"requestBody": {"required": True, "content": IMPORT_BODY}},
+    # the key is checked before the body is read: an unauthenticated upload gets 401, not 415
+    dependencies=[Depends(current_tenant)],
+    responses=problem_responses(400, 413, 415, 422),
 )
 def import_model(
     upload: Annotated[ImportUpload, Depends(read_import_body)],

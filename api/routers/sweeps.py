@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from pydantic import ValidationError
 
 from api.deps import CurrentTenant, SessionDep, SettingsDep
-from api.problems import validation_detail
+from api.problems import problem_responses, validation_detail
 from api.routers.jobs import _resolve_image_folder, require_json, send
 from api.schemas import (
     AttackParams,
@@ -86,6 +86,7 @@ def _evaluate(body: SweepRequest) -> dict[str, Any] | None:
 
 
 @router.post("", status_code=201, response_model=SweepOut, dependencies=[Depends(require_json)],
+             responses=problem_responses(415, 422),
              summary="Start a sweep: one training job per grid point (and evaluations as they finish)")
 def create_sweep(body: SweepRequest, request: Request, session: SessionDep, tenant: CurrentTenant,
                  settings: SettingsDep) -> SweepOut:

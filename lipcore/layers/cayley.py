@@ -12,6 +12,9 @@ from torch import Tensor
 _FULL = (torch.float32, torch.float64, torch.complex64, torch.complex128)
 
 
+_AUTOCAST_DEVICES = ("cpu", "cuda", "xpu", "mps")
+
+
 def cayley(w: Tensor) -> Tensor:
     """Map `w` of shape (..., m, n) to Q of the same shape with orthonormal columns (m >= n) or rows.
 
@@ -20,7 +23,8 @@ def cayley(w: Tensor) -> Tensor:
     invertible because its Hermitian part is I + V^H V > 0. A wide w is handled through its
     (plain, not conjugate) transpose, as in the reference implementation.
     """
-    if torch.is_autocast_enabled(w.device.type):
+    # (meta tensors, used to estimate memory, have no autocast state to ask about)
+    if w.device.type in _AUTOCAST_DEVICES and torch.is_autocast_enabled(w.device.type):
         # Reduced-precision autocast (bf16 training) must not reach the linear algebra: LU has no
         # bf16 kernels, and an orthogonal factor rounded to bf16 is no longer orthogonal.
         with torch.autocast(w.device.type, enabled=False):
