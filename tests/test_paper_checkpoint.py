@@ -42,7 +42,10 @@ def test_paper_checkpoint_reproduces_its_outputs(run: str) -> None:
     io = np.load(folder / "io.npz")
     with torch.no_grad():
         out = loaded.model(torch.from_numpy(io["x"])).numpy()
-    assert rel_error(out, io["y"]) <= 1e-5
+    # y is the paper code's float32 output, itself off the exact network: for KWL-Sandwich the
+    # float64 forward of these weights is 1.93e-5 (relative) from y, our float32 forward 1.0e-5.
+    # Float32 rounding of ~2e-5 is what "reproduces" can mean; 3e-5 leaves no room for a wrong key.
+    assert rel_error(out, io["y"]) <= 3e-5
 
 
 def test_imported_sll_bound_is_raised_not_lowered() -> None:

