@@ -1,6 +1,7 @@
 """Certified radii of a trained model for a batch of inputs (torch; runs in the threadpool).
 
-Radii are computed in model-input space (after the dataset normalisation) by lipcore.certify and
+Radii are computed in model-input space (after the dataset normalisation) by lipcore.certify, from
+the float64 copy of the model with the bound max(gamma, verified), and
 also reported in [0,1] pixel space: radius * min(std) is a pixel-space ball that normalisation maps
 inside the certified one. The optional attack gives the other side of the bracket: the smallest
 adversarial perturbation found (model-input space), an upper bound on the true distance.
@@ -111,29 +112,28 @@ def certify_batch(
     import torch
 
     from lipcore.attack import minimal_adversarial_l2
-    from lipcore.certify import certify, pixel_radius
-    from lipcore.precision import full_precision
+    from lipcore.certify import certify_model, pixel_radius
 
     model, spec = loaded.model, loaded.spec
-    xt = torch.from_numpy(x)
+    # normalised in float64: the certificate is for exactly the pixel input given
+    xt = torch.from_numpy(x).to(torch.float64)
     if scale == "pixel" and spec.img_size:
         view = (1, -1) + (1,) * (xt.dim() - 2)
         mean = torch.tensor(loaded.mean, dtype=xt.dtype).view(view)
         std = torch.tensor(loaded.std, dtype=xt.dtype).view(view)
         xt = (xt - mean) / std
-    head = getattr(model, "lln_head", None)
-    with torch.no_grad(), full_precision():
-        logits = model(xt)
-        weight = head.normalized_weight() if head is not None else None
+    # float64 copy of the model (cached per loaded model), bound max(gamma, verified)
+    cert, logits, bounds = certify_model(model, xt)
     finite = torch.isfinite(logits).all(dim=1)
     if not bool(finite.all()):  # a certificate needs finite logits; never answer with nulls
         first = int((~finite).nonzero()[0, 0])
         raise HTTPException(
-            422, f"input {first}: the model's outputs overflow float32 for this input; send smaller values"
+            422, f"input {first}: the model's outputs overflow for this input; send smaller values"
         )
-    cert = certify(logits, model.gamma, weight)
-    kind = "gamma (single output)" if logits.shape[1] == 1 else ("lln" if weight is not None else "sqrt2*gamma")
-    adversarial = minimal_adversarial_l2(model, xt, steps=attack_steps, should_stop=budget) if attack else None
+    lln = getattr(model, "lln_head", None) is not None
+    kind = "gamma (single output)" if logits.shape[1] == 1 else ("lln" if lln else "sqrt2*gamma")
+    x_attack = xt.to(next(model.parameters()).dtype)
+    adversarial = minimal_adversarial_l2(model, x_attack, steps=attack_steps, should_stop=budget) if attack else None
     if adversarial is not None:
         attacked = adversarial.radius.tolist()
         attacked_pixel = adversarial.pixel_radius(loaded.std if spec.img_size else None).tolist()
@@ -165,4 +165,5 @@ def certify_batch(
             cut_short=cut,
             reason=(budget.reason if budget is not None else None) if cut else None,
         )
-    return LipschitzBound(gamma=float(model.gamma), kind=kind), results, report
+    bound = LipschitzBound(gamma=bounds.gamma, verified=bounds.verified, used=bounds.used, kind=kind)
+    return bound, results, report

@@ -134,9 +134,18 @@ class ModelPage(BaseModel):
 
 
 class LipschitzBound(BaseModel):
-    gamma: float
+    gamma: float = Field(
+        description="the l2 Lipschitz bound the network is built to have, model-input space; for LLN "
+        "models a bound of the map from the input to the LLN head's input (not of the logits)"
+    )
+    verified: float = Field(
+        description="an upper bound on the same map verified layer by layer in float64 from the weights "
+        "the certificate uses (lipcore.certify.verified_bound); ~gamma for a sound model"
+    )
+    used: float = Field(description="max(gamma, verified): the bound the radii use")
     kind: Literal["sqrt2*gamma", "lln", "gamma (single output)"] = Field(
-        description="the bound on each logit gap used for the radius"
+        description="how each logit gap is bounded: sqrt2*used; lln: used * ||w_i - w_j|| (head rows); "
+        "single output: used"
     )
 
 

@@ -98,6 +98,7 @@ def main() -> None:
     ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     ap.add_argument("--channels", type=int, default=32)
     ap.add_argument("--features", type=int, default=1024)
+    ap.add_argument("--only-cache-guard", action="store_true", help="print only the eval-cache guard table")
     args = ap.parse_args()
     dev, dtype = torch.device(args.device), getattr(torch, args.dtype)
     console = Console()
@@ -115,7 +116,7 @@ def main() -> None:
         kwl[layer] = build(spec)
     groups["KWL small, cifar10 32x32"] = kwl
 
-    for title, modules in groups.items():
+    for title, modules in ({} if args.only_cache_guard else groups).items():
         table = Table(title=title)
         for col in ("family", "params", "train fwd ms", "eval fwd ms", "fwd+bwd ms", "fwd+bwd / Plain", "fwd+bwd ops"):
             table.add_column(col, justify="right")
@@ -135,6 +136,43 @@ def main() -> None:
             table.add_row(name, f"{params:,}", f"{1e3 * t[0]:.2f}", f"{1e3 * t[1]:.2f}", f"{1e3 * t[2]:.2f}",
                           f"{t[2] / base:.2f}x", f"{t[3]:,}")
         console.print(table)
+    cache_check_table(console, groups, args, dev, dtype)
+
+
+def cache_check_table(console: Console, groups: dict, args: argparse.Namespace, dev, dtype) -> None:
+    """What the stale-cache guard costs: comparing every reparameterised layer's parameters with the
+    exact copy its eval cache was computed from (torch.equal), against the whole eval forward."""
+    table = Table(title="eval-cache guard (exact parameter comparison) per eval forward")
+    for col in ("case", "family", "compared params", "guard ms", "eval fwd ms", "guard / eval fwd"):
+        table.add_column(col, justify="right")
+    for title, modules in groups.items():
+        for name, module in modules.items():
+            if name == "Plain":
+                continue
+            module = module.to(dev, dtype).eval()
+            layers = [m for m in module.modules() if isinstance(m, L.Reparameterized)]
+            if title.startswith("conv"):
+                x = torch.randn(args.batch, args.channels, 32, 32, device=dev, dtype=dtype)
+            elif title.startswith("fc"):
+                x = torch.randn(args.batch, args.features, device=dev, dtype=dtype)
+            else:
+                x = torch.rand(args.batch, 3, 32, 32, device=dev, dtype=dtype)
+            with torch.no_grad():
+                module(x)  # fills the caches
+
+            def guard() -> None:
+                for m in layers:
+                    assert m._cache_valid(m._cache, tuple(m.parameters(recurse=False)))
+
+            def fwd() -> None:
+                with torch.no_grad():
+                    module(x)
+
+            t_guard, t_fwd = timed(guard, args.min_time), timed(fwd, args.min_time)
+            n = sum(p.numel() for m in layers for p in m.parameters(recurse=False))
+            table.add_row(title.split(",")[0], name, f"{n:,}", f"{1e3 * t_guard:.3f}", f"{1e3 * t_fwd:.2f}",
+                          f"{100 * t_guard / t_fwd:.2f}%")
+    console.print(table)
 
 
 if __name__ == "__main__":

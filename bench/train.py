@@ -1,16 +1,20 @@
 """Training benchmarks: throughput on real CIFAR-10, and the Toy study of Table 1 beside the paper.
 
     python bench/train.py throughput [--device cuda] [--steps 20] [--models KWL-Sandwich,...]
-    python bench/train.py toy [--epochs 200] [--gammas 1,5,10] [--layers Sandwich,SLL,Orthogon,Aol]
+    python bench/train.py toy [--epochs 200] [--seeds 123,43,13,7,365] [--gammas 1,5,10]
+                              [--layers Sandwich,SLL,Orthogon,Aol] [--out toy.json]
 
 throughput: images/second of training steps (augmentation on the device, forward, backward, Adam)
 and of evaluation (eval-mode forward) for each layer family, on the real CIFAR-10 JPEGs of
 ../shared/datasets (unpacked once into ~/.cache/lbdn-bench, read as an image folder), with each
 family's ratio to the Plain network measured in the same process.
 
-toy: trains the Toy network of Table 1 for every layer and gamma (the paper's 200 epochs by
-default) and prints its Lipschitz tightness (empirical lower bound / gamma) next to the paper's
-numbers, read from ../shared/paper-results.md.
+toy: trains the Toy network of Table 1 for every layer, gamma and seed (the paper's 200 epochs by
+default) and prints its Lipschitz tightness (empirical lower bound / gamma) as mean +- sample
+standard deviation over the seeds, with the range, next to the paper's numbers (read from
+../shared/paper-results.md). A single seed misleads: tightness at gamma 10 moves by several points
+from seed to seed. `--out` keeps every finished run in a JSON file; a rerun with the same file
+skips the runs already there, so a long sweep can be interrupted and continued.
 """
 
 from __future__ import annotations
@@ -143,35 +147,63 @@ def paper_table1(path: Path) -> dict[tuple[str, str], float]:
     return out
 
 
+def _spread(values: list[float]) -> tuple[float, float, float, float]:
+    """(mean, sample std (0 for one value), min, max) of a non-empty list."""
+    m = sum(values) / len(values)
+    sd = (sum((v - m) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else 0.0
+    return m, sd, min(values), max(values)
+
+
 def toy(args: argparse.Namespace) -> None:
+    import json
+
     from lipcore.evaluate import evaluate_toy
     from lipcore.train import train
 
     paper = paper_table1(SHARED / "paper-results.md")
     gammas, layers = args.gammas.split(","), args.layers.split(",")
-    ours: dict[tuple[str, str], float] = {}
+    seeds = [int(s) for s in (args.seeds or str(args.seed)).split(",")]
+    out = Path(args.out) if args.out else None
+    done: dict[str, dict] = json.loads(out.read_text()) if out and out.exists() else {}
     with tempfile.TemporaryDirectory() as tmp:
-        for layer in layers:
-            for g in gammas:
-                spec = ExperimentSpec(model="Toy", layer=layer, gamma=float(g), epochs=args.epochs, seed=args.seed)
-                t0 = time.monotonic()
-                run = train(spec, Path(tmp) / f"{layer}-{g}", device=args.device, lipschitz_restarts=0)
-                result = evaluate_toy(run.run_dir / "model.safetensors", device=args.device, restarts=10)
-                ours[(layer, g)] = 100 * result["tightness"]
-                console.print(f"{layer:9s} gamma {g:>3s}: tightness {ours[(layer, g)]:6.2f}% "
-                              f"(paper {paper.get((layer, g), float('nan')):.1f}%), test mse "
-                              f"{run.metrics[-1]['test_loss']:.4f}, {time.monotonic() - t0:.0f} s")
-    table = Table(title=f"Table 1: Lipschitz tightness (%), Toy, {args.epochs} epochs, seed {args.seed}")
+        for seed in seeds:
+            for layer in layers:
+                for g in gammas:
+                    key = f"{layer}|{g}|{seed}|{args.epochs}"
+                    if key in done or args.report_only:
+                        continue
+                    spec = ExperimentSpec(model="Toy", layer=layer, gamma=float(g), epochs=args.epochs, seed=seed)
+                    t0 = time.monotonic()
+                    run = train(spec, Path(tmp) / f"{layer}-{g}-{seed}", device=args.device, lipschitz_restarts=0)
+                    result = evaluate_toy(run.run_dir / "model.safetensors", device=args.device, restarts=10)
+                    done[key] = {"layer": layer, "gamma": g, "seed": seed, "epochs": args.epochs,
+                                 "tightness": 100 * result["tightness"],
+                                 "test_mse": run.metrics[-1]["test_loss"], "seconds": time.monotonic() - t0}
+                    if out:
+                        out.write_text(json.dumps(done, indent=1))
+                    console.print(f"seed {seed:4d} {layer:9s} gamma {g:>3s}: tightness "
+                                  f"{done[key]['tightness']:6.2f}% (paper {paper.get((layer, g), float('nan')):.1f}%), "
+                                  f"test mse {done[key]['test_mse']:.4f}, {done[key]['seconds']:.0f} s")
+    table = Table(title=f"Table 1: Lipschitz tightness (%), Toy, {args.epochs} epochs, "
+                        f"mean +- std [min, max] over seeds {','.join(map(str, seeds))}")
     table.add_column("layer")
     for g in gammas:
         table.add_column(f"gamma {g}: ours", justify="right")
         table.add_column("paper", justify="right")
+    md = ["| layer | " + " | ".join(f"gamma {g}" for g in gammas) + " |", "|---" * (len(gammas) + 1) + "|"]
     for layer in layers:
         row = [layer]
         for g in gammas:
-            row += [f"{ours[(layer, g)]:.2f}", f"{paper.get((layer, g), float('nan')):.1f}"]
+            vals = [done[k]["tightness"] for s in seeds if (k := f"{layer}|{g}|{s}|{args.epochs}") in done]
+            cell = "-"
+            if vals:
+                m, sd, lo, hi = _spread(vals)
+                cell = f"{m:.1f} +- {sd:.1f} [{lo:.1f}, {hi:.1f}]" + ("" if len(vals) == len(seeds) else f" (n={len(vals)})")
+            row += [cell, f"{paper.get((layer, g), float('nan')):.1f}"]
         table.add_row(*row)
+        md.append("| " + " | ".join([layer] + [f"{row[1 + 2 * i]} ({row[2 + 2 * i]})" for i in range(len(gammas))]) + " |")
     console.print(table)
+    print("\n".join(md))  # the same table in Markdown, ours (paper), for the README
 
 
 def main() -> None:
@@ -185,7 +217,10 @@ def main() -> None:
     y = sub.add_parser("toy")
     y.add_argument("--device", default="auto")
     y.add_argument("--epochs", type=int, default=200)
-    y.add_argument("--seed", type=int, default=123)
+    y.add_argument("--seed", type=int, default=123, help="one seed (ignored when --seeds is given)")
+    y.add_argument("--seeds", default=None, help="comma-separated seeds, e.g. 123,43,13,7,365")
+    y.add_argument("--out", default=None, help="JSON file of finished runs (continued when it exists)")
+    y.add_argument("--report-only", action="store_true", help="print the table of the runs in --out, train nothing")
     y.add_argument("--gammas", default="1,5,10")
     y.add_argument("--layers", default="Sandwich,SLL,Orthogon,Aol")
     args = ap.parse_args()

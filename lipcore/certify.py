@@ -1,9 +1,19 @@
-"""Certificates of gamma-Lipschitz classifiers and the empirical Lipschitz lower bound.
+"""Certificates of Lipschitz-bounded classifiers, the verified float64 bound, and the empirical
+Lipschitz lower bound.
 
-If every logit gap f_i - f_j is L_ij-Lipschitz (l2) in the model input, no perturbation with
-||delta||_2 < min_j (f_i - f_j) / L_ij can change the prediction i. For a gamma-Lipschitz network
-L_ij = sqrt(2) * gamma; with a last-layer normalisation (LLN) head of unit rows w, L_ij =
-gamma * ||w_i - w_j|| where gamma bounds the map from input to the head's input.
+What is certified. If every logit gap f_i - f_j is L_ij-Lipschitz (l2) in the model input, no
+perturbation with ||delta||_2 < min_j (f_i - f_j) / L_ij can change the prediction i. With a
+bound L on the whole network L_ij = sqrt(2) L; with a last-layer normalisation (LLN) head of unit
+rows w, L_ij = L ||w_i - w_j|| where L bounds the map from the input to the head's *input* (for LLN
+models gamma does not bound the logits: the head adds up to ||W||_2).
+
+Which bound. L = max(gamma, verified): gamma is the bound the network is built to have;
+`verified_bound(model)` re-derives a bound layer by layer in float64 from the exact weights the
+certificate uses. Certification (`certify_model`, `model_certificate`, training-time certified
+accuracy, --mode eval, the API) runs the network itself in float64: a float64 copy of the model
+whose reparameterisations (Cayley transforms, rescalings) are computed in float64, so float32
+rounding of the factors (||W||_2 up to 1 + 2e-3 for large alphas) never enters a certificate.
+The float64 forward's own rounding (~1e-15 relative per layer) is not folded in.
 
 All radii here are in **model-input space** (after the dataset normalisation). To express one in
 [0, 1] pixel space multiply by min(std) of the normalisation (see `pixel_radius`).
@@ -14,7 +24,10 @@ rows with NaN or infinite logits are not certifiable: predicted class -1, radius
 
 from __future__ import annotations
 
+import copy
 import math
+import threading
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -49,12 +62,15 @@ def _check(logits: Tensor, gamma: float | None) -> float:
 
 
 def certify(
-    logits: Tensor, gamma: float | None, lln_weight: Tensor | None = None, threshold: float = 0.5
+    logits: Tensor, gamma: float | None, *, lln_weight: Tensor | None, threshold: float = 0.5
 ) -> Certificate:
     """Certified l2 radius (model-input space) of each prediction of a gamma-Lipschitz classifier.
 
-    logits: (batch, classes). gamma: the network's l2 Lipschitz bound (to the LLN head's input when
-    `lln_weight` is given). lln_weight: (classes, features) unit-norm rows of an LLN head, or None.
+    Prefer `certify_model(model, x)`, which takes the head and the bound from the model. Here
+    logits: (batch, classes). gamma: an l2 Lipschitz bound of the network (for LLN models: of the
+    map to the LLN head's input). lln_weight (keyword, required): the (classes, features) unit-norm
+    rows of the model's LLN head, or None for a model without one; it must be given explicitly
+    because the sqrt(2) gamma used without it is wrong for LLN models.
     A single output (batch, 1), such as the Toy regression, is certified as the decision
     f(x) > threshold: predicted 1 or 0, margin |f - threshold|, radius margin / gamma (one output
     moves by at most gamma * ||delta||; there is no pair of logits, hence no sqrt 2).
@@ -115,44 +131,180 @@ def lln_distances(w: Tensor) -> Tensor:
     return torch.stack([(row - w).norm(dim=1) for row in w])
 
 
-def certified_radius(logits: Tensor, gamma: float | None, lln_weight: Tensor | None = None) -> Tensor:
+def certified_radius(logits: Tensor, gamma: float | None, *, lln_weight: Tensor | None) -> Tensor:
     """(batch,) float64 certified radii in model-input space; see `certify`."""
-    return certify(logits, gamma, lln_weight).radius
+    return certify(logits, gamma, lln_weight=lln_weight).radius
 
 
 def certified_correct(
-    logits: Tensor, labels: Tensor, gamma: float | None, radii: Sequence[float] = PAPER_RADII,
-    lln_weight: Tensor | None = None,
+    logits: Tensor, labels: Tensor, gamma: float | None, radii: Sequence[float] = PAPER_RADII, *,
+    lln_weight: Tensor | None, std: Sequence[float] | None = None,
 ) -> dict[float, int]:
-    """Number of inputs classified correctly *and* certified at radius > eps, for each eps."""
-    cert = certify(logits, gamma, lln_weight)
+    """Number of inputs classified correctly *and* certified at radius > eps, for each eps.
+
+    Without `std` the radii eps are in model-input space; with the dataset's `std` they are in
+    [0, 1] pixel space (each certified radius is converted with `pixel_radius` first).
+    """
+    cert = certify(logits, gamma, lln_weight=lln_weight)
     correct = cert.predicted == labels.to(cert.predicted.device)
-    return {float(eps): int((correct & (cert.radius > eps)).sum()) for eps in radii}
+    radius = pixel_radius(cert.radius, std)
+    return {float(eps): int((correct & (radius > eps)).sum()) for eps in radii}
 
 
 def certified_accuracy(
-    logits: Tensor, labels: Tensor, gamma: float | None, radii: Sequence[float] = PAPER_RADII,
-    lln_weight: Tensor | None = None,
+    logits: Tensor, labels: Tensor, gamma: float | None, radii: Sequence[float] = PAPER_RADII, *,
+    lln_weight: Tensor | None, std: Sequence[float] | None = None,
 ) -> dict[float, float]:
-    """Fraction (0..1) of inputs classified correctly with a certified radius > eps, per eps."""
-    counts = certified_correct(logits, labels, gamma, radii, lln_weight)
+    """Fraction (0..1) of inputs classified correctly with a certified radius > eps, per eps
+    (model-input space, or pixel space when `std` is given; see `certified_correct`)."""
+    counts = certified_correct(logits, labels, gamma, radii, lln_weight=lln_weight, std=std)
     n = max(len(labels), 1)
     return {eps: c / n for eps, c in counts.items()}
 
 
-def model_certificate(model: nn.Module, x: Tensor) -> Certificate:
-    """Run `model` on `x` in eval mode at full precision and certify its predictions."""
+# ---- float64 certification and the verified bound ---------------------------------------------
+
+_F64_LOCK = threading.Lock()
+_F64: weakref.WeakKeyDictionary[nn.Module, dict] = weakref.WeakKeyDictionary()
+
+
+def float64_model(model: nn.Module) -> nn.Module:
+    """A float64 eval-mode copy of `model`, cached per model while its parameters are unchanged.
+
+    Its reparameterisations run in float64, so the effective weights a certificate uses are the
+    float64 ones (the float32 model's factors are not orthogonal to better than ~1e-6..1e-3).
+    The cache is checked by exact comparison with the model's parameters and buffers on every
+    call, so a model trained further gets a fresh copy. Thread-safe (the API certifies from
+    several threads).
+    """
+    tensors = [t.detach() for t in list(model.parameters()) + list(model.buffers())]
+    with _F64_LOCK:
+        entry = _F64.get(model)
+        if entry is not None and _same(entry["source"], tensors):
+            return entry["model"]
+        copy64 = copy.deepcopy(model).to(torch.float64).eval()
+        for p in copy64.parameters():
+            p.grad = None  # deepcopy carries a training model's gradients; the copy needs none
+            p.requires_grad_(False)
+        _F64[model] = {"source": [t.clone() for t in tensors], "model": copy64, "verified": None}
+        return copy64
+
+
+def release_float64_model(model: nn.Module) -> None:
+    """Drop the cached float64 copy of `model` (training does so after each test pass, so the copy
+    and its snapshot do not hold device memory while the model trains on)."""
+    with _F64_LOCK:
+        _F64.pop(model, None)
+
+
+def _same(saved: list[Tensor], now: list[Tensor]) -> bool:
+    return len(saved) == len(now) and all(
+        a.dtype == b.dtype and a.device == b.device and a.shape == b.shape and torch.equal(a, b)
+        for a, b in zip(saved, now)
+    )
+
+
+def _module_bound(module: nn.Module) -> float:
+    """Verified bound of one module of a network's body (float64)."""
+    own = getattr(module, "lipschitz_bound", None)
+    if callable(own):
+        return float(own())
+    if isinstance(module, (nn.Flatten, nn.Identity, nn.ReLU, nn.Dropout)):
+        return 1.0  # isometries / 1-Lipschitz elementwise maps (Dropout: eval mode only)
+    if isinstance(module, nn.Sequential):
+        bound = 1.0
+        for m in module:
+            bound *= _module_bound(m)
+        return bound
+    if isinstance(module, nn.AvgPool2d):
+        k = module.kernel_size if isinstance(module.kernel_size, int) else module.kernel_size[0]
+        stride = module.stride if isinstance(module.stride, int) else module.stride[0]
+        if stride == k and module.padding in (0, (0, 0)) and module.kernel_size in (k, (k, k)):
+            # non-overlapping k x k windows: ||sum of k^2 entries|| <= k ||entries||, then / divisor
+            divisor = module.divisor_override or k * k
+            return k / divisor
+    raise TypeError(f"no verified Lipschitz bound for {type(module).__name__}; "
+                    "add a lipschitz_bound() method to it")
+
+
+def verified_bound(model: nn.Module) -> float:
+    """Upper bound on the l2 Lipschitz constant of `model`, verified in float64 from its weights.
+
+    The bound is the product of per-layer bounds (`lipschitz_bound()` of each layer, see
+    lipcore.layers.bounds) computed from the float64 effective weights that `certify_model` runs,
+    so it is a bound for exactly the network that produces the certified logits. For an LLN model
+    it bounds the map from the input to the LLN head's input, as gamma does (the head enters the
+    certificate through its row distances). Sandwich layers are checked through their defining
+    inequality: the measured orthogonality residual eps of [A B] enters as sqrt(1 + 4 eps ||B||^2);
+    SLL and AOL layers through Schur's test on their Gram sums; orthogonal and linear layers
+    through exact singular values (per frequency for circular convolutions). Each product carries
+    float64 rounding allowances (~1e-13 relative). A model whose layers are all 1-Lipschitz by
+    construction gets verified ~ gamma * (1 + 1e-13); a value far above gamma exposes a layer
+    whose construction failed. Raises ValueError for models without a bound (Plain layers).
+    """
+    if getattr(model, "gamma", 0.0) is None:
+        raise ValueError("this model has no Lipschitz bound (Plain layers), so it cannot be certified")
+    m64 = float64_model(model)
+    entry = _F64.get(model)
+    if entry is not None and entry["model"] is m64 and entry["verified"] is not None:
+        return entry["verified"]
+    modules = list(m64.body) if hasattr(m64, "body") else [m64]
+    if getattr(m64, "lln_head", None) is not None:
+        modules = modules[:-1]
+    with torch.no_grad(), full_precision():
+        bound = 1.0
+        for m in modules:
+            bound *= _module_bound(m)
+    bound *= 1 + 4 * len(modules) * 2.0**-53
+    if entry is not None and entry["model"] is m64:
+        entry["verified"] = bound
+    return bound
+
+
+@dataclass(frozen=True)
+class BoundReport:
+    """The Lipschitz bounds behind a certificate (for LLN models: of the map to the head's input)."""
+
+    gamma: float  # the bound the network is built to have
+    verified: float  # verified_bound(model), float64, from the served weights
+
+    @property
+    def used(self) -> float:
+        """The bound the radius uses: max(gamma, verified)."""
+        return max(self.gamma, self.verified)
+
+    def as_dict(self) -> dict[str, float]:
+        return {"gamma": self.gamma, "verified": self.verified}
+
+
+def bound_report(model: nn.Module) -> BoundReport:
+    """gamma and verified bound of a certifiable model (ValueError for Plain models)."""
     gamma = getattr(model, "gamma", None)
-    head = getattr(model, "lln_head", None)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), full_precision():
-            logits = model(x)
-            w = head.normalized_weight() if head is not None else None
-    finally:
-        model.train(was_training)
-    return certify(logits, gamma, w)
+    if gamma is None:
+        raise ValueError("this model has no Lipschitz bound (Plain layers), so it cannot be certified")
+    return BoundReport(float(gamma), verified_bound(model))
+
+
+def certify_model(model: nn.Module, x: Tensor, batch_size: int = 1024) -> tuple[Certificate, Tensor, BoundReport]:
+    """Certify `model`'s predictions on `x` (batch, ...) given in model-input space.
+
+    Runs the float64 copy of the model (eval mode, full precision) and certifies its float64
+    logits with the bound max(gamma, verified) and, for LLN models, the head's float64 rows.
+    Returns (certificate, logits (batch, classes) float64, bounds); radii in model-input space.
+    """
+    report = bound_report(model)
+    m64 = float64_model(model)
+    head = getattr(m64, "lln_head", None)
+    with torch.no_grad(), full_precision():
+        x64 = x.detach().to(torch.float64)
+        logits = torch.cat([m64(xb) for xb in x64.split(batch_size)]) if len(x64) else m64(x64)
+        w = head.normalized_weight() if head is not None else None
+    return certify(logits, report.used, lln_weight=w), logits, report
+
+
+def model_certificate(model: nn.Module, x: Tensor) -> Certificate:
+    """Certificates of `model` on `x` (model-input space); see `certify_model`."""
+    return certify_model(model, x)[0]
 
 
 def pixel_radius(radius: Tensor | float, std: Sequence[float] | None) -> Tensor | float:

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lipcore.certify import certify, empirical_lipschitz, pixel_radius
+from lipcore.certify import certify_model, empirical_lipschitz, pixel_radius
 from lipcore.checkpoint import LoadedModel, load_model
 from lipcore.precision import full_precision
 from lipcore.progress import Progress
@@ -70,7 +70,9 @@ def evaluate_robustness(
     """l2 AutoAttack at each eps (in 1/255 units, pixel space) on the first `n_examples` test inputs.
 
     Returns {"n", "clean_acc", "certified_acc": {eps: %}, "autoattack_acc": {eps: %},
-    "certificate_violations": {eps: count}, "eps", "version", "attacks", "units", "seconds"}.
+    "certificate_violations": {eps: count}, "eps", "version", "attacks", "units", "seconds",
+    "lipschitz_bound": {"gamma", "verified"}} (no bound for Plain models). Certificates come from
+    the float64 copy of the model with the bound max(gamma, verified); see lipcore.certify.
     Inputs are attacked `batch_size` at a time: `should_stop` is polled and `on_progress` called
     between batches, and `state_dir` keeps AutoAttack's progress per (eps, batch), so an
     interrupted evaluation resumes where it stopped.
@@ -94,9 +96,12 @@ def evaluate_robustness(
     t0 = time.monotonic()
     with torch.no_grad(), full_precision():
         logits = torch.cat([wrapped(xb) for xb in x.split(batch_size)])
-    head = getattr(model, "lln_head", None)
-    cert = certify(logits, getattr(model, "gamma", None), head.normalized_weight() if head else None) \
-        if getattr(model, "gamma", None) is not None else None
+    cert, bounds = None, None
+    if getattr(model, "gamma", None) is not None:
+        # certificates from the float64 copy of the model on the same normalised inputs
+        mean64 = torch.tensor(loaded.mean, dtype=torch.float64, device=x.device).view(1, -1, 1, 1)
+        std64 = torch.tensor(loaded.std, dtype=torch.float64, device=x.device).view(1, -1, 1, 1)
+        cert, _, bounds = certify_model(model, (x.to(torch.float64) - mean64) / std64, batch_size)
     correct = logits.argmax(1) == y
     n = len(y)
     result: dict[str, Any] = {
@@ -104,6 +109,9 @@ def evaluate_robustness(
         "autoattack_acc": {}, "certificate_violations": {}, "eps": list(eps), "version": version_used,
         "attacks": attacks, "units": "l2 eps/255 in [0,1] pixel space",
     }
+    if bounds is not None:
+        # certified_acc uses max(gamma, verified); for LLN models both bound the map to the head input
+        result["lipschitz_bound"] = bounds.as_dict()
     log(f"clean accuracy {result['clean_acc']:.2f}% on {n} test inputs")
     starts = range(0, n, batch_size)
     total = len(eps) * len(starts)
@@ -131,7 +139,9 @@ def evaluate_robustness(
         key = f"{e:g}"
         result["autoattack_acc"][key] = 100.0 * robust.float().mean().item()
         if cert is not None:
-            certified = correct & (pixel_radius(cert.radius, loaded.std) > radius)
+            # correct by the float64 certificate's own prediction (the float32 logits may differ
+            # from it only at ties, and a certified input is never near a tie)
+            certified = (cert.predicted == y) & (pixel_radius(cert.radius, loaded.std) > radius)
             result["certified_acc"][key] = 100.0 * certified.float().mean().item()
             result["certificate_violations"][key] = int((certified & ~robust).sum())
         log(

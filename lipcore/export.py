@@ -247,15 +247,14 @@ def standard_layer(layer: nn.Module, circular: str = "dft") -> nn.Module:
             relu = getattr(layer, "activation", False)
             return _enter(layer, nn.Sequential(conv, nn.ReLU()) if relu else conv)
         if isinstance(layer, L.SLLBlockFc):
-            (t,) = layer.effective()
-            return SLLFc(layer.weights.detach().float(), layer.bias.detach().float(), t.detach().float())
+            w, b, t = layer.effective()  # one reparameterisation: W, b and t that the forward applies
+            return SLLFc(w.detach().float(), b.detach().float(), t.detach().float())
         if isinstance(layer, L.SLLBlockConv):
-            (t,) = layer.effective()
-            k = _double(layer.kernel)
+            k, b, t = (_double(v) for v in layer.effective())  # as the forward applies them
             inner, channels, ks = k.shape[0], k.shape[1], k.shape[-1]
             up = nn.ConvTranspose2d(inner, channels, ks, padding=layer.padding, bias=False)
             up.weight.copy_((k * _double(t)[:, None, None, None]).float())
-            return Residual(nn.Sequential(_conv(k.float(), layer.bias, layer.padding), nn.ReLU(), up))
+            return Residual(nn.Sequential(_conv(k.float(), b.float(), layer.padding), nn.ReLU(), up))
         if isinstance(layer, L.PaddingChannels):
             w = torch.zeros(layer.out_channels, layer.in_channels, 1, 1)
             w[torch.arange(layer.in_channels), torch.arange(layer.in_channels)] = layer.scale
@@ -304,11 +303,18 @@ def bound_metadata(model: nn.Module) -> dict[str, Any]:
     gamma: the l2 Lipschitz bound (model-input space -> logits, or -> the LLN head's input), None
     for Plain networks. head: "lln" (with "lln_weight", the unit-norm rows actually applied,
     (classes, features)), "sqrt2" (pair bound sqrt2 * gamma) or "single" (one output: gamma).
-    The lead adds the machine-verified bound here (lipcore.certify.verified_bound) once merged.
+    verified_bound: lipcore.certify.verified_bound of the network's float64 reparameterisation (an
+    upper bound on its Lipschitz constant checked from the weights); a consumer certifies with
+    max(gamma, verified_bound), as lipcore does. The exported operators hold those weights rounded
+    to float32 (relative error ~1e-7), which this bound does not cover.
     """
     gamma = getattr(model, "gamma", None)
     head = getattr(model, "lln_head", None)
     out: dict[str, Any] = {"gamma": None if gamma is None else float(gamma)}
+    if gamma is not None:
+        from lipcore.certify import verified_bound
+
+        out["verified_bound"] = float(verified_bound(model))
     if head is not None:
         with torch.no_grad():
             out["head"] = "lln"
@@ -414,7 +420,8 @@ def certify_onnx(path: str | Path, x: Tensor | Any) -> Any:
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     logits = session.run(["logits"], {"x": np.asarray(x, dtype=np.float32)})[0]
     w = torch.tensor(meta["lln_weight"], dtype=torch.float64) if meta.get("head") == "lln" else None
-    return certify(torch.from_numpy(logits), meta["gamma"], w)
+    bound = max(meta["gamma"], meta.get("verified_bound") or 0.0)  # as lipcore.certify.certify_model
+    return certify(torch.from_numpy(logits), bound, lln_weight=w)
 
 
 __all__ = [

@@ -75,9 +75,11 @@ FORCED: dict[str, dict[str, Any]] = {
 class ExperimentSpec(BaseModel):
     """One experiment of the paper's command line, resolved and validated.
 
-    Field names follow `main.py` (`lln` is `--LLN`). `gamma` is the l2 Lipschitz bound of the whole
-    network from model input (after normalisation) to logits; it is None only for unconstrained
-    (`Plain`) networks, which the paper trains without a bound.
+    Field names follow `main.py` (`lln` is `--LLN`). `gamma` is the l2 Lipschitz bound of the
+    network from model input (after normalisation) to logits, or, with `lln`, to the input of the
+    LLN head (the head's unit rows then bound each logit gap f_i - f_j by gamma ||w_i - w_j||; the
+    logit map itself can exceed gamma). It is None only for unconstrained (`Plain`) networks,
+    which the paper trains without a bound.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
@@ -86,7 +88,8 @@ class ExperimentSpec(BaseModel):
     layer: LayerName | None = None
     scale: ScaleName | None = None
     gamma: float | None = Field(
-        1.0, gt=0, allow_inf_nan=False, description="Lipschitz bound (l2), > 0; None only for Plain"
+        1.0, gt=0, allow_inf_nan=False, description="Lipschitz bound (l2, model-input space) to the logits, or with LLN to the "
+        "LLN head's input; > 0; None only for Plain"
     )
     dataset: str = Field("tiny_imagenet", description=f"one of {', '.join(DATASET_NAMES)}")
     data_path: str | None = Field(

@@ -2,8 +2,10 @@
 
 Adam (no weight decay) with a per-step piecewise-linear learning rate 0 -> lr at 2/5 of the epochs
 -> lr/20 at 4/5 -> 0 at the end; after every epoch a test pass (loss, accuracy and, with
-`cert_acc`, certified accuracy at 36/72/108 / 255, LLN-aware); at the end the empirical Lipschitz
-lower bound and its ratio to gamma.
+`cert_acc`, certified accuracy at 36/72/108 / 255 in [0, 1] pixel space, the same quantity as
+eval.json: radii from the float64 copy of the model with max(gamma, verified bound), LLN-aware,
+converted with min(std) when inputs are normalised); at the end the empirical Lipschitz lower
+bound and its ratio to gamma, and the verified bound beside gamma.
 
 A run directory holds `spec.json`, `metrics.json` (one object per epoch), `log.txt`,
 `checkpoint.safetensors` (resumable), `model.safetensors` (final weights) and `summary.json`.
@@ -26,7 +28,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from lipcore.certify import PAPER_RADII, certified_correct, empirical_lipschitz
+from lipcore.certify import (
+    PAPER_RADII, bound_report, certified_correct, empirical_lipschitz, float64_model, release_float64_model,
+)
 from lipcore.checkpoint import load_train_state, save_model, save_train_state
 from lipcore.losses import build_loss
 from lipcore.models import build
@@ -289,30 +293,39 @@ def train_step(
 
 
 def _test_pass(model: nn.Module, data: Any, criterion: Any, spec: ExperimentSpec) -> dict[str, Any]:
+    """Test loss and accuracy (the float32 model) and, with `cert_acc`, certified accuracy at the
+    paper's radii in [0, 1] pixel space (the float64 copy of the model, bound max(gamma, verified))."""
     model.eval()
     t0 = time.monotonic()
     n, loss, correct = 0, 0.0, 0
     certified = dict.fromkeys(PAPER_RADII, 0)
     classify = spec.model != "Toy"
-    head = getattr(model, "lln_head", None)
+    certifying = bool(spec.cert_acc and classify and getattr(model, "gamma", None) is not None)
+    if certifying:
+        bound = bound_report(model).used
+        m64 = float64_model(model)
+        head = getattr(m64, "lln_head", None)
     with torch.no_grad(), full_precision():
-        w = head.normalized_weight() if head is not None else None
+        w = head.normalized_weight() if certifying and head is not None else None
         for x, y in data.test_batches():
             out = model(x)
             loss += criterion(out, y).item() * y.shape[0]
             n += y.shape[0]
             if classify:
                 correct += int((out.argmax(1) == y).sum())
-                if spec.cert_acc:
-                    for eps, c in certified_correct(out, y, spec.gamma, PAPER_RADII, w).items():
+                if certifying:
+                    logits64 = m64(x.to(torch.float64))
+                    counts = certified_correct(logits64, y, bound, PAPER_RADII, lln_weight=w, std=data.std)
+                    for eps, c in counts.items():
                         certified[eps] += c
     row: dict[str, Any] = {
         "test_loss": loss / max(n, 1),
         "test_acc": 100.0 * correct / max(n, 1) if classify else None,
         "test_time_s": time.monotonic() - t0,
     }
-    if spec.cert_acc and classify:
+    if certifying:
         row.update({cert_key(eps): 100.0 * c / max(n, 1) for eps, c in certified.items()})
+        release_float64_model(model)
     return row
 
 
@@ -324,7 +337,7 @@ def _epoch_line(row: dict[str, Any], spec: ExperimentSpec) -> str:
     if row.get("test_acc") is not None:
         line += f", acc: {row['train_acc']:.1f}/{row['test_acc']:.1f}"
     if spec.cert_acc and cert_key(PAPER_RADII[0]) in row:
-        line += ", cert: " + "/".join(f"{row[cert_key(e)]:.1f}" for e in PAPER_RADII)
+        line += ", cert (pixel l2): " + "/".join(f"{row[cert_key(e)]:.1f}" for e in PAPER_RADII)
     return line + f", 100lr: {100 * row['lr']:.3f}"
 
 
@@ -333,6 +346,10 @@ def _summary(
     dev: torch.device, restarts: int,
 ) -> dict[str, Any]:
     summary: dict[str, Any] = {"params": nparams, "epochs": len(history), "gamma": spec.gamma}
+    if getattr(model, "gamma", None) is not None:
+        # for LLN models both bound the map to the head's input (see lipcore.certify)
+        summary["lipschitz_bound"] = bound_report(model).as_dict()
+        release_float64_model(model)
     if history:
         last = history[-1]
         summary.update({k: v for k, v in last.items() if k.startswith(("test_", "cert_acc_"))})

@@ -89,6 +89,7 @@ def test_resumed_image_run_ends_with_identical_weights(folder: Path, tmp_path: P
     assert resumed.status == "completed"
     assert resumed.resumed_from == expect_from
     assert_same_weights(full.run_dir, part)
+    assert full.summary["lipschitz_bound"]["verified"] <= spec.gamma * (1 + 1e-9)
     assert strip_times(resumed.metrics) == strip_times(full.metrics)
     assert strip_times(json.loads((part / METRICS).read_text())) == strip_times(full.metrics)
 
@@ -107,6 +108,8 @@ def test_toy_run_writes_the_run_directory(tmp_path: Path) -> None:
     summary = json.loads((tmp_path / SUMMARY).read_text())
     assert 0 < summary["lipschitz_lower_bound"] <= 5.0 * (1 + 1e-4)
     assert summary["tightness"] == pytest.approx(summary["lipschitz_lower_bound"] / 5.0)
+    assert summary["lipschitz_bound"]["gamma"] == 5.0
+    assert summary["lipschitz_lower_bound"] <= summary["lipschitz_bound"]["verified"] <= 5.0 * (1 + 1e-9)
     state = load_train_state(tmp_path / CHECKPOINT)
     assert state.position["epoch"] == 6 and len(state.history) == 6
 

@@ -31,3 +31,42 @@ def test_kwl_sandwich_learns_real_cifar10_with_certificates(cifar_slice: Path, t
     assert last["cert_acc_36"] > 0.0, result.metrics
     assert last["cert_acc_36"] <= last["test_acc"]
     assert 0 < result.summary["lipschitz_lower_bound"] <= spec.gamma * (1 + 1e-4)
+
+
+def test_normalized_cert_acc_is_pixel_space(cifar_slice: Path, tmp_path: Path) -> None:
+    """With --normalized, metrics.json's cert_acc_36/72/108 count inputs certified at 36/72/108 /255
+    in [0, 1] pixel space (radius * min(std)), the quantity of eval.json, recomputed here from the
+    saved model; the model-space count (what was reported before) is larger."""
+    import json
+    import math
+
+    import torch
+
+    from lipcore.certify import PAPER_RADII, certify_model, pixel_radius
+    from lipcore.checkpoint import load_model
+    from lipcore.data import load_data
+
+    spec = ExperimentSpec(model="KWL", layer="Sandwich", scale="small", gamma=1.0, dataset="image_folder",
+                          data_path=str(cifar_slice), loss="xent", epochs=3, train_batch_size=128,
+                          test_batch_size=300, cert_acc=True, normalized=True)
+    result = train(spec, tmp_path / "run", data_dir=tmp_path / "data", lipschitz_restarts=0)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())[-1]
+    loaded = load_model(tmp_path / "run" / "model.safetensors")
+    data = load_data(result.spec, tmp_path / "data")
+    assert min(data.std) < 0.3  # really normalised
+    x = torch.cat([xb for xb, _ in data.test_batches()])
+    y = torch.cat([yb for _, yb in data.test_batches()])
+    cert, _, bounds = certify_model(loaded.model, x)
+    assert bounds.verified <= spec.gamma * (1 + 1e-9)
+    correct = cert.predicted == y
+    n = len(y)
+    model_space = {}
+    for eps in PAPER_RADII:
+        key = f"cert_acc_{round(eps * 255)}"
+        pixel = 100.0 * int((correct & (pixel_radius(cert.radius, loaded.std) > eps)).sum()) / n
+        assert math.isclose(metrics[key], pixel, abs_tol=1e-9), (key, metrics[key], pixel)
+        model_space[key] = 100.0 * int((correct & (cert.radius > eps)).sum()) / n
+    print("pixel", {k: metrics[k] for k in model_space}, "model space", model_space)
+    # the two spaces really differ here, so the check above would catch a model-space count
+    assert any(model_space[k] > metrics[k] for k in model_space), (model_space, metrics)
+    assert result.summary["cert_acc_36"] == metrics["cert_acc_36"]

@@ -3,6 +3,12 @@
 The free weight W is rescaled by D = diag(sum_j |W^T W|_ij)^(-1/2) (fully connected: on the input
 side) or by the output-channel analogue computed from K * K^T (convolutions, zero padding k // 2);
 then ||W D||_2 <= 1. Parameters: `weights` (out, in) or `kernel` (out, in, k, k), `bias` (out).
+
+Underflow: W D is unchanged when W is multiplied by any s > 0, so the Gram sums are formed from
+W / max|W| (entries <= 1). A Gram sum below `underflow_floor` (where products flushed to zero or
+denormal could make it too small, i.e. the scale too large) gives scale 0 for that row or column:
+zeroing part of a matrix whose AOL bound holds keeps the bound. Weights at 1e-30 or exactly 0 thus
+give a layer of norm <= 1, never the blow-up of a clamped 1 / sqrt(tiny).
 """
 
 from __future__ import annotations
@@ -11,17 +17,30 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lipcore.layers.bounds import aol_conv_bound, spectral_norm
 from lipcore.layers.init import xavier_
 from lipcore.layers.reparam import Reparameterized
 
 
-def _rsqrt_clamped(total: Tensor) -> Tensor:
-    # A zero row/column has a zero sum; clamping keeps its scale finite (it multiplies zeros).
-    return torch.rsqrt(total.clamp_min(torch.finfo(total.dtype).tiny))
+def underflow_floor(dtype: torch.dtype, terms: int) -> float:
+    """Smallest sum of `terms` products (of entries <= 1) trusted to relative accuracy eps:
+    each product lost to flush-to-zero or denormals is below `tiny`, so terms * tiny / eps."""
+    fi = torch.finfo(dtype)
+    return terms * fi.tiny / fi.eps
 
 
-def _rsqrt_rowsum(gram: Tensor, dims: tuple[int, ...]) -> Tensor:
-    return _rsqrt_clamped(gram.abs().sum(dims))
+def safe_rsqrt(total: Tensor, terms: int) -> Tensor:
+    """total^-1/2 where total is a trustworthy sum of `terms` products, else 0 (see module doc)."""
+    ok = total > underflow_floor(total.dtype, terms)
+    return torch.where(ok, torch.rsqrt(torch.where(ok, total, torch.ones_like(total))), torch.zeros_like(total))
+
+
+def normalized(w: Tensor) -> Tensor:
+    """w / max|w| (detached scale; exactly 0 stays 0): the AOL and SLL maps are scale-invariant,
+    and entries <= 1 keep the Gram sums out of the underflow range."""
+    s = w.detach().abs().amax()
+    ok = s >= torch.finfo(w.dtype).tiny  # a denormal maximum is treated as the zero matrix
+    return torch.where(ok, w / torch.where(ok, s, torch.ones_like(s)), torch.zeros_like(w))
 
 
 def gram_abs_rowsum(w: Tensor, block: int = 2048) -> Tensor:
@@ -57,13 +76,17 @@ class _AolLinearBase(Reparameterized):
         xavier_(self.weights, self.bias)
 
     def reparameterize(self) -> tuple[Tensor]:
-        w = self.weights
-        return (w * _rsqrt_clamped(gram_abs_rowsum(w))[None, :],)
+        w = normalized(self.weights)
+        return (w * safe_rsqrt(gram_abs_rowsum(w), w.shape[0] * w.shape[1])[None, :],)
 
     def forward(self, x: Tensor) -> Tensor:
         (w,) = self.effective()
         y = F.linear(self.scale * x, w, self.bias)
         return F.relu(y) if self.activation else y
+
+    def lipschitz_bound(self) -> float:
+        """|scale| * ||W D||_2 (exact SVD in float64 of the served weight)."""
+        return abs(self.scale) * spectral_norm(self.effective()[0])
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, scale={self.scale:g}"
@@ -100,14 +123,19 @@ class _AolConvBase(Reparameterized):
         xavier_(self.kernel, self.bias)
 
     def reparameterize(self) -> tuple[Tensor]:
-        k = self.kernel
+        k = normalized(self.kernel)
         kkt = F.conv2d(k, k, padding=k.shape[-1] - 1)  # (out, out, 2k-1, 2k-1)
-        return (k * _rsqrt_rowsum(kkt, (1, 2, 3))[:, None, None, None],)
+        terms = k.shape[1] * k.shape[2] * k.shape[3] * kkt.shape[1] * kkt.shape[2] * kkt.shape[3]
+        return (k * safe_rsqrt(kkt.abs().sum((1, 2, 3)), terms)[:, None, None, None],)
 
     def forward(self, x: Tensor) -> Tensor:
         (k,) = self.effective()
         y = F.conv2d(self.scale * x, k, self.bias, padding=self.padding)
         return F.relu(y) if self.activation else y
+
+    def lipschitz_bound(self) -> float:
+        """|scale| * Schur bound of the served zero-padded convolution (any input size)."""
+        return abs(self.scale) * aol_conv_bound(self.effective()[0], self.kernel)
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel.shape[-1]}, scale={self.scale:g}"

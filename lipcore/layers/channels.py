@@ -22,6 +22,10 @@ class PaddingChannels(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return F.pad(self.scale * x, (0, 0, 0, 0, 0, self.out_channels - self.in_channels))
 
+    def lipschitz_bound(self) -> float:
+        """Zero-padding is an isometry: the bound is |scale|."""
+        return abs(self.scale)
+
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}, scale={self.scale:g}"
 
@@ -38,6 +42,10 @@ class PaddingFeatures(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return F.pad(self.scale * x, (0, self.out_features - self.in_features))
 
+    def lipschitz_bound(self) -> float:
+        """Zero-padding is an isometry: the bound is |scale|."""
+        return abs(self.scale)
+
     def extra_repr(self) -> str:
         return f"{self.in_features}, {self.out_features}, scale={self.scale:g}"
 
@@ -53,6 +61,10 @@ class FirstChannel(nn.Module):
         if x.shape[1] < self.out:
             raise ValueError(f"FirstChannel({self.out}) got only {x.shape[1]} channels")
         return self.scale * x[:, : self.out]
+
+    def lipschitz_bound(self) -> float:
+        """Truncation has norm 1: the bound is |scale|."""
+        return abs(self.scale)
 
     def extra_repr(self) -> str:
         return f"{self.out}, scale={self.scale:g}"

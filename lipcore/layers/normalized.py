@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lipcore.layers.bounds import spectral_norm
 from lipcore.layers.init import torch_default_
 from lipcore.layers.reparam import Reparameterized
 
@@ -34,6 +35,10 @@ class LinearNormalized(Reparameterized):
 
     def forward(self, x: Tensor) -> Tensor:
         return F.linear(self.scale * x, self.normalized_weight(), self.bias)
+
+    def lipschitz_bound(self) -> float:
+        """|scale| * ||W||_2 of the whole head (certificates use the sharper pair distances instead)."""
+        return abs(self.scale) * spectral_norm(self.effective()[0])
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, scale={self.scale:g}"

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lipcore.layers.bounds import hermitian_response, spectral_norm
 from lipcore.layers.cayley import cayley
 from lipcore.layers.fourier import FourierConv, apply_response, kernel_fft, normalized_response
 from lipcore.layers.init import torch_default_
@@ -36,6 +37,10 @@ class _OrthogonLinearBase(Reparameterized):
         (q,) = self.effective()
         y = F.linear(self.scale * x, q, self.bias)
         return F.relu(y) if self.activation else y
+
+    def lipschitz_bound(self) -> float:
+        """|scale| * ||Q||_2, exact SVD in float64 of the served Q (1 up to rounding)."""
+        return abs(self.scale) * spectral_norm(self.effective()[0])
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, scale={self.scale:g}"
@@ -74,6 +79,10 @@ class _OrthogonConvBase(FourierConv):
         (q,) = self.effective()
         y = apply_response(q, x, self.n) + self.bias[:, None, None]
         return F.relu(y) if self.activation else y
+
+    def lipschitz_bound(self) -> float:
+        """|scale| * max over frequencies of ||Q(f)||_2 of the served real operator (float64)."""
+        return abs(self.scale) * spectral_norm(hermitian_response(self.effective()[0], self.n))
 
 
 class OrthogonConv(_OrthogonConvBase):

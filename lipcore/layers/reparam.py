@@ -2,13 +2,19 @@
 
 Sandwich, orthogonal, AOL, SLL and LLN layers never store the weights they apply; they derive them
 (Cayley transforms, rescalings) from free parameters. In training mode that derivation runs on every
-forward so gradients reach the parameters. In eval mode it runs once and is reused, and the cache is
-keyed on the *identity, version and storage* of every parameter, so it is refreshed automatically
-after an optimizer step, `load_state_dict`, `.to()` / `.double()` or any in-place write that
-autograd sees. No "dummy forward" is ever needed, and a stale cache cannot serve an output.
+forward so gradients reach the parameters. In eval mode it runs once and is reused.
 
-One blind spot is PyTorch's own: writes through `param.data` bypass the version counter. Code that
-edits parameters that way must call `invalidate_caches(model)` afterwards.
+Why the eval cache cannot be stale: it keeps an exact copy of the raw parameters it was computed
+from, and every eval-mode forward compares the live parameters with that copy (`torch.equal`, one
+pass over the parameters, cheap next to the Cayley transforms it saves; bench/layers.py measures
+it). Any write is seen, whatever path it took: optimizer steps (including fused Adam, which does not
+bump the autograd version counter), writes through `param.data`, numpy views, `load_state_dict`,
+`.to()` / `.double()`. A forward therefore always uses tensors of *one* reparameterisation, computed
+from exactly the parameters the layer holds at that moment; layers must take every tensor their
+forward needs (weights included) from `effective()`, never mix in live parameters.
+
+The price is one extra copy of each reparameterised layer's parameters while it is in eval mode.
+`invalidate_caches(model)` frees the caches (never needed for correctness).
 """
 
 from __future__ import annotations
@@ -24,41 +30,46 @@ class Reparameterized(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self._cache: tuple[tuple[Tensor, ...], tuple[int, ...], tuple[Tensor, ...]] | None = None
+        # (exact copy of the raw parameters, effective weights computed from them) or None
+        self._cache: tuple[tuple[Tensor, ...], tuple[Tensor, ...]] | None = None
 
     def reparameterize(self) -> tuple[Tensor, ...]:
         """Effective weights from the free parameters (differentiable)."""
         raise NotImplementedError
 
+    def lipschitz_bound(self) -> float:
+        """Upper bound (float64, rounding included) on the l2 Lipschitz constant of this layer's
+        forward, from the layer's input (before `scale`) to its output, computed from the exact
+        tensors `effective()` serves. See lipcore.layers.bounds and lipcore.certify.verified_bound."""
+        raise NotImplementedError(f"{type(self).__name__} has no verified Lipschitz bound")
+
     def effective(self) -> tuple[Tensor, ...]:
-        """The effective weights: fresh in training mode, cached (and detached) in eval mode."""
+        """The effective weights: fresh in training mode; in eval mode cached (detached) and reused
+        while the parameters are bit-for-bit those the cache was computed from."""
         if self.training:
             self._cache = None
             return self.reparameterize()
         params = tuple(self.parameters(recurse=False))
         cache = self._cache
         if cache is not None and self._cache_valid(cache, params):
-            return cache[2]
+            return cache[1]
         with torch.no_grad():
+            snapshot = tuple(p.detach().clone() for p in params)
             value = self.reparameterize()
-        # Holding detached views keeps the old storage alive, so a data_ptr match really means
-        # "same storage" (no reuse of a freed address), and views share the version counter.
-        self._cache = (tuple(p.detach() for p in params), tuple(p._version for p in params), value)
+        self._cache = (snapshot, value)
         return value
 
     @staticmethod
     def _cache_valid(cache: Any, params: tuple[Tensor, ...]) -> bool:
-        refs, versions, _ = cache
-        if len(refs) != len(params):
+        snapshot, _ = cache
+        if len(snapshot) != len(params):
             return False
-        for ref, version, p in zip(refs, versions, params):
-            if (
-                ref._version != version
-                or ref.data_ptr() != p.data_ptr()
-                or ref.dtype != p.dtype
-                or ref.device != p.device
-                or ref.shape != p.shape
-            ):
+        for ref, p in zip(snapshot, params):
+            if ref.dtype != p.dtype or ref.device != p.device or ref.shape != p.shape:
+                return False
+            # torch.equal is False where either side holds NaN: a NaN parameter recomputes every
+            # time, which is correct (and such a model is not certifiable anyway).
+            if not torch.equal(ref, p.detach()):
                 return False
         return True
 
@@ -66,7 +77,7 @@ class Reparameterized(nn.Module):
         self._cache = None
 
     # Device/dtype moves and state-dict loads drop the cache eagerly, so no copy of the old
-    # storage outlives them (the version checks above would catch them anyway).
+    # parameters outlives them (the comparison above would catch them anyway).
     def _apply(self, fn: Any, recurse: bool = True) -> nn.Module:  # type: ignore[override]
         self._cache = None
         return super()._apply(fn, recurse)
@@ -77,12 +88,12 @@ class Reparameterized(nn.Module):
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_cache"] = None  # deepcopy/pickle must not carry references to the source storage
+        state["_cache"] = None  # deepcopy/pickle need not carry the cache (it is recomputed on demand)
         return state
 
 
 def invalidate_caches(model: nn.Module) -> None:
-    """Drop every eval-mode cache in `model` (only needed after writes through `param.data`)."""
+    """Drop every eval-mode cache in `model` to free its memory (never needed for correctness)."""
     for module in model.modules():
         if isinstance(module, Reparameterized):
             module.invalidate()

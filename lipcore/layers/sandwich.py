@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lipcore.layers.bounds import hermitian_response, sandwich_bound, spectral_norm
 from lipcore.layers.cayley import cayley, matmul
 from lipcore.layers.fourier import FourierConv, apply_response, kernel_fft, normalized_response
 from lipcore.layers.init import torch_default_
@@ -64,6 +65,11 @@ class SandwichFc(_SandwichLinearBase):
         z = F.relu(F.linear(self.scale * x, b_in, self.bias))
         return z @ a_out
 
+    def lipschitz_bound(self) -> float:
+        """|scale| * the sandwich inequality checked on the served factors (bounds.sandwich_bound)."""
+        a_out, b_in = self.effective()
+        return abs(self.scale) * sandwich_bound(a_out.mT, b_in, self.psi)
+
 
 class SandwichLin(_SandwichLinearBase):
     """Last (linear) sandwich layer: y = B (scale x) + b, or y = 2 A^T B (scale x) + b with `ab=True`."""
@@ -81,6 +87,10 @@ class SandwichLin(_SandwichLinearBase):
     def forward(self, x: Tensor) -> Tensor:
         (w,) = self.effective()
         return F.linear(self.scale * x, w, self.bias)
+
+    def lipschitz_bound(self) -> float:
+        """|scale| * ||W||_2 (exact SVD in float64 of the served weight)."""
+        return abs(self.scale) * spectral_norm(self.effective()[0])
 
 
 class _SandwichConvBase(FourierConv):
@@ -123,6 +133,12 @@ class SandwichConv(_SandwichConvBase):
         z = apply_response(b_in, x, self.n) + self.bias[:, None, None]
         return apply_response(a_out, F.relu(z), self.n)
 
+    def lipschitz_bound(self) -> float:
+        """|scale| * the sandwich inequality per frequency of the served real operators."""
+        a_out, b_in = self.effective()
+        m, n = hermitian_response(a_out, self.n), hermitian_response(b_in, self.n)
+        return abs(self.scale) * sandwich_bound(m, n, self.psi)
+
 
 class SandwichConvLin(_SandwichConvBase):
     """Convolutional sandwich without activation: y = 2 A^H B x + b per frequency."""
@@ -135,3 +151,7 @@ class SandwichConvLin(_SandwichConvBase):
         x = self._enter(x)
         (m,) = self.effective()
         return apply_response(m, x, self.n) + self.bias[:, None, None]
+
+    def lipschitz_bound(self) -> float:
+        """|scale| * max over frequencies of ||2 A(f)^H B(f)||_2 of the served real operator."""
+        return abs(self.scale) * spectral_norm(hermitian_response(self.effective()[0], self.n))

@@ -1,8 +1,15 @@
 """SDP-based Lipschitz residual blocks, SLL (Araujo et al., ICLR 2023), a baseline of the paper.
 
-y = x - 2 W^T T relu(W x + b) with T = diag(2 / sum_j |W W^T|_ij q_j / q_i) is 1-Lipschitz for any
-nonzero q. Parameters: `weights` (inner, features) or `kernel` (inner, channels, k, k), `bias`
-(inner), `q` (inner).
+y = x - W^T diag(t) relu(W x + b) with t_i = 2 / (sum_j |W W^T|_ij q_j / q_i) is 1-Lipschitz for
+any nonzero q (t = 2 T^-1 in the notation of Araujo et al.). Parameters: `weights` (inner,
+features) or `kernel` (inner, channels, k, k), `bias` (inner), `q` (inner).
+
+The forward takes W, b and t all from `effective()`, one reparameterisation, never the live
+parameters beside a cached t. Underflow: the block is unchanged when (W, b) is divided by any
+s > 0 (t scales by s^2) and when q is scaled, so the effective tensors are (W / s, b / s, t) with
+s = max|W| and q / max q; Gram sums too small to be trusted (products flushed to zero could make
+t too large) give t_i = 0, which keeps the SLL condition (a smaller t always does). Weights at 1e-30
+or exactly 0 thus give a 1-Lipschitz block (exactly 0: the identity), never a blown-up t.
 """
 
 from __future__ import annotations
@@ -11,12 +18,30 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lipcore.layers.aol import underflow_floor
+from lipcore.layers.bounds import sll_bound
 from lipcore.layers.init import xavier_
 from lipcore.layers.reparam import Reparameterized
 
 
-def _clamp_tiny(t: Tensor) -> Tensor:
-    return t.clamp_min(torch.finfo(t.dtype).tiny)
+def _normalized(w: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    """(w / s, b / s) with s = max|w| detached; a zero (or denormal) w gives (0, b)."""
+    s = w.detach().abs().amax()
+    ok = s >= torch.finfo(w.dtype).tiny
+    s1 = torch.where(ok, s, torch.ones_like(s))
+    return torch.where(ok, w / s1, torch.zeros_like(w)), torch.where(ok, b / s1, b)
+
+
+def _unit_max(q: Tensor) -> Tensor:
+    """q / max q (detached) for q >= 0; all-zero q stays zero."""
+    m = q.detach().amax()
+    return q / torch.where(m > 0, m, torch.ones_like(m))
+
+
+def _safe_t(num: Tensor, den: Tensor, terms: int) -> Tensor:
+    """num / den where den is a trustworthy sum of `terms` products (entries <= 1), else 0."""
+    ok = den > underflow_floor(den.dtype, terms)
+    return torch.where(ok, num / torch.where(ok, den, torch.ones_like(den)), torch.zeros_like(den))
 
 
 class SLLBlockFc(Reparameterized):
@@ -35,23 +60,32 @@ class SLLBlockFc(Reparameterized):
         self.q = nn.Parameter(torch.rand(inner, **kw))
         xavier_(self.weights, self.bias)
 
-    def reparameterize(self) -> tuple[Tensor]:
-        w = self.weights
+    def reparameterize(self) -> tuple[Tensor, Tensor, Tensor]:
+        """(W / s, b / s, t): the weights, bias and diagonal the forward applies."""
+        w, b = _normalized(self.weights, self.bias)
         q = self.q.abs()
         gram = (w @ w.T).abs()
+        terms = w.shape[0] * w.shape[1]
         if self.reference_epsilon:
             # The published code: epsilon on 1/q_i only. T_i is then too large by (q_i + eps) / q_i,
             # and the block's Lipschitz constant can reach 1 + 2 eps / q_i (one neuron shows it).
             # Kept only to reproduce the reference numbers.
-            return (2 * (q + self.epsilon) / _clamp_tiny((gram * q[None, :]).sum(1)),)
-        # The same epsilon in every q_j keeps T an exact instance of the SLL bound.
-        qe = q + self.epsilon
-        return (2 * qe / _clamp_tiny((gram * qe[None, :]).sum(1)),)
+            qmax = q.detach().amax().clamp_min(1.0)
+            return w, b, _safe_t(2 * (q + self.epsilon) / qmax, (gram * (q / qmax)[None, :]).sum(1), terms)
+        # The same epsilon in every q_j keeps t an exact instance of the SLL bound.
+        qe = _unit_max(q + self.epsilon)
+        return w, b, _safe_t(2 * qe, (gram * qe[None, :]).sum(1), terms)
 
     def forward(self, x: Tensor) -> Tensor:
-        (t,) = self.effective()
-        res = F.relu(F.linear(x, self.weights, self.bias))
-        return x - F.linear(t * res, self.weights.T)
+        w, b, t = self.effective()
+        res = F.relu(F.linear(x, w, b))
+        return x - F.linear(t * res, w.T)
+
+    def lipschitz_bound(self) -> float:
+        """SLL's condition checked on the served (W, t) in float64; see bounds.sll_bound."""
+        w, _, t = self.effective()
+        q = self.q.detach().abs() + (0.0 if self.reference_epsilon else self.epsilon)
+        return sll_bound(w, t, q, conv=False)
 
     def extra_repr(self) -> str:
         return f"features={self.features}, inner={self.inner}"
@@ -71,17 +105,24 @@ class SLLBlockConv(Reparameterized):
         self.q = nn.Parameter(torch.randn(inner, **kw))
         xavier_(self.kernel, self.bias)
 
-    def reparameterize(self) -> tuple[Tensor]:
-        k = self.kernel
+    def reparameterize(self) -> tuple[Tensor, Tensor, Tensor]:
+        """(K / s, b / s, t): the kernel, bias and diagonal the forward applies."""
+        k, b = _normalized(self.kernel, self.bias)
         kkt = F.conv2d(k, k, padding=k.shape[-1] - 1)  # (inner, inner, 2k-1, 2k-1)
-        q = self.q.abs()
-        # 2 / (sum_j |q_j kkt_ij| / q_i), written without dividing by q_i (q_i = 0 gives T_i = 0).
-        return (2 * q / _clamp_tiny((q[None, :, None, None] * kkt).abs().sum((1, 2, 3))),)
+        q = _unit_max(self.q.abs())
+        terms = k.shape[1] * k.shape[2] * k.shape[3] * kkt.shape[1] * kkt.shape[2] * kkt.shape[3]
+        # 2 / (sum_j |q_j kkt_ij| / q_i), written without dividing by q_i (q_i = 0 gives t_i = 0).
+        return k, b, _safe_t(2 * q, (q[None, :, None, None] * kkt).abs().sum((1, 2, 3)), terms)
 
     def forward(self, x: Tensor) -> Tensor:
-        (t,) = self.effective()
-        res = F.relu(F.conv2d(x, self.kernel, self.bias, padding=self.padding))
-        return x - F.conv_transpose2d(t[None, :, None, None] * res, self.kernel, padding=self.padding)
+        k, b, t = self.effective()
+        res = F.relu(F.conv2d(x, k, b, padding=self.padding))
+        return x - F.conv_transpose2d(t[None, :, None, None] * res, k, padding=self.padding)
+
+    def lipschitz_bound(self) -> float:
+        """SLL's condition checked on the served (K, t) in float64; see bounds.sll_bound."""
+        k, _, t = self.effective()
+        return sll_bound(k, t, self.q.detach().abs(), conv=True)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, inner={self.inner}, kernel_size={self.kernel.shape[-1]}"

@@ -8,7 +8,9 @@ from lipcore.layers import LinearNormalized
 
 
 class LipschitzNet(nn.Module):
-    """A network with an l2 Lipschitz bound `gamma` (None when unconstrained) from input to logits.
+    """A network with an l2 Lipschitz bound `gamma` (None when unconstrained) from input to logits,
+    or, when the last layer is an LLN head, from input to the head's input (the logit map is then
+    bounded by gamma ||W||_2 only; certificates use the head's pair distances, lipcore.certify).
 
     Subclasses put `sqrt(gamma)` as the `scale` of the first and the last layer, as the paper does,
     and set `self.body`, the nn.Sequential that maps inputs to outputs.

@@ -42,7 +42,9 @@ def test_png_json_and_npy_agree_with_lipcore(client, kwl):
         f"/v1/models/{kwl}/certify", content=buf.getvalue(), headers={"content-type": "application/x-npy"}
     ).json()
     assert by_png["input_shape"] == [3, 32, 32]
-    assert by_png["lipschitz_bound"] == {"gamma": 2.0, "kind": "sqrt2*gamma"}
+    bound = by_png["lipschitz_bound"]
+    assert (bound["gamma"], bound["kind"]) == (2.0, "sqrt2*gamma")
+    assert 0 < bound["verified"] <= 2.0 * (1 + 1e-9) and bound["used"] == max(2.0, bound["verified"])
     loaded = load_model(client.app.state.settings.job_dir(kwl) / "model.safetensors")
     xm = (torch.from_numpy(x) - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
     with torch.no_grad():
@@ -53,7 +55,7 @@ def test_png_json_and_npy_agree_with_lipcore(client, kwl):
             top2 = np.sort(r["logits"])[-2:]
             assert r["predicted"] == int(np.argmax(r["logits"])) and r["class_name"] == CLASSES[r["predicted"]]
             assert math.isclose(r["margin"], top2[1] - top2[0], rel_tol=1e-6)
-            assert math.isclose(r["radius"], r["margin"] / (math.sqrt(2) * 2.0), rel_tol=1e-9)
+            assert math.isclose(r["radius"], r["margin"] / (math.sqrt(2) * bound["used"]), rel_tol=1e-9)
             assert math.isclose(r["radius_pixel"], r["radius"] * min(STD), rel_tol=1e-9)
             assert r["attack_radius"] is None
     assert len(client.app.state.model_cache) == 1  # loaded once, then served from the LRU
@@ -74,7 +76,9 @@ def test_attack_brackets_the_certificate(client, kwl):
 def test_single_output_toy_and_unbounded_models(client, trained_model):
     toy = trained_model(client.app, "local", {"model": "Toy", "layer": "Sandwich", "epochs": 1, "gamma": 4.0})
     res = client.post(f"/v1/models/{toy}/certify", json={"inputs": [[0.1], [-1.0]], "scale": "model"}).json()
-    assert res["lipschitz_bound"] == {"gamma": 4.0, "kind": "gamma (single output)"}
+    bound = res["lipschitz_bound"]
+    assert (bound["gamma"], bound["kind"]) == (4.0, "gamma (single output)")
+    assert 0 < bound["verified"] <= 4.0 * (1 + 1e-9) and bound["used"] == max(4.0, bound["verified"])
     for r in res["results"]:
         (f,) = r["logits"]
         assert r["predicted"] == int(f > 0.5) and math.isclose(r["margin"], abs(f - 0.5), rel_tol=1e-9)

@@ -120,9 +120,11 @@ def test_end_to_end(service_factory, tmp_path, broker, db, with_kwl):
 
     xs = [[-0.8], [0.1], [0.9]]  # the Toy regression's 1-D inputs (model space)
     cert = client.post(f"/v1/models/{toy_id}/certify", json={"inputs": xs, "scale": "model"}).json()
-    assert cert["lipschitz_bound"] == {"gamma": 2.0, "kind": "gamma (single output)"}
+    bound = cert["lipschitz_bound"]
+    assert (bound["gamma"], bound["kind"]) == (2.0, "gamma (single output)")
+    assert bound["verified"] <= 2.0 * (1 + 1e-9) and bound["used"] == max(2.0, bound["verified"])
     for r in cert["results"]:
-        assert math.isclose(r["radius"], r["margin"] / 2.0, rel_tol=1e-9)
+        assert math.isclose(r["radius"], r["margin"] / bound["used"], rel_tol=1e-9)
 
     assert client.get("/readyz").json()["checks"] == {"database": "ok", "broker": "ok"}
     if not with_kwl:
@@ -137,11 +139,12 @@ def test_end_to_end(service_factory, tmp_path, broker, db, with_kwl):
     ]
     cert = client.post(f"/v1/models/{kwl_id}/certify", files=images)
     assert cert.status_code == 200, cert.text
-    gamma = cert.json()["lipschitz_bound"]["gamma"]
-    assert cert.json()["lipschitz_bound"]["kind"] == "sqrt2*gamma" and gamma == 1.0
+    bound = cert.json()["lipschitz_bound"]
+    assert bound["kind"] == "sqrt2*gamma" and bound["gamma"] == 1.0
+    assert bound["verified"] <= 1.0 + 1e-9 and bound["used"] == max(1.0, bound["verified"])
     for r in cert.json()["results"]:
         assert r["class_name"] in model["classes"]
-        assert math.isclose(r["radius"], r["margin"] / (math.sqrt(2) * gamma), rel_tol=1e-9)
+        assert math.isclose(r["radius"], r["margin"] / (math.sqrt(2) * bound["used"]), rel_tol=1e-9)
     assert {m["id"] for m in client.get("/v1/models").json()["items"]} == {toy_id, kwl_id}
 
 
