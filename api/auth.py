@@ -21,9 +21,9 @@ from sqlalchemy import select
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.problems import problem
-from worker.settings import Settings
-from worker.store import keys
-from worker.store.tables import ApiKey
+from core.settings import Settings
+from core.store import keys
+from core.store.tables import ApiKey
 
 OPEN_TENANT = "local"  # the tenant of every request in the open mode
 OPS_PATHS = ("/metrics", "/readyz")

@@ -12,7 +12,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from worker.store import FINISHED, Job, jobs
+from core.store import FINISHED, Job, jobs
 
 log = logging.getLogger("lbdn.api")
 JOB_BUCKETS = (10, 30, 60, 300, 900, 1800, 3600, 3 * 3600, 12 * 3600, 24 * 3600, float("inf"))

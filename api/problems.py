@@ -11,6 +11,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from core.states import RUNNABLE_KINDS
+
 PROBLEM_JSON = "application/problem+json"
 FASTAPI_BODY_ERROR = "There was an error parsing the body"  # FastAPI's 400 when json.loads raises non-JSON errors
 log = logging.getLogger("lbdn.api")
@@ -110,7 +112,7 @@ def _where(loc: tuple[Any, ...]) -> str:
     parts = [str(p) for p in loc]
     if parts and parts[0] in ("body", "query", "path", "header"):
         parts = parts[1:] if parts[0] == "body" else parts
-    if len(parts) > 1 and parts[0] in ("train", "evaluate"):  # the `kind` discriminator's tag
+    if len(parts) > 1 and parts[0] in RUNNABLE_KINDS:  # the `kind` discriminator's tag
         parts = parts[1:]
     return ".".join(parts) or "body"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from api.schemas import JobOut, ModelOut, ProgressOut
-from worker.store import Job
+from core.store import Job
 
 
 def job_out(job: Job) -> JobOut:

@@ -8,7 +8,7 @@ import secrets
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from worker.store.tables import ApiKey, utcnow
+from core.store.tables import ApiKey, utcnow
 
 SECRET_PREFIX = "lbdn_"
 

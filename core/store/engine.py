@@ -11,7 +11,7 @@ from sqlalchemy import Engine, create_engine, event, make_url, text
 from sqlalchemy.engine import Result
 from sqlalchemy.orm import Session, sessionmaker
 
-from worker.store.tables import Base
+from core.store.tables import Base
 
 SQLITE_BUSY_MS = 30_000  # the API, the worker and its heartbeat thread write the same file
 
