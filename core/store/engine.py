@@ -11,7 +11,7 @@ from sqlalchemy import Engine, create_engine, event, make_url, text
 from sqlalchemy.engine import Result
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.store.tables import Base
+from core.store.migrate import upgrade
 
 SQLITE_BUSY_MS = 30_000  # the API, the worker and its heartbeat thread write the same file
 
@@ -39,8 +39,9 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
 
 def init_db(engine: Engine) -> None:
-    """Create missing tables (idempotent; several processes may race here at start-up)."""
-    Base.metadata.create_all(engine, checkfirst=True)
+    """Bring the schema up to date with the migrations (core.store.migrate): creates the tables of
+    an empty database, upgrades an older one. Idempotent; processes starting together take turns."""
+    upgrade(engine)
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
