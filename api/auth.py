@@ -18,6 +18,7 @@ from typing import Annotated, Literal
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import select
+from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.problems import problem
@@ -66,7 +67,7 @@ def _keys_ever_created(request: Request) -> bool:
     if not getattr(state, "keys_seen", False):
         with state.sessions() as session:
             state.keys_seen = session.scalar(select(ApiKey.id).limit(1)) is not None
-    return state.keys_seen
+    return bool(state.keys_seen)
 
 
 def current_tenant(
@@ -105,10 +106,11 @@ class OpsGuard:
         if scope["type"] == "http" and scope.get("path") in OPS_PATHS:
             denied = self._denied(scope)
             if denied is not None:
-                return await denied(scope, receive, send)
+                await denied(scope, receive, send)
+                return
         await self.app(scope, receive, send)
 
-    def _denied(self, scope: Scope):
+    def _denied(self, scope: Scope) -> JSONResponse | None:
         if self.token is not None:
             header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
             given = header[7:] if header[:7].lower() == "bearer " else ""

@@ -8,14 +8,21 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Path, Request
 from sqlalchemy.orm import Session
 
-from api.auth import OPEN_TENANT, CurrentTenant, current_tenant  # noqa: F401 - re-exported
+from api.auth import OPEN_TENANT, CurrentTenant, current_tenant
 from core.settings import Settings
 from core.states import MODEL_KINDS, JobState
 from core.store import Job, jobs
 
+__all__ = [  # OPEN_TENANT, CurrentTenant and current_tenant: api.auth's, re-exported for the routers
+    "OPEN_TENANT", "CurrentTenant", "JobId", "SessionDep", "SettingsDep", "TenantJob", "TenantModel",
+    "current_tenant", "get_session", "get_settings", "tenant_job", "tenant_model",
+]
+
 
 def get_settings(request: Request) -> Settings:
-    return request.app.state.settings
+    """The app's Settings (given to create_app)."""
+    settings: Settings = request.app.state.settings
+    return settings
 
 
 async def get_session(request: Request) -> AsyncIterator[Session]:

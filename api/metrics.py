@@ -43,7 +43,8 @@ class JobsCollector(Collector):
         )
         groups: dict[tuple[str, str], list[float]] = {}
         for kind, status, start, end in spans:
-            groups.setdefault((kind, status), []).append((end - start).total_seconds())
+            if start is not None and end is not None:  # always: the query asks for both
+                groups.setdefault((kind, status), []).append((end - start).total_seconds())
         for labels, values in groups.items():
             buckets = [(str(b), sum(v <= b for v in values)) for b in JOB_BUCKETS]
             hist.add_metric(list(labels), [(b if b != "inf" else "+Inf", n) for b, n in buckets], sum(values))

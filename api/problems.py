@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from http import HTTPStatus
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -117,7 +118,7 @@ def _where(loc: tuple[Any, ...]) -> str:
     return ".".join(parts) or "body"
 
 
-def validation_detail(errors: list[dict[str, Any]]) -> str:
+def validation_detail(errors: Sequence[Mapping[str, Any]]) -> str:
     msgs = []
     for err in errors[:5]:
         msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")

@@ -10,6 +10,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response
 from fastapi.encoders import jsonable_encoder
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from api.deps import CurrentTenant, SessionDep, SettingsDep, TenantJob, tenant_model
 from api.problems import problem_responses
@@ -59,7 +60,7 @@ def _resolve_image_folder(spec: ExperimentSpec, settings: Settings) -> Experimen
         raise HTTPException(422, f"spec.data_path: {e}") from None
 
 
-def _check_active_jobs(session, tenant: str, settings: Settings, idempotency_key: str | None) -> None:
+def _check_active_jobs(session: Session, tenant: str, settings: Settings, idempotency_key: str | None) -> None:
     """429 while the tenant has LBDN_MAX_ACTIVE_JOBS_PER_TENANT jobs queued or running (a replay of
     an earlier request by its Idempotency-Key creates nothing and is let through). Two requests at
     the same instant may both pass, so the limit can be exceeded by the number of parallel submits."""
@@ -69,7 +70,7 @@ def _check_active_jobs(session, tenant: str, settings: Settings, idempotency_key
         return
     active = session.scalar(
         select(func.count()).select_from(Job).where(Job.tenant == tenant, Job.status.in_(ACTIVE))
-    )
+    ) or 0
     limit = settings.max_active_jobs_per_tenant
     if active >= limit:
         raise HTTPException(

@@ -135,9 +135,9 @@ def import_model(
         folder = settings.job_dir(job_id)
         folder.mkdir(parents=True, exist_ok=True)
         os.replace(staged, folder / MODEL)  # same file system (jobs dir): atomic
-    job = jobs.get_job(session, tenant, job_id)
-    assert job is not None
-    return model_out(job)
+    made = jobs.get_job(session, tenant, job_id)
+    assert made is not None  # committed above
+    return model_out(made)
 
 
 @router.get(

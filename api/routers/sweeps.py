@@ -173,6 +173,7 @@ def _advance(request: Request, sweep: Sweep) -> None:
     made = []
     with transaction(request.app.state.sessions) as s:
         current = s.get(Sweep, sweep.pk)
+        assert current is not None  # sweeps are never deleted
         for link, trained in sweeps.pending_evaluations(s, current):
             job = sweeps.add_evaluation(s, current, link, trained)
             if job is not None:

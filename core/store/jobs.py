@@ -16,6 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from core.states import FINISHED, EventKind, JobKind, JobState
+from core.store.engine import rows_changed
 from core.store.tables import Job, JobEvent, JobMetric, utcnow
 
 
@@ -170,11 +171,11 @@ def request_cancel(s: Session, job: Job) -> Job:
     """Cancel a queued job at once; flag a running one (its worker stops at the next step)."""
     now = utcnow()
     if job.status == JobState.queued:
-        done = s.execute(
+        done = rows_changed(s,
             update(Job)
             .where(Job.id == job.id, Job.status == JobState.queued)
             .values(status=JobState.cancelled, finished_at=now, updated_at=now, cancel_requested=True)
-        ).rowcount
+        )
         if done:
             add_event(s, job.id, EventKind.state, {"status": JobState.cancelled})
     elif job.status == JobState.running and not job.cancel_requested:

@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from core.states import EventKind, JobKind, JobState
+from core.store.engine import rows_changed
 from core.store.jobs import add_event
 from core.store.tables import Job, utcnow
 
@@ -23,7 +24,7 @@ from core.store.tables import Job, utcnow
 def acquire(s: Session, job_id: str, owner: str, lease_s: float) -> Job | None:
     """Take the job for `owner` if it is queued, or running under an expired lease; else None."""
     now = utcnow()
-    taken = s.execute(
+    taken = rows_changed(s,
         update(Job)
         .where(
             Job.id == job_id,
@@ -40,10 +41,11 @@ def acquire(s: Session, job_id: str, owner: str, lease_s: float) -> Job | None:
             started_at=func.coalesce(Job.started_at, now),
             updated_at=now,
         )
-    ).rowcount
+    )
     if not taken:
         return None
     job = s.scalar(select(Job).where(Job.id == job_id).execution_options(populate_existing=True))
+    assert job is not None  # taken just now in this transaction
     add_event(s, job_id, EventKind.state, {"status": JobState.running, "attempt": job.attempt, "worker": owner})
     return job
 
@@ -52,33 +54,33 @@ def renew(s: Session, job_id: str, owner: str, lease_s: float) -> bool:
     """Extend the lease; False when `owner` no longer holds it (then it must stop at once)."""
     now = utcnow()
     return bool(
-        s.execute(
+        rows_changed(s,
             update(Job)
             .where(Job.id == job_id, Job.lease_owner == owner, Job.status == JobState.running)
             .values(lease_expires_at=now + timedelta(seconds=lease_s))
-        ).rowcount
+        )
     )
 
 
 def update_owned(s: Session, job_id: str, owner: str, **values: Any) -> bool:
     """Change columns of a running job that `owner` still holds."""
     return bool(
-        s.execute(
+        rows_changed(s,
             update(Job)
             .where(Job.id == job_id, Job.lease_owner == owner, Job.status == JobState.running)
             .values(updated_at=utcnow(), **values)
-        ).rowcount
+        )
     )
 
 
 def finish(s: Session, job_id: str, owner: str, status: JobState, **values: Any) -> bool:
     """End a job that `owner` holds: succeeded, failed or cancelled. False if the lease was lost."""
     now = utcnow()
-    done = s.execute(
+    done = rows_changed(s,
         update(Job)
         .where(Job.id == job_id, Job.lease_owner == owner, Job.status == JobState.running)
         .values(status=status, finished_at=now, updated_at=now, lease_owner=None, lease_expires_at=None, **values)
-    ).rowcount
+    )
     if done:
         data: dict[str, Any] = {"status": status}
         if values.get("error"):
@@ -92,7 +94,7 @@ def release(s: Session, job_id: str, owner: str) -> bool:
     checkpointed it. The start does not count against max_attempts (nothing was lost), and
     enqueued_at is cleared so the next reaper pass (or the API's start) sends it again."""
     now = utcnow()
-    done = s.execute(
+    done = rows_changed(s,
         update(Job)
         .where(Job.id == job_id, Job.lease_owner == owner, Job.status == JobState.running)
         .values(
@@ -103,7 +105,7 @@ def release(s: Session, job_id: str, owner: str) -> bool:
             attempt=Job.attempt - 1,
             updated_at=now,
         )
-    ).rowcount
+    )
     if done:
         add_event(s, job_id, EventKind.state, {"status": JobState.queued, "interrupted": "worker shutdown"})
     return bool(done)
@@ -112,11 +114,11 @@ def release(s: Session, job_id: str, owner: str) -> bool:
 def fail_unleased(s: Session, job_id: str, error: str) -> bool:
     """Fail a queued job that cannot run at all (e.g. its spec no longer loads)."""
     now = utcnow()
-    done = s.execute(
+    done = rows_changed(s,
         update(Job)
         .where(Job.id == job_id, Job.status == JobState.queued)
         .values(status=JobState.failed, error=error, finished_at=now, updated_at=now)
-    ).rowcount
+    )
     if done:
         add_event(s, job_id, EventKind.state, {"status": JobState.failed, "error": error})
     return bool(done)
@@ -167,7 +169,7 @@ def _requeue_expired(s: Session, now: datetime, max_attempts: int) -> list[Resen
         else:
             values.update(finished_at=now, error=event.get("error"))
         same = (Job.id == job_id, Job.status == JobState.running, Job.lease_expires_at == expires)
-        if s.execute(update(Job).where(*same).values(**values)).rowcount:
+        if rows_changed(s, update(Job).where(*same).values(**values)):
             add_event(s, job_id, EventKind.state, event)
             if event["status"] == JobState.queued:
                 resend.append(Resend(job_id, kind))
@@ -175,16 +177,16 @@ def _requeue_expired(s: Session, now: datetime, max_attempts: int) -> list[Resen
 
 
 def _resend_stale(s: Session, now: datetime, after_s: float | None) -> list[Resend]:
-    stale = Job.enqueued_at.is_(None)
+    stale: ColumnElement[bool] = Job.enqueued_at.is_(None)
     cutoff = now if after_s is None else now - timedelta(seconds=after_s)
     stale = or_(stale, Job.enqueued_at <= cutoff)
     resend = []
     rows = s.execute(select(Job.id, Job.kind, Job.enqueued_at).where(Job.status == JobState.queued, stale)).all()
     for job_id, kind, sent in rows:
         same = Job.enqueued_at.is_(None) if sent is None else Job.enqueued_at == sent
-        if s.execute(
+        if rows_changed(s,
             update(Job).where(Job.id == job_id, Job.status == JobState.queued, same).values(enqueued_at=now)
-        ).rowcount:
+        ):
             resend.append(Resend(job_id, kind))
     return resend
 
