@@ -27,10 +27,10 @@ from api.deps import CurrentTenant, SessionDep, SettingsDep, TenantModel
 from api.problems import problem_responses
 from api.schemas import ModelOut
 from api.views import model_out
-from lipcore.rundir import MODEL
-from lipcore.spec import ExperimentSpec
 from core.states import JobKind, JobState
 from core.store import jobs, leases, transaction
+from lipcore.rundir import MODEL
+from lipcore.spec import ExperimentSpec
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 EXPORTS = {"onnx": ("model.onnx", "application/onnx"), "torch": ("model.pt2", "application/octet-stream")}

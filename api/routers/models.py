@@ -17,10 +17,10 @@ from api.problems import problem_responses
 from api.schemas import CertifyOut, ModelOut, ModelPage
 from api.uploads import RawInputs, decode, read_certify_body
 from api.views import model_out
-from lipcore.rundir import MODEL
 from core.settings import Settings
 from core.states import MODEL_KINDS, JobState
 from core.store import Job
+from lipcore.rundir import MODEL
 
 router = APIRouter(prefix="/v1/models", tags=["models"], responses=problem_responses(401, 413, 422))
 # The certify body is read by content type (api.uploads), so its schema is declared by hand.

@@ -24,10 +24,10 @@ from api.schemas import (
     SweepPage,
     SweepRequest,
 )
-from lipcore.paper import PRESETS, dedupe, expand
-from lipcore.spec import ExperimentSpec
 from core.states import FINISHED, JobKind, JobState, SweepRole
 from core.store import Sweep, jobs, sweeps, transaction
+from lipcore.paper import PRESETS, dedupe, expand
+from lipcore.spec import ExperimentSpec
 
 router = APIRouter(prefix="/v1/sweeps", tags=["sweeps"])
 MAX_JOBS = 500  # per sweep: a typo in a grid should not queue a month of GPU time
