@@ -22,6 +22,7 @@ WORKDIR /app
 RUN pip install --index-url "${TORCH_INDEX}" "torch==${TORCH_VERSION}"
 COPY pyproject.toml README.md ./
 COPY lipcore ./lipcore
+COPY core ./core
 COPY worker ./worker
 COPY api ./api
 RUN pip install ".[service,attack]"

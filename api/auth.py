@@ -16,14 +16,15 @@ import ipaddress
 from typing import Annotated, Literal
 
 from fastapi import Depends, HTTPException, Request
+from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import select
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.problems import problem
-from worker.settings import Settings
-from worker.store import keys
-from worker.store.tables import ApiKey
+from core.settings import Settings
+from core.store import keys
+from core.store.tables import ApiKey
 
 OPEN_TENANT = "local"  # the tenant of every request in the open mode
 OPS_PATHS = ("/metrics", "/readyz")
@@ -66,7 +67,7 @@ def _keys_ever_created(request: Request) -> bool:
     if not getattr(state, "keys_seen", False):
         with state.sessions() as session:
             state.keys_seen = session.scalar(select(ApiKey.id).limit(1)) is not None
-    return state.keys_seen
+    return bool(state.keys_seen)
 
 
 def current_tenant(
@@ -105,10 +106,11 @@ class OpsGuard:
         if scope["type"] == "http" and scope.get("path") in OPS_PATHS:
             denied = self._denied(scope)
             if denied is not None:
-                return await denied(scope, receive, send)
+                await denied(scope, receive, send)
+                return
         await self.app(scope, receive, send)
 
-    def _denied(self, scope: Scope):
+    def _denied(self, scope: Scope) -> JSONResponse | None:
         if self.token is not None:
             header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
             given = header[7:] if header[:7].lower() == "bearer " else ""

@@ -10,8 +10,8 @@ import subprocess
 import sys
 from typing import Any
 
-from worker.settings import Settings, get_settings
-from worker.store import init_db, keys, make_engine, session_factory, transaction
+from core.settings import Settings, get_settings
+from core.store import init_db, keys, make_engine, session_factory, transaction
 
 
 def _store(settings: Settings) -> Any:
@@ -81,11 +81,12 @@ def worker_argv(settings: Settings, queues: str, concurrency: int, pool: str, lo
 
 
 def run_worker(settings: Settings, queues: str, concurrency: int, pool: str, loglevel: str) -> None:
-    from worker.queue import app
+    """A Celery worker whose tasks get `settings` (worker.app.WorkerApp carries them)."""
+    from worker.app import WorkerApp
 
     settings.jobs_dir.mkdir(parents=True, exist_ok=True)
     init_db(make_engine(settings.db_url))
-    app.worker_main(argv=worker_argv(settings, queues, concurrency, pool, loglevel))
+    WorkerApp(settings).worker_main(argv=worker_argv(settings, queues, concurrency, pool, loglevel))
 
 
 WORKER_STOP_S = 60.0  # Celery's warm shutdown: the running job checkpoints at its next step, then it exits
@@ -127,7 +128,7 @@ def serve(settings: Settings, host: str, port: int) -> None:
 
 class WorkerSupervisor:
     """The one worker of `lbdn serve`, started again when it dies (killed, out of memory): a job it
-    was running resumes from its checkpoint once its lease runs out (worker.reaper)."""
+    was running resumes from its checkpoint once its lease runs out (core.reaper)."""
 
     def __init__(self) -> None:
         import threading

@@ -8,20 +8,26 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Path, Request
 from sqlalchemy.orm import Session
 
-from api.auth import OPEN_TENANT, CurrentTenant, current_tenant  # noqa: F401 - re-exported
-from worker.settings import Settings
-from worker.store import Job, jobs
+from api.auth import OPEN_TENANT, CurrentTenant, current_tenant
+from core.settings import Settings
+from core.states import MODEL_KINDS, JobState
+from core.store import Job, jobs
 
-MODEL_KINDS = ("train", "import")  # job kinds whose folder holds a model.safetensors when succeeded
+__all__ = [  # OPEN_TENANT, CurrentTenant and current_tenant: api.auth's, re-exported for the routers
+    "OPEN_TENANT", "CurrentTenant", "JobId", "SessionDep", "SettingsDep", "TenantJob", "TenantModel",
+    "current_tenant", "get_session", "get_settings", "tenant_job", "tenant_model",
+]
 
 
 def get_settings(request: Request) -> Settings:
-    return request.app.state.settings
+    """The app's Settings (given to create_app)."""
+    settings: Settings = request.app.state.settings
+    return settings
 
 
 async def get_session(request: Request) -> AsyncIterator[Session]:
     """A session per request that holds a DB connection only while a statement or a write is in
-    flight (worker.store.ReleasingSession); routes that write commit themselves before they answer.
+    flight (core.store.ReleasingSession); routes that write commit themselves before they answer.
 
     `async def` on purpose: making the session takes no I/O, and its teardown (FastAPI 0.165 runs
     request-scoped teardown after the response is sent) needs no thread-pool thread; it finds the
@@ -53,7 +59,7 @@ TenantJob = Annotated[Job, Depends(tenant_job)]
 def tenant_model(model_id: Annotated[str, Path(max_length=40)], session: SessionDep, tenant: CurrentTenant) -> Job:
     """The caller's model: a succeeded training job or an import (born succeeded); else 404."""
     job = jobs.get_job(session, tenant, model_id)
-    if job is None or job.kind not in MODEL_KINDS or job.status != "succeeded":
+    if job is None or job.kind not in MODEL_KINDS or job.status != JobState.succeeded:
         raise HTTPException(404, f"no trained model {model_id!r} (models are succeeded training jobs and imports)")
     return job
 

@@ -18,10 +18,10 @@ from api.metrics import ServiceMetrics
 from api.middleware import LimitAndMeasure
 from api.model_cache import ModelCache
 from api.routers import artifacts, dashboard, events, health, jobs, model_io, models, paper, sweeps
-from worker.queue import make_celery
-from worker.reaper import reap_and_resend
-from worker.settings import Settings, get_settings
-from worker.store import init_db, make_engine, releasing_session_factory, session_factory
+from core.queue import CeleryQueue
+from core.reaper import reap_and_resend
+from core.settings import Settings, get_settings
+from core.store import init_db, make_engine, releasing_session_factory, session_factory
 
 log = logging.getLogger("lbdn.api")
 STREAM_THREADS = 4  # event-stream polls at once, however many streams are open
@@ -58,11 +58,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     threading.Thread(target=_resend_at_startup, args=(app,), name="lbdn-resend", daemon=True).start()
     yield
     app.state.engine.dispose()
+    app.state.queue.close()
 
 
 def _resend_at_startup(app: FastAPI) -> None:
     try:
-        reap_and_resend(app.state.sessions, app.state.celery, app.state.settings, everything_queued=True)
+        reap_and_resend(app.state.sessions, app.state.queue, app.state.settings, everything_queued=True)
     except Exception:  # noqa: BLE001 - the workers' reapers will try again
         log.exception("re-sending queued jobs at start-up failed")
 
@@ -87,7 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.engine = make_engine(settings.db_url, **pool_sizes(settings))
     app.state.sessions = session_factory(app.state.engine)
     app.state.request_sessions = releasing_session_factory(app.state.engine)
-    app.state.celery = make_celery(settings)
+    app.state.queue = CeleryQueue(settings)  # core.queue.JobQueue: enqueue by task name, ping
     app.state.model_cache = ModelCache(settings.model_cache_size)
     app.state.metrics = ServiceMetrics(app.state.sessions)
     app.state.attack_slots = AttackSlots(

@@ -12,7 +12,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from worker.store import FINISHED, Job, jobs
+from core.store import FINISHED, Job, jobs
 
 log = logging.getLogger("lbdn.api")
 JOB_BUCKETS = (10, 30, 60, 300, 900, 1800, 3600, 3 * 3600, 12 * 3600, 24 * 3600, float("inf"))
@@ -43,7 +43,8 @@ class JobsCollector(Collector):
         )
         groups: dict[tuple[str, str], list[float]] = {}
         for kind, status, start, end in spans:
-            groups.setdefault((kind, status), []).append((end - start).total_seconds())
+            if start is not None and end is not None:  # always: the query asks for both
+                groups.setdefault((kind, status), []).append((end - start).total_seconds())
         for labels, values in groups.items():
             buckets = [(str(b), sum(v <= b for v in values)) for b in JOB_BUCKETS]
             hist.add_metric(list(labels), [(b if b != "inf" else "+Inf", n) for b, n in buckets], sum(values))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from http import HTTPStatus
 from typing import Any
 
@@ -10,6 +11,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+
+from core.states import RUNNABLE_KINDS
 
 PROBLEM_JSON = "application/problem+json"
 FASTAPI_BODY_ERROR = "There was an error parsing the body"  # FastAPI's 400 when json.loads raises non-JSON errors
@@ -110,12 +113,12 @@ def _where(loc: tuple[Any, ...]) -> str:
     parts = [str(p) for p in loc]
     if parts and parts[0] in ("body", "query", "path", "header"):
         parts = parts[1:] if parts[0] == "body" else parts
-    if len(parts) > 1 and parts[0] in ("train", "evaluate"):  # the `kind` discriminator's tag
+    if len(parts) > 1 and parts[0] in RUNNABLE_KINDS:  # the `kind` discriminator's tag
         parts = parts[1:]
     return ".".join(parts) or "body"
 
 
-def validation_detail(errors: list[dict[str, Any]]) -> str:
+def validation_detail(errors: Sequence[Mapping[str, Any]]) -> str:
     msgs = []
     for err in errors[:5]:
         msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")

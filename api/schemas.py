@@ -1,4 +1,4 @@
-"""Request and response models of the HTTP API (separate from the tables in worker.store)."""
+"""Request and response models of the HTTP API (separate from the tables in core.store)."""
 
 from __future__ import annotations
 
@@ -7,14 +7,15 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from core.states import JobKind, JobState, SweepRole
 from lipcore.spec import ExperimentSpec
 
 # Upper bound of integer query parameters (offsets, sequence numbers, epochs): exact in JSON numbers
 # and far inside the stores' 64-bit integers, so no database ever sees an out-of-range value.
 MAX_QUERY_INT = 2**53 - 1
 
-JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-JobKind = Literal["train", "evaluate", "import"]  # import: born succeeded (api/routers/model_io.py)
+# Job states and kinds are core.states' (one definition for the tables and these schemas); request
+# bodies keep string literals as their `kind` tags, which pydantic's errors quote as they are.
 
 
 # ---- requests -------------------------------------------------------------------------------
@@ -68,7 +69,7 @@ class ProgressOut(BaseModel):
 class JobOut(BaseModel):
     id: str
     kind: JobKind
-    status: JobStatus
+    status: JobState
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
@@ -226,10 +227,10 @@ class SweepRequest(BaseModel):
 
 class SweepJobOut(BaseModel):
     job_id: str
-    role: Literal["train", "evaluate"]
+    role: SweepRole
     point: dict[str, Any] = Field(description="this job's grid values")
     train_job_id: str | None = Field(None, description="evaluate jobs: the trained model")
-    status: JobStatus | Literal["deleted"]
+    status: JobState | Literal["deleted"]
     spec: dict[str, Any] | None = None
     progress: ProgressOut | None = None
     result: dict[str, Any] | None = None

@@ -11,7 +11,7 @@ import io
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 from fastapi import HTTPException, Request
@@ -45,7 +45,7 @@ def _scale(value: Any) -> Scale:
         raise _unprocessable(
             f"scale: must be 'pixel' ([0,1] values, normalised by the server) or 'model', not {value!r}"
         )
-    return value
+    return cast(Scale, value)
 
 
 async def read_certify_body(request: Request) -> RawInputs:
@@ -112,7 +112,8 @@ def load_npy(data: bytes, what: str) -> np.ndarray:
         raise _unprocessable(f"{what}: .npy header declares {shape} {dtype} but the data is shorter (truncated?)")
     buf.seek(0)
     try:
-        return np.load(buf, allow_pickle=False)
+        array: np.ndarray = np.load(buf, allow_pickle=False)
+        return array
     except ValueError as e:
         raise _unprocessable(f"{what}: unreadable .npy array ({e})") from None
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from api.schemas import JobOut, ModelOut, ProgressOut
-from worker.store import Job
+from core.store import Job
 
 
 def job_out(job: Job) -> JobOut:
@@ -34,7 +34,10 @@ def model_out(job: Job) -> ModelOut:
     """A succeeded training job as a model: accuracies from its summary, else its last epoch."""
     summary: dict[str, Any] = job.result or {}
     last: dict[str, Any] = job.latest_metrics or {}
-    pick = lambda key: summary.get(key, last.get(key))  # noqa: E731
+
+    def pick(key: str) -> Any:
+        return summary.get(key, last.get(key))
+
     certified = {k.removeprefix("cert_acc_"): pick(k) for k in sorted({*summary, *last}) if k.startswith("cert_acc_")}
     return ModelOut(
         id=job.id,

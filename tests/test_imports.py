@@ -1,11 +1,18 @@
-"""lipcore stays a library: torch, einops and numpy only; no web or service packages."""
+"""lipcore stays a library: torch, einops and numpy only; no web or service packages. The service's
+packages depend one way: `api` and `worker` on `core`, `core` on neither (and on lipcore.spec only)."""
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
+from pathlib import Path
 
-FORBIDDEN = ("fastapi", "starlette", "celery", "sqlalchemy", "uvicorn", "redis", "api", "worker", "kombu")
+import pytest
+
+FORBIDDEN = (
+    "fastapi", "starlette", "celery", "sqlalchemy", "uvicorn", "redis", "api", "worker", "kombu", "core", "alembic",
+)
 
 
 def test_lipcore_imports_no_web_library() -> None:
@@ -31,3 +38,56 @@ def test_core_needs_only_torch_einops_numpy() -> None:
         "assert not extra, sorted(extra)\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ---- the service's arrows: api -> core <- worker, core -> lipcore.spec only ------------------------
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _imports(package: str) -> list[tuple[str, int, str]]:
+    """(file, line, module) for every import in `package`'s sources, lazy ones inside functions too."""
+    found = []
+    for path in sorted((ROOT / package).rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            found += [(str(path.relative_to(ROOT)), node.lineno, name) for name in names]
+    return found
+
+
+def _top(module: str) -> str:
+    return module.split(".")[0]
+
+
+def test_core_imports_neither_api_nor_worker_and_of_lipcore_only_the_spec() -> None:
+    bad = [
+        (f, line, m)
+        for f, line, m in _imports("core")
+        if _top(m) in ("api", "worker", "client") or (_top(m) == "lipcore" and m != "lipcore.spec")
+    ]
+    assert not bad, bad
+
+
+def test_worker_imports_no_api_and_api_no_worker() -> None:
+    assert not [(f, line, m) for f, line, m in _imports("worker") if _top(m) in ("api", "client")]
+    # `lbdn worker` (api/cli.py run_worker) starts the worker's Celery app: the one allowed import
+    api_to_worker = [(f, m) for f, _, m in _imports("api") if _top(m) == "worker"]
+    assert api_to_worker == [("api/cli.py", "worker.app")], api_to_worker
+
+
+def test_importing_core_loads_no_torch_api_or_worker() -> None:
+    pytest.importorskip("sqlalchemy")
+    pytest.importorskip("celery")
+    pytest.importorskip("alembic")
+    code = (
+        "import sys\n"
+        "import core, core.settings, core.states, core.queue, core.store, core.store.migrate, core.reaper\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('api', 'worker', 'client', 'torch')\n"
+        "       or (m.startswith('lipcore.') and m != 'lipcore.spec')]\n"
+        "assert not bad, sorted(bad)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)

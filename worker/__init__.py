@@ -1,5 +1,6 @@
-"""The job side of the service: settings, the job store, the Celery app and (worker process only) tasks.
+"""The worker side of the service: the Celery app that runs jobs (worker.app), its tasks
+(worker.tasks) and what a running job reports (worker.reporting).
 
-`worker.settings`, `worker.store` and `worker.queue` are light (no torch) and shared with the API;
+Settings, the job store, job states and the queue interface are in `core`, shared with the API;
 `worker.tasks` imports lipcore's training and evaluation and is loaded only by worker processes.
 """

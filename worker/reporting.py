@@ -15,8 +15,9 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from worker.settings import Settings
-from worker.store import jobs, leases, transaction
+from core.settings import Settings
+from core.states import EventKind, JobState
+from core.store import jobs, leases, transaction
 
 log = logging.getLogger("lbdn.worker")
 
@@ -82,7 +83,7 @@ class Reporter:
         try:
             with transaction(self.sessions) as s:
                 self._owned(s, progress={k: data[k] for k in ("epoch", "epochs", "step", "steps", "fraction", "eta_s")})
-                jobs.add_event(s, self.job_id, "progress", data)
+                jobs.add_event(s, self.job_id, EventKind.progress, data)
         except SQLAlchemyError as e:  # progress is best effort: a database hiccup must not stop training
             log.warning("progress of %s not recorded: %s", self.job_id, e)
 
@@ -95,7 +96,7 @@ class Reporter:
         try:
             with transaction(self.sessions) as s:
                 self._owned(s)
-                jobs.add_event(s, self.job_id, "log", {"line": line})
+                jobs.add_event(s, self.job_id, EventKind.log, {"line": line})
         except SQLAlchemyError as e:  # the line is in the run's log.txt artifact as well
             log.warning("log line of %s not recorded: %s", self.job_id, e)
 
@@ -114,7 +115,7 @@ class Reporter:
                 self._cancel = jobs.cancel_requested(s, self.job_id)
         return self._cancel
 
-    def finish(self, status: str, **values: Any) -> bool:
+    def finish(self, status: JobState, **values: Any) -> bool:
         """The job's one final state; False when another worker holds the job by now."""
         with transaction(self.sessions) as s:
             return leases.finish(s, self.job_id, self.owner, status, **values)

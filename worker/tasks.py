@@ -1,7 +1,9 @@
 """Celery tasks of the worker process: run a training or evaluation job under a lease.
 
-Loaded only by workers (`include` of worker.queue); lipcore's training code is imported inside the
-tasks, so the worker's parent process never initialises torch/CUDA before it forks its pool.
+Loaded only by workers (`include` of worker.app.WorkerApp); lipcore's training code is imported
+inside the tasks, so the worker's parent process never initialises torch/CUDA before it forks its
+pool. Settings reach a task through the TaskContext of the app it runs in (`run_train(context, id)`
+and `run_evaluate(context, id)` are the same jobs without Celery, as tests call them).
 """
 
 from __future__ import annotations
@@ -12,24 +14,26 @@ import signal
 import socket
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import billiard
+from celery import Task, shared_task
 from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 from sqlalchemy.orm import Session, sessionmaker
 
+from core.queue import TASKS
+from core.reaper import PeriodicReaper
+from core.states import JobKind, JobState
+from core.store import Job, init_db, jobs, leases, transaction
 from lipcore.rundir import EVAL, MODEL, write_json
-from worker.queue import app
-from worker.reaper import PeriodicReaper
+from worker.app import context_of
+from worker.context import TaskContext
 from worker.reporting import LeaseLost, Reporter
-from worker.settings import get_settings
-from worker.store import Job, init_db, jobs, leases, make_engine, session_factory, transaction
 
 log = logging.getLogger("lbdn.worker")
-settings = get_settings()
-_store: dict[str, Any] = {}
+JobBody = Callable[[TaskContext, Job, Reporter], tuple[JobState, dict[str, Any]]]
 # Set by the worker's main process when it shuts down, and seen by its forked pool children (a
 # process-shared event made before the fork): a running job, and one the pool still starts during a
 # warm shutdown, checkpoints at its next step and goes back to the queue (leases.release).
@@ -47,30 +51,32 @@ def _stopping() -> bool:
     return _MAIN_STOPPING[0] or _TERMINATED.is_set() or SHUTTING_DOWN.is_set()
 
 
-def sessions() -> sessionmaker[Session]:
-    """This process's session factory; a forked pool child makes its own engine."""
-    if _store.get("pid") != os.getpid():
-        if "engine" in _store:
-            _store["engine"].dispose(close=False)  # the parent's connections are not ours to close
-        engine = make_engine(settings.db_url)
-        _store.update(pid=os.getpid(), engine=engine, sessions=session_factory(engine))
-    return _store["sessions"]
+@shared_task(bind=True, name=TASKS[JobKind.train], acks_late=True, reject_on_worker_lost=True)
+def train_job(self: Task, job_id: str) -> str:
+    return run_train(context_of(self.app), job_id)
 
 
-@app.task(name="lbdn.train", acks_late=True, reject_on_worker_lost=True)
-def train_job(job_id: str) -> str:
-    return run_job(job_id, _train)
+@shared_task(bind=True, name=TASKS[JobKind.evaluate], acks_late=True, reject_on_worker_lost=True)
+def evaluate_job(self: Task, job_id: str) -> str:
+    return run_evaluate(context_of(self.app), job_id)
 
 
-@app.task(name="lbdn.evaluate", acks_late=True, reject_on_worker_lost=True)
-def evaluate_job(job_id: str) -> str:
-    return run_job(job_id, _evaluate)
+def run_train(context: TaskContext, job_id: str) -> str:
+    """Run training job `job_id` with `context`'s settings and store; returns run_job's answer."""
+    return run_job(context, job_id, _train)
 
 
-def run_job(job_id: str, body: Any) -> str:
-    """Take the job's lease and run `body(job, reporter)`; returns the job's final state (or why not)."""
+def run_evaluate(context: TaskContext, job_id: str) -> str:
+    """Run evaluation job `job_id` with `context`'s settings and store; returns run_job's answer."""
+    return run_job(context, job_id, _evaluate)
+
+
+def run_job(context: TaskContext, job_id: str, body: JobBody) -> str:
+    """Take the job's lease and run `body(context, job, reporter)`; returns the job's final state,
+    or why it did not run here: skipped, interrupted (queued again at shutdown), lease-lost."""
+    settings = context.settings
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-    factory = sessions()
+    factory = context.sessions()
     with transaction(factory) as s:
         job = leases.acquire(s, job_id, owner, settings.lease_s)
     if job is None:
@@ -81,8 +87,8 @@ def run_job(job_id: str, body: Any) -> str:
     reporter.heartbeat.start()
     try:
         with _sigterm_checkpoints():
-            status, values = body(job, reporter)
-        if status == "cancelled" and _stopping() and _release_for_shutdown(factory, job_id, owner):
+            status, values = body(context, job, reporter)
+        if status == JobState.cancelled and _stopping() and _release_for_shutdown(factory, job_id, owner):
             log.info("job %s checkpointed and queued again: the worker is shutting down", job_id)
             return "interrupted"
     except LeaseLost as e:
@@ -90,7 +96,7 @@ def run_job(job_id: str, body: Any) -> str:
         return "lease-lost"
     except Exception as e:  # noqa: BLE001 - any failure of the job is reported on the job
         log.exception("job %s failed", job_id)
-        status, values = "failed", {"error": f"{type(e).__name__}: {e}"[:4000]}
+        status, values = JobState.failed, {"error": f"{type(e).__name__}: {e}"[:4000]}
     finally:
         reporter.heartbeat.stop()
     if not reporter.finish(status, **values):
@@ -120,16 +126,17 @@ def _sigterm_checkpoints() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _release_for_shutdown(factory: Any, job_id: str, owner: str) -> bool:
+def _release_for_shutdown(factory: sessionmaker[Session], job_id: str, owner: str) -> bool:
     """The job stopped because the worker shuts down (not because a user cancelled it): queue it."""
     with transaction(factory) as s:
         return not jobs.cancel_requested(s, job_id) and leases.release(s, job_id, owner)
 
 
-def _train(job: Job, reporter: Reporter) -> tuple[str, dict[str, Any]]:
+def _train(context: TaskContext, job: Job, reporter: Reporter) -> tuple[JobState, dict[str, Any]]:
     from lipcore.spec import ExperimentSpec
     from lipcore.train import TrainHooks, train
 
+    settings = context.settings
     run_dir = settings.job_dir(job.id)
     hooks = TrainHooks(
         on_progress=reporter.progress,
@@ -153,17 +160,18 @@ def _train(job: Job, reporter: Reporter) -> tuple[str, dict[str, Any]]:
     if result.resumed_from is not None:
         values["resumed_from"] = result.resumed_from
     if result.status == "stopped":
-        return "cancelled", values
+        return JobState.cancelled, values
     values["result"] = {**result.summary, "classes": result.classes}
-    return "succeeded", values
+    return JobState.succeeded, values
 
 
-def _evaluate(job: Job, reporter: Reporter) -> tuple[str, dict[str, Any]]:
+def _evaluate(context: TaskContext, job: Job, reporter: Reporter) -> tuple[JobState, dict[str, Any]]:
     from lipcore.evaluate import evaluate_robustness
 
+    settings = context.settings
     model_path = settings.job_dir(job.model_id or "") / MODEL
     if not model_path.is_file():
-        return "failed", {"error": f"the model {job.model_id} has no weights file (deleted?)"}
+        return JobState.failed, {"error": f"the model {job.model_id} has no weights file (deleted?)"}
     params = job.params or {}
     out = settings.job_dir(job.id)
     out.mkdir(parents=True, exist_ok=True)
@@ -182,7 +190,7 @@ def _evaluate(job: Job, reporter: Reporter) -> tuple[str, dict[str, Any]]:
         **extra,
     )
     write_json(out / EVAL, results)
-    return ("cancelled" if results.get("stopped") else "succeeded"), {"result": results}
+    return (JobState.cancelled if results.get("stopped") else JobState.succeeded), {"result": results}
 
 
 # ---- worker process life --------------------------------------------------------------------
@@ -190,13 +198,15 @@ _reaper: dict[str, PeriodicReaper] = {}
 
 
 @worker_ready.connect
-def _start_reaper(**_: Any) -> None:
-    """In the worker's main process: make tables if needed, then look for lost jobs periodically."""
-    settings.jobs_dir.mkdir(parents=True, exist_ok=True)
-    init_db(sessions().kw["bind"])
-    _reaper["thread"] = PeriodicReaper(sessions(), app, settings)
+def _start_reaper(sender: Any = None, **_: Any) -> None:
+    """In the worker's main process: bring the store's schema up to date if needed, then look for
+    lost jobs periodically. `sender` is the worker's consumer; its app carries the context."""
+    context = context_of(sender.app)
+    context.settings.jobs_dir.mkdir(parents=True, exist_ok=True)
+    init_db(context.engine)
+    _reaper["thread"] = PeriodicReaper(context.sessions(), context.queue, context.settings)
     _reaper["thread"].start()
-    log.info("lbdn worker ready: store %s", settings.db_url.split("@")[-1])
+    log.info("lbdn worker ready: store %s", context.settings.db_url.split("@")[-1])
 
 
 @worker_shutting_down.connect

@@ -18,7 +18,7 @@ from sse_starlette import EventSourceResponse
 
 from api.deps import SessionDep, TenantJob
 from api.schemas import MAX_QUERY_INT, LogsOut
-from worker.store import FINISHED, JobEvent, jobs
+from core.store import FINISHED, JobEvent, jobs
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 BATCH = 500

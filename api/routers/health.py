@@ -20,8 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from api.problems import problem
 from api.schemas import Health
-from worker.queue import broker_ping
-from worker.store import ping
+from core.store import ping
 
 router = APIRouter(tags=["health"])
 log = logging.getLogger("lbdn.api")
@@ -56,7 +55,7 @@ async def readyz(request: Request) -> Health | JSONResponse:
     state = request.app.state
     checks = {
         "database": await _check(request, "database", lambda: ping(state.engine)),
-        "broker": await _check(request, "broker", lambda: broker_ping(state.celery, timeout=READY_TIMEOUT_S)),
+        "broker": await _check(request, "broker", lambda: state.queue.ping(timeout=READY_TIMEOUT_S)),
     }
     if all(v == "ok" for v in checks.values()):
         return Health(status="ready", checks=checks)

@@ -10,24 +10,23 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response
 from fastapi.encoders import jsonable_encoder
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from api.deps import CurrentTenant, SessionDep, SettingsDep, TenantJob, tenant_model
 from api.problems import problem_responses
 from api.schemas import (
     MAX_QUERY_INT,
     EvaluateRequest,
-    JobKind,
     JobOut,
     JobPage,
     JobRequest,
-    JobStatus,
     MetricsOut,
 )
 from api.views import job_out
+from core.settings import Settings
+from core.states import ACTIVE, FINISHED, JobKind, JobState
+from core.store import Job, jobs, leases
 from lipcore.spec import IMAGE_FOLDER, ExperimentSpec
-from worker.queue import enqueue
-from worker.settings import Settings
-from worker.store import FINISHED, Job, jobs, leases
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=problem_responses(401, 413, 422))
 log = logging.getLogger("lbdn.api")
@@ -61,7 +60,7 @@ def _resolve_image_folder(spec: ExperimentSpec, settings: Settings) -> Experimen
         raise HTTPException(422, f"spec.data_path: {e}") from None
 
 
-def _check_active_jobs(session, tenant: str, settings: Settings, idempotency_key: str | None) -> None:
+def _check_active_jobs(session: Session, tenant: str, settings: Settings, idempotency_key: str | None) -> None:
     """429 while the tenant has LBDN_MAX_ACTIVE_JOBS_PER_TENANT jobs queued or running (a replay of
     an earlier request by its Idempotency-Key creates nothing and is let through). Two requests at
     the same instant may both pass, so the limit can be exceeded by the number of parallel submits."""
@@ -70,8 +69,8 @@ def _check_active_jobs(session, tenant: str, settings: Settings, idempotency_key
     ):
         return
     active = session.scalar(
-        select(func.count()).select_from(Job).where(Job.tenant == tenant, Job.status.in_(("queued", "running")))
-    )
+        select(func.count()).select_from(Job).where(Job.tenant == tenant, Job.status.in_(ACTIVE))
+    ) or 0
     limit = settings.max_active_jobs_per_tenant
     if active >= limit:
         raise HTTPException(
@@ -103,10 +102,10 @@ def _check_cost(spec: ExperimentSpec, settings: Settings) -> None:
         )
 
 
-def send(request: Request, job_id: str, kind: str) -> None:
+def send(request: Request, job_id: str, kind: JobKind) -> None:
     """Send the job's message; if the broker is away the reaper sends it later (the DB has it)."""
     try:
-        enqueue(request.app.state.celery, job_id, kind)
+        request.app.state.queue.enqueue(job_id, kind)
     except Exception as e:  # noqa: BLE001 - any broker failure: the job stays queued in the DB
         log.warning("could not send job %s to the broker (%s); the reaper will re-send it", job_id, e)
         with request.app.state.sessions() as s, s.begin():
@@ -147,7 +146,7 @@ def submit_job(
         job, created = jobs.create_job(
             session,
             tenant=tenant,
-            kind=body.kind,
+            kind=JobKind(body.kind),
             spec=spec,
             params=params,
             model_id=model_id,
@@ -169,7 +168,7 @@ def submit_job(
 def list_jobs(
     session: SessionDep,
     tenant: CurrentTenant,
-    status: JobStatus | None = None,
+    status: JobState | None = None,
     kind: JobKind | None = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[

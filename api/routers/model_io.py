@@ -27,9 +27,10 @@ from api.deps import CurrentTenant, SessionDep, SettingsDep, TenantModel
 from api.problems import problem_responses
 from api.schemas import ModelOut
 from api.views import model_out
+from core.states import JobKind, JobState
+from core.store import jobs, leases, transaction
 from lipcore.rundir import MODEL
 from lipcore.spec import ExperimentSpec
-from worker.store import jobs, leases, transaction
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 EXPORTS = {"onnx": ("model.onnx", "application/onnx"), "torch": ("model.pt2", "application/octet-stream")}
@@ -127,16 +128,16 @@ def import_model(
         }
         # One transaction: the job is never seen queued (no worker task exists for kind "import").
         with transaction(request.app.state.sessions) as s:
-            job, _ = jobs.create_job(s, tenant=tenant, kind="import", spec=spec.model_dump(mode="json"))
+            job, _ = jobs.create_job(s, tenant=tenant, kind=JobKind.import_, spec=spec.model_dump(mode="json"))
             job_id = job.id
             leases.acquire(s, job_id, "import", 60)
-            leases.finish(s, job_id, "import", "succeeded", result=result)
+            leases.finish(s, job_id, "import", JobState.succeeded, result=result)
         folder = settings.job_dir(job_id)
         folder.mkdir(parents=True, exist_ok=True)
         os.replace(staged, folder / MODEL)  # same file system (jobs dir): atomic
-    job = jobs.get_job(session, tenant, job_id)
-    assert job is not None
-    return model_out(job)
+    made = jobs.get_job(session, tenant, job_id)
+    assert made is not None  # committed above
+    return model_out(made)
 
 
 @router.get(

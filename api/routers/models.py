@@ -12,14 +12,15 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from sqlalchemy import select
 
 from api.certify import AttackBudget, AttackSlots, certify_batch, input_shape
-from api.deps import MODEL_KINDS, CurrentTenant, SessionDep, SettingsDep, TenantModel
+from api.deps import CurrentTenant, SessionDep, SettingsDep, TenantModel
 from api.problems import problem_responses
 from api.schemas import CertifyOut, ModelOut, ModelPage
 from api.uploads import RawInputs, decode, read_certify_body
 from api.views import model_out
+from core.settings import Settings
+from core.states import MODEL_KINDS, JobState
+from core.store import Job
 from lipcore.rundir import MODEL
-from worker.settings import Settings
-from worker.store import Job
 
 router = APIRouter(prefix="/v1/models", tags=["models"], responses=problem_responses(401, 413, 422))
 # The certify body is read by content type (api.uploads), so its schema is declared by hand.
@@ -54,7 +55,7 @@ def list_models(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(pattern=r"^[0-9]{1,18}$")] = None,
 ) -> ModelPage:
-    q = select(Job).where(Job.tenant == tenant, Job.kind.in_(MODEL_KINDS), Job.status == "succeeded")
+    q = select(Job).where(Job.tenant == tenant, Job.kind.in_(MODEL_KINDS), Job.status == JobState.succeeded)
     if cursor:
         q = q.where(Job.pk < int(cursor))
     rows = list(session.scalars(q.order_by(Job.pk.desc()).limit(limit)))

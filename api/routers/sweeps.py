@@ -24,9 +24,10 @@ from api.schemas import (
     SweepPage,
     SweepRequest,
 )
+from core.states import FINISHED, JobKind, JobState, SweepRole
+from core.store import Sweep, jobs, sweeps, transaction
 from lipcore.paper import PRESETS, dedupe, expand
 from lipcore.spec import ExperimentSpec
-from worker.store import FINISHED, Sweep, jobs, sweeps, transaction
 
 router = APIRouter(prefix="/v1/sweeps", tags=["sweeps"])
 MAX_JOBS = 500  # per sweep: a typo in a grid should not queue a month of GPU time
@@ -116,8 +117,8 @@ def create_sweep(body: SweepRequest, request: Request, session: SessionDep, tena
     )
     session.commit()
     for job in made:
-        request.app.state.metrics.jobs_submitted.labels("train").inc()
-        send(request, job.id, "train")
+        request.app.state.metrics.jobs_submitted.labels(JobKind.train).inc()
+        send(request, job.id, JobKind.train)
     return _sweep_out(session, sweep, with_jobs=True)
 
 
@@ -172,23 +173,25 @@ def _advance(request: Request, sweep: Sweep) -> None:
     made = []
     with transaction(request.app.state.sessions) as s:
         current = s.get(Sweep, sweep.pk)
+        assert current is not None  # sweeps are never deleted
         for link, trained in sweeps.pending_evaluations(s, current):
             job = sweeps.add_evaluation(s, current, link, trained)
             if job is not None:
                 made.append(job.id)
     for job_id in made:
-        request.app.state.metrics.jobs_submitted.labels("evaluate").inc()
-        send(request, job_id, "evaluate")
+        request.app.state.metrics.jobs_submitted.labels(JobKind.evaluate).inc()
+        send(request, job_id, JobKind.evaluate)
 
 
-def _status(counts: Counter[str], pending: bool) -> str:
-    if pending or counts["queued"] or counts["running"]:
-        return "running"
-    if counts["failed"]:
-        return "failed"
-    if counts["cancelled"]:
-        return "cancelled"
-    return "succeeded"
+def _status(counts: Counter[str], pending: bool) -> JobState:
+    """A sweep's state: running while any of its jobs may still run, then its worst final state."""
+    if pending or counts[JobState.queued] or counts[JobState.running]:
+        return JobState.running
+    if counts[JobState.failed]:
+        return JobState.failed
+    if counts[JobState.cancelled]:
+        return JobState.cancelled
+    return JobState.succeeded
 
 
 def _sweep_out(session: Any, sweep: Sweep, *, with_jobs: bool, history: bool = False) -> SweepOut:
@@ -204,11 +207,11 @@ def _sweep_out(session: Any, sweep: Sweep, *, with_jobs: bool, history: bool = F
                 point=link.point,
                 train_job_id=link.train_job_id,
                 status=job.status if job else "deleted",
-                spec=job.spec if job and link.role == "train" else None,
+                spec=job.spec if job and link.role == SweepRole.train else None,
                 progress=ProgressOut(**job.progress) if job and job.progress else None,
                 result=job.result if job else None,
                 error=job.error if job else None,
-                history=jobs.metrics_since(session, job.id) if history and job and link.role == "train" else None,
+                history=jobs.metrics_since(session, job.id) if history and job and link.role == SweepRole.train else None,
             )
             for link, job in rows
         ]

@@ -4,8 +4,10 @@
     for epoch in range(start_epoch, spec.epochs):
         for x, y in data.train_batches(epoch, start_step=k if epoch == start_epoch else 0): ...
 
-Everything is read from the data dir (env LBDN_DATA_DIR, default ./data) and nothing is
-downloaded unless `download=True`. Importing this package does not import torch (`Data` and
+Everything is read from the data dir and nothing is downloaded unless `download=True`. Callers
+pass the data dir; without one, `data_dir_default()` (env LBDN_DATA_DIR, else ./data) is the
+command line's default. The service never relies on it: it reads LBDN_DATA_DIR once, in its
+Settings (core.settings), and passes `data_dir=` explicitly. Importing this package does not import torch (`Data` and
 `load_data` bring it in when used), so the API process can call `resolve_spec` cheaply.
 """
 

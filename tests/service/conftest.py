@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from worker.settings import Settings
-from worker.store import init_db, make_engine, session_factory
+from core.settings import Settings
+from core.store import init_db, make_engine, session_factory
 
 PG_ADMIN = os.environ.get("LBDN_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("LBDN_TEST_REDIS", "redis://127.0.0.1:6379/0")
@@ -151,7 +151,7 @@ def client(settings: Settings):
 @pytest.fixture
 def add_key():
     """add_key(app, tenant) -> the bearer secret of a new API key of `tenant` in the app's store."""
-    from worker.store import keys, transaction
+    from core.store import keys, transaction
 
     def add(app, tenant: str) -> str:
         with transaction(app.state.sessions) as s:
@@ -173,7 +173,7 @@ def save_trained_model(app, tenant: str, spec: dict, *, classes=None, mean=(0.0,
     from lipcore.checkpoint import save_model
     from lipcore.models import build
     from lipcore.spec import ExperimentSpec
-    from worker.store import jobs, leases, transaction
+    from core.store import jobs, leases, transaction
 
     es = ExperimentSpec.model_validate(spec)
     with transaction(app.state.sessions) as s:

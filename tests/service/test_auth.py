@@ -8,7 +8,7 @@ import re
 import pytest
 from fastapi.testclient import TestClient
 
-from worker.store import keys, transaction
+from core.store import keys, transaction
 
 TOY = {"model": "Toy", "layer": "Sandwich", "epochs": 2}
 

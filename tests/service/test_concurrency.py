@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import select
 
 from tests.service.conftest import save_trained_model
-from worker.store import init_db, jobs, keys, make_engine, session_factory, transaction
+from core.store import init_db, jobs, keys, make_engine, session_factory, transaction
 
 TOY = {"model": "Toy", "layer": "Sandwich", "gamma": 1.0, "epochs": 1}
 POLLERS, POLLS = 60, 8  # 480 polls
@@ -179,7 +179,7 @@ def test_releasing_session_gives_the_connection_back_after_reads_but_not_mid_wri
     keeps it until commit or rollback, so writes stay atomic; on SQLite and PostgreSQL."""
     from sqlalchemy import update
 
-    from worker.store import Job, releasing_session_factory
+    from core.store import Job, releasing_session_factory
 
     import secrets
 

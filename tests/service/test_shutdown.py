@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 
 from tests.service.conftest import make_settings, settings_env
-from worker.store import jobs, make_engine, session_factory
+from core.store import jobs, make_engine, session_factory
 
 ROOT = Path(__file__).resolve().parents[2]
 LONG_TOY = {"model": "Toy", "layer": "Sandwich", "gamma": 1.0, "epochs": 100000}  # never ends by itself

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from worker.store import jobs, keys, leases, transaction
+from core.store import jobs, keys, leases, transaction
 
 SPEC = {"model": "Toy", "layer": "Sandwich", "epochs": 3}
 

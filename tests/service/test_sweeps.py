@@ -170,7 +170,7 @@ def test_figure_presets_make_their_plots(service_factory, tmp_path: Path) -> Non
 
 def test_sweep_store_on_sqlite_and_postgres(store) -> None:
     """Evaluation jobs are made once per trained model, even when two readers advance a sweep."""
-    from worker.store import leases, sweeps, transaction
+    from core.store import leases, sweeps, transaction
 
     toy = {"model": "Toy", "layer": "Sandwich", "dataset": "square_wave", "gamma": 1.0}
     kwl = {"model": "KWL", "layer": "Sandwich", "dataset": "cifar10", "gamma": 1.0}

@@ -10,25 +10,22 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from worker.store import init_db, jobs, leases, make_engine, session_factory, transaction
+from core.states import JobKind
+from core.store import init_db, jobs, leases, transaction
+from worker.context import TaskContext
+from worker.tasks import run_evaluate, run_train
 
 
 @pytest.fixture
-def tasks(tmp_path, settings_for, monkeypatch):
-    import worker.tasks as tasks
-
-    settings = settings_for(tmp_path, lipschitz_restarts=0)
-    monkeypatch.setattr(tasks, "settings", settings)
-    engine = make_engine(settings.db_url)
-    init_db(engine)
-    monkeypatch.setattr(
-        tasks, "_store", {"pid": __import__("os").getpid(), "engine": engine, "sessions": session_factory(engine)}
-    )
-    return tasks
+def ctx(tmp_path, settings_for) -> TaskContext:
+    """The context a worker started with these settings gives its tasks (no Celery involved)."""
+    context = TaskContext(settings_for(tmp_path, lipschitz_restarts=0))
+    init_db(context.engine)
+    return context
 
 
-def _job(tasks, spec=None, **kw):
-    with transaction(tasks.sessions()) as s:
+def _job(ctx, spec=None, **kw):
+    with transaction(ctx.sessions()) as s:
         return jobs.create_job(s, tenant="local", spec=spec or {"model": "KWL"}, **kw)[0]
 
 
@@ -42,17 +39,17 @@ def _write_folder(root, per_class: int = 8) -> None:
             Image.fromarray(pixels).save(path)
 
 
-def test_train_then_evaluate_jobs_run_lipcore_and_store_results(tasks):
-    _write_folder(tasks.settings.datasets_dir / "colours")
+def test_train_then_evaluate_jobs_run_lipcore_and_store_results(ctx):
+    _write_folder(ctx.settings.datasets_dir / "colours")
     spec = {"model": "KWL", "layer": "Plain", "dataset": "image_folder", "data_path": "colours",
             "loss": "multimargin", "epochs": 2, "train_batch_size": 8, "test_batch_size": 8,
             "in_channels": 3, "img_size": 32, "num_classes": 2}
-    model = _job(tasks, spec=spec, kind="train")
-    assert tasks.train_job(model.id) == "succeeded"
+    model = _job(ctx, spec=spec, kind=JobKind.train)
+    assert run_train(ctx, model.id) == "succeeded"
     params = {"eps": [36], "version": "custom", "n_examples": 4, "attacks": ["apgd-ce"]}
-    job = _job(tasks, kind="evaluate", params=params, model_id=model.id)
-    assert tasks.evaluate_job(job.id) == "succeeded"
-    with tasks.sessions()() as s:
+    job = _job(ctx, kind=JobKind.evaluate, params=params, model_id=model.id)
+    assert run_evaluate(ctx, job.id) == "succeeded"
+    with ctx.sessions()() as s:
         done = jobs.get_job(s, None, job.id)
         assert done.status == "succeeded" and done.progress["fraction"] == 1.0
         result = done.result
@@ -60,31 +57,31 @@ def test_train_then_evaluate_jobs_run_lipcore_and_store_results(tasks):
     assert result["n"] == 2 and result["attacks"] == ["apgd-ce"]  # two held-out images exist
     assert 0 <= result["autoattack_acc"]["36"] <= result["clean_acc"]
     assert result["certified_acc"] == {}  # an unconstrained network has no certificate
-    saved = json.loads((tasks.settings.job_dir(job.id) / "eval.json").read_text())
+    saved = json.loads((ctx.settings.job_dir(job.id) / "eval.json").read_text())
     assert saved == result
-    assert tasks.evaluate_job(job.id) == "skipped"  # a second delivery of a finished job does nothing
+    assert run_evaluate(ctx, job.id) == "skipped"  # a second delivery of a finished job does nothing
 
 
-def test_failures_are_reported_on_the_job(tasks):
-    job = _job(tasks, kind="evaluate", params={}, model_id="job_gone")
-    assert tasks.evaluate_job(job.id) == "failed"
-    with tasks.sessions()() as s:
+def test_failures_are_reported_on_the_job(ctx):
+    job = _job(ctx, kind=JobKind.evaluate, params={}, model_id="job_gone")
+    assert run_evaluate(ctx, job.id) == "failed"
+    with ctx.sessions()() as s:
         assert "no weights file" in jobs.get_job(s, None, job.id).error
-    model = _job(tasks, kind="train")
-    (tasks.settings.job_dir(model.id)).mkdir(parents=True)
-    (tasks.settings.job_dir(model.id) / "model.safetensors").write_bytes(b"\x80\x04not a safetensors file")
-    job = _job(tasks, kind="evaluate", params={}, model_id=model.id)
-    assert tasks.evaluate_job(job.id) == "failed"
-    with tasks.sessions()() as s:
+    model = _job(ctx, kind=JobKind.train)
+    (ctx.settings.job_dir(model.id)).mkdir(parents=True)
+    (ctx.settings.job_dir(model.id) / "model.safetensors").write_bytes(b"\x80\x04not a safetensors file")
+    job = _job(ctx, kind=JobKind.evaluate, params={}, model_id=model.id)
+    assert run_evaluate(ctx, job.id) == "failed"
+    with ctx.sessions()() as s:
         failed = jobs.get_job(s, None, job.id)
     assert failed.error.startswith("CheckpointError:") and "not a readable safetensors file" in failed.error
     assert failed.lease_owner is None
 
 
-def test_a_job_leased_elsewhere_is_left_alone(tasks):
-    job = _job(tasks, kind="train")
-    with transaction(tasks.sessions()) as s:
+def test_a_job_leased_elsewhere_is_left_alone(ctx):
+    job = _job(ctx, kind=JobKind.train)
+    with transaction(ctx.sessions()) as s:
         leases.acquire(s, job.id, "other-worker", 60)
-    assert tasks.train_job(job.id) == "skipped"
-    with tasks.sessions()() as s:
+    assert run_train(ctx, job.id) == "skipped"
+    with ctx.sessions()() as s:
         assert jobs.get_job(s, None, job.id).attempt == 1

@@ -168,9 +168,10 @@ def test_worker_killed_mid_training_resumes_from_checkpoint(service_factory, bro
     wait_for(client, job_id, lambda j: _epochs_done(client, job_id) >= 2, what="two epochs")
 
     second = svc.worker()  # a redelivery while the job runs (as Redis does after its visibility timeout)
-    from worker.queue import enqueue, make_celery
+    from core.queue import CeleryQueue
+    from core.states import JobKind
 
-    enqueue(make_celery(svc.settings), job_id, "train")
+    CeleryQueue(svc.settings).enqueue(job_id, JobKind.train)
     second.wait_for(f"job {job_id} is not runnable here")
     assert client.get(f"/v1/jobs/{job_id}").json()["attempt"] == 1  # no second copy started
 

@@ -3,6 +3,13 @@
 Development (the default) runs with zero set-up: SQLite job store and an embedded SQLite broker under
 LBDN_HOME. Production refuses those embedded defaults: it must be told where its database and broker
 are, so a mis-configured deployment fails at start-up instead of silently using local files.
+
+Values come from the process environment, then from a `.env` file in the working directory
+(`LBDN_...=value` lines; the environment wins). Each process reads them once at start (`lbdn`
+calls `get_settings()`) and passes the Settings object down: to `api.main.create_app`, to the
+worker's Celery app (worker.app.WorkerApp) and from it to every task. Nothing else reads LBDN_
+variables for the service (lipcore's command line keeps its own LBDN_DATA_DIR default; the service
+passes `datasets_dir` to lipcore explicitly).
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="LBDN_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="LBDN_", env_file=".env", env_file_encoding="utf-8", extra="ignore")
 
     env: Literal["development", "production"] = "development"
     home: Path = Field(Path("./var"), description="artifacts (one folder per job) and embedded databases")
@@ -100,6 +107,7 @@ class Settings(BaseSettings):
     # ---- derived ---------------------------------------------------------------------------
     @property
     def db_url(self) -> str:
+        """The job store's SQLAlchemy URL."""
         return self.database_url or f"sqlite:///{self.home.resolve() / 'lbdn.sqlite'}"
 
     @property
@@ -116,6 +124,7 @@ class Settings(BaseSettings):
 
     @property
     def datasets_dir(self) -> Path:
+        """The datasets folder (LBDN_DATA_DIR), absolute; passed to lipcore by the API and the tasks."""
         return (self.data_dir or Path("./data")).resolve()
 
     @property
@@ -133,4 +142,5 @@ class Settings(BaseSettings):
 
 @lru_cache
 def get_settings() -> Settings:
+    """The settings of this process, read once from the environment and `.env`."""
     return Settings()

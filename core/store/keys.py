@@ -8,7 +8,8 @@ import secrets
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from worker.store.tables import ApiKey, utcnow
+from core.store.engine import rows_changed
+from core.store.tables import ApiKey, utcnow
 
 SECRET_PREFIX = "lbdn_"
 
@@ -32,9 +33,9 @@ def list_keys(s: Session) -> list[ApiKey]:
 
 def revoke_key(s: Session, key_id: str) -> bool:
     return bool(
-        s.execute(
+        rows_changed(s,
             update(ApiKey).where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None)).values(revoked_at=utcnow())
-        ).rowcount
+        )
     )
 
 

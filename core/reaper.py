@@ -10,19 +10,18 @@ from __future__ import annotations
 import logging
 import threading
 
-from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
-from worker.queue import enqueue
-from worker.settings import Settings
-from worker.store import leases, transaction
+from core.queue import JobQueue
+from core.settings import Settings
+from core.store import leases, transaction
 
 log = logging.getLogger("lbdn.reaper")
 
 
 def reap_and_resend(
     sessions: sessionmaker[Session],
-    app: Celery,
+    queue: JobQueue,
     settings: Settings,
     *,
     everything_queued: bool = False,
@@ -37,7 +36,7 @@ def reap_and_resend(
     sent: list[str] = []
     for i, item in enumerate(todo):
         try:
-            enqueue(app, item.job_id, item.kind)
+            queue.enqueue(item.job_id, item.kind)
             sent.append(item.job_id)
         except Exception as e:  # noqa: BLE001 - broker away: leave the rest for the next pass
             log.warning("broker unreachable while re-sending jobs (%s); will retry", e)
@@ -53,15 +52,15 @@ def reap_and_resend(
 class PeriodicReaper(threading.Thread):
     """A daemon thread running `reap_and_resend` every `settings.reap_interval_s` until stopped."""
 
-    def __init__(self, sessions: sessionmaker[Session], app: Celery, settings: Settings) -> None:
+    def __init__(self, sessions: sessionmaker[Session], queue: JobQueue, settings: Settings) -> None:
         super().__init__(name="lbdn-reaper", daemon=True)
-        self.sessions, self.app, self.settings = sessions, app, settings
+        self.sessions, self.queue, self.settings = sessions, queue, settings
         self.stopped = threading.Event()
 
     def run(self) -> None:
         while not self.stopped.is_set():
             try:
-                reap_and_resend(self.sessions, self.app, self.settings)
+                reap_and_resend(self.sessions, self.queue, self.settings)
             except Exception:  # noqa: BLE001 - e.g. the database restarting; try again next time
                 log.exception("reaper pass failed")
             self.stopped.wait(self.settings.reap_interval_s)

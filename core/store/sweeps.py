@@ -14,8 +14,9 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from worker.store import jobs
-from worker.store.tables import Job, Sweep, SweepJob
+from core.states import JobKind, JobState, SweepRole
+from core.store import jobs
+from core.store.tables import Job, Sweep, SweepJob
 
 
 def new_sweep_id() -> str:
@@ -38,8 +39,8 @@ def create_sweep(
     s.flush()
     made = []
     for i, (spec, point) in enumerate(specs):
-        job, _ = jobs.create_job(s, tenant=tenant, kind="train", spec=spec)
-        s.add(SweepJob(sweep_id=sweep.id, job_id=job.id, role="train", position=i, point=point))
+        job, _ = jobs.create_job(s, tenant=tenant, kind=JobKind.train, spec=spec)
+        s.add(SweepJob(sweep_id=sweep.id, job_id=job.id, role=SweepRole.train, position=i, point=point))
         made.append(job)
     s.flush()
     return sweep, made
@@ -79,11 +80,11 @@ def pending_evaluations(s: Session, sweep: Sweep) -> list[tuple[SweepJob, Job]]:
     if sweep.evaluate is None:
         return []
     rows = sweep_jobs(s, sweep.id)
-    evaluated = {link.train_job_id for link, _ in rows if link.role == "evaluate"}
+    evaluated = {link.train_job_id for link, _ in rows if link.role == SweepRole.evaluate}
     return [
         (link, job)
         for link, job in rows
-        if link.role == "train" and job is not None and job.status == "succeeded"
+        if link.role == SweepRole.train and job is not None and job.status == JobState.succeeded
         and job.id not in evaluated and job.spec.get("model") != "Toy"
     ]
 
@@ -95,7 +96,7 @@ def add_evaluation(s: Session, sweep: Sweep, link: SweepJob, trained: Job) -> Jo
     same sweep at once make one job between them.
     """
     job, created = jobs.create_job(
-        s, tenant=sweep.tenant, kind="evaluate", spec=trained.spec, params=sweep.evaluate,
+        s, tenant=sweep.tenant, kind=JobKind.evaluate, spec=trained.spec, params=sweep.evaluate,
         model_id=trained.id, idempotency_key=f"sweep-eval:{sweep.id}:{trained.id}",
         req_hash=f"sweep-eval:{trained.id}",
     )
@@ -103,7 +104,7 @@ def add_evaluation(s: Session, sweep: Sweep, link: SweepJob, trained: Job) -> Jo
         return None
     try:
         with s.begin_nested():
-            s.add(SweepJob(sweep_id=sweep.id, job_id=job.id, role="evaluate", position=link.position,
+            s.add(SweepJob(sweep_id=sweep.id, job_id=job.id, role=SweepRole.evaluate, position=link.position,
                            point=link.point, train_job_id=trained.id))
     except IntegrityError:
         return None

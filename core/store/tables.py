@@ -8,21 +8,23 @@ per job by `jobs.event_seq`, so an event stream can resume from a sequence numbe
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
-FINISHED = ("succeeded", "failed", "cancelled")
+from core.states import FINISHED, EventKind, JobKind, JobState, SweepRole
+
+__all__ = ["FINISHED", "ApiKey", "Base", "Job", "JobEvent", "JobMetric", "Sweep", "SweepJob", "utcnow"]
 
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
-class UTCDateTime(TypeDecorator):
+class UTCDateTime(TypeDecorator[datetime]):
     """Timezone-aware UTC datetimes on both backends (SQLite stores naive values)."""
 
     impl = DateTime(timezone=True)
@@ -39,8 +41,34 @@ class UTCDateTime(TypeDecorator):
         return value
 
 
+class StrEnumType(TypeDecorator[Any]):
+    """A StrEnum stored as its plain string value in VARCHAR(20) (the schema of the first release:
+    no database enum type, no CHECK), read back as the enum member."""
+
+    impl = String(20)
+    cache_ok = True
+
+    def __init__(self, enum: type[StrEnum]) -> None:
+        super().__init__()
+        self.enum = enum
+
+    def process_bind_param(self, value: str | None, dialect: Any) -> str | None:
+        return None if value is None else self.enum(value).value  # an unknown value fails here, not later
+
+    def process_result_value(self, value: str | None, dialect: Any) -> StrEnum | None:
+        return None if value is None else self.enum(value)
+
+
 class Base(DeclarativeBase):
-    type_annotation_map = {datetime: UTCDateTime, dict[str, Any]: JSON, list[Any]: JSON}
+    type_annotation_map = {
+        datetime: UTCDateTime,
+        dict[str, Any]: JSON,
+        list[Any]: JSON,
+        JobState: StrEnumType(JobState),
+        JobKind: StrEnumType(JobKind),
+        EventKind: StrEnumType(EventKind),
+        SweepRole: StrEnumType(SweepRole),
+    }
 
 
 class Job(Base):
@@ -54,8 +82,8 @@ class Job(Base):
     pk: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)  # list order
     id: Mapped[str] = mapped_column(String(40), unique=True)
     tenant: Mapped[str] = mapped_column(String(100))
-    kind: Mapped[str] = mapped_column(String(20))  # train | evaluate
-    status: Mapped[str] = mapped_column(String(20), default="queued")
+    kind: Mapped[JobKind] = mapped_column()
+    status: Mapped[JobState] = mapped_column(default=JobState.queued)
     spec: Mapped[dict[str, Any]] = mapped_column()  # the ExperimentSpec (resolved once trained)
     params: Mapped[dict[str, Any] | None] = mapped_column(nullable=True)  # evaluate: attack settings
     model_id: Mapped[str | None] = mapped_column(String(40), nullable=True)  # evaluate: the trained job
@@ -90,7 +118,7 @@ class JobEvent(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("lbdn_jobs.id", ondelete="CASCADE"))
     seq: Mapped[int] = mapped_column(Integer)
-    kind: Mapped[str] = mapped_column(String(20))
+    kind: Mapped[EventKind] = mapped_column()
     data: Mapped[dict[str, Any]] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
@@ -150,7 +178,7 @@ class SweepJob(Base):
 
     sweep_id: Mapped[str] = mapped_column(ForeignKey("lbdn_sweeps.id", ondelete="CASCADE"), primary_key=True)
     job_id: Mapped[str] = mapped_column(String(40), primary_key=True)
-    role: Mapped[str] = mapped_column(String(20))  # train | evaluate
+    role: Mapped[SweepRole] = mapped_column()
     position: Mapped[int] = mapped_column(Integer)  # order of the grid
     point: Mapped[dict[str, Any]] = mapped_column()  # the grid values of this job (gamma, layer, ...)
     train_job_id: Mapped[str | None] = mapped_column(String(40), nullable=True)  # evaluate: the trained job

@@ -15,7 +15,9 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from worker.store.tables import FINISHED, Job, JobEvent, JobMetric, utcnow
+from core.states import FINISHED, EventKind, JobKind, JobState
+from core.store.engine import rows_changed
+from core.store.tables import Job, JobEvent, JobMetric, utcnow
 
 
 class IdempotencyConflict(Exception):
@@ -34,7 +36,7 @@ def create_job(
     s: Session,
     *,
     tenant: str,
-    kind: str,
+    kind: JobKind,
     spec: dict[str, Any],
     params: dict[str, Any] | None = None,
     model_id: str | None = None,
@@ -53,7 +55,7 @@ def create_job(
         id=new_job_id(),
         tenant=tenant,
         kind=kind,
-        status="queued",
+        status=JobState.queued,
         spec=spec,
         params=params,
         model_id=model_id,
@@ -70,7 +72,7 @@ def create_job(
         if earlier is None:
             raise
         return _replay(earlier, req_hash), False
-    add_event(s, job.id, "state", {"status": "queued"})
+    add_event(s, job.id, EventKind.state, {"status": JobState.queued})
     return job, True
 
 
@@ -96,8 +98,8 @@ def list_jobs(
     s: Session,
     tenant: str,
     *,
-    status: str | None = None,
-    kind: str | None = None,
+    status: JobState | None = None,
+    kind: JobKind | None = None,
     limit: int = 50,
     before_pk: int | None = None,
 ) -> list[Job]:
@@ -112,7 +114,7 @@ def list_jobs(
     return list(s.scalars(q.order_by(Job.pk.desc()).limit(limit)))
 
 
-def add_event(s: Session, job_id: str, kind: str, data: dict[str, Any]) -> int:
+def add_event(s: Session, job_id: str, kind: EventKind, data: dict[str, Any]) -> int:
     """Append an event; its number comes from an atomic increment of the job's event_seq."""
     seq = s.execute(
         update(Job).where(Job.id == job_id).values(event_seq=Job.event_seq + 1).returning(Job.event_seq)
@@ -126,7 +128,7 @@ def events_after(
     job_id: str,
     after_seq: int = 0,
     *,
-    kinds: tuple[str, ...] | None = None,
+    kinds: tuple[EventKind, ...] | None = None,
     limit: int = 500,
 ) -> list[JobEvent]:
     q = select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.seq > after_seq)
@@ -139,7 +141,7 @@ def log_lines(s: Session, job_id: str, offset: int = 0, limit: int = 1000) -> li
     """Log lines `offset`, `offset+1`, ... (0-based line numbers) of a job."""
     q = (
         select(JobEvent.data)
-        .where(JobEvent.job_id == job_id, JobEvent.kind == "log")
+        .where(JobEvent.job_id == job_id, JobEvent.kind == EventKind.log)
         .order_by(JobEvent.seq)
         .offset(offset)
         .limit(limit)
@@ -153,7 +155,7 @@ def record_metrics(s: Session, job_id: str, row: dict[str, Any]) -> None:
     s.execute(delete(JobMetric).where(JobMetric.job_id == job_id, JobMetric.epoch == epoch))
     s.add(JobMetric(job_id=job_id, epoch=epoch, data=row))
     s.execute(update(Job).where(Job.id == job_id).values(latest_metrics=row, updated_at=utcnow()))
-    add_event(s, job_id, "metrics", row)
+    add_event(s, job_id, EventKind.metrics, row)
 
 
 def metrics_since(s: Session, job_id: str, since_epoch: int = 0) -> list[dict[str, Any]]:
@@ -168,17 +170,17 @@ def metrics_since(s: Session, job_id: str, since_epoch: int = 0) -> list[dict[st
 def request_cancel(s: Session, job: Job) -> Job:
     """Cancel a queued job at once; flag a running one (its worker stops at the next step)."""
     now = utcnow()
-    if job.status == "queued":
-        done = s.execute(
+    if job.status == JobState.queued:
+        done = rows_changed(s,
             update(Job)
-            .where(Job.id == job.id, Job.status == "queued")
-            .values(status="cancelled", finished_at=now, updated_at=now, cancel_requested=True)
-        ).rowcount
+            .where(Job.id == job.id, Job.status == JobState.queued)
+            .values(status=JobState.cancelled, finished_at=now, updated_at=now, cancel_requested=True)
+        )
         if done:
-            add_event(s, job.id, "state", {"status": "cancelled"})
-    elif job.status == "running" and not job.cancel_requested:
+            add_event(s, job.id, EventKind.state, {"status": JobState.cancelled})
+    elif job.status == JobState.running and not job.cancel_requested:
         s.execute(update(Job).where(Job.id == job.id).values(cancel_requested=True, updated_at=now))
-        add_event(s, job.id, "state", {"status": "running", "cancel_requested": True})
+        add_event(s, job.id, EventKind.state, {"status": JobState.running, "cancel_requested": True})
     s.refresh(job)
     return job
 
@@ -196,7 +198,7 @@ def delete_job(s: Session, job: Job) -> None:
     s.execute(delete(Job).where(Job.id == job.id))
 
 
-def count_by_state(s: Session) -> list[tuple[str, str, int]]:
+def count_by_state(s: Session) -> list[tuple[JobKind, JobState, int]]:
     """(kind, status, count) over all tenants, for the Prometheus gauge."""
     q = select(Job.kind, Job.status, func.count()).group_by(Job.kind, Job.status)
     return [(k, st, int(n)) for k, st, n in s.execute(q)]

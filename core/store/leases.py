@@ -12,38 +12,41 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from worker.store.jobs import add_event
-from worker.store.tables import Job, utcnow
+from core.states import EventKind, JobKind, JobState
+from core.store.engine import rows_changed
+from core.store.jobs import add_event
+from core.store.tables import Job, utcnow
 
 
 def acquire(s: Session, job_id: str, owner: str, lease_s: float) -> Job | None:
     """Take the job for `owner` if it is queued, or running under an expired lease; else None."""
     now = utcnow()
-    taken = s.execute(
+    taken = rows_changed(s,
         update(Job)
         .where(
             Job.id == job_id,
             or_(
-                Job.status == "queued",
-                and_(Job.status == "running", or_(Job.lease_expires_at.is_(None), Job.lease_expires_at < now)),
+                Job.status == JobState.queued,
+                and_(Job.status == JobState.running, or_(Job.lease_expires_at.is_(None), Job.lease_expires_at < now)),
             ),
         )
         .values(
-            status="running",
+            status=JobState.running,
             lease_owner=owner,
             lease_expires_at=now + timedelta(seconds=lease_s),
             attempt=Job.attempt + 1,
             started_at=func.coalesce(Job.started_at, now),
             updated_at=now,
         )
-    ).rowcount
+    )
     if not taken:
         return None
     job = s.scalar(select(Job).where(Job.id == job_id).execution_options(populate_existing=True))
-    add_event(s, job_id, "state", {"status": "running", "attempt": job.attempt, "worker": owner})
+    assert job is not None  # taken just now in this transaction
+    add_event(s, job_id, EventKind.state, {"status": JobState.running, "attempt": job.attempt, "worker": owner})
     return job
 
 
@@ -51,38 +54,38 @@ def renew(s: Session, job_id: str, owner: str, lease_s: float) -> bool:
     """Extend the lease; False when `owner` no longer holds it (then it must stop at once)."""
     now = utcnow()
     return bool(
-        s.execute(
+        rows_changed(s,
             update(Job)
-            .where(Job.id == job_id, Job.lease_owner == owner, Job.status == "running")
+            .where(Job.id == job_id, Job.lease_owner == owner, Job.status == JobState.running)
             .values(lease_expires_at=now + timedelta(seconds=lease_s))
-        ).rowcount
+        )
     )
 
 
 def update_owned(s: Session, job_id: str, owner: str, **values: Any) -> bool:
     """Change columns of a running job that `owner` still holds."""
     return bool(
-        s.execute(
+        rows_changed(s,
             update(Job)
-            .where(Job.id == job_id, Job.lease_owner == owner, Job.status == "running")
+            .where(Job.id == job_id, Job.lease_owner == owner, Job.status == JobState.running)
             .values(updated_at=utcnow(), **values)
-        ).rowcount
+        )
     )
 
 
-def finish(s: Session, job_id: str, owner: str, status: str, **values: Any) -> bool:
+def finish(s: Session, job_id: str, owner: str, status: JobState, **values: Any) -> bool:
     """End a job that `owner` holds: succeeded, failed or cancelled. False if the lease was lost."""
     now = utcnow()
-    done = s.execute(
+    done = rows_changed(s,
         update(Job)
-        .where(Job.id == job_id, Job.lease_owner == owner, Job.status == "running")
+        .where(Job.id == job_id, Job.lease_owner == owner, Job.status == JobState.running)
         .values(status=status, finished_at=now, updated_at=now, lease_owner=None, lease_expires_at=None, **values)
-    ).rowcount
+    )
     if done:
-        data = {"status": status}
+        data: dict[str, Any] = {"status": status}
         if values.get("error"):
             data["error"] = values["error"]
-        add_event(s, job_id, "state", data)
+        add_event(s, job_id, EventKind.state, data)
     return bool(done)
 
 
@@ -91,40 +94,40 @@ def release(s: Session, job_id: str, owner: str) -> bool:
     checkpointed it. The start does not count against max_attempts (nothing was lost), and
     enqueued_at is cleared so the next reaper pass (or the API's start) sends it again."""
     now = utcnow()
-    done = s.execute(
+    done = rows_changed(s,
         update(Job)
-        .where(Job.id == job_id, Job.lease_owner == owner, Job.status == "running")
+        .where(Job.id == job_id, Job.lease_owner == owner, Job.status == JobState.running)
         .values(
-            status="queued",
+            status=JobState.queued,
             lease_owner=None,
             lease_expires_at=None,
             enqueued_at=None,
             attempt=Job.attempt - 1,
             updated_at=now,
         )
-    ).rowcount
+    )
     if done:
-        add_event(s, job_id, "state", {"status": "queued", "interrupted": "worker shutdown"})
+        add_event(s, job_id, EventKind.state, {"status": JobState.queued, "interrupted": "worker shutdown"})
     return bool(done)
 
 
 def fail_unleased(s: Session, job_id: str, error: str) -> bool:
     """Fail a queued job that cannot run at all (e.g. its spec no longer loads)."""
     now = utcnow()
-    done = s.execute(
+    done = rows_changed(s,
         update(Job)
-        .where(Job.id == job_id, Job.status == "queued")
-        .values(status="failed", error=error, finished_at=now, updated_at=now)
-    ).rowcount
+        .where(Job.id == job_id, Job.status == JobState.queued)
+        .values(status=JobState.failed, error=error, finished_at=now, updated_at=now)
+    )
     if done:
-        add_event(s, job_id, "state", {"status": "failed", "error": error})
+        add_event(s, job_id, EventKind.state, {"status": JobState.failed, "error": error})
     return bool(done)
 
 
 @dataclass(frozen=True)
 class Resend:
     job_id: str
-    kind: str
+    kind: JobKind
 
 
 def reap(s: Session, *, max_attempts: int, resend_queued_after_s: float | None) -> list[Resend]:
@@ -144,50 +147,50 @@ def _requeue_expired(s: Session, now: datetime, max_attempts: int) -> list[Resen
     resend = []
     expired = s.execute(
         select(Job.id, Job.kind, Job.attempt, Job.cancel_requested, Job.lease_expires_at).where(
-            Job.status == "running", Job.lease_expires_at < now
+            Job.status == JobState.running, Job.lease_expires_at < now
         )
     ).all()
     for job_id, kind, attempt, cancelling, expires in expired:
         if cancelling:
-            event: dict[str, Any] = {"status": "cancelled"}
+            event: dict[str, Any] = {"status": JobState.cancelled}
         elif attempt >= max_attempts:
             error = f"the worker running this job was lost {attempt} times (max_attempts={max_attempts})"
-            event = {"status": "failed", "error": error}
+            event = {"status": JobState.failed, "error": error}
         else:
-            event = {"status": "queued", "requeued": True}
+            event = {"status": JobState.queued, "requeued": True}
         values: dict[str, Any] = {
             "status": event["status"],
             "lease_owner": None,
             "lease_expires_at": None,
             "updated_at": now,
         }
-        if event["status"] == "queued":
+        if event["status"] == JobState.queued:
             values["enqueued_at"] = now
         else:
             values.update(finished_at=now, error=event.get("error"))
-        same = (Job.id == job_id, Job.status == "running", Job.lease_expires_at == expires)
-        if s.execute(update(Job).where(*same).values(**values)).rowcount:
-            add_event(s, job_id, "state", event)
-            if event["status"] == "queued":
+        same = (Job.id == job_id, Job.status == JobState.running, Job.lease_expires_at == expires)
+        if rows_changed(s, update(Job).where(*same).values(**values)):
+            add_event(s, job_id, EventKind.state, event)
+            if event["status"] == JobState.queued:
                 resend.append(Resend(job_id, kind))
     return resend
 
 
 def _resend_stale(s: Session, now: datetime, after_s: float | None) -> list[Resend]:
-    stale = Job.enqueued_at.is_(None)
+    stale: ColumnElement[bool] = Job.enqueued_at.is_(None)
     cutoff = now if after_s is None else now - timedelta(seconds=after_s)
     stale = or_(stale, Job.enqueued_at <= cutoff)
     resend = []
-    rows = s.execute(select(Job.id, Job.kind, Job.enqueued_at).where(Job.status == "queued", stale)).all()
+    rows = s.execute(select(Job.id, Job.kind, Job.enqueued_at).where(Job.status == JobState.queued, stale)).all()
     for job_id, kind, sent in rows:
         same = Job.enqueued_at.is_(None) if sent is None else Job.enqueued_at == sent
-        if s.execute(
-            update(Job).where(Job.id == job_id, Job.status == "queued", same).values(enqueued_at=now)
-        ).rowcount:
+        if rows_changed(s,
+            update(Job).where(Job.id == job_id, Job.status == JobState.queued, same).values(enqueued_at=now)
+        ):
             resend.append(Resend(job_id, kind))
     return resend
 
 
 def mark_unsent(s: Session, job_id: str) -> None:
     """The broker refused the message: let the next reaper pass send it."""
-    s.execute(update(Job).where(Job.id == job_id, Job.status == "queued").values(enqueued_at=None))
+    s.execute(update(Job).where(Job.id == job_id, Job.status == JobState.queued).values(enqueued_at=None))

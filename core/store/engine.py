@@ -7,11 +7,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, make_url, text
+from sqlalchemy import CursorResult, Engine, Executable, create_engine, event, make_url, text
 from sqlalchemy.engine import Result
 from sqlalchemy.orm import Session, sessionmaker
 
-from worker.store.tables import Base
+from core.store.migrate import upgrade
 
 SQLITE_BUSY_MS = 30_000  # the API, the worker and its heartbeat thread write the same file
 
@@ -39,8 +39,9 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
 
 def init_db(engine: Engine) -> None:
-    """Create missing tables (idempotent; several processes may race here at start-up)."""
-    Base.metadata.create_all(engine, checkfirst=True)
+    """Bring the schema up to date with the migrations (core.store.migrate): creates the tables of
+    an empty database, upgrades an older one. Idempotent; processes starting together take turns."""
+    upgrade(engine)
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
@@ -55,7 +56,15 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
         yield session
 
 
+def rows_changed(s: Session, statement: Executable) -> int:
+    """Run an UPDATE or DELETE and return how many rows it changed (0: its condition did not hold)."""
+    result = s.execute(statement)
+    assert isinstance(result, CursorResult)
+    return result.rowcount
+
+
 def ping(engine: Engine) -> None:
+    """Raise if the database cannot be reached."""
     with engine.connect() as conn:
         conn.execute(text("SELECT 1"))
 
@@ -83,7 +92,7 @@ class ReleasingSession(Session):
         if self.in_transaction():
             self.commit()  # a read-only COMMIT; expire_on_commit=False keeps the loaded rows usable
 
-    def execute(self, statement: Any, *args: Any, **kwargs: Any) -> Result[Any]:  # type: ignore[override]
+    def execute(self, statement: Any, *args: Any, **kwargs: Any) -> Result[Any]:
         if not getattr(statement, "is_select", False):
             self._writing = True
             return super().execute(statement, *args, **kwargs)
@@ -91,10 +100,10 @@ class ReleasingSession(Session):
         self._release_if_idle()
         return frozen()
 
-    def scalar(self, statement: Any, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+    def scalar(self, statement: Any, *args: Any, **kwargs: Any) -> Any:
         return self.execute(statement, *args, **kwargs).scalar()
 
-    def scalars(self, statement: Any, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+    def scalars(self, statement: Any, *args: Any, **kwargs: Any) -> Any:
         return self.execute(statement, *args, **kwargs).scalars()
 
     def flush(self, objects: Any = None) -> None:

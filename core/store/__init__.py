@@ -3,8 +3,9 @@
 Imported by the API and the worker alike (never by lipcore). SQLite by default, PostgreSQL by URL.
 """
 
-from worker.store import jobs, keys, leases, sweeps
-from worker.store.engine import (
+from core.states import FINISHED
+from core.store import jobs, keys, leases, sweeps
+from core.store.engine import (
     ReleasingSession,
     init_db,
     make_engine,
@@ -13,11 +14,10 @@ from worker.store.engine import (
     session_factory,
     transaction,
 )
-from worker.store.tables import FINISHED, JOB_STATES, ApiKey, Job, JobEvent, JobMetric, Sweep, SweepJob, utcnow
+from core.store.tables import ApiKey, Job, JobEvent, JobMetric, Sweep, SweepJob, utcnow
 
 __all__ = [
     "FINISHED",
-    "JOB_STATES",
     "ApiKey",
     "Job",
     "JobEvent",

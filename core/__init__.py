@@ -1,0 +1,6 @@
+"""The service core shared by `api` and `worker`: settings, the job store (with its migrations),
+job states and kinds, and the queue interface that hands work to the workers.
+
+Light on purpose (no torch, no training code): the API process imports it to enqueue work. It
+imports neither `api` nor `worker`; of lipcore it may use `lipcore.spec` only.
+"""

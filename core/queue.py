@@ -1,0 +1,96 @@
+"""The job queue: how the service asks a worker to run a job. Light enough for the API to import:
+messages go out by task name, so no task (and no training code) is imported here.
+
+Broker messages only carry work ("run job X"); the job store holds everything else, so a message
+may be lost or delivered twice without harm (see core.store.leases). Settings follow
+shared/notes/service-facts.md for long GPU jobs. The Celery app that consumes these messages, and
+its tasks, are the worker's (worker.app, worker.tasks); both sides configure Celery with
+`configure_celery`, so producer and consumer agree on queues and routes.
+
+Embedded default broker: kombu's SQLAlchemy transport on a SQLite file (`sqla+sqlite:///`), chosen
+over `filesystem://` because it needs no folder layout shared by name between processes, takes
+messages with BEGIN IMMEDIATE (one consumer per message), and Celery 5.7 runs it as is. Its limits
+(at-most-once: a SIGKILLed worker's message is not redelivered; no revoke/inspect) do not matter
+here: crash recovery comes from our leases and reaper, and cancellation from the jobs table.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from celery import Celery
+from kombu import Queue
+
+from core.settings import Settings
+from core.states import JobKind
+
+TASKS = {JobKind.train: "lbdn.train", JobKind.evaluate: "lbdn.evaluate"}  # job kind -> task name
+
+
+def configure_celery(app: Celery, settings: Settings) -> None:
+    """Give `app` the service's Celery settings (broker options, queues, routes, acks)."""
+    # The sqla transport hands its transport options to create_engine(), so it gets none (and
+    # polls every second); Redis gets a visibility timeout longer than any job.
+    transport = {} if settings.embedded_broker else {"visibility_timeout": settings.visibility_timeout_s}
+    app.conf.update(
+        task_acks_late=True,  # a worker lost mid-job leaves its message to be redelivered...
+        task_reject_on_worker_lost=True,  # ...also when the pool child dies (bounded by our attempt count)
+        worker_prefetch_multiplier=1,  # a long job must not reserve the next one
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        broker_transport_options=transport,
+        broker_connection_retry_on_startup=True,
+        broker_connection_timeout=5,
+        task_ignore_result=True,  # job state lives in our database, not in a result backend
+        task_serializer="json",
+        accept_content=["json"],
+        task_queues=[Queue(settings.gpu_queue), Queue(settings.cpu_queue)],
+        task_default_queue=settings.cpu_queue,
+        task_routes={name: {"queue": settings.gpu_queue} for name in TASKS.values()},
+        worker_max_tasks_per_child=settings.worker_max_tasks_per_child,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        task_send_sent_event=False,
+    )
+
+
+def make_celery(settings: Settings) -> Celery:
+    """A Celery app that only sends (the API's, the reaper's): no tasks included."""
+    app = Celery("lbdn", broker=settings.broker)
+    configure_celery(app, settings)
+    return app
+
+
+class JobQueue(Protocol):
+    """What the API and the reaper need of the queue (tests may pass their own)."""
+
+    def enqueue(self, job_id: str, kind: JobKind) -> None: ...
+
+    def ping(self, timeout: float = 3.0) -> None: ...
+
+
+class CeleryQueue:
+    """The JobQueue of the service: Celery messages to the queues of `settings`."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.app = make_celery(settings)
+
+    def enqueue(self, job_id: str, kind: JobKind) -> None:
+        """Send the message that makes a worker run job `job_id` (kind train or evaluate).
+
+        Raises kombu/redis errors when the broker cannot take it; retries briefly first.
+        """
+        self.app.send_task(
+            TASKS[JobKind(kind)],
+            args=[job_id],
+            retry=True,
+            retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1},
+        )
+
+    def ping(self, timeout: float = 3.0) -> None:
+        """Raise if the broker cannot be reached within `timeout` seconds."""
+        with self.app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=timeout)
+
+    def close(self) -> None:
+        """Release the broker connection pool (the API calls it at shutdown)."""
+        self.app.close()
