@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import time
 from typing import Annotated, Literal
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.problems import problem
@@ -70,20 +73,54 @@ def _keys_ever_created(request: Request) -> bool:
     return bool(state.keys_seen)
 
 
-def current_tenant(
+class KeyCache:
+    """Tenants of recently seen active keys, for `ttl_s` seconds (LBDN_KEY_CACHE_S).
+
+    A poll costs the API ~3 ms of CPU, and the key lookup (a thread hop and a query) is a third of
+    it; dashboards and `watch` loops poll with the same key every second. Only successful lookups
+    are kept, by the key's SHA-256 (never the secret), so a revoked key stops working within ttl_s
+    (revocation is a `lbdn keys revoke` in another process; there is nothing to notify). 0 disables.
+    """
+
+    def __init__(self, ttl_s: float, size: int = 4096) -> None:
+        self.ttl_s, self.size = ttl_s, size
+        self._tenants: dict[str, tuple[str, float]] = {}
+
+    def get(self, digest: str) -> str | None:
+        hit = self._tenants.get(digest)
+        if hit is None or hit[1] < time.monotonic():
+            return None
+        return hit[0]
+
+    def put(self, digest: str, tenant: str) -> None:
+        if self.ttl_s <= 0:
+            return
+        if len(self._tenants) >= self.size:  # many keys at once: start over rather than grow
+            self._tenants.clear()
+        self._tenants[digest] = (tenant, time.monotonic() + self.ttl_s)
+
+
+async def current_tenant(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> str:
     """The tenant of the bearer key; the open tenant only in the open mode (see the module doc)."""
-    # Short sessions of their own: a request never holds a DB connection for its whole life.
     if credentials is not None:
-        with request.app.state.sessions() as session:
-            tenant = keys.tenant_for_secret(session, credentials.credentials)
+        cache: KeyCache = request.app.state.key_cache
+        digest = keys.digest(credentials.credentials)
+        tenant = cache.get(digest)
+        if tenant is None:
+            # a short session of its own, on a thread: a request never holds a connection for its life
+            tenant = await run_in_threadpool(_lookup, request.app.state.sessions, digest)
+            if tenant is not None:
+                cache.put(digest, tenant)
         if tenant is None:
             raise HTTPException(401, "Authorization: unknown or revoked API key", headers=_CHALLENGE)
         return tenant
     mode = request.app.state.auth_mode
-    if mode == "none" or (mode == "auto" and not _keys_ever_created(request)):
+    if mode == "auto" and not getattr(request.app.state, "keys_seen", False):
+        await run_in_threadpool(_keys_ever_created, request)
+    if mode == "none" or (mode == "auto" and not request.app.state.keys_seen):
         return OPEN_TENANT
     raise HTTPException(
         401,
@@ -91,6 +128,11 @@ def current_tenant(
         "(keys are made with `lbdn keys create --tenant NAME`)",
         headers=_CHALLENGE,
     )
+
+
+def _lookup(sessions: sessionmaker[Session], digest: str) -> str | None:
+    with sessions() as session:
+        return keys.tenant_for_digest(session, digest)
 
 
 CurrentTenant = Annotated[str, Depends(current_tenant)]

@@ -12,8 +12,9 @@ import anyio.to_thread
 from fastapi import FastAPI
 
 from api import problems
-from api.auth import OpsGuard, auth_mode, listen_problem
+from api.auth import KeyCache, OpsGuard, auth_mode, listen_problem
 from api.certify import AttackSlots
+from api.certify_pool import CertifyLimits, CertifyPool
 from api.metrics import ServiceMetrics
 from api.middleware import LimitAndMeasure
 from api.model_cache import ModelCache
@@ -30,10 +31,10 @@ HEALTH_THREADS = 2  # /readyz checks at once
 
 def pool_sizes(settings: Settings) -> dict[str, int | float]:
     """The API's DB pool: one connection for every thread that can hold one at the same time
-    (sync routes, stream polls, readiness checks, certify threads), so a thread never waits for a
+    (sync routes, stream polls, readiness checks, attack threads), so a thread never waits for a
     connection; pool_timeout is only a backstop. A connection is held only within one thread call
     (api.deps.get_session), so no size can deadlock; these sizes only keep waits away."""
-    threads = settings.api_threads + STREAM_THREADS + HEALTH_THREADS + settings.certify_concurrency
+    threads = settings.api_threads + STREAM_THREADS + HEALTH_THREADS + settings.certify_attacks_total
     return {"pool_size": threads // 2, "max_overflow": threads - threads // 2, "pool_timeout": 10.0}
 
 DESCRIPTION = """Train Lipschitz-bounded deep networks (sandwich layers, Wang & Manchester, ICML 2023)
@@ -46,10 +47,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     settings.jobs_dir.mkdir(parents=True, exist_ok=True)
     # Thread and connection budgets, sized together (see pool_sizes): sync routes and dependencies
-    # share anyio's default limiter; certify compute, event-stream polls and readiness checks get
+    # share anyio's default limiter; attack searches, event-stream polls and readiness checks get
     # limiters of their own, so neither CPU work nor streams can take the threads pollers need.
     anyio.to_thread.current_default_thread_limiter().total_tokens = settings.api_threads
-    app.state.certify_limiter = anyio.CapacityLimiter(settings.certify_concurrency)
+    app.state.attack_limiter = anyio.CapacityLimiter(settings.certify_attacks_total)
     app.state.stream_limiter = anyio.CapacityLimiter(STREAM_THREADS)
     app.state.health_limiter = anyio.CapacityLimiter(HEALTH_THREADS)
     init_db(app.state.engine)
@@ -57,6 +58,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     # re-send them, off the start-up path so a slow broker does not delay serving.
     threading.Thread(target=_resend_at_startup, args=(app,), name="lbdn-resend", daemon=True).start()
     yield
+    app.state.certify_pool.shutdown()
     app.state.engine.dispose()
     app.state.queue.close()
 
@@ -84,12 +86,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ],
     )
     app.state.settings = settings
+    app.state.key_cache = KeyCache(settings.key_cache_s)
     app.state.auth_mode = auth_mode(settings)  # api.auth: open only by choice, or on loopback before any key
     app.state.engine = make_engine(settings.db_url, **pool_sizes(settings))
     app.state.sessions = session_factory(app.state.engine)
     app.state.request_sessions = releasing_session_factory(app.state.engine)
     app.state.queue = CeleryQueue(settings)  # core.queue.JobQueue: enqueue by task name, ping
-    app.state.model_cache = ModelCache(settings.model_cache_size)
+    app.state.model_cache = ModelCache(settings.model_cache_size)  # the attack's models (api.certify_pool)
+    app.state.certify_pool = CertifyPool(
+        settings.certify_concurrency,
+        settings.certify_nice,
+        CertifyLimits(settings.max_certify_inputs, settings.max_image_pixels, settings.model_cache_size),
+    )
     app.state.metrics = ServiceMetrics(app.state.sessions)
     app.state.attack_slots = AttackSlots(
         settings.certify_attacks_per_tenant, settings.certify_attacks_total, settings.certify_attack_timeout_s

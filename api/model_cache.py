@@ -16,6 +16,7 @@ class ModelCache:
         self._lru: OrderedDict[tuple[str, int], Any] = OrderedDict()
         self._lock = threading.Lock()
         self._loading: dict[tuple[str, int], threading.Lock] = {}
+        self.loads = 0  # checkpoints read from disk (a cache miss each)
 
     def get(self, path: Path) -> Any:
         """The lipcore LoadedModel of `path` (eval mode, CPU, parameters frozen)."""
@@ -37,6 +38,7 @@ class ModelCache:
             loaded = load_model(path, device="cpu")
             loaded.model.requires_grad_(False)  # certify and its attack only differentiate w.r.t. inputs
             with self._lock:
+                self.loads += 1
                 self._lru[key] = loaded
                 self._lru.move_to_end(key)
                 while len(self._lru) > self.size:

@@ -45,7 +45,10 @@ class Settings(BaseSettings):
         32, ge=4, description="threads of the API's sync routes; its DB pool is sized from this (api.main)"
     )
     certify_concurrency: int = Field(
-        2, ge=1, description="certify requests computed at once (own threads; the rest wait without a thread)"
+        2, ge=1, description="certify processes (requests computed at once; the rest wait without a thread)"
+    )
+    certify_nice: int = Field(
+        10, ge=0, le=19, description="niceness of the certify processes: polls and /healthz are served first"
     )
 
     # Access and limits (see README "API keys, access and limits")
@@ -56,6 +59,9 @@ class Settings(BaseSettings):
     )
     metrics_token: str | None = Field(
         None, min_length=16, description="bearer token of /metrics and /readyz; unset: loopback clients only"
+    )
+    key_cache_s: float = Field(
+        1.0, ge=0, description="seconds an API key's tenant is remembered (a revoked key works this much longer)"
     )
     max_active_jobs_per_tenant: int = Field(20, ge=1, description="queued + running jobs of one tenant (429 above)")
     max_job_memory_gb: float = Field(

@@ -14,7 +14,7 @@ from sqlalchemy import select
 from api.certify import AttackBudget, AttackSlots, certify_batch, input_shape
 from api.deps import CurrentTenant, SessionDep, SettingsDep, TenantModel
 from api.problems import problem_responses
-from api.schemas import CertifyOut, ModelOut, ModelPage
+from api.schemas import AttackReport, CertifiedInput, CertifyOut, LipschitzBound, ModelOut, ModelPage
 from api.uploads import RawInputs, decode, read_certify_body
 from api.views import model_out
 from core.settings import Settings
@@ -82,22 +82,32 @@ async def certify_inputs(
     tenant: CurrentTenant,
     attack: Annotated[bool, Query(description="also search adversarial examples")] = False,
 ) -> CertifyOut:
-    # torch runs on the certify threads (app.state.certify_limiter, LBDN_CERTIFY_CONCURRENCY), never
-    # on the event loop nor on the threads of the other routes; a request waiting for its turn holds
-    # no thread and no DB connection.
-    return await anyio.to_thread.run_sync(
-        _certify, model, raw, request, settings, tenant, attack, limiter=request.app.state.certify_limiter
-    )
-
-
-def _certify(
-    model: Job, raw: RawInputs, request: Request, settings: Settings, tenant: str, attack: bool
-) -> CertifyOut:
     t0 = time.perf_counter()
     metrics = request.app.state.metrics
     path = settings.job_dir(model.id) / MODEL
     if not path.is_file():
         raise HTTPException(404, f"model {model.id} has no weights file (was it removed?)")
+    if attack:
+        # the attack runs on the API's certify threads (it polls for the client's disconnect);
+        # at most LBDN_CERTIFY_ATTACKS_TOTAL at once (api.certify.AttackSlots)
+        bound, results, report, shape = await anyio.to_thread.run_sync(
+            _certify_and_attack, model, raw, request, settings, tenant, limiter=request.app.state.attack_limiter
+        )
+    else:
+        # computed in a certify process (api.certify_pool): never on the API's threads or its GIL
+        out = await request.app.state.certify_pool.certify(path, raw, name=f"model {model.id}")
+        bound, results, report, shape = out.bound, out.results, None, out.shape
+    metrics.certify_latency.labels(str(attack).lower()).observe(time.perf_counter() - t0)
+    metrics.certified_inputs.inc(len(results))
+    return CertifyOut(
+        model_id=model.id, input_shape=list(shape), lipschitz_bound=bound, results=results, attack=report
+    )
+
+
+def _certify_and_attack(
+    model: Job, raw: RawInputs, request: Request, settings: Settings, tenant: str
+) -> tuple[LipschitzBound, list[CertifiedInput], AttackReport | None, tuple[int, ...]]:
+    path = settings.job_dir(model.id) / MODEL
     loaded = request.app.state.model_cache.get(path)
     if loaded.model.gamma is None:
         raise HTTPException(422, f"model {model.id} has no Lipschitz bound (Plain layers), so nothing can be certified")
@@ -109,24 +119,18 @@ def _certify(
         max_inputs=settings.max_certify_inputs,
         max_pixels=settings.max_image_pixels,
     )
-    if attack:
-        slots: AttackSlots = request.app.state.attack_slots
-        with slots.hold(tenant):
-            metrics.certify_attacks_active.inc()
-            try:
-                budget = AttackBudget(settings.certify_attack_timeout_s, _disconnect_probe(request))
-                bound, results, report = certify_batch(
-                    loaded, x, scale=raw.scale, attack=True, attack_steps=settings.certify_attack_steps, budget=budget
-                )
-            finally:
-                metrics.certify_attacks_active.dec()
-    else:
-        bound, results, report = certify_batch(loaded, x, scale=raw.scale, attack=False, attack_steps=0)
-    metrics.certify_latency.labels(str(attack).lower()).observe(time.perf_counter() - t0)
-    metrics.certified_inputs.inc(len(results))
-    return CertifyOut(
-        model_id=model.id, input_shape=list(shape), lipschitz_bound=bound, results=results, attack=report
-    )
+    slots: AttackSlots = request.app.state.attack_slots
+    metrics = request.app.state.metrics
+    with slots.hold(tenant):
+        metrics.certify_attacks_active.inc()
+        try:
+            budget = AttackBudget(settings.certify_attack_timeout_s, _disconnect_probe(request))
+            bound, results, report = certify_batch(
+                loaded, x, scale=raw.scale, attack=True, attack_steps=settings.certify_attack_steps, budget=budget
+            )
+        finally:
+            metrics.certify_attacks_active.dec()
+    return bound, results, report, tuple(shape)
 
 
 def _disconnect_probe(request: Request) -> Callable[[], bool]:

@@ -14,14 +14,15 @@ from core.store.tables import ApiKey, utcnow
 SECRET_PREFIX = "lbdn_"
 
 
-def _digest(secret: str) -> str:
+def digest(secret: str) -> str:
+    """The stored form of a key: its SHA-256, hex."""
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
 def create_key(s: Session, tenant: str, name: str | None = None) -> tuple[ApiKey, str]:
     """A new key of `tenant`; returns (row, secret). The secret is shown once and never stored."""
     secret = SECRET_PREFIX + secrets.token_urlsafe(32)
-    key = ApiKey(id=f"key_{secrets.token_hex(6)}", tenant=tenant, name=name, secret_sha256=_digest(secret))
+    key = ApiKey(id=f"key_{secrets.token_hex(6)}", tenant=tenant, name=name, secret_sha256=digest(secret))
     s.add(key)
     s.flush()
     return key, secret
@@ -41,7 +42,12 @@ def revoke_key(s: Session, key_id: str) -> bool:
 
 def tenant_for_secret(s: Session, secret: str) -> str | None:
     """The tenant of an active key with this secret, else None."""
-    return s.scalar(select(ApiKey.tenant).where(ApiKey.secret_sha256 == _digest(secret), ApiKey.revoked_at.is_(None)))
+    return tenant_for_digest(s, digest(secret))
+
+
+def tenant_for_digest(s: Session, secret_sha256: str) -> str | None:
+    """The tenant of the active key whose secret has this SHA-256 (hex), else None."""
+    return s.scalar(select(ApiKey.tenant).where(ApiKey.secret_sha256 == secret_sha256, ApiKey.revoked_at.is_(None)))
 
 
 def any_active_key(s: Session) -> bool:
