@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 from fastapi.testclient import TestClient
@@ -33,6 +34,11 @@ def test_revoking_every_key_leaves_every_v1_route_closed(client, add_key, traine
     with transaction(app.state.sessions) as s:
         for k in keys.list_keys(s):
             assert keys.revoke_key(s, k.id)
+    # the API remembers a key's tenant for LBDN_KEY_CACHE_S (1 s): wait for the revocation to show
+    deadline = time.monotonic() + 60 * app.state.settings.key_cache_s + 5  # a guard against a hang only
+    while client.get(f"/v1/jobs/{model}", headers=auth).status_code != 401:
+        assert time.monotonic() < deadline, "the revoked key still works"
+        time.sleep(0.05)
     routes = _v1_requests(app, model)
     assert len(routes) >= 10, routes
     for method, path in routes:
