@@ -66,7 +66,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 def _resend_at_startup(app: FastAPI) -> None:
     try:
         reap_and_resend(app.state.sessions, app.state.queue, app.state.settings, everything_queued=True)
-    except Exception:  # noqa: BLE001 - the workers' reapers will try again
+    except Exception:
         log.exception("re-sending queued jobs at start-up failed")
 
 

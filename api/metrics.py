@@ -31,7 +31,7 @@ class JobsCollector(Collector):
                         Job.status.in_(FINISHED), Job.started_at.is_not(None), Job.finished_at.is_not(None)
                     )
                 ).all()
-        except Exception as e:  # noqa: BLE001 - a scrape must not fail because the DB is away
+        except Exception as e:
             log.warning("job metrics unavailable: %s", e)
             return
         gauge = GaugeMetricFamily("lbdn_jobs", "Jobs in the store by kind and state", labels=["kind", "status"])

@@ -24,10 +24,10 @@ from torch.utils import benchmark
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lipcore.checkpoint import LoadedModel  # noqa: E402
-from lipcore.export import example_input, standard_model, to_onnx  # noqa: E402
-from lipcore.models import build  # noqa: E402
-from lipcore.spec import ExperimentSpec  # noqa: E402
+from lipcore.checkpoint import LoadedModel
+from lipcore.export import example_input, standard_model, to_onnx
+from lipcore.models import build
+from lipcore.spec import ExperimentSpec
 
 MODELS = {
     "Toy-Sandwich": dict(model="Toy", layer="Sandwich", gamma=5.0),

@@ -39,8 +39,8 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.service import PgDatabase, Serve, free_port  # noqa: E402
-from core.store import Job, JobEvent, make_engine, session_factory  # noqa: E402
+from bench.service import PgDatabase, Serve, free_port
+from core.store import Job, JobEvent, make_engine, session_factory
 
 RESUMED = re.compile(r"Resumed from checkpoint: (\d+) epochs and (\d+) steps done")
 DRILL_SETTINGS = {

@@ -37,11 +37,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from lipcore.losses import build_loss  # noqa: E402
-from lipcore.models import build  # noqa: E402
-from lipcore.runtime import flush_denormals  # noqa: E402
-from lipcore.spec import ExperimentSpec  # noqa: E402
-from lipcore.train import train_step  # noqa: E402
+from lipcore.losses import build_loss
+from lipcore.models import build
+from lipcore.runtime import flush_denormals
+from lipcore.spec import ExperimentSpec
+from lipcore.train import train_step
 
 # The rows of issue 9's table: (label, spec fields). CIFAR-100 unless the label says otherwise.
 ROWS: dict[str, dict] = {

@@ -23,9 +23,9 @@ from torch.utils import benchmark
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lipcore import layers as L  # noqa: E402
-from lipcore.models import build  # noqa: E402
-from lipcore.spec import ExperimentSpec  # noqa: E402
+from lipcore import layers as L
+from lipcore.models import build
+from lipcore.spec import ExperimentSpec
 
 
 def timed(fn, min_time: float) -> float:

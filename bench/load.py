@@ -30,7 +30,7 @@ from pathlib import Path
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.service import PgDatabase, Serve  # noqa: E402
+from bench.service import PgDatabase, Serve
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -48,7 +48,7 @@ class Recorder:
                 body = await r.read()
                 ok = 200 <= r.status < 300
                 why = f"{r.status} {body[:200]!r}"
-        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+        except (TimeoutError, aiohttp.ClientError) as e:
             ok, why = False, f"{type(e).__name__}: {e}"
         self.lat[route].append(time.perf_counter() - t0)
         if not ok:

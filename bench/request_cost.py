@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.service import PgDatabase, Serve  # noqa: E402
+from bench.service import PgDatabase, Serve
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 TICK = os.sysconf("SC_CLK_TCK")

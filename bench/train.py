@@ -33,11 +33,11 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lipcore.data import load_data  # noqa: E402
-from lipcore.losses import build_loss  # noqa: E402
-from lipcore.models import build  # noqa: E402
-from lipcore.runtime import flush_denormals, resolve_device  # noqa: E402
-from lipcore.spec import ExperimentSpec  # noqa: E402
+from lipcore.data import load_data
+from lipcore.losses import build_loss
+from lipcore.models import build
+from lipcore.runtime import flush_denormals, resolve_device
+from lipcore.spec import ExperimentSpec
 
 SHARED = Path(os.environ.get("LBDN_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))
 CACHE = Path(os.environ.get("LBDN_BENCH_CACHE", Path.home() / ".cache" / "lbdn-bench"))

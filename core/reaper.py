@@ -38,7 +38,7 @@ def reap_and_resend(
         try:
             queue.enqueue(item.job_id, item.kind)
             sent.append(item.job_id)
-        except Exception as e:  # noqa: BLE001 - broker away: leave the rest for the next pass
+        except Exception as e:
             log.warning("broker unreachable while re-sending jobs (%s); will retry", e)
             with transaction(sessions) as s:
                 for rest in todo[i:]:
@@ -61,7 +61,7 @@ class PeriodicReaper(threading.Thread):
         while not self.stopped.is_set():
             try:
                 reap_and_resend(self.sessions, self.queue, self.settings)
-            except Exception:  # noqa: BLE001 - e.g. the database restarting; try again next time
+            except Exception:
                 log.exception("reaper pass failed")
             self.stopped.wait(self.settings.reap_interval_s)
 

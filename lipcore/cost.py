@@ -46,7 +46,9 @@ class MemoryEstimate:
         return self.state_bytes + self.activation_bytes + self.data_bytes
 
     def describe(self) -> str:
-        gib = lambda b: f"{b / 2**30:.2f} GiB"
+        def gib(b: int) -> str:
+            return f"{b / 2**30:.2f} GiB"
+
         return (
             f"{gib(self.total_bytes)} ({self.n_params:,} parameters with gradients and Adam state "
             f"{gib(self.state_bytes)}, activations {gib(self.activation_bytes)}, data {gib(self.data_bytes)})"

@@ -18,7 +18,11 @@ from lipcore.data import decode as decode_mod
 from lipcore.data.image_folder import HOLDOUT_FRACTION
 from lipcore.spec import DATASETS, ExperimentSpec
 from tests.fakedata import (
-    kwl, write_cifar10, write_cifar100, write_folder, write_tiny_imagenet,
+    kwl,
+    write_cifar10,
+    write_cifar100,
+    write_folder,
+    write_tiny_imagenet,
 )
 
 

@@ -42,7 +42,7 @@ class Heartbeat(threading.Thread):
                     if not leases.renew(s, self.job_id, self.owner, self.lease_s):
                         self.lost.set()
                         return
-            except Exception as e:  # noqa: BLE001 - a database hiccup; the lease has slack for it
+            except Exception as e:
                 log.warning("heartbeat of %s failed: %s", self.job_id, e)
 
     def stop(self) -> None:

@@ -94,7 +94,7 @@ def run_job(context: TaskContext, job_id: str, body: JobBody) -> str:
     except LeaseLost as e:
         log.warning("%s; leaving it to its new worker", e)
         return "lease-lost"
-    except Exception as e:  # noqa: BLE001 - any failure of the job is reported on the job
+    except Exception as e:
         log.exception("job %s failed", job_id)
         status, values = JobState.failed, {"error": f"{type(e).__name__}: {e}"[:4000]}
     finally:

@@ -40,7 +40,7 @@ async def _check(request: Request, name: str, check: Callable[[], None]) -> str:
     except TimeoutError:
         log.warning("readiness: %s did not answer within %.0f s", name, READY_TIMEOUT_S)
         return "timeout"
-    except Exception:  # noqa: BLE001 - report any failure as "not ready"; details go to the log only
+    except Exception:
         log.warning("readiness: %s unreachable", name, exc_info=True)
         return "unreachable"
 

@@ -106,7 +106,7 @@ def send(request: Request, job_id: str, kind: JobKind) -> None:
     """Send the job's message; if the broker is away the reaper sends it later (the DB has it)."""
     try:
         request.app.state.queue.enqueue(job_id, kind)
-    except Exception as e:  # noqa: BLE001 - any broker failure: the job stays queued in the DB
+    except Exception as e:
         log.warning("could not send job %s to the broker (%s); the reaper will re-send it", job_id, e)
         with request.app.state.sessions() as s, s.begin():
             leases.mark_unsent(s, job_id)

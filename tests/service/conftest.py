@@ -170,10 +170,10 @@ def save_trained_model(app, tenant: str, spec: dict, *, classes=None, mean=(0.0,
     """A succeeded training job with randomly initialised weights, made without a worker."""
     import torch
 
+    from core.store import jobs, leases, transaction
     from lipcore.checkpoint import save_model
     from lipcore.models import build
     from lipcore.spec import ExperimentSpec
-    from core.store import jobs, leases, transaction
 
     es = ExperimentSpec.model_validate(spec)
     with transaction(app.state.sessions) as s:

@@ -54,7 +54,7 @@ def test_certify_processes_are_niced_and_replaced_when_killed(client, trained_mo
     first = client.post(f"/v1/models/{model}/certify", json=body)
     assert first.status_code == 200, first.text
     pool = client.app.state.certify_pool
-    pids = set(pool._executor._processes)  # noqa: SLF001 - the test looks at the real processes
+    pids = set(pool._executor._processes)
     assert 1 <= len(pids) <= client.app.state.settings.certify_concurrency  # started on demand
     for pid in pids:
         assert os.getpriority(os.PRIO_PROCESS, pid) >= os.getpriority(os.PRIO_PROCESS, 0) + pool.nice
@@ -65,7 +65,7 @@ def test_certify_processes_are_niced_and_replaced_when_killed(client, trained_mo
     again = client.post(f"/v1/models/{model}/certify", json=body)
     assert again.status_code == 200, again.text  # replaced, and the request tried once more
     assert again.json()["results"] == first.json()["results"]
-    assert victim not in set(pool._executor._processes)  # noqa: SLF001
+    assert victim not in set(pool._executor._processes)
 
 
 def test_certify_processes_exit_with_the_api_even_on_kill9(tmp_path):

@@ -15,8 +15,8 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from tests.service.conftest import save_trained_model
 from core.store import init_db, jobs, keys, make_engine, session_factory, transaction
+from tests.service.conftest import save_trained_model
 
 TOY = {"model": "Toy", "layer": "Sandwich", "gamma": 1.0, "epochs": 1}
 POLLERS, POLLS = 60, 8  # 480 polls
@@ -177,11 +177,11 @@ def test_one_db_connection_serves_many_threads_without_deadlock(tmp_path, settin
 def test_releasing_session_gives_the_connection_back_after_reads_but_not_mid_write(db_url):
     """ReleasingSession: a read ends its transaction (the pool gets its connection back), a write
     keeps it until commit or rollback, so writes stay atomic; on SQLite and PostgreSQL."""
+    import secrets
+
     from sqlalchemy import update
 
     from core.store import Job, releasing_session_factory
-
-    import secrets
 
     tenant = f"releasing-{secrets.token_hex(4)}"  # the PostgreSQL database is shared by the session's tests
     engine = make_engine(db_url, pool_size=1, max_overflow=0)

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.service.conftest import make_settings, settings_env
 from core.store import jobs, make_engine, session_factory
+from tests.service.conftest import make_settings, settings_env
 
 ROOT = Path(__file__).resolve().parents[2]
 LONG_TOY = {"model": "Toy", "layer": "Sandwich", "gamma": 1.0, "epochs": 100000}  # never ends by itself
