@@ -128,9 +128,8 @@ class SandwichConv(_SandwichConvBase):
         return a_out, b_in
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self._enter(x)
         a_out, b_in = self.effective()
-        z = apply_response(b_in, x, self.n) + self.bias[:, None, None]
+        z = self._enter_response(b_in, x, self.bias)
         return apply_response(a_out, F.relu(z), self.n)
 
     def lipschitz_bound(self) -> float:
@@ -148,9 +147,8 @@ class SandwichConvLin(_SandwichConvBase):
         return (2 * matmul(a.mH, b),)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self._enter(x)
         (m,) = self.effective()
-        return apply_response(m, x, self.n) + self.bias[:, None, None]
+        return self._enter_response(m, x, self.bias)
 
     def lipschitz_bound(self) -> float:
         """|scale| * max over frequencies of ||2 A(f)^H B(f)||_2 of the served real operator."""
