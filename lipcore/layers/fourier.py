@@ -48,9 +48,9 @@ def normalized_response(weight: Tensor, n: int, alpha: Tensor) -> Tensor:
     """
     if weight.shape[-1] == 1:
         w = weight[:, :, 0, 0]
-        return alpha * w / (w.norm() * math.sqrt(n * (n // 2 + 1)))
+        return w * (alpha / (w.norm() * math.sqrt(n * (n // 2 + 1))))
     wfft = kernel_fft(weight, n)
-    return alpha * wfft / wfft.norm()
+    return wfft * (alpha / wfft.norm())  # (one pass over the response, not two)
 
 
 def apply_response(m: Tensor, x: Tensor, n: int, bias: Tensor | None = None) -> Tensor:
@@ -65,8 +65,16 @@ def apply_response(m: Tensor, x: Tensor, n: int, bias: Tensor | None = None) -> 
         return F.conv2d(x, m[:, :, None, None].to(x.dtype), _bias(bias, x))
     blk = block_matrix(m)
     xf = to_freq(x)
-    y = from_freq(torch.bmm(xf, blk.to(xf.dtype)), n)
-    return y if bias is None else y + bias[:, None, None]
+    yf = torch.bmm(xf, blk.to(xf.dtype))
+    if bias is None:
+        return from_freq(yf, n)
+    if yf.dtype not in (torch.float32, torch.float64):
+        return from_freq(yf, n) + bias[:, None, None]  # (bf16: n^2 * bias would round in bf16)
+    # A constant image is n^2 * bias at frequency 0 (real part) of the rfft2 and nothing elsewhere:
+    # added there, the bias costs no data-sized pass forward, and its gradient is read off the
+    # spectrum backward. (bmm keeps its inputs for backward, not its output: in place is safe.)
+    yf[0, :, 0::2] += (n * n) * bias.to(yf.dtype)
+    return from_freq(yf, n)
 
 
 def _bias(bias: Tensor | None, x: Tensor) -> Tensor | None:
