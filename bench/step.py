@@ -2,6 +2,7 @@
 
     python bench/step.py [--baseline cc48de5] [--model KWL --layer Sandwich --scale small]
                          [--dataset cifar10] [--batch 256] [--rounds 5] [--steps 3] [--device cpu]
+                         [--threads N]
 
 A train step is forward + loss + backward + Adam on a fixed random batch of the dataset's shape.
 The baseline's `lipcore/` is extracted with `git archive <commit> lipcore` into a temporary folder.
@@ -39,6 +40,8 @@ def _worker(args: argparse.Namespace) -> None:
     from lipcore.spec import ExperimentSpec
 
     torch.set_flush_denormal(True)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     dev = torch.device(args.device)
     extra = json.loads(args.spec_extra)
@@ -112,7 +115,7 @@ class Worker:
 def _forward(args: argparse.Namespace) -> list[str]:
     return ["--model", args.model, "--layer", args.layer, "--scale", args.scale, "--dataset", args.dataset,
             "--loss", args.loss, "--batch", str(args.batch), "--device", args.device,
-            "--spec-extra", args.spec_extra]
+            "--spec-extra", args.spec_extra, "--threads", str(args.threads)]
 
 
 def extract(commit: str, into: Path) -> Path:
@@ -170,6 +173,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--steps", type=int, default=3, help="steps per implementation per round")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch.set_num_threads in both workers (0: torch's default, one per core)")
     ap.add_argument("--json", action="store_true", help="print the result as one JSON line at the end")
     args = ap.parse_args()
     if args.worker:
@@ -178,7 +183,8 @@ def main() -> None:
     import torch
 
     print(f"{args.model}-{args.layer}-{args.scale} {args.dataset}, batch {args.batch}, device {args.device}, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads, baseline {args.baseline}", flush=True)
+          f"torch {torch.__version__}, {args.threads or torch.get_num_threads()} threads, baseline {args.baseline}",
+          flush=True)
     r = compare(args)
     print(f"step ms   : baseline {r['baseline_ms']:.1f}  current {r['current_ms']:.1f}  ratio {r['ms_ratio']:.3f}")
     print(f"per-round : ratios {', '.join(f'{x:.3f}' for x in r['round_ratios'])}; "
