@@ -67,14 +67,15 @@ def inverse(g: Tensor) -> Tensor:
 
 
 def _inv(g: Tensor) -> Tensor:
-    if (g.dim() == 2 or g.device.type != "cpu" or torch.get_num_threads() == 1
+    if (g.device.type != "cpu" or g.shape[-1] > 512 or torch.get_num_threads() == 1
             or torch.compiler.is_compiling()):
         return torch.linalg.inv(g)
     # PyTorch's CPU batched inverse is a loop of LAPACK calls, one per matrix, and PyTorch runs MKL
     # with dynamic threading off, so each 32x32 call opens a parallel region of every thread: no
     # faster than one thread on an idle machine, and on a loaded one each region waits for a
     # descheduled thread (measured: 29 ms -> 0.8-1.6 s for 544 matrices of 32x32 on the shared
-    # 2-core machine). One thread for the loop; the setting is per calling thread (OpenMP ICV and
+    # 2-core machine). A lone 512 x 512 inverse gains nothing from a second thread either (16 ms
+    # both ways). One thread for these; the setting is per calling thread (OpenMP ICV and
     # mkl_set_num_threads_local) and is restored at once.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
