@@ -2,6 +2,7 @@
 
     python bench/step.py [--baseline cc48de5] [--model KWL --layer Sandwich --scale small]
                          [--dataset cifar10] [--batch 256] [--rounds 5] [--steps 3] [--device cpu]
+                         [--threads N] [--compile-current]
 
 A train step is forward + loss + backward + Adam on a fixed random batch of the dataset's shape.
 The baseline's `lipcore/` is extracted with `git archive <commit> lipcore` into a temporary folder.
@@ -39,6 +40,8 @@ def _worker(args: argparse.Namespace) -> None:
     from lipcore.spec import ExperimentSpec
 
     torch.set_flush_denormal(True)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     dev = torch.device(args.device)
     extra = json.loads(args.spec_extra)
@@ -51,9 +54,14 @@ def _worker(args: argparse.Namespace) -> None:
     x = torch.rand(shape, device=dev)
     y = torch.randint(0, spec.num_classes, (args.batch,), device=dev)
 
+    def forward(x, y):
+        return criterion(model(x), y)
+
+    # (as lipcore.train does with compile "on": forward and loss compiled, backward through its graph)
+    fwd = torch.compile(forward) if args.compile_this else forward
+
     def step() -> None:
-        out = model(x)
-        loss = criterion(out, y)
+        loss = fwd(x, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -88,9 +96,11 @@ def _worker(args: argparse.Namespace) -> None:
 
 # ---- parent side ------------------------------------------------------------------------------
 class Worker:
-    def __init__(self, root: Path, args: argparse.Namespace) -> None:
+    def __init__(self, root: Path, args: argparse.Namespace, compile_this: bool = False) -> None:
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
         cmd = [sys.executable, __file__, "--worker", str(root)] + _forward(args)
+        if compile_this:
+            cmd.append("--compile-this")
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
                                      cwd=root)
 
@@ -112,7 +122,7 @@ class Worker:
 def _forward(args: argparse.Namespace) -> list[str]:
     return ["--model", args.model, "--layer", args.layer, "--scale", args.scale, "--dataset", args.dataset,
             "--loss", args.loss, "--batch", str(args.batch), "--device", args.device,
-            "--spec-extra", args.spec_extra]
+            "--spec-extra", args.spec_extra, "--threads", str(args.threads)]
 
 
 def extract(commit: str, into: Path) -> Path:
@@ -127,7 +137,7 @@ def compare(args: argparse.Namespace) -> dict[str, float]:
     """Alternate baseline and current; returns the medians and ratios (also printed)."""
     with tempfile.TemporaryDirectory(prefix="lbdn-baseline-") as tmp:
         base_root = extract(args.baseline, Path(tmp))
-        workers = {"baseline": Worker(base_root, args), "current": Worker(ROOT, args)}
+        workers = {"baseline": Worker(base_root, args), "current": Worker(ROOT, args, args.compile_current)}
         try:
             times: dict[str, list[float]] = {k: [] for k in workers}
             round_ratios: list[float] = []
@@ -170,6 +180,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--steps", type=int, default=3, help="steps per implementation per round")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch.set_num_threads in both workers (0: torch's default, one per core)")
+    ap.add_argument("--compile-current", action="store_true",
+                    help="torch.compile the current worker's forward+loss (with --baseline HEAD: compiled vs eager)")
+    ap.add_argument("--compile-this", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--json", action="store_true", help="print the result as one JSON line at the end")
     args = ap.parse_args()
     if args.worker:
@@ -178,7 +193,8 @@ def main() -> None:
     import torch
 
     print(f"{args.model}-{args.layer}-{args.scale} {args.dataset}, batch {args.batch}, device {args.device}, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads, baseline {args.baseline}", flush=True)
+          f"torch {torch.__version__}, {args.threads or torch.get_num_threads()} threads, baseline {args.baseline}",
+          flush=True)
     r = compare(args)
     print(f"step ms   : baseline {r['baseline_ms']:.1f}  current {r['current_ms']:.1f}  ratio {r['ms_ratio']:.3f}")
     print(f"per-round : ratios {', '.join(f'{x:.3f}' for x in r['round_ratios'])}; "

@@ -48,23 +48,39 @@ def normalized_response(weight: Tensor, n: int, alpha: Tensor) -> Tensor:
     """
     if weight.shape[-1] == 1:
         w = weight[:, :, 0, 0]
-        return alpha * w / (w.norm() * math.sqrt(n * (n // 2 + 1)))
+        return w * (alpha / (w.norm() * math.sqrt(n * (n // 2 + 1))))
     wfft = kernel_fft(weight, n)
-    return alpha * wfft / wfft.norm()
+    return wfft * (alpha / wfft.norm())  # (one pass over the response, not two)
 
 
-def apply_response(m: Tensor, x: Tensor, n: int) -> Tensor:
+def apply_response(m: Tensor, x: Tensor, n: int, bias: Tensor | None = None) -> Tensor:
     """Apply per-frequency maps m (F, o, i) complex, or one pointwise map m (o, i) real, to x.
 
-    x: (b, i, n, n) real -> (b, o, n, n) real. The per-frequency product runs as ONE real batched
-    matmul on the real-block form of m (`block_matrix`): PyTorch's CPU complex bmm loops over the
-    F matrices (thousands of small aten ops per step), and complex bmm has no bf16 autocast.
+    x: (b, i, n, n) real -> (b, o, n, n) real, plus `bias` (o,) per output channel if given. The
+    per-frequency product runs as ONE real batched matmul on the real-block form of m
+    (`block_matrix`): PyTorch's CPU complex bmm loops over the F matrices (thousands of small aten
+    ops per step), and complex bmm has no bf16 autocast.
     """
     if m.dim() == 2:
-        return F.conv2d(x, m[:, :, None, None].to(x.dtype))
+        return F.conv2d(x, m[:, :, None, None].to(x.dtype), _bias(bias, x))
     blk = block_matrix(m)
     xf = to_freq(x)
-    return from_freq(torch.bmm(xf, blk.to(xf.dtype)), n)
+    yf = torch.bmm(xf, blk.to(xf.dtype))
+    if bias is None:
+        return from_freq(yf, n)
+    if yf.dtype not in (torch.float32, torch.float64):
+        return from_freq(yf, n) + bias[:, None, None]  # (bf16: n^2 * bias would round in bf16)
+    # A constant image is n^2 * bias at frequency 0 (real part) of the rfft2 and nothing elsewhere:
+    # added there, the bias costs no data-sized pass forward, and its gradient is read off the
+    # spectrum backward. (bmm keeps its inputs for backward, not its output: in place is safe.)
+    yf[0, :, 0::2] += (n * n) * bias.to(yf.dtype)
+    return from_freq(yf, n)
+
+
+def _bias(bias: Tensor | None, x: Tensor) -> Tensor | None:
+    # conv2d wants weight and bias in the input's dtype (float64 certification, bf16 autocast casts
+    # them itself)
+    return None if bias is None else bias.to(x.dtype)
 
 
 def block_matrix(m: Tensor) -> Tensor:
@@ -165,13 +181,33 @@ class FourierConv(Reparameterized):
 
     def _enter(self, x: Tensor) -> Tensor:
         """Check the input shape, apply the input scale and the space-to-depth of stride 2."""
+        self._check_input(x)
+        if self.scale != 1.0:  # (a multiply by 1 would still be a data-sized pass, forward and back)
+            x = self.scale * x
+        return F.pixel_unshuffle(x, 2) if self.stride == 2 else x
+
+    def _check_input(self, x: Tensor) -> None:
         if x.dim() != 4 or x.shape[1] != self.in_channels or x.shape[2:] != (self.input_size,) * 2:
             raise ValueError(
                 f"{type(self).__name__} expects input (batch, {self.in_channels}, {self.input_size}, "
                 f"{self.input_size}), got {tuple(x.shape)}"
             )
-        x = self.scale * x
-        return F.pixel_unshuffle(x, 2) if self.stride == 2 else x
+
+    def _enter_response(self, m: Tensor, x: Tensor, bias: Tensor | None = None) -> Tensor:
+        """`apply_response(m, self._enter(x), self.n, bias)`: (b, in, N, N) -> (b, o, N/s, N/s).
+
+        A pointwise map m (o, 4 in) after the space-to-depth of stride 2 is the 2x2 stride-2
+        convolution with kernel m.reshape(o, in, 2, 2) (pixel_unshuffle puts pixel (i, j) of
+        channel c at channel 4c + 2i + j), so x goes to the convolution as it is: no rearranged
+        copy of the input forward, none of its gradient backward, and `scale` goes into the kernel.
+        """
+        if self.stride == 2 and m.dim() == 2:
+            self._check_input(x)
+            w = m.reshape(m.shape[0], self.in_channels, 2, 2)
+            if self.scale != 1.0:
+                w = self.scale * w
+            return F.conv2d(x, w.to(x.dtype), _bias(bias, x), stride=2)
+        return apply_response(m, self._enter(x), self.n, bias)
 
     def extra_repr(self) -> str:
         return (

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from lipcore.layers.bounds import hermitian_response, spectral_norm
 from lipcore.layers.cayley import cayley
-from lipcore.layers.fourier import FourierConv, apply_response, kernel_fft, normalized_response
+from lipcore.layers.fourier import FourierConv, kernel_fft, normalized_response
 from lipcore.layers.init import torch_default_
 from lipcore.layers.reparam import Reparameterized
 
@@ -75,9 +75,8 @@ class _OrthogonConvBase(FourierConv):
         return (cayley(normalized_response(self.weight, self.n, self.alpha)),)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self._enter(x)
         (q,) = self.effective()
-        y = apply_response(q, x, self.n) + self.bias[:, None, None]
+        y = self._enter_response(q, x, self.bias)
         return F.relu(y) if self.activation else y
 
     def lipschitz_bound(self) -> float:

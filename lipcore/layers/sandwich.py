@@ -40,7 +40,7 @@ class _SandwichLinearBase(Reparameterized):
 
     def _factors(self) -> tuple[Tensor, Tensor]:
         """(A, B): A (out, out), B (out, in), rows of one orthogonal matrix."""
-        q = cayley(self.alpha * self.weight / self.weight.norm())
+        q = cayley(self.weight * (self.alpha / self.weight.norm()))  # (one pass over W, not two)
         return q[:, : self.out_features], q[:, self.out_features :]
 
     def extra_repr(self) -> str:
@@ -62,7 +62,10 @@ class SandwichFc(_SandwichLinearBase):
 
     def forward(self, x: Tensor) -> Tensor:
         a_out, b_in = self.effective()
-        z = F.relu(F.linear(self.scale * x, b_in, self.bias))
+        if self.scale != 1.0:  # (a multiply by 1 would still be a pass over x, forward and back)
+            x = self.scale * x
+        # (the linear's output is not saved for its backward: relu in place saves a buffer)
+        z = F.relu(F.linear(x, b_in, self.bias), inplace=True)
         return z @ a_out
 
     def lipschitz_bound(self) -> float:
@@ -128,10 +131,11 @@ class SandwichConv(_SandwichConvBase):
         return a_out, b_in
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self._enter(x)
         a_out, b_in = self.effective()
-        z = apply_response(b_in, x, self.n) + self.bias[:, None, None]
-        return apply_response(a_out, F.relu(z), self.n)
+        z = self._enter_response(b_in, x, self.bias)
+        # (z is this forward's own fresh tensor and nothing saved it for backward: relu in place
+        # saves allocating, and page-faulting, another activation-sized buffer)
+        return apply_response(a_out, F.relu(z, inplace=True), self.n)
 
     def lipschitz_bound(self) -> float:
         """|scale| * the sandwich inequality per frequency of the served real operators."""
@@ -148,9 +152,8 @@ class SandwichConvLin(_SandwichConvBase):
         return (2 * matmul(a.mH, b),)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self._enter(x)
         (m,) = self.effective()
-        return apply_response(m, x, self.n) + self.bias[:, None, None]
+        return self._enter_response(m, x, self.bias)
 
     def lipschitz_bound(self) -> float:
         """|scale| * max over frequencies of ||2 A(f)^H B(f)||_2 of the served real operator."""
