@@ -92,8 +92,8 @@ class _Terminal:
     def __init__(self) -> None:
         self.stop_requested = False
         self.tty = sys.stdout.isatty()
-        self.progress = None
-        self.task = None
+        self.progress: Any = None  # rich.progress.Progress on a terminal (imported only there)
+        self.task: Any = None
 
     def __enter__(self) -> _Terminal:
         if self.tty:

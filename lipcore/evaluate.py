@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from lipcore.certify import certify_model, empirical_lipschitz, pixel_radius
 from lipcore.checkpoint import LoadedModel, load_model
+from lipcore.models.base import body_of
 from lipcore.precision import full_precision
 from lipcore.progress import Progress
 from lipcore.runtime import flush_denormals, resolve_device, seed_everything
@@ -31,6 +32,9 @@ PAPER_EPS = (36, 72, 108)  # in 1/255 units
 
 class Normalized(nn.Module):
     """model(normalise(x)) for x in [0, 1] pixel space: what AutoAttack must see."""
+
+    mean: Tensor
+    std: Tensor
 
     def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
@@ -159,7 +163,7 @@ class _AttackBatches:
 
     def attack(self, i: int, e: float) -> Tensor | None:
         """(n,) bool: still correct after the attack at eps e/255 (the i-th eps); None if stopped."""
-        from pyautoattack import AutoAttack
+        from pyautoattack import AutoAttack  # type: ignore[import-untyped]
 
         aa = AutoAttack(self.wrapped, norm="L2", eps=e / 255.0, version=self.version, device=self.dev,
                         seed=self.seed, attacks=self.attacks)
@@ -203,7 +207,7 @@ def layer_spectral_norms(model: nn.Module) -> list[float | None]:
     norms: list[float | None] = []
     state: Any = None
     with torch.no_grad():
-        for layer in model.body:
+        for layer in body_of(model):
             if isinstance(layer, nn.ReLU):
                 continue
             w: Tensor | None = None
@@ -233,7 +237,7 @@ def evaluate_toy(
     x = torch.rand(64, spec.in_channels or 1) + 0.3 * torch.randn(64, spec.in_channels or 1)
     x = x.to(dev)
     model_lip = empirical_lipschitz(model, x, restarts=restarts)
-    layers = [m for m in model.body if not isinstance(m, nn.ReLU)]
+    layers = [m for m in body_of(model) if not isinstance(m, nn.ReLU)]
     norms = layer_spectral_norms(model)
     per_layer = []
     h = x

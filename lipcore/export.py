@@ -61,6 +61,8 @@ class Residual(nn.Module):
 class SLLFc(nn.Module):
     """x - (t * relu(x W^T + b)) W: one stored copy of W (Gemm, Relu, Mul, MatMul, Sub)."""
 
+    t: Tensor
+
     def __init__(self, w: Tensor, b: Tensor, t: Tensor) -> None:
         super().__init__()
         self.weight = nn.Parameter(w.clone(), requires_grad=False)
@@ -103,6 +105,16 @@ class CircularDFT(nn.Module):
     Reshape and Transpose: no DFT operator, no complex tensors, exact in exact arithmetic.
     """
 
+    cw: Tensor
+    sw: Tensor
+    ch: Tensor
+    sh: Tensor
+    ar: Tensor
+    ai: Tensor
+    mr: Tensor
+    mi: Tensor
+    bias: Tensor | None
+
     def __init__(self, m: Tensor, n: int, bias: Tensor | None, scale: float = 1.0) -> None:
         super().__init__()
         half = n // 2 + 1
@@ -124,10 +136,11 @@ class CircularDFT(nn.Module):
         self.register_buffer("mr", f32(m.real.transpose(1, 2)))  # (F, in, out)
         self.register_buffer("mi", f32(m.imag.transpose(1, 2)))
         self.register_buffer("bias", None if bias is None else f32(bias.detach()).view(1, -1, 1, 1))
-        self.n, self.half, self.c_in, self.c_out = n, half, m.shape[2], m.shape[1]
+        # (not `self.half`: that is nn.Module's method)
+        self.n, self.bins, self.c_in, self.c_out = n, half, m.shape[2], m.shape[1]
 
     def forward(self, x: Tensor) -> Tensor:
-        n, half = self.n, self.half
+        n, half = self.n, self.bins
         xr, xi = x @ self.cw, x @ self.sw  # (b, c, n, half)
         yr = self.ch @ xr + self.sh @ xi  # full DFT along H: (cos - i sin)(xr + i xi)
         yi = self.ch @ xi - self.sh @ xr
@@ -157,10 +170,10 @@ def linear_op(w: Tensor, b: Tensor | None) -> nn.Linear:
 
 def conv_op(w: Tensor, b: Tensor | None, padding: int = 0, stride: int = 1) -> nn.Conv2d:
     """nn.Conv2d holding copies of w (out, in, kh, kw) and b (out,), zero padding."""
-    conv = nn.Conv2d(w.shape[1], w.shape[0], tuple(w.shape[2:]), stride=stride, padding=padding, bias=b is not None)
+    conv = nn.Conv2d(w.shape[1], w.shape[0], (w.shape[2], w.shape[3]), stride=stride, padding=padding, bias=b is not None)
     with torch.no_grad():
         conv.weight.copy_(w)
-        if b is not None:
+        if b is not None and conv.bias is not None:
             conv.bias.copy_(b)
     return conv
 
@@ -237,12 +250,13 @@ def standard_model(loaded: LoadedModel, circular: str = "dft") -> nn.Sequential:
     """The whole network as standard torch modules, float32, eval mode, parameters frozen
     (`circular`: see `standard_layer`)."""
     from lipcore.layers import FirstChannel
+    from lipcore.models.base import body_of
 
     model = loaded.model.eval()
     mods: list[nn.Module] = []
     x = example_input(loaded, 1).to(next(model.parameters()).device)
     with torch.no_grad():
-        for layer in model.body:
+        for layer in body_of(model):
             if isinstance(layer, FirstChannel):  # a scaled 0/1 read-out matrix of the input width
                 width = x.shape[1]
                 w = torch.zeros(layer.out, width)
@@ -379,7 +393,7 @@ def certify_onnx(path: str | Path, x: Tensor | Any) -> Any:
     """Certificates (lipcore.certify.Certificate) of inputs x (model-input space) from an ONNX export
     alone: onnxruntime gives the logits, the file's metadata gives gamma and the head."""
     import numpy as np
-    import onnxruntime as ort
+    import onnxruntime as ort  # type: ignore[import-untyped]
 
     from lipcore.certify import certify
 

@@ -409,7 +409,7 @@ def _summary(
         summary.update({k: v for k, v in last.items() if k.startswith(("test_", "cert_acc_"))})
     if restarts > 0:
         # The paper's probe points: uniform [0,1) plus 0.3 N(0,1) noise, shaped like an input.
-        shape = (LIP_BATCH, spec.in_channels) + ((spec.img_size,) * 2 if spec.img_size else ())
+        shape = (LIP_BATCH, spec.in_channels or 1) + ((spec.img_size,) * 2 if spec.img_size else ())
         x = (torch.rand(shape) + 0.3 * torch.randn(shape)).to(dev)
         lip = empirical_lipschitz(model, x, restarts=restarts)
         summary["lipschitz_lower_bound"] = lip

@@ -133,7 +133,8 @@ def submit_job(
     if isinstance(body, EvaluateRequest):
         model = tenant_model(body.model_id, session, tenant)
         spec, params, model_id = model.spec, body.attack.model_dump(), model.id
-        from lipcore.models.cards import get_card  # torch-free: a model's task is on its card
+        # torch-free: a model's task is on its card
+        from lipcore.models.cards import get_card
 
         if get_card(str(spec.get("model"))).task != "classifier":
             raise HTTPException(

@@ -13,10 +13,10 @@ give a layer of norm <= 1, never the blow-up of a clamped 1 / sqrt(tiny).
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
 from typing import Any
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lipcore.layers.bounds import aol_conv_bound, spectral_norm

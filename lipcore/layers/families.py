@@ -25,10 +25,11 @@ Each is 1-Lipschitz from `scale * x` to its output for a `bounded` family.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, Union
+from typing import Any, Literal
 
-Constructor = Union[Callable[..., Any], str]
+Constructor = Callable[..., Any] | str
 Capability = Literal["conv", "fc", "lin", "toy"]
 CAPABILITIES: tuple[Capability, ...] = ("conv", "fc", "lin", "toy")
 

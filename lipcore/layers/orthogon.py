@@ -7,10 +7,10 @@ Parameters: `weight` (out, in) or (out, in_eff, k_eff, k_eff), `bias` (out), `al
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
 from typing import Any
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lipcore.layers.bounds import hermitian_response, spectral_norm

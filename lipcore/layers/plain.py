@@ -23,7 +23,8 @@ class PlainConv(nn.Conv2d):
         from lipcore import export as X
 
         with torch.no_grad():
-            return X.conv_op(self.weight, self.bias, self.padding[0], self.stride[0])  # type: ignore[index]
+            pad = (self.kernel_size[0] - 1) // 2  # as __init__ set it
+            return X.conv_op(self.weight, self.bias, pad, self.stride[0])
 
 
 def _no_scale(scale: float) -> None:

@@ -17,7 +17,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-
 from torch import Tensor, nn
 
 from lipcore.layers.bounds import hermitian_response, sandwich_bound, spectral_norm

@@ -78,7 +78,8 @@ def pending_evaluations(s: Session, sweep: Sweep) -> list[tuple[SweepJob, Job]]:
     which have no classes to attack, or when the sweep evaluates nothing)."""
     if sweep.evaluate is None:
         return []
-    from lipcore.models.cards import get_card  # torch-free: a model's task is on its card
+    # torch-free: a model's task is on its card
+    from lipcore.models.cards import get_card
 
     rows = sweep_jobs(s, sweep.id)
     evaluated = {link.train_job_id for link, _ in rows if link.role == "evaluate"}
