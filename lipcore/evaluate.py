@@ -116,10 +116,10 @@ def evaluate_robustness(
         if robust is None:
             result["stopped"] = True
             break
-        _record(result, e, robust, cert, y, loaded.std)
+        key = _record(result, e, robust, cert, y, loaded.std)
         log(
-            f"eps {e:g}/255: AutoAttack {result['autoattack_acc'][f'{e:g}']:.2f}%"
-            + (f", certified {result['certified_acc'][f'{e:g}']:.2f}%" if cert is not None else "")
+            f"eps {e:g}/255: AutoAttack {result['autoattack_acc'][key]:.2f}%"
+            + (f", certified {result['certified_acc'][key]:.2f}%" if cert is not None else "")
         )
     result["seconds"] = time.monotonic() - t0
     return result
@@ -186,8 +186,9 @@ class _AttackBatches:
 
 def _record(
     result: dict[str, Any], e: float, robust: Tensor, cert: Any, y: Tensor, std: Sequence[float],
-) -> None:
-    """Attacked accuracy at eps e/255 and, with a certificate, certified accuracy and violations."""
+) -> str:
+    """Attacked accuracy at eps e/255 and, with a certificate, certified accuracy and violations,
+    into `result` under the returned key."""
     key = f"{e:g}"
     result["autoattack_acc"][key] = 100.0 * robust.float().mean().item()
     if cert is not None:
@@ -196,6 +197,7 @@ def _record(
         certified = (cert.predicted == y) & (pixel_radius(cert.radius, std) > e / 255.0)
         result["certified_acc"][key] = 100.0 * certified.float().mean().item()
         result["certificate_violations"][key] = int((certified & ~robust).sum())
+    return key
 
 
 def layer_spectral_norms(model: nn.Module) -> list[float | None]:
