@@ -41,7 +41,15 @@ _WHERE = {
 }
 
 
+_SUBMODULES = (
+    "aol", "bounds", "cayley", "channels", "families", "fourier", "init", "normalized", "orthogon", "plain", "reparam",
+    "sandwich", "sll",
+)
+
+
 def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"lipcore.layers.{name}")
     where = _WHERE.get(name)
     if where is None:
         raise AttributeError(f"module 'lipcore.layers' has no attribute {name!r}")

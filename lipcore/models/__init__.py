@@ -31,7 +31,12 @@ _WHERE = {
 }
 
 
+_SUBMODULES = ("base", "cards", "dnn", "kwl", "registry", "resnet", "toy")
+
+
 def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"lipcore.models.{name}")
     where = _WHERE.get(name)
     if where is None:
         raise AttributeError(f"module 'lipcore.models' has no attribute {name!r}")
