@@ -130,7 +130,9 @@ def _classifier(model_path: str | Path | LoadedModel, dev: torch.device) -> Load
     loaded = model_path if isinstance(model_path, LoadedModel) else load_model(model_path, device=dev)
     loaded.model.to(dev).eval()
     if not loaded.spec.classifies:
-        raise ValueError(f"AutoAttack needs a classifier; evaluate the {loaded.spec.model} regression with evaluate_toy")
+        raise ValueError(
+            f"AutoAttack needs a classifier; evaluate the {loaded.spec.model} regression with evaluate_toy"
+        )
     return loaded
 
 

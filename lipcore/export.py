@@ -170,7 +170,9 @@ def linear_op(w: Tensor, b: Tensor | None) -> nn.Linear:
 
 def conv_op(w: Tensor, b: Tensor | None, padding: int = 0, stride: int = 1) -> nn.Conv2d:
     """nn.Conv2d holding copies of w (out, in, kh, kw) and b (out,), zero padding."""
-    conv = nn.Conv2d(w.shape[1], w.shape[0], (w.shape[2], w.shape[3]), stride=stride, padding=padding, bias=b is not None)
+    conv = nn.Conv2d(
+        w.shape[1], w.shape[0], (w.shape[2], w.shape[3]), stride=stride, padding=padding, bias=b is not None
+    )
     with torch.no_grad():
         conv.weight.copy_(w)
         if b is not None and conv.bias is not None:

@@ -138,7 +138,8 @@ def submit_job(
 
         if get_card(str(spec.get("model"))).task != "classifier":
             raise HTTPException(
-                422, f"model_id: the {spec.get('model')} regression has no classes to attack; evaluate an image classifier"
+                422,
+                f"model_id: the {spec.get('model')} regression has no classes to attack; evaluate an image classifier",
             )
     else:
         resolved = _resolve_image_folder(body.spec, settings)

@@ -77,7 +77,8 @@ class SandwichFc(_SandwichLinearBase):
 
         with torch.no_grad():
             a_out, b_in = (X.as_float64(t) for t in self.effective())
-            return X.SandwichCore(X.linear_op((self.scale * b_in).float(), self.bias), X.linear_op(a_out.T.float(), None))
+            b = X.linear_op((self.scale * b_in).float(), self.bias)
+            return X.SandwichCore(b, X.linear_op(a_out.T.float(), None))
 
     def paper_weight(self, previous: Any = None) -> tuple[Tensor | None, Any]:
         """W_k = 2 Psi_k^-1 B_k A_{k-1}^T Psi_{k-1}, the weight of the equivalent feed-forward form
