@@ -18,7 +18,7 @@ from api.certify_pool import CertifyLimits, CertifyPool
 from api.metrics import ServiceMetrics
 from api.middleware import LimitAndMeasure
 from api.model_cache import ModelCache
-from api.routers import artifacts, dashboard, events, health, jobs, model_io, models, paper, sweeps
+from api.routers import artifacts, catalog, dashboard, events, health, jobs, model_io, models, paper, sweeps
 from core.queue import CeleryQueue
 from core.reaper import reap_and_resend
 from core.settings import Settings, get_settings
@@ -107,6 +107,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router)
     for router in (sweeps.router, paper.router):  # sweeps of jobs and the paper's presets
         app.include_router(router)
+    app.include_router(catalog.router)  # /v1/catalog: model cards and layer families
     app.include_router(model_io.router)  # /v1/models/import, /v1/models/{id}/export
     app.add_middleware(LimitAndMeasure, max_bytes=settings.max_upload_bytes, metrics=app.state.metrics)
     app.add_middleware(OpsGuard, token=settings.metrics_token)  # /metrics, /readyz: token or loopback

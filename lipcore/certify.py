@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from lipcore.models.base import body_of
 from lipcore.precision import full_precision
 from lipcore.runtime import flush_denormals
 
@@ -248,7 +249,7 @@ def verified_bound(model: nn.Module) -> float:
     entry = _F64.get(model)
     if entry is not None and entry["model"] is m64 and entry["verified"] is not None:
         return entry["verified"]
-    modules = list(m64.body) if hasattr(m64, "body") else [m64]
+    modules = list(body_of(m64)) if hasattr(m64, "body") else [m64]
     if getattr(m64, "lln_head", None) is not None:
         modules = modules[:-1]
     with torch.no_grad(), full_precision():

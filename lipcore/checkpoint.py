@@ -163,8 +163,9 @@ def load_paper_model(path: str | Path, spec: ExperimentSpec | None = None, devic
         raise CheckpointError(str(e)) from None
     model.load_state_dict(state, strict=True)
     factor = pc.use_reference_sll(model)
-    if getattr(model, "gamma", None) is not None:
-        model.gamma = model.gamma * factor
+    gamma = getattr(model, "gamma", None)
+    if gamma is not None:
+        model.gamma = gamma * factor
     mean, std = pc.input_normalisation(spec)
     model = model.to(device).eval()
     return LoadedModel(model, spec, pc.class_names(spec), tuple(mean), tuple(std), source="paper",
@@ -193,8 +194,9 @@ def _load_safetensors_model(path: Path, device: str | torch.device) -> LoadedMod
         from lipcore.paper_checkpoint import use_reference_sll
 
         factor = use_reference_sll(model)
-        if getattr(model, "gamma", None) is not None:
-            model.gamma = model.gamma * factor
+        gamma = getattr(model, "gamma", None)
+        if gamma is not None:
+            model.gamma = gamma * factor
     model = model.to(device).eval()
     return LoadedModel(model, spec, list(classes), tuple(mean), tuple(std),
                        sll_reference_epsilon=reference, bound_factor=factor)

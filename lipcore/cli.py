@@ -92,8 +92,8 @@ class _Terminal:
     def __init__(self) -> None:
         self.stop_requested = False
         self.tty = sys.stdout.isatty()
-        self.progress = None
-        self.task = None
+        self.progress: Any = None  # rich.progress.Progress on a terminal (imported only there)
+        self.task: Any = None
 
     def __enter__(self) -> _Terminal:
         if self.tty:
@@ -164,7 +164,7 @@ def _eval(spec: ExperimentSpec, args: argparse.Namespace, run_dir: Path) -> int:
         # A run directory of the paper's own code: its torch.save state dict, read safely.
         print(f"Evaluating the paper checkpoint {paper} (no {MODEL} here); spec from the command line")
         model_path = load_model(paper, spec)  # type: ignore[assignment]
-    if spec.model == "Toy":
+    if not spec.classifies:  # a regression has no classes to attack: Table 1's study instead
         result = ev.evaluate_toy(model_path, device=args.device, on_log=print, restarts=max(args.lip_restarts, 1))
         result["model_file"] = model_path.name if isinstance(model_path, Path) else PAPER_CHECKPOINT
         write_json(run_dir / EVAL_TOY, result)

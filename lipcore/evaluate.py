@@ -12,7 +12,6 @@ and weight spectral norms, and the whole model's empirical Lipschitz bound over 
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -23,6 +22,7 @@ from torch import Tensor, nn
 
 from lipcore.certify import certify_model, empirical_lipschitz, pixel_radius
 from lipcore.checkpoint import LoadedModel, load_model
+from lipcore.models.base import body_of
 from lipcore.precision import full_precision
 from lipcore.progress import Progress
 from lipcore.runtime import flush_denormals, resolve_device, seed_everything
@@ -32,6 +32,9 @@ PAPER_EPS = (36, 72, 108)  # in 1/255 units
 
 class Normalized(nn.Module):
     """model(normalise(x)) for x in [0, 1] pixel space: what AutoAttack must see."""
+
+    mean: Tensor
+    std: Tensor
 
     def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
@@ -78,17 +81,13 @@ def evaluate_robustness(
     interrupted evaluation resumes where it stopped.
     `attacks` lists AutoAttack's attacks for version "custom" (e.g. ["apgd-ce"] for a quick run).
     """
-    from pyautoattack import AutoAttack
-
     from lipcore.data import load_data
 
     log = on_log or (lambda _msg: None)
     flush_denormals()
     dev = resolve_device(device)
-    loaded = model_path if isinstance(model_path, LoadedModel) else load_model(model_path, device=dev)
-    model, spec = loaded.model.to(dev).eval(), loaded.spec
-    if spec.model == "Toy":
-        raise ValueError("AutoAttack needs a classifier; evaluate the Toy regression with evaluate_toy")
+    loaded = _classifier(model_path, dev)
+    model, spec = loaded.model, loaded.spec
     data = load_data(spec, data_dir, device=dev)
     x, y = data.test_pixels(n_examples)
     wrapped = Normalized(model, loaded.mean, loaded.std).eval()
@@ -96,12 +95,7 @@ def evaluate_robustness(
     t0 = time.monotonic()
     with torch.no_grad(), full_precision():
         logits = torch.cat([wrapped(xb) for xb in x.split(batch_size)])
-    cert, bounds = None, None
-    if getattr(model, "gamma", None) is not None:
-        # certificates from the float64 copy of the model on the same normalised inputs
-        mean64 = torch.tensor(loaded.mean, dtype=torch.float64, device=x.device).view(1, -1, 1, 1)
-        std64 = torch.tensor(loaded.std, dtype=torch.float64, device=x.device).view(1, -1, 1, 1)
-        cert, _, bounds = certify_model(model, (x.to(torch.float64) - mean64) / std64, batch_size)
+    cert, bounds = _certificates(loaded, x, batch_size)
     correct = logits.argmax(1) == y
     n = len(y)
     result: dict[str, Any] = {
@@ -113,37 +107,16 @@ def evaluate_robustness(
         # certified_acc uses max(gamma, verified); for LLN models both bound the map to the head input
         result["lipschitz_bound"] = bounds.as_dict()
     log(f"clean accuracy {result['clean_acc']:.2f}% on {n} test inputs")
-    starts = range(0, n, batch_size)
-    total = len(eps) * len(starts)
+    batches = _AttackBatches(
+        wrapped, x, y, dev, seed, batch_size, version_used, attacks, state_dir, should_stop, on_progress,
+        len(eps), t0,
+    )
     for i, e in enumerate(eps):
-        radius = e / 255.0
-        aa = AutoAttack(wrapped, norm="L2", eps=radius, version=version_used, device=dev, seed=seed,
-                        attacks=attacks)
-        parts = []
-        for j, start in enumerate(starts):
-            if should_stop and should_stop():
-                result["stopped"] = True
-                break
-            state = Path(state_dir) / f"autoattack{e:g}-{start}.state" if state_dir else None
-            xb, yb = x[start : start + batch_size], y[start : start + batch_size]
-            x_adv, _ = aa.run_standard_evaluation(xb, yb, batch_size=batch_size, state_path=state)
-            with torch.no_grad(), full_precision():
-                parts.append(wrapped(x_adv.to(dev)).argmax(1) == yb)
-            if on_progress:
-                done, elapsed = i * len(starts) + j + 1, time.monotonic() - t0
-                on_progress(Progress(i + 1, len(eps), j + 1, len(starts), done, total, None, None, elapsed,
-                                     elapsed / done * (total - done)))
-        if result.get("stopped"):
+        robust = batches.attack(i, e)
+        if robust is None:
+            result["stopped"] = True
             break
-        robust = torch.cat(parts)
-        key = f"{e:g}"
-        result["autoattack_acc"][key] = 100.0 * robust.float().mean().item()
-        if cert is not None:
-            # correct by the float64 certificate's own prediction (the float32 logits may differ
-            # from it only at ties, and a certified input is never near a tie)
-            certified = (cert.predicted == y) & (pixel_radius(cert.radius, loaded.std) > radius)
-            result["certified_acc"][key] = 100.0 * certified.float().mean().item()
-            result["certificate_violations"][key] = int((certified & ~robust).sum())
+        key = _record(result, e, robust, cert, y, loaded.std)
         log(
             f"eps {e:g}/255: AutoAttack {result['autoattack_acc'][key]:.2f}%"
             + (f", certified {result['certified_acc'][key]:.2f}%" if cert is not None else "")
@@ -152,41 +125,101 @@ def evaluate_robustness(
     return result
 
 
-def _sandwich_factors(layer: nn.Module) -> tuple[Tensor, Tensor, Tensor]:
-    a, b = layer._factors()
-    psi = getattr(layer, "psi", None)
-    if psi is None:  # the last (linear) sandwich layer acts as if Psi = 2 I
-        psi = torch.full((a.shape[0],), math.log(2.0), dtype=a.dtype, device=a.device)
-    return a, b, psi
+def _classifier(model_path: str | Path | LoadedModel, dev: torch.device) -> LoadedModel:
+    """The model to attack, loaded on `dev` in eval mode; a regression is refused."""
+    loaded = model_path if isinstance(model_path, LoadedModel) else load_model(model_path, device=dev)
+    loaded.model.to(dev).eval()
+    if not loaded.spec.classifies:
+        raise ValueError(
+            f"AutoAttack needs a classifier; evaluate the {loaded.spec.model} regression with evaluate_toy"
+        )
+    return loaded
+
+
+def _certificates(loaded: LoadedModel, x: Tensor, batch_size: int) -> tuple[Any, Any]:
+    """(certificate, bounds) of pixel inputs x from the float64 copy of the model on the same
+    normalised inputs; (None, None) for an unbounded model."""
+    model = loaded.model
+    if getattr(model, "gamma", None) is None:
+        return None, None
+    mean64 = torch.tensor(loaded.mean, dtype=torch.float64, device=x.device).view(1, -1, 1, 1)
+    std64 = torch.tensor(loaded.std, dtype=torch.float64, device=x.device).view(1, -1, 1, 1)
+    cert, _, bounds = certify_model(model, (x.to(torch.float64) - mean64) / std64, batch_size)
+    return cert, bounds
+
+
+class _AttackBatches:
+    """AutoAttack at one eps over the inputs `batch_size` at a time: polls `should_stop` and reports
+    progress between batches, and keeps AutoAttack's state per (eps, batch) in `state_dir`."""
+
+    def __init__(
+        self, wrapped: nn.Module, x: Tensor, y: Tensor, dev: torch.device, seed: int, batch_size: int,
+        version: str, attacks: list[str] | None, state_dir: str | Path | None,
+        should_stop: Callable[[], bool] | None, on_progress: Callable[[Progress], None] | None,
+        n_eps: int, t0: float,
+    ) -> None:
+        self.wrapped, self.x, self.y, self.dev, self.seed = wrapped, x, y, dev, seed
+        self.batch_size, self.version, self.attacks, self.state_dir = batch_size, version, attacks, state_dir
+        self.should_stop, self.on_progress, self.n_eps, self.t0 = should_stop, on_progress, n_eps, t0
+        self.starts = range(0, len(y), batch_size)
+
+    def attack(self, i: int, e: float) -> Tensor | None:
+        """(n,) bool: still correct after the attack at eps e/255 (the i-th eps); None if stopped."""
+        from pyautoattack import AutoAttack  # type: ignore[import-untyped]
+
+        aa = AutoAttack(self.wrapped, norm="L2", eps=e / 255.0, version=self.version, device=self.dev,
+                        seed=self.seed, attacks=self.attacks)
+        parts, starts, bs = [], self.starts, self.batch_size
+        total = self.n_eps * len(starts)
+        for j, start in enumerate(starts):
+            if self.should_stop and self.should_stop():
+                return None
+            state = Path(self.state_dir) / f"autoattack{e:g}-{start}.state" if self.state_dir else None
+            xb, yb = self.x[start : start + bs], self.y[start : start + bs]
+            x_adv, _ = aa.run_standard_evaluation(xb, yb, batch_size=bs, state_path=state)
+            with torch.no_grad(), full_precision():
+                parts.append(self.wrapped(x_adv.to(self.dev)).argmax(1) == yb)
+            if self.on_progress:
+                done, elapsed = i * len(starts) + j + 1, time.monotonic() - self.t0
+                self.on_progress(Progress(i + 1, self.n_eps, j + 1, len(starts), done, total, None, None, elapsed,
+                                          elapsed / done * (total - done)))
+        return torch.cat(parts)
+
+
+def _record(
+    result: dict[str, Any], e: float, robust: Tensor, cert: Any, y: Tensor, std: Sequence[float],
+) -> str:
+    """Attacked accuracy at eps e/255 and, with a certificate, certified accuracy and violations,
+    into `result` under the returned key."""
+    key = f"{e:g}"
+    result["autoattack_acc"][key] = 100.0 * robust.float().mean().item()
+    if cert is not None:
+        # correct by the float64 certificate's own prediction (the float32 logits may differ
+        # from it only at ties, and a certified input is never near a tie)
+        certified = (cert.predicted == y) & (pixel_radius(cert.radius, std) > e / 255.0)
+        result["certified_acc"][key] = 100.0 * certified.float().mean().item()
+        result["certificate_violations"][key] = int((certified & ~robust).sum())
+    return key
 
 
 def layer_spectral_norms(model: nn.Module) -> list[float | None]:
     """Spectral norm of each layer's weight as the paper reports it (Toy models; None where undefined).
 
-    Sandwich: W_k = 2 Psi_k^-1 B_k A_{k-1}^T Psi_{k-1}, the weight of the equivalent feed-forward
-    form (A_{-1} = I, Psi_{-1} = I / 2); Orthogon: Q; AOL: scale * W * T; Plain: W.
+    Each lipcore layer says which weight that is (`paper_weight`: sandwich layers the weight of their
+    equivalent feed-forward form, orthogonal Q, AOL scale * W * T); Plain layers are torch's Linear.
     """
-    from lipcore.layers import AolFc, AolLin, OrthogonFc, OrthogonLin, SandwichFc, SandwichLin
-
     norms: list[float | None] = []
-    prev_a, prev_psi = None, None
+    state: Any = None
     with torch.no_grad():
-        for layer in model.body:
+        for layer in body_of(model):
+            if isinstance(layer, nn.ReLU):
+                continue
             w: Tensor | None = None
-            if isinstance(layer, (SandwichFc, SandwichLin)):
-                a, b, psi = _sandwich_factors(layer)
-                a0 = torch.eye(b.shape[1], dtype=b.dtype, device=b.device) if prev_a is None else prev_a
-                psi0 = torch.full((b.shape[1],), -math.log(2.0), dtype=b.dtype, device=b.device) if prev_psi is None else prev_psi
-                w = 2 * torch.diag(torch.exp(-psi)) @ b @ a0.T @ torch.diag(torch.exp(psi0))
-                prev_a, prev_psi = a, psi
-            elif isinstance(layer, (OrthogonFc, OrthogonLin)):
-                w = layer.effective()[0]
-            elif isinstance(layer, (AolFc, AolLin)):
-                w = layer.scale * layer.effective()[0]
+            paper_weight = getattr(layer, "paper_weight", None)
+            if callable(paper_weight):
+                w, state = paper_weight(state)
             elif isinstance(layer, nn.Linear):
                 w = layer.weight
-            elif isinstance(layer, nn.ReLU):
-                continue
             norms.append(None if w is None else torch.linalg.matrix_norm(w, 2).item())
     return norms
 
@@ -201,14 +234,14 @@ def evaluate_toy(
     dev = resolve_device(device)
     loaded = model_path if isinstance(model_path, LoadedModel) else load_model(model_path, device=dev)
     model, spec = loaded.model.to(dev).eval(), loaded.spec
-    if spec.model != "Toy":
-        raise ValueError(f"evaluate_toy is for the Toy model, not {spec.model}")
+    if spec.classifies:
+        raise ValueError(f"evaluate_toy is for the Toy regression, not the {spec.model} classifier")
     seed_everything(spec.seed if seed is None else seed)
     # The paper's probe points: uniform [0,1) plus 0.3 N(0,1) noise.
     x = torch.rand(64, spec.in_channels or 1) + 0.3 * torch.randn(64, spec.in_channels or 1)
     x = x.to(dev)
     model_lip = empirical_lipschitz(model, x, restarts=restarts)
-    layers = [m for m in model.body if not isinstance(m, nn.ReLU)]
+    layers = [m for m in body_of(model) if not isinstance(m, nn.ReLU)]
     norms = layer_spectral_norms(model)
     per_layer = []
     h = x

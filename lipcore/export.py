@@ -61,6 +61,8 @@ class Residual(nn.Module):
 class SLLFc(nn.Module):
     """x - (t * relu(x W^T + b)) W: one stored copy of W (Gemm, Relu, Mul, MatMul, Sub)."""
 
+    t: Tensor
+
     def __init__(self, w: Tensor, b: Tensor, t: Tensor) -> None:
         super().__init__()
         self.weight = nn.Parameter(w.clone(), requires_grad=False)
@@ -103,6 +105,16 @@ class CircularDFT(nn.Module):
     Reshape and Transpose: no DFT operator, no complex tensors, exact in exact arithmetic.
     """
 
+    cw: Tensor
+    sw: Tensor
+    ch: Tensor
+    sh: Tensor
+    ar: Tensor
+    ai: Tensor
+    mr: Tensor
+    mi: Tensor
+    bias: Tensor | None
+
     def __init__(self, m: Tensor, n: int, bias: Tensor | None, scale: float = 1.0) -> None:
         super().__init__()
         half = n // 2 + 1
@@ -124,10 +136,11 @@ class CircularDFT(nn.Module):
         self.register_buffer("mr", f32(m.real.transpose(1, 2)))  # (F, in, out)
         self.register_buffer("mi", f32(m.imag.transpose(1, 2)))
         self.register_buffer("bias", None if bias is None else f32(bias.detach()).view(1, -1, 1, 1))
-        self.n, self.half, self.c_in, self.c_out = n, half, m.shape[2], m.shape[1]
+        # (not `self.half`: that is nn.Module's method)
+        self.n, self.bins, self.c_in, self.c_out = n, half, m.shape[2], m.shape[1]
 
     def forward(self, x: Tensor) -> Tensor:
-        n, half = self.n, self.half
+        n, half = self.n, self.bins
         xr, xi = x @ self.cw, x @ self.sw  # (b, c, n, half)
         yr = self.ch @ xr + self.sh @ xi  # full DFT along H: (cos - i sin)(xr + i xi)
         yi = self.ch @ xi - self.sh @ xr
@@ -144,7 +157,9 @@ class CircularDFT(nn.Module):
 
 
 # ---- weights ------------------------------------------------------------------------------------
-def _linear(w: Tensor, b: Tensor | None) -> nn.Linear:
+# The builders below are public: each layer's `export()` method writes itself with them.
+def linear_op(w: Tensor, b: Tensor | None) -> nn.Linear:
+    """nn.Linear holding copies of w (out, in) and b (out,) (no bias if None)."""
     lin = nn.Linear(w.shape[1], w.shape[0], bias=b is not None)
     with torch.no_grad():
         lin.weight.copy_(w)
@@ -153,11 +168,14 @@ def _linear(w: Tensor, b: Tensor | None) -> nn.Linear:
     return lin
 
 
-def _conv(w: Tensor, b: Tensor | None, padding: int = 0, stride: int = 1) -> nn.Conv2d:
-    conv = nn.Conv2d(w.shape[1], w.shape[0], tuple(w.shape[2:]), stride=stride, padding=padding, bias=b is not None)
+def conv_op(w: Tensor, b: Tensor | None, padding: int = 0, stride: int = 1) -> nn.Conv2d:
+    """nn.Conv2d holding copies of w (out, in, kh, kw) and b (out,), zero padding."""
+    conv = nn.Conv2d(
+        w.shape[1], w.shape[0], (w.shape[2], w.shape[3]), stride=stride, padding=padding, bias=b is not None
+    )
     with torch.no_grad():
         conv.weight.copy_(w)
-        if b is not None:
+        if b is not None and conv.bias is not None:
             conv.bias.copy_(b)
     return conv
 
@@ -184,24 +202,26 @@ def circular_kernel(m: Tensor, n: int, in_channels: int) -> Tensor:
 CIRCULAR_FORMS = ("dft", "conv")
 
 
-def _circular(
+def circular_op(
     m: Tensor, n: int, in_channels: int, bias: Tensor | None, scale: float = 1.0, form: str = "dft"
 ) -> nn.Module:
     """A circular convolution with per-frequency maps m (or one pointwise map, m.dim() == 2)."""
     if m.dim() == 2:  # 1x1: the same real matrix at every frequency
-        return _conv((scale * m.double())[:, :, None, None].float(), bias)
+        return conv_op((scale * m.double())[:, :, None, None].float(), bias)
     if form == "dft":
         return CircularDFT(m, n, bias, scale)
     k = (scale * circular_kernel(m, n, in_channels)).float()
     p = n // 2
-    return nn.Sequential(nn.CircularPad2d((p, n - 1 - p, p, n - 1 - p)), _conv(k, bias))
+    return nn.Sequential(nn.CircularPad2d((p, n - 1 - p, p, n - 1 - p)), conv_op(k, bias))
 
 
-def _enter(layer: Any, inner: nn.Module) -> nn.Module:
+def strided_op(layer: Any, inner: nn.Module) -> nn.Module:
+    """`inner` after PixelUnshuffle(2) for a stride-2 FourierConv layer (its space-to-depth step)."""
     return nn.Sequential(nn.PixelUnshuffle(2), inner) if layer.stride == 2 else inner
 
 
-def _double(t: Tensor) -> Tensor:
+def as_float64(t: Tensor) -> Tensor:
+    """t detached in float64 (complex128 for complex t): exports fold scales in at this precision."""
     return t.detach().to(torch.complex128 if t.is_complex() else torch.float64)
 
 
@@ -213,11 +233,11 @@ def standard_layer(layer: nn.Module, circular: str = "dft") -> nn.Module:
     """
     if circular not in CIRCULAR_FORMS:
         raise ValueError(f"circular must be one of {CIRCULAR_FORMS}, not {circular!r}")
-    from lipcore import layers as L
-
     with torch.no_grad():
-        if isinstance(layer, L.PlainConv):
-            return _conv(layer.weight, layer.bias, layer.padding[0], layer.stride[0])
+        # lipcore's layers write themselves (`export` methods); torch's own modules are copied
+        export = getattr(layer, "export", None)
+        if callable(export):
+            return export(circular)
         if isinstance(layer, (nn.ReLU, nn.Flatten, nn.Linear, nn.Conv2d)):
             return copy.deepcopy(layer)  # the export must not share (or freeze) the source's parameters
         if isinstance(layer, nn.AvgPool2d):
@@ -225,44 +245,6 @@ def standard_layer(layer: nn.Module, circular: str = "dft") -> nn.Module:
                 k = layer.kernel_size if isinstance(layer.kernel_size, int) else layer.kernel_size[0]
                 return nn.Sequential(nn.AvgPool2d(layer.kernel_size, layer.stride), Mul(k * k / layer.divisor_override))
             return layer
-        if isinstance(layer, L.SandwichFc):
-            a_out, b_in = (_double(t) for t in layer.effective())
-            return SandwichCore(_linear((layer.scale * b_in).float(), layer.bias), _linear(a_out.T.float(), None))
-        if isinstance(layer, (L.SandwichLin, L.OrthogonFc, L.OrthogonLin, L.AolFc, L.AolLin, L.LinearNormalized)):
-            (w,) = layer.effective()
-            lin = _linear((layer.scale * _double(w)).float(), layer.bias)
-            return nn.Sequential(lin, nn.ReLU()) if getattr(layer, "activation", False) else lin
-        if isinstance(layer, (L.AolConv, L.AolConvLin)):
-            (k,) = layer.effective()
-            conv = _conv((layer.scale * _double(k)).float(), layer.bias, layer.padding)
-            return nn.Sequential(conv, nn.ReLU()) if layer.activation else conv
-        if isinstance(layer, L.SandwichConv):
-            a_out, b_in = (_double(t) for t in layer.effective())
-            b = _circular(b_in, layer.n, layer.fft_in_channels, layer.bias, layer.scale, circular)
-            a = _circular(a_out, layer.n, layer.out_channels, None, 1.0, circular)
-            return _enter(layer, SandwichCore(b, a))
-        if isinstance(layer, (L.SandwichConvLin, L.OrthogonConv, L.OrthogonConvLin)):
-            (m,) = (_double(t) for t in layer.effective())
-            conv = _circular(m, layer.n, layer.fft_in_channels, layer.bias, layer.scale, circular)
-            relu = getattr(layer, "activation", False)
-            return _enter(layer, nn.Sequential(conv, nn.ReLU()) if relu else conv)
-        if isinstance(layer, L.SLLBlockFc):
-            w, b, t = layer.effective()  # one reparameterisation: W, b and t that the forward applies
-            return SLLFc(w.detach().float(), b.detach().float(), t.detach().float())
-        if isinstance(layer, L.SLLBlockConv):
-            k, b, t = (_double(v) for v in layer.effective())  # as the forward applies them
-            inner, channels, ks = k.shape[0], k.shape[1], k.shape[-1]
-            up = nn.ConvTranspose2d(inner, channels, ks, padding=layer.padding, bias=False)
-            up.weight.copy_((k * _double(t)[:, None, None, None]).float())
-            return Residual(nn.Sequential(_conv(k.float(), b.float(), layer.padding), nn.ReLU(), up))
-        if isinstance(layer, L.PaddingChannels):
-            w = torch.zeros(layer.out_channels, layer.in_channels, 1, 1)
-            w[torch.arange(layer.in_channels), torch.arange(layer.in_channels)] = layer.scale
-            return _conv(w, None)
-        if isinstance(layer, L.PaddingFeatures):
-            w = torch.zeros(layer.out_features, layer.in_features)
-            w[torch.arange(layer.in_features), torch.arange(layer.in_features)] = layer.scale
-            return _linear(w, None)
     raise TypeError(f"no standard-operator form for {type(layer).__name__} (FirstChannel needs its input width)")
 
 
@@ -270,17 +252,18 @@ def standard_model(loaded: LoadedModel, circular: str = "dft") -> nn.Sequential:
     """The whole network as standard torch modules, float32, eval mode, parameters frozen
     (`circular`: see `standard_layer`)."""
     from lipcore.layers import FirstChannel
+    from lipcore.models.base import body_of
 
     model = loaded.model.eval()
     mods: list[nn.Module] = []
     x = example_input(loaded, 1).to(next(model.parameters()).device)
     with torch.no_grad():
-        for layer in model.body:
+        for layer in body_of(model):
             if isinstance(layer, FirstChannel):  # a scaled 0/1 read-out matrix of the input width
                 width = x.shape[1]
                 w = torch.zeros(layer.out, width)
                 w[torch.arange(layer.out), torch.arange(layer.out)] = layer.scale
-                mods.append(_linear(w, None) if x.dim() == 2 else _conv(w[:, :, None, None], None))
+                mods.append(linear_op(w, None) if x.dim() == 2 else conv_op(w[:, :, None, None], None))
             else:
                 mods.append(standard_layer(layer, circular))
             x = layer(x)
@@ -412,7 +395,7 @@ def certify_onnx(path: str | Path, x: Tensor | Any) -> Any:
     """Certificates (lipcore.certify.Certificate) of inputs x (model-input space) from an ONNX export
     alone: onnxruntime gives the logits, the file's metadata gives gamma and the head."""
     import numpy as np
-    import onnxruntime as ort
+    import onnxruntime as ort  # type: ignore[import-untyped]
 
     from lipcore.certify import certify
 

@@ -122,7 +122,7 @@ def _fig5(dataset: str, scale: str, loss: str, gamma: float) -> list[Line]:
 
 def _table2(dataset: str) -> list[Line]:
     base = {"model": "KWL", "gamma": 2, "dataset": dataset, "loss": "xent", "epochs": 100, "normalized": True}
-    grid = {"scale": ["small", "medium", "large"], "seed": PAPER_SEEDS3}
+    grid: dict[str, list[Any]] = {"scale": ["small", "medium", "large"], "seed": PAPER_SEEDS3}
     lines = [Line({**base, "layer": layer}, grid) for layer in ("Sandwich", "Orthogon", "Aol")]
     lines.append(Line({**base, "model": "Resnet", "layer": "SLL"}, grid))
     return lines

@@ -25,12 +25,15 @@ import pickle
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
 from lipcore.spec import ExperimentSpec
+
+if TYPE_CHECKING:
+    from lipcore.layers.sll import SLLBlockFc
 
 PAPER_CHECKPOINT = "model.ckpt"
 CIFAR10_CLASSES = [
@@ -125,8 +128,9 @@ def map_keys(state: Mapping[str, Tensor], model: nn.Module, spec: ExperimentSpec
     if spec.model != "Resnet":
         return {("body." + k[len("model."):] if k.startswith("model.") else k): v for k, v in state.items()}
     from lipcore.layers import LinearNormalized, SLLBlockConv, SLLBlockFc
+    from lipcore.models.base import body_of
 
-    body = list(model.body)  # type: ignore[attr-defined]
+    body = list(body_of(model))
     targets = {
         "stable_block": [i for i, m in enumerate(body) if isinstance(m, SLLBlockConv)],
         "layers_linear": [i for i, m in enumerate(body) if isinstance(m, SLLBlockFc)],
@@ -177,7 +181,7 @@ def check_fit(state: Mapping[str, Tensor], model: nn.Module, source: str = "chec
         )
 
 
-def reference_sll_factor(block: nn.Module) -> float:
+def reference_sll_factor(block: SLLBlockFc) -> float:
     """Rigorous l2 Lipschitz bound (>= 1) of an SLLBlockFc using the paper's epsilon placement.
 
     The paper's T_i = 2 (q_i + eps) / sum_j |W W^T|_ij q_j is c_i times an exact SLL instance

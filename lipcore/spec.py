@@ -6,7 +6,10 @@ loss and its offset are filled in, and per-dataset facts (channels, image size, 
 Combinations the paper's code would silently mis-handle are rejected with a message that names the
 field and what is allowed.
 
-This module imports only pydantic (no torch), so the API process can validate specs cheaply.
+Which models, layers and scales go together, and what each model forces, comes from the model cards
+(lipcore.models.cards) and the layer-family registry (lipcore.layers.families); nothing here is
+specific to one model or family. This module imports only pydantic (no torch), so the API process
+can validate specs cheaply.
 """
 
 from __future__ import annotations
@@ -15,10 +18,11 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-ModelName = Literal["DNN", "KWL", "Resnet", "Toy"]
-LayerName = Literal["Sandwich", "Orthogon", "Aol", "SLL", "Plain"]
+from lipcore.layers.families import family_names, get_family
+from lipcore.models.cards import ModelCard, cards, get_card, model_names
+
 ScaleName = Literal["small", "medium", "large", "xlarge"]
 LossName = Literal["xent", "multimargin", "mse"]
 CompileMode = Literal["auto", "on", "off"]
@@ -47,30 +51,7 @@ DATASETS: dict[str, DatasetInfo] = {
 IMAGE_FOLDER = "image_folder"
 DATASET_NAMES = (*DATASETS, IMAGE_FOLDER)
 
-# Which layer families each architecture is defined for (the paper's model.py).
-MODEL_LAYERS: dict[str, tuple[str, ...]] = {
-    "Toy": ("Sandwich", "Orthogon", "Aol", "SLL", "Plain"),
-    "KWL": ("Sandwich", "Orthogon", "Aol", "Plain"),
-    "Resnet": ("SLL",),
-    "DNN": ("Sandwich",),
-}
-MODEL_SCALES: dict[str, tuple[str, ...]] = {
-    "Toy": ("small",),
-    "KWL": ("small", "medium", "large"),
-    "Resnet": ("small", "medium", "large", "xlarge"),
-    "DNN": ("small",),
-}
-# Per-model defaults where the paper's main.py fills in a missing --layer / --scale.
-DEFAULT_LAYER = {"Toy": "Plain", "KWL": "Plain", "Resnet": "SLL", "DNN": "Sandwich"}
-DEFAULT_SCALE = {"Toy": "small", "KWL": "small", "Resnet": "xlarge", "DNN": "small"}
 XENT_OFFSET = 1.5
-# Settings main.py forces per model: DNN is the certified-accuracy model of Tables 3-4, Toy the
-# regression of Table 1.
-FORCED: dict[str, dict[str, Any]] = {
-    "DNN": {"layer": "Sandwich", "scale": "small", "lln": True, "normalized": False, "loss": "xent"},
-    "Toy": {"loss": "mse"},
-}
-
 
 class ExperimentSpec(BaseModel):
     """One experiment of the paper's command line, resolved and validated.
@@ -84,8 +65,14 @@ class ExperimentSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
-    model: ModelName = "Resnet"
-    layer: LayerName | None = None
+    model: str = Field(
+        "Resnet", description="architecture; see GET /v1/catalog",
+        json_schema_extra=lambda schema: schema.update(enum=list(model_names())),
+    )
+    layer: str | None = Field(
+        None, description="layer family (default: the model's); see GET /v1/catalog",
+        json_schema_extra=lambda schema: schema.update(anyOf=[{"enum": list(family_names())}, {"type": "null"}]),
+    )
     scale: ScaleName | None = None
     gamma: float | None = Field(
         1.0, gt=0, allow_inf_nan=False, description="Lipschitz bound (l2, model-input space) to the logits, or with LLN to the "
@@ -118,6 +105,20 @@ class ExperimentSpec(BaseModel):
     img_size: int | None = Field(None, ge=0, le=1024)
     num_classes: int | None = Field(None, ge=1, le=100_000)
 
+    @field_validator("model", mode="before")
+    @classmethod
+    def _known_model(cls, value: Any) -> Any:
+        if not isinstance(value, str) or value not in model_names():
+            raise ValueError(f"model {value!r} is unknown; expected one of {model_names()}")
+        return value
+
+    @field_validator("layer")
+    @classmethod
+    def _known_layer(cls, value: str | None) -> str | None:
+        if value is not None and value not in family_names():
+            raise ValueError(f"layer {value!r} is unknown; expected one of {family_names()}")
+        return value
+
     @model_validator(mode="before")
     @classmethod
     def _resolve(cls, data: Any) -> Any:
@@ -130,18 +131,19 @@ class ExperimentSpec(BaseModel):
         if "LLN" in d:
             d["lln"] = d.pop("LLN")
         model = d.get("model", "Resnet")
-        if not isinstance(model, str) or model not in MODEL_LAYERS:
-            return d  # the Literal check reports it (also for a non-string, e.g. {})
-        for key, value in FORCED.get(model, {}).items():
+        if not isinstance(model, str) or model not in model_names():
+            return d  # the model field's check reports it (also for a non-string, e.g. {})
+        card = get_card(model)
+        for key, value in card.forced.items():
             # main.py overrides these silently; a contradicting explicit value is a user error here.
             if d.get(key) is not None and d[key] != value:
                 raise ValueError(f"model {model} requires {key}={value!r}, got {d[key]!r}")
             d[key] = value
-        if model == "Toy":
-            d.setdefault("dataset", "square_wave")
-        d["layer"] = d.get("layer") or DEFAULT_LAYER[model]
-        d["scale"] = d.get("scale") or DEFAULT_SCALE[model]
-        if d["layer"] == "Plain":
+        if card.default_dataset is not None:
+            d.setdefault("dataset", card.default_dataset)
+        d["layer"] = d.get("layer") or card.default_layer
+        d["scale"] = d.get("scale") or card.default_scale
+        if isinstance(d["layer"], str) and d["layer"] in family_names() and not get_family(d["layer"]).bounded:
             d["gamma"] = None  # an unconstrained network has no bound to certify with
         loss = d.get("loss", "xent")
         if loss == "xent":
@@ -165,39 +167,39 @@ class ExperimentSpec(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> ExperimentSpec:
-        m = self.model
+        m, card = self.model, self.card
         if self.dataset not in DATASET_NAMES:
             raise ValueError(f"dataset {self.dataset!r} is unknown; expected one of {DATASET_NAMES}")
-        if self.layer not in MODEL_LAYERS[m]:
+        if self.layer not in card.layer_names():
             raise ValueError(
-                f"layer {self.layer!r} is not defined for model {m}; expected one of {MODEL_LAYERS[m]}"
+                f"layer {self.layer!r} is not defined for model {m}; expected one of {card.layer_names()}"
             )
-        if self.scale not in MODEL_SCALES[m]:
+        if self.scale not in card.scales:
             raise ValueError(
-                f"scale {self.scale!r} is not defined for model {m}; expected one of {MODEL_SCALES[m]}"
+                f"scale {self.scale!r} is not defined for model {m}; expected one of {card.scales}"
             )
-        if self.layer != "Plain":
+        if self.bounded:
             if self.gamma is None:
                 raise ValueError(f"gamma is required for a Lipschitz-bounded {self.layer} network")
             if not (self.gamma > 0 and self.gamma < float("inf")):
                 raise ValueError(f"gamma must be a finite number > 0, got {self.gamma}")
-        toy_data = self.dataset == "square_wave"
-        if (m == "Toy") != toy_data:
-            raise ValueError(
-                "model Toy is the 1-D regression of Table 1 and needs dataset 'square_wave'"
-                if m == "Toy"
-                else f"dataset 'square_wave' is 1-D and needs model Toy, not {m}"
-            )
-        if m == "Toy" and self.loss != "mse":
-            raise ValueError("model Toy is a regression and trains with loss 'mse'")
-        if m != "Toy" and self.loss == "mse":
-            raise ValueError(f"loss 'mse' is for the Toy regression; use 'xent' or 'multimargin' for {m}")
-        if self.lln and m not in ("DNN", "Resnet"):
-            raise ValueError(
-                f"lln (last-layer normalisation) is defined for models DNN and Resnet, not {m}"
-            )
+        vector_data = self.dataset in DATASETS and DATASETS[self.dataset].img_size == 0
+        if (card.inputs == "vector") != vector_data:
+            if card.inputs == "vector":
+                wanted = " or ".join(repr(n) for n, i in DATASETS.items() if i.img_size == 0)
+                raise ValueError(f"model {m} is {card.about} and needs dataset {wanted}")
+            takers = " or ".join(c.name for c in cards() if c.inputs == "vector")
+            raise ValueError(f"dataset {self.dataset!r} is 1-D and needs model {takers}, not {m}")
+        if card.task == "regressor" and self.loss != "mse":
+            raise ValueError(f"model {m} is a regression and trains with loss 'mse'")
+        if card.task == "classifier" and self.loss == "mse":
+            regressors = " / ".join(c.name for c in cards() if c.task == "regressor")
+            raise ValueError(f"loss 'mse' is for the {regressors} regression; use 'xent' or 'multimargin' for {m}")
+        if self.lln and not card.lln:
+            takers = " and ".join(c.name for c in cards() if c.lln)
+            raise ValueError(f"lln (last-layer normalisation) is defined for models {takers}, not {m}")
         if self.cert_acc and self.gamma is None:
-            raise ValueError("cert_acc needs a Lipschitz bound; an unconstrained Plain network has none")
+            raise ValueError(f"cert_acc needs a Lipschitz bound; an unconstrained {self.layer} network has none")
         if self.dataset == IMAGE_FOLDER:
             if not self.data_path:
                 raise ValueError("dataset 'image_folder' needs data_path: the folder holding train/")
@@ -205,9 +207,9 @@ class ExperimentSpec(BaseModel):
                 raise ValueError("data_path must not contain a NUL character")
         elif self.data_path is not None:
             raise ValueError(f"data_path is for dataset 'image_folder' only, not {self.dataset!r}")
-        if self.img_size not in (None, 0, 32, 64) or (self.img_size == 0 and not toy_data):
+        if self.img_size not in (None, 0, 32, 64) or (self.img_size == 0 and not vector_data):
             raise ValueError(f"img_size must be 32 or 64 for image data, got {self.img_size}")
-        if self.num_classes is not None and m != "Toy" and self.num_classes < 2:
+        if self.num_classes is not None and card.task == "classifier" and self.num_classes < 2:
             raise ValueError(f"a classifier needs at least 2 classes, got num_classes={self.num_classes}")
         return self
 
@@ -216,6 +218,26 @@ class ExperimentSpec(BaseModel):
     def resolved(self) -> bool:
         """True when the input shape and class count are known (always, except image_folder)."""
         return None not in (self.in_channels, self.img_size, self.num_classes)
+
+    @property
+    def card(self) -> ModelCard:
+        """The model's card (lipcore.models.cards): its layers, scales, defaults and task."""
+        return get_card(self.model)
+
+    @property
+    def task(self) -> str:
+        """"classifier" or "regressor" (the Toy square wave), from the model's card."""
+        return self.card.task
+
+    @property
+    def classifies(self) -> bool:
+        """True when the model outputs class logits (accuracy, certificates and attacks apply)."""
+        return self.card.task == "classifier"
+
+    @property
+    def bounded(self) -> bool:
+        """True when the layer family has a Lipschitz bound (False for Plain: gamma is None)."""
+        return self.layer is not None and get_family(self.layer).bounded
 
     @property
     def dataset_info(self) -> DatasetInfo | None:

@@ -104,6 +104,21 @@ def train(
     dev = resolve_device(device)
     spec = resolve_spec(spec, data_dir)
     log = RunLog(run_dir / LOG, hooks.on_log)
+    _prepare_run_dir(run_dir, spec, resume)
+    seed_everything(spec.seed)
+    data = load_data(spec, data_dir, device=dev, download=download)
+    t = _Trainer(spec, run_dir, data, dev, hooks, log, checkpoint_every)
+    epoch0, step0, accum = t.restore(resume)
+    for epoch in range(epoch0, spec.epochs):
+        stopped = t.run_epoch(epoch, step0 if epoch == epoch0 else 0, accum if epoch == epoch0 else None)
+        if stopped is not None:
+            return stopped
+    return t.finish(lipschitz_restarts)
+
+
+def _prepare_run_dir(run_dir: Path, spec: ExperimentSpec, resume: bool) -> None:
+    """Check a checkpoint being resumed is of this experiment, or clear a previous run's outputs;
+    then write spec.json."""
     ckpt = run_dir / CHECKPOINT
     if resume and ckpt.exists():
         _check_same_experiment(run_dir, spec)
@@ -112,61 +127,87 @@ def train(
             stale.unlink(missing_ok=True)
     write_json(run_dir / SPEC, spec.model_dump(mode="json"))
 
-    seed_everything(spec.seed)
-    data = load_data(spec, data_dir, device=dev, download=download)
-    model = build(spec).to(dev)
-    criterion = build_loss(spec)
-    opt = torch.optim.Adam(model.parameters(), lr=spec.lr, weight_decay=0)
-    steps = data.steps_per_epoch()
-    nparams = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
-    history: list[dict[str, Any]] = []
-    classify = spec.model != "Toy"
-    epoch0, step0, accum = 0, 0, _Accum(classify=classify)
-    resumed_from = None
-    if resume and ckpt.exists():
-        state = load_train_state(ckpt)
-        model.load_state_dict(state.model)
-        opt.load_state_dict(state.optimizer)
-        set_rng_state(state.rng)
-        epoch0, step0 = state.position["epoch"], state.position["step"]
-        accum = _Accum(**state.position.get("accum", {}))
-        history = state.history
-        resumed_from = {"epoch": epoch0, "step": step0}
-        log(f"Resumed from checkpoint: {epoch0} epochs and {step0} steps done")
-        if hooks.on_resume:
-            hooks.on_resume(resumed_from)
-    else:
-        log(f"Set global seed to {spec.seed}")
-        log(f"name: {spec.run_name()}, num_params: {nparams:,}, device: {dev}")
-    write_json(run_dir / METRICS, history)
+class _Trainer:
+    """One training run's state (model, optimizer, history) and its steps, in the order `train`
+    calls them: `restore`, `run_epoch` per epoch, `finish`. Built right after the data is loaded
+    (the model's initialisation draws from the seeded RNG after the data's)."""
 
-    def checkpoint(epoch: int, step: int, acc: _Accum) -> None:
+    def __init__(
+        self, spec: ExperimentSpec, run_dir: Path, data: Any, dev: torch.device, hooks: TrainHooks,
+        log: RunLog, checkpoint_every: int,
+    ) -> None:
+        self.spec, self.run_dir, self.data, self.dev, self.hooks, self.log = spec, run_dir, data, dev, hooks, log
+        self.checkpoint_every = checkpoint_every
+        self.ckpt = run_dir / CHECKPOINT
+        self.model = build(spec).to(dev)
+        self.criterion = build_loss(spec)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=spec.lr, weight_decay=0)
+        self.steps = data.steps_per_epoch()
+        self.nparams = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        self.classify = spec.classifies
+        self.history: list[dict[str, Any]] = []
+        self.resumed_from: dict[str, int] | None = None
+        self.total = spec.epochs * self.steps
+        self.start_time, self.start_global = 0.0, 0
+        self.step_fn: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None
+
+    def restore(self, resume: bool) -> tuple[int, int, _Accum]:
+        """Load the checkpoint when resuming (model, Adam, RNG, position, history); returns
+        (epoch, step, running sums) to continue from, (0, 0, empty) for a fresh run."""
+        spec, log = self.spec, self.log
+        epoch0, step0, accum = 0, 0, _Accum(classify=self.classify)
+        if resume and self.ckpt.exists():
+            state = load_train_state(self.ckpt)
+            self.model.load_state_dict(state.model)
+            self.opt.load_state_dict(state.optimizer)
+            set_rng_state(state.rng)
+            epoch0, step0 = state.position["epoch"], state.position["step"]
+            accum = _Accum(**state.position.get("accum", {}))
+            self.history = state.history
+            self.resumed_from = {"epoch": epoch0, "step": step0}
+            log(f"Resumed from checkpoint: {epoch0} epochs and {step0} steps done")
+            if self.hooks.on_resume:
+                self.hooks.on_resume(self.resumed_from)
+        else:
+            log(f"Set global seed to {spec.seed}")
+            log(f"name: {spec.run_name()}, num_params: {self.nparams:,}, device: {self.dev}")
+        write_json(self.run_dir / METRICS, self.history)
+        self.start_time, self.start_global = time.monotonic(), epoch0 * self.steps + step0
+        self.step_fn = train_step(self.model, self.criterion, self.opt, spec, self.dev)
+        return epoch0, step0, accum
+
+    def checkpoint(self, epoch: int, step: int, acc: _Accum) -> None:
+        """Write the resumable checkpoint at (epoch, step) with the epoch's running sums."""
         save_train_state(
-            ckpt, model=model, optimizer=opt, spec=spec, rng=rng_state(), history=history,
-            position={"epoch": epoch, "step": step, "accum": acc.__dict__},
+            self.ckpt, model=self.model, optimizer=self.opt, spec=self.spec, rng=rng_state(),
+            history=self.history, position={"epoch": epoch, "step": step, "accum": acc.__dict__},
         )
-        if hooks.on_checkpoint:
-            hooks.on_checkpoint(ckpt)
+        if self.hooks.on_checkpoint:
+            self.hooks.on_checkpoint(self.ckpt)
 
-    total = spec.epochs * steps
-    start_time, start_global = time.monotonic(), epoch0 * steps + step0
-    step_fn = train_step(model, criterion, opt, spec, dev)
-    # Host syncs (.item(), int()) stall a GPU's queue: the loss and accuracy sums stay on the device
-    # and are read only when a report needs them (see _DeviceAccum). A CPU has no queue to stall.
-    sync_every_s = 0.0 if dev.type == "cpu" else PROGRESS_SYNC_S
-    for epoch in range(epoch0, spec.epochs):
-        model.train()
+    def save_model(self) -> None:
+        data = self.data
+        save_model(self.run_dir / MODEL, self.model, self.spec, classes=data.classes, mean=data.mean, std=data.std)
+
+    def run_epoch(self, epoch: int, first: int, accum: _Accum | None) -> TrainResult | None:
+        """Train epoch `epoch` from step `first` (continuing `accum`'s sums), then test, record and
+        checkpoint it. Returns the "stopped" result if `should_stop` asked, else None."""
+        spec, hooks, steps, opt = self.spec, self.hooks, self.steps, self.opt
+        assert self.step_fn is not None, "restore() first"
+        self.model.train()
         t0 = time.monotonic()
-        first = step0 if epoch == epoch0 else 0
-        acc = _DeviceAccum(accum if epoch == epoch0 else _Accum(classify=classify), dev)
+        acc = _DeviceAccum(accum if accum is not None else _Accum(classify=self.classify), self.dev)
         lr = lr_at(epoch + first / steps, spec.epochs, spec.lr)
+        # Host syncs (.item(), int()) stall a GPU's queue: the loss and accuracy sums stay on the
+        # device and are read only when a report needs them (see _DeviceAccum). A CPU has no queue.
+        sync_every_s = 0.0 if self.dev.type == "cpu" else PROGRESS_SYNC_S
         value, last_sync = float("nan"), -math.inf
-        for step, (x, y) in enumerate(data.train_batches(epoch, first), start=first):
+        for step, (x, y) in enumerate(self.data.train_batches(epoch, first), start=first):
             lr = lr_at(epoch + (step + 1) / steps, spec.epochs, spec.lr)
             for group in opt.param_groups:
                 group["lr"] = lr
-            loss, out = step_fn(x, y)
+            loss, out = self.step_fn(x, y)
             acc.add(loss, out, y)
             done = epoch * steps + step + 1
             now = time.monotonic()
@@ -178,40 +219,53 @@ def train(
                         f"the learning rate {spec.lr} may be too high for this model"
                     )
             if hooks.on_progress:
-                elapsed = now - start_time
-                rate = (done - start_global) / elapsed if elapsed > 0 else 0.0
-                hooks.on_progress(Progress(
-                    epoch + 1, spec.epochs, step + 1, steps, done, total, value, lr, elapsed,
-                    (total - done) / rate if rate > 0 else None,
-                ))
+                hooks.on_progress(self._progress(epoch, step, done, value, lr, now))
             if hooks.should_stop and hooks.should_stop():
-                checkpoint(epoch, step + 1, acc.read())
-                log(f"Stopped at epoch {epoch + 1} step {step + 1}; checkpoint kept")
-                save_model(run_dir / MODEL, model, spec, classes=data.classes, mean=data.mean, std=data.std)
-                return TrainResult("stopped", run_dir, epoch, history, {}, resumed_from, spec, data.classes)
-        acc = acc.read()
-        train_time = time.monotonic() - t0
-        row = {"epoch": epoch + 1, **acc.summary(), "lr": lr, "train_time_s": train_time}
-        row.update(_test_pass(model, data, criterion, spec))
-        history.append(row)
-        write_json(run_dir / METRICS, history)
-        log(_epoch_line(row, spec))
-        # checkpoint first: an epoch a caller has seen reported is never lost to a crash
-        if (epoch + 1) % checkpoint_every == 0 or epoch + 1 == spec.epochs:
-            checkpoint(epoch + 1, 0, _Accum(classify=classify))
-        if hooks.on_epoch:
-            hooks.on_epoch(row)
+                self.checkpoint(epoch, step + 1, acc.read())
+                self.log(f"Stopped at epoch {epoch + 1} step {step + 1}; checkpoint kept")
+                self.save_model()
+                return TrainResult(
+                    "stopped", self.run_dir, epoch, self.history, {}, self.resumed_from, spec, self.data.classes,
+                )
+        self._end_epoch(epoch, acc.read(), lr, time.monotonic() - t0)
+        return None
 
-    save_model(run_dir / MODEL, model, spec, classes=data.classes, mean=data.mean, std=data.std)
-    summary = _summary(model, spec, history, nparams, dev, lipschitz_restarts)
-    if summary.get("lipschitz_lower_bound") is not None:
-        tight = summary.get("tightness")
-        log(
-            f"Lipschitz lower bound: {summary['lipschitz_lower_bound']:.4f}"
-            + (f" / gamma {spec.gamma:.2f} = {100 * tight:.2f}%" if tight is not None else " (no bound)")
+    def _progress(self, epoch: int, step: int, done: int, value: float, lr: float, now: float) -> Progress:
+        elapsed = now - self.start_time
+        rate = (done - self.start_global) / elapsed if elapsed > 0 else 0.0
+        return Progress(
+            epoch + 1, self.spec.epochs, step + 1, self.steps, done, self.total, value, lr, elapsed,
+            (self.total - done) / rate if rate > 0 else None,
         )
-    write_json(run_dir / SUMMARY, summary)
-    return TrainResult("completed", run_dir, spec.epochs, history, summary, resumed_from, spec, data.classes)
+
+    def _end_epoch(self, epoch: int, acc: _Accum, lr: float, train_time: float) -> None:
+        """Test pass, metrics.json and the epoch line, checkpoint, on_epoch."""
+        row = {"epoch": epoch + 1, **acc.summary(), "lr": lr, "train_time_s": train_time}
+        row.update(_test_pass(self.model, self.data, self.criterion, self.spec))
+        self.history.append(row)
+        write_json(self.run_dir / METRICS, self.history)
+        self.log(_epoch_line(row, self.spec))
+        # checkpoint first: an epoch a caller has seen reported is never lost to a crash
+        if (epoch + 1) % self.checkpoint_every == 0 or epoch + 1 == self.spec.epochs:
+            self.checkpoint(epoch + 1, 0, _Accum(classify=self.classify))
+        if self.hooks.on_epoch:
+            self.hooks.on_epoch(row)
+
+    def finish(self, lipschitz_restarts: int) -> TrainResult:
+        """Save the final model and write summary.json (bounds, last test metrics, tightness)."""
+        spec, log = self.spec, self.log
+        self.save_model()
+        summary = _summary(self.model, spec, self.history, self.nparams, self.dev, lipschitz_restarts)
+        if summary.get("lipschitz_lower_bound") is not None:
+            tight = summary.get("tightness")
+            log(
+                f"Lipschitz lower bound: {summary['lipschitz_lower_bound']:.4f}"
+                + (f" / gamma {spec.gamma:.2f} = {100 * tight:.2f}%" if tight is not None else " (no bound)")
+            )
+        write_json(self.run_dir / SUMMARY, summary)
+        return TrainResult(
+            "completed", self.run_dir, spec.epochs, self.history, summary, self.resumed_from, spec, self.data.classes,
+        )
 
 
 @dataclass
@@ -299,7 +353,7 @@ def _test_pass(model: nn.Module, data: Any, criterion: Any, spec: ExperimentSpec
     t0 = time.monotonic()
     n, loss, correct = 0, 0.0, 0
     certified = dict.fromkeys(PAPER_RADII, 0)
-    classify = spec.model != "Toy"
+    classify = spec.classifies
     certifying = bool(spec.cert_acc and classify and getattr(model, "gamma", None) is not None)
     if certifying:
         bound = bound_report(model).used
@@ -355,7 +409,7 @@ def _summary(
         summary.update({k: v for k, v in last.items() if k.startswith(("test_", "cert_acc_"))})
     if restarts > 0:
         # The paper's probe points: uniform [0,1) plus 0.3 N(0,1) noise, shaped like an input.
-        shape = (LIP_BATCH, spec.in_channels) + ((spec.img_size,) * 2 if spec.img_size else ())
+        shape = (LIP_BATCH, spec.in_channels or 1) + ((spec.img_size,) * 2 if spec.img_size else ())
         x = (torch.rand(shape) + 0.3 * torch.randn(shape)).to(dev)
         lip = empirical_lipschitz(model, x, restarts=restarts)
         summary["lipschitz_lower_bound"] = lip

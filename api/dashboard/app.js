@@ -18,16 +18,19 @@ const POLL_MS = 2000;
 const COLORS = {
   train: "#1f77b4", test: "#d62728", cert36: "#2ca02c", cert72: "#ff7f0e", cert108: "#9467bd", lr: "#17becf",
 };
-const MODEL_LAYERS = {
-  Toy: ["Sandwich", "Orthogon", "Aol", "SLL", "Plain"],
-  KWL: ["Sandwich", "Orthogon", "Aol", "Plain"],
-  Resnet: ["SLL"],
-  DNN: ["Sandwich"],
-};
-const MODEL_SCALES = {
-  Toy: ["small"], KWL: ["small", "medium", "large"], Resnet: ["small", "medium", "large", "xlarge"], DNN: ["small"],
-};
-const IMAGE_DATASETS = ["cifar10", "cifar100", "tiny_imagenet", "image_folder"];
+// What models, layers and datasets go together comes from the server's model cards (GET /v1/catalog),
+// the records that validate specs there: fetched once per page load.
+let catalogPromise = null;
+async function getCatalog(signal) {
+  if (!catalogPromise) catalogPromise = api("/v1/catalog", { signal }).catch((e) => { catalogPromise = null; throw e; });
+  const c = await catalogPromise;
+  return {
+    ...c,
+    card: (name) => c.models.find((m) => m.name === name),
+    family: (name) => c.families.find((f) => f.name === name),
+    datasets: (inputs) => c.datasets.filter((d) => d.inputs === inputs).map((d) => d.name),
+  };
+}
 
 // ---- small DOM helpers -----------------------------------------------------------------------
 function h(tag, attrs, ...children) {
@@ -292,7 +295,10 @@ async function newJobPage(view, signal) {
   const idem = crypto.randomUUID();  // one per form: a double click or a retry does not make two jobs
   const sel = (name, options, value) => h("select", { name, id: `f-${name}` },
     options.map((o) => h("option", { value: o, selected: o === value }, o)));
-  const model = sel("model", Object.keys(MODEL_LAYERS), "Toy");
+  const cat = await getCatalog(signal);
+  // The quick 1-D model (seconds on a CPU) is preselected.
+  const quick = cat.models.find((m) => m.inputs === "vector") || cat.models[0];
+  const model = sel("model", cat.models.map((m) => m.name), quick.name);
   const layer = h("select", { name: "layer", id: "f-layer" });
   const scale = h("select", { name: "scale", id: "f-scale" });
   const dataset = h("select", { name: "dataset", id: "f-dataset" });
@@ -314,24 +320,29 @@ async function newJobPage(view, signal) {
     if (old && options.includes(old)) select.value = old;
   }
   function syncChoices() {
-    const m = model.value;
-    fill(layer, MODEL_LAYERS[m], true);
-    if (m === "Toy" && !layer.dataset.touched) layer.value = "Sandwich";
-    fill(scale, MODEL_SCALES[m], true);
-    fill(dataset, m === "Toy" ? ["square_wave"] : IMAGE_DATASETS, true);
+    const card = cat.card(model.value);
+    // an untouched layer shows the model's first family, not its (unbounded) default
+    fill(layer, card.layers, layer.dataset.touched);
+    fill(scale, card.scales, true);
+    fill(dataset, cat.datasets(card.inputs), true);
     dataPath.closest("label").hidden = dataset.value !== "image_folder";
-    certAcc.closest("label").hidden = m === "Toy";
-    lln.closest("label").hidden = m === "Toy" || m === "DNN";
-    gamma.disabled = layer.value === "Plain";
+    certAcc.closest("label").hidden = card.task !== "classifier";
+    lln.closest("label").hidden = !card.lln || "lln" in card.forced;
+    gamma.disabled = !bounded();
     showPreview();
+  }
+  function bounded() {
+    const f = cat.family(layer.value);
+    return !f || f.bounded;
   }
   function spec() {
     const s = { model: model.value, layer: layer.value, scale: scale.value, dataset: dataset.value,
       epochs: Number(epochs.value), lr: Number(lr.value), seed: Number(seed.value) };
-    if (layer.value !== "Plain") s.gamma = Number(gamma.value);
+    if (bounded()) s.gamma = Number(gamma.value);
     if (loss.value !== "(default)") s.loss = loss.value;
-    if (model.value !== "Toy" && certAcc.checked) s.cert_acc = true;
-    if (model.value !== "Toy" && model.value !== "DNN" && lln.checked) s.LLN = true;
+    const card = cat.card(model.value);
+    if (card.task === "classifier" && certAcc.checked) s.cert_acc = true;
+    if (card.lln && !("lln" in card.forced) && lln.checked) s.LLN = true;
     if (dataset.value === "image_folder" && dataPath.value) s.data_path = dataPath.value;
     return s;
   }
@@ -340,7 +351,7 @@ async function newJobPage(view, signal) {
   }
   const field = (label, input, hint) => h("label", {}, h("span", {}, label), input, hint ? h("small", { class: "muted" }, hint) : null);
   const form = h("form", { id: "new-job", class: "grid-form" },
-    field("model", model, "Toy: Table 1's 1-D regression (seconds on a CPU)"),
+    field("model", model, `${quick.name}: ${quick.about} (seconds on a CPU)`),
     field("layer", layer),
     field("scale", scale),
     field("dataset", dataset),
@@ -406,7 +417,8 @@ function chartData(chart, rows) {
 async function jobPage(view, id, signal) {
   const job = await api(`/v1/jobs/${encodeURIComponent(id)}`, { signal });
   const isTrain = job.kind === "train";
-  const classify = isTrain && job.spec.model !== "Toy";
+  const card = isTrain ? (await getCatalog(signal)).card(job.spec.model) : null;
+  const classify = Boolean(card && card.task === "classifier");
   const status = h("span", { id: "job-status" });
   const bar = progressBar(job.progress, job.status);
   const progressText = h("span", { class: "small", id: "job-progress" });

@@ -132,9 +132,13 @@ def submit_job(
     if isinstance(body, EvaluateRequest):
         model = tenant_model(body.model_id, session, tenant)
         spec, params, model_id = model.spec, body.attack.model_dump(), model.id
-        if spec.get("model") == "Toy":
+        # torch-free: a model's task is on its card
+        from lipcore.models.cards import get_card
+
+        if get_card(str(spec.get("model"))).task != "classifier":
             raise HTTPException(
-                422, "model_id: the Toy regression has no classes to attack; evaluate an image classifier"
+                422,
+                f"model_id: the {spec.get('model')} regression has no classes to attack; evaluate an image classifier",
             )
     else:
         resolved = _resolve_image_folder(body.spec, settings)

@@ -79,13 +79,16 @@ def pending_evaluations(s: Session, sweep: Sweep) -> list[tuple[SweepJob, Job]]:
     which have no classes to attack, or when the sweep evaluates nothing)."""
     if sweep.evaluate is None:
         return []
+    # torch-free: a model's task is on its card
+    from lipcore.models.cards import get_card
+
     rows = sweep_jobs(s, sweep.id)
     evaluated = {link.train_job_id for link, _ in rows if link.role == SweepRole.evaluate}
     return [
         (link, job)
         for link, job in rows
         if link.role == SweepRole.train and job is not None and job.status == JobState.succeeded
-        and job.id not in evaluated and job.spec.get("model") != "Toy"
+        and job.id not in evaluated and get_card(str(job.spec.get("model"))).task == "classifier"
     ]
 
 

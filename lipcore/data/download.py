@@ -80,10 +80,10 @@ def _extract(archive: Path, into: Path) -> None:
             if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4
                 tf.extractall(into, filter="data")  # rejects links and paths leaving `into`
                 return
-            for member in tf.getmembers():
-                target = (into / member.name).resolve()
-                if not target.is_relative_to(into.resolve()) or member.issym() or member.islnk():
-                    raise OSError(f"{archive}: entry {member.name!r} is a link or leaves {into}")
+            for info in tf.getmembers():
+                target = (into / info.name).resolve()
+                if not target.is_relative_to(into.resolve()) or info.issym() or info.islnk():
+                    raise OSError(f"{archive}: entry {info.name!r} is a link or leaves {into}")
             tf.extractall(into)
 
 

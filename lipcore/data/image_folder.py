@@ -171,6 +171,7 @@ def load_image_folder(root: Path, cache: ArrayCache) -> ImageArrays:
         train_x, train_y = x, listing.train_y
         test_x = cached_decode(cache, test_name, listing.paths(listing.test), size)
         test_y = listing.test_y
+        assert test_y is not None  # list_folder gives test labels whenever it gives a test split
         stats_key = "stats_all"
     else:
         held = holdout_mask(listing)

@@ -65,7 +65,7 @@ def list_tiny_imagenet(root: Path) -> tuple[list[str], list[str], np.ndarray, li
     annotations = root / "val" / "val_annotations.txt"
     if not annotations.is_file():
         raise _missing(annotations.parent)
-    wnid_of = {}
+    wnid_of: dict[str, str] = {}
     for line in annotations.read_text().splitlines():
         fields = line.split("\t")
         if len(fields) >= 2:
@@ -73,10 +73,10 @@ def list_tiny_imagenet(root: Path) -> tuple[list[str], list[str], np.ndarray, li
     val = _images_in(root, "val/images")
     val_y = []
     for rel in val:
-        wnid = wnid_of.get(rel.rsplit("/", 1)[-1])
-        if wnid not in index:
-            raise ValueError(f"{root / rel}: no valid class in {annotations} (found {wnid!r})")
-        val_y.append(index[wnid])
+        found = wnid_of.get(rel.rsplit("/", 1)[-1])
+        if found is None or found not in index:
+            raise ValueError(f"{root / rel}: no valid class in {annotations} (found {found!r})")
+        val_y.append(index[found])
     as_labels = lambda ys: np.asarray(ys, dtype=np.int64)  # noqa: E731
     return wnids, train, as_labels(train_y), val, as_labels(val_y)
 

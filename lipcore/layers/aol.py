@@ -13,6 +13,8 @@ give a layer of norm <= 1, never the blow-up of a clamped 1 / sqrt(tiny).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -88,6 +90,19 @@ class _AolLinearBase(Reparameterized):
         """|scale| * ||W D||_2 (exact SVD in float64 of the served weight)."""
         return abs(self.scale) * spectral_norm(self.effective()[0])
 
+    def export(self, circular: str = "dft") -> nn.Module:
+        """Linear(scale W D, b) [/ ReLU]."""
+        from lipcore import export as X
+
+        with torch.no_grad():
+            (w,) = self.effective()
+            lin = X.linear_op((self.scale * X.as_float64(w)).float(), self.bias)
+            return nn.Sequential(lin, nn.ReLU()) if self.activation else lin
+
+    def paper_weight(self, previous: Any = None) -> tuple[Tensor | None, Any]:
+        """scale * W D, the rescaled weight applied to the layer's input."""
+        return (self.scale * self.effective()[0]).detach(), None
+
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, scale={self.scale:g}"
 
@@ -136,6 +151,15 @@ class _AolConvBase(Reparameterized):
     def lipschitz_bound(self) -> float:
         """|scale| * Schur bound of the served zero-padded convolution (any input size)."""
         return abs(self.scale) * aol_conv_bound(self.effective()[0], self.kernel)
+
+    def export(self, circular: str = "dft") -> nn.Module:
+        """Conv2d(scale K, b), zero padding k // 2 [/ ReLU]."""
+        from lipcore import export as X
+
+        with torch.no_grad():
+            (k,) = self.effective()
+            conv = X.conv_op((self.scale * X.as_float64(k)).float(), self.bias, self.padding)
+            return nn.Sequential(conv, nn.ReLU()) if self.activation else conv
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel.shape[-1]}, scale={self.scale:g}"

@@ -6,6 +6,7 @@ Zero-padding and truncation of the channel/feature axis have norm 1, so they kee
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -26,6 +27,14 @@ class PaddingChannels(nn.Module):
         """Zero-padding is an isometry: the bound is |scale|."""
         return abs(self.scale)
 
+    def export(self, circular: str = "dft") -> nn.Module:
+        """A 1x1 Conv2d with a scaled 0/1 matrix."""
+        from lipcore import export as X
+
+        w = torch.zeros(self.out_channels, self.in_channels, 1, 1)
+        w[torch.arange(self.in_channels), torch.arange(self.in_channels)] = self.scale
+        return X.conv_op(w, None)
+
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}, scale={self.scale:g}"
 
@@ -45,6 +54,14 @@ class PaddingFeatures(nn.Module):
     def lipschitz_bound(self) -> float:
         """Zero-padding is an isometry: the bound is |scale|."""
         return abs(self.scale)
+
+    def export(self, circular: str = "dft") -> nn.Module:
+        """A Linear with a scaled 0/1 matrix."""
+        from lipcore import export as X
+
+        w = torch.zeros(self.out_features, self.in_features)
+        w[torch.arange(self.in_features), torch.arange(self.in_features)] = self.scale
+        return X.linear_op(w, None)
 
     def extra_repr(self) -> str:
         return f"{self.in_features}, {self.out_features}, scale={self.scale:g}"

@@ -40,5 +40,13 @@ class LinearNormalized(Reparameterized):
         """|scale| * ||W||_2 of the whole head (certificates use the sharper pair distances instead)."""
         return abs(self.scale) * spectral_norm(self.effective()[0])
 
+    def export(self, circular: str = "dft") -> nn.Module:
+        """Linear(scale * unit rows, b)."""
+        from lipcore import export as X
+
+        with torch.no_grad():
+            (w,) = self.effective()
+            return X.linear_op((self.scale * X.as_float64(w)).float(), self.bias)
+
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, scale={self.scale:g}"

@@ -7,6 +7,8 @@ Parameters: `weight` (out, in) or (out, in_eff, k_eff, k_eff), `bias` (out), `al
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -41,6 +43,19 @@ class _OrthogonLinearBase(Reparameterized):
     def lipschitz_bound(self) -> float:
         """|scale| * ||Q||_2, exact SVD in float64 of the served Q (1 up to rounding)."""
         return abs(self.scale) * spectral_norm(self.effective()[0])
+
+    def export(self, circular: str = "dft") -> nn.Module:
+        """Linear(scale Q, b) [/ ReLU]."""
+        from lipcore import export as X
+
+        with torch.no_grad():
+            (q,) = self.effective()
+            lin = X.linear_op((self.scale * X.as_float64(q)).float(), self.bias)
+            return nn.Sequential(lin, nn.ReLU()) if self.activation else lin
+
+    def paper_weight(self, previous: Any = None) -> tuple[Tensor | None, Any]:
+        """Q, the orthogonal weight applied."""
+        return self.effective()[0].detach(), None
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, scale={self.scale:g}"
@@ -82,6 +97,15 @@ class _OrthogonConvBase(FourierConv):
     def lipschitz_bound(self) -> float:
         """|scale| * max over frequencies of ||Q(f)||_2 of the served real operator (float64)."""
         return abs(self.scale) * spectral_norm(hermitian_response(self.effective()[0], self.n))
+
+    def export(self, circular: str = "dft") -> nn.Module:
+        """[PixelUnshuffle] / circular convolution Q (scale folded in) [/ ReLU]."""
+        from lipcore import export as X
+
+        with torch.no_grad():
+            (m,) = (X.as_float64(t) for t in self.effective())
+            conv = X.circular_op(m, self.n, self.fft_in_channels, self.bias, self.scale, circular)
+            return X.strided_op(self, nn.Sequential(conv, nn.ReLU()) if self.activation else conv)
 
 
 class OrthogonConv(_OrthogonConvBase):

@@ -43,6 +43,17 @@ class Reparameterized(nn.Module):
         tensors `effective()` serves. See lipcore.layers.bounds and lipcore.certify.verified_bound."""
         raise NotImplementedError(f"{type(self).__name__} has no verified Lipschitz bound")
 
+    def export(self, circular: str = "dft") -> nn.Module:
+        """This layer as standard torch operators with its effective weights frozen (float32), an
+        exact rewrite of `forward` (lipcore.export; `circular`: "dft" or "conv" for FFT convolutions)."""
+        raise TypeError(f"no standard-operator form for {type(self).__name__}")
+
+    def paper_weight(self, previous: Any = None) -> tuple[Tensor | None, Any]:
+        """(W, state): the weight matrix whose spectral norm the paper reports for this layer
+        (Table 1; None where undefined), and what the next layer needs to form its own (`previous`
+        is the state the layer before returned). See lipcore.evaluate.layer_spectral_norms."""
+        return None, None
+
     def effective(self) -> tuple[Tensor, ...]:
         """The effective weights: fresh in training mode; in eval mode cached (detached) and reused
         while the parameters are bit-for-bit those the cache was computed from."""

@@ -13,6 +13,7 @@ Parameters (names and shapes as the reference vectors): fully connected `weight`
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -73,6 +74,20 @@ class SandwichFc(_SandwichLinearBase):
         a_out, b_in = self.effective()
         return abs(self.scale) * sandwich_bound(a_out.mT, b_in, self.psi)
 
+    def export(self, circular: str = "dft") -> nn.Module:
+        """Linear(sqrt2 Psi^-1 B scale, b) / ReLU / Linear(sqrt2 A^T Psi) (lipcore.export.SandwichCore)."""
+        from lipcore import export as X
+
+        with torch.no_grad():
+            a_out, b_in = (X.as_float64(t) for t in self.effective())
+            b = X.linear_op((self.scale * b_in).float(), self.bias)
+            return X.SandwichCore(b, X.linear_op(a_out.T.float(), None))
+
+    def paper_weight(self, previous: Any = None) -> tuple[Tensor | None, Any]:
+        """W_k = 2 Psi_k^-1 B_k A_{k-1}^T Psi_{k-1}, the weight of the equivalent feed-forward form
+        (A_{-1} = I, Psi_{-1} = I / 2 for the first layer); state (A_k, psi_k)."""
+        return _feedforward_weight(self, self.psi, previous)
+
 
 class SandwichLin(_SandwichLinearBase):
     """Last (linear) sandwich layer: y = B (scale x) + b, or y = 2 A^T B (scale x) + b with `ab=True`."""
@@ -94,6 +109,32 @@ class SandwichLin(_SandwichLinearBase):
     def lipschitz_bound(self) -> float:
         """|scale| * ||W||_2 (exact SVD in float64 of the served weight)."""
         return abs(self.scale) * spectral_norm(self.effective()[0])
+
+    def export(self, circular: str = "dft") -> nn.Module:
+        """One Linear (the input `scale` folded into the weight)."""
+        from lipcore import export as X
+
+        with torch.no_grad():
+            (w,) = self.effective()
+            return X.linear_op((self.scale * X.as_float64(w)).float(), self.bias)
+
+    def paper_weight(self, previous: Any = None) -> tuple[Tensor | None, Any]:
+        """As SandwichFc's, with Psi = 2 I: the last layer acts as if it had psi = log 2."""
+        with torch.no_grad():
+            psi = torch.full((self.out_features,), math.log(2.0), dtype=self.weight.dtype, device=self.weight.device)
+        return _feedforward_weight(self, psi, previous)
+
+
+def _feedforward_weight(layer: _SandwichLinearBase, psi: Tensor, previous: Any) -> tuple[Tensor, Any]:
+    with torch.no_grad():
+        a, b = layer._factors()
+        if isinstance(previous, tuple) and len(previous) == 2:
+            a0, psi0 = previous
+        else:
+            a0 = torch.eye(b.shape[1], dtype=b.dtype, device=b.device)
+            psi0 = torch.full((b.shape[1],), -math.log(2.0), dtype=b.dtype, device=b.device)
+        w = 2 * torch.diag(torch.exp(-psi)) @ b @ a0.T @ torch.diag(torch.exp(psi0))
+    return w, (a, psi)
 
 
 class _SandwichConvBase(FourierConv):
@@ -119,8 +160,14 @@ class _SandwichConvBase(FourierConv):
 class SandwichConv(_SandwichConvBase):
     """Convolutional sandwich layer with ReLU (circular, FFT): (b, in, N, N) -> (b, out, N/s, N/s)."""
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
+        scale: float = 1.0, *, input_size: int, device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(
+            in_channels, out_channels, kernel_size, stride, scale, input_size=input_size, device=device, dtype=dtype,
+        )
         dev, dt = self.weight.device, self.weight.dtype
         self.psi = nn.Parameter(torch.zeros(self.out_channels, device=dev, dtype=dt))
 
@@ -143,6 +190,16 @@ class SandwichConv(_SandwichConvBase):
         m, n = hermitian_response(a_out, self.n), hermitian_response(b_in, self.n)
         return abs(self.scale) * sandwich_bound(m, n, self.psi)
 
+    def export(self, circular: str = "dft") -> nn.Module:
+        """[PixelUnshuffle] / circular conv B (scale folded in) / ReLU / circular conv A."""
+        from lipcore import export as X
+
+        with torch.no_grad():
+            a_out, b_in = (X.as_float64(t) for t in self.effective())
+            b = X.circular_op(b_in, self.n, self.fft_in_channels, self.bias, self.scale, circular)
+            a = X.circular_op(a_out, self.n, self.out_channels, None, 1.0, circular)
+            return X.strided_op(self, X.SandwichCore(b, a))
+
 
 class SandwichConvLin(_SandwichConvBase):
     """Convolutional sandwich without activation: y = 2 A^H B x + b per frequency."""
@@ -158,3 +215,11 @@ class SandwichConvLin(_SandwichConvBase):
     def lipschitz_bound(self) -> float:
         """|scale| * max over frequencies of ||2 A(f)^H B(f)||_2 of the served real operator."""
         return abs(self.scale) * spectral_norm(hermitian_response(self.effective()[0], self.n))
+
+    def export(self, circular: str = "dft") -> nn.Module:
+        """[PixelUnshuffle] / one circular convolution 2 A^H B (scale folded in)."""
+        from lipcore import export as X
+
+        with torch.no_grad():
+            (m,) = (X.as_float64(t) for t in self.effective())
+            return X.strided_op(self, X.circular_op(m, self.n, self.fft_in_channels, self.bias, self.scale, circular))

@@ -87,6 +87,14 @@ class SLLBlockFc(Reparameterized):
         q = self.q.detach().abs() + (0.0 if self.reference_epsilon else self.epsilon)
         return sll_bound(w, t, q, conv=False)
 
+    def export(self, circular: str = "dft") -> nn.Module:
+        """x - T relu(x W^T + b) W with the W, b and t of one reparameterisation (lipcore.export.SLLFc)."""
+        from lipcore import export as X
+
+        with torch.no_grad():
+            w, b, t = self.effective()
+            return X.SLLFc(w.detach().float(), b.detach().float(), t.detach().float())
+
     def extra_repr(self) -> str:
         return f"features={self.features}, inner={self.inner}"
 
@@ -124,5 +132,27 @@ class SLLBlockConv(Reparameterized):
         k, _, t = self.effective()
         return sll_bound(k, t, self.q.detach().abs(), conv=True)
 
+    def export(self, circular: str = "dft") -> nn.Module:
+        """x - ConvTranspose2d(T relu(Conv2d(x))) with the K, b and t of one reparameterisation."""
+        from lipcore import export as X
+
+        with torch.no_grad():
+            k, b, t = (X.as_float64(v) for v in self.effective())
+            inner, channels, ks = k.shape[0], k.shape[1], k.shape[-1]
+            up = nn.ConvTranspose2d(inner, channels, ks, padding=self.padding, bias=False)
+            up.weight.copy_((k * t[:, None, None, None]).float())
+            return X.Residual(nn.Sequential(X.conv_op(k.float(), b.float(), self.padding), nn.ReLU(), up))
+
     def extra_repr(self) -> str:
         return f"channels={self.channels}, inner={self.inner}, kernel_size={self.kernel.shape[-1]}"
+
+
+def sll_toy_body(in_features: int, out_features: int, *, width: int, depth: int, scale: float) -> list[nn.Module]:
+    """The SLL family's Toy body: zero-pad to `width`, `depth - 2` SLLBlockFc, read out the first
+    `out_features` (SLL blocks keep their width, so they cannot be the first and last layer)."""
+    from lipcore.layers.channels import FirstChannel, PaddingFeatures
+
+    mods: list[nn.Module] = [PaddingFeatures(in_features, width, scale=scale)]
+    mods += [SLLBlockFc(width, width) for _ in range(depth - 2)]
+    mods.append(FirstChannel(out_features, scale=scale))
+    return mods

@@ -33,3 +33,11 @@ class LipschitzNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.body(x)
+
+
+def body_of(model: nn.Module) -> nn.Sequential:
+    """The nn.Sequential `body` of a lipcore network (every LipschitzNet has one), typed as such."""
+    body = getattr(model, "body", None)
+    if not isinstance(body, nn.Sequential):
+        raise TypeError(f"{type(model).__name__} has no nn.Sequential body")
+    return body

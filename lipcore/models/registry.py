@@ -1,23 +1,31 @@
-"""Model registry (timm-style): architectures register a builder under the spec's model name."""
+"""Model registry (timm-style): architectures register a builder under their card's name."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+import importlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from torch import nn
+from lipcore.models.cards import get_card
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from lipcore.spec import ExperimentSpec
 
-Builder = Callable[["ExperimentSpec"], nn.Module]
+Builder = Callable[["ExperimentSpec"], "nn.Module"]
 _REGISTRY: dict[str, Builder] = {}
+# Modules whose import registers the paper's builders (loaded on first use).
+BUILTIN_MODULES = ("lipcore.models.dnn", "lipcore.models.kwl", "lipcore.models.resnet", "lipcore.models.toy")
 
 
 def register_model(name: str) -> Callable[[Builder], Builder]:
-    """Decorator: `@register_model("KWL")` on a function spec -> nn.Module."""
+    """Decorator: `@register_model("KWL")` on a function spec -> nn.Module; the model needs a card
+    (lipcore.models.cards) saying what it accepts."""
+    get_card(name)
 
     def wrap(fn: Builder) -> Builder:
-        if name in _REGISTRY:
+        if name in _REGISTRY and _REGISTRY[name] is not fn:
             raise ValueError(f"model {name!r} is already registered")
         _REGISTRY[name] = fn
         return fn
@@ -25,7 +33,14 @@ def register_model(name: str) -> Callable[[Builder], Builder]:
     return wrap
 
 
+def _load_builtins() -> None:
+    for module in BUILTIN_MODULES:
+        importlib.import_module(module)
+
+
 def list_models() -> list[str]:
+    """Names of the registered builders, sorted."""
+    _load_builtins()
     return sorted(_REGISTRY)
 
 
@@ -33,14 +48,15 @@ def build(spec: ExperimentSpec) -> nn.Module:
     """Build the (randomly initialised) network of `spec` on the CPU in the default dtype.
 
     The spec must be resolved (input shape and classes known; see `ExperimentSpec.resolved`).
-    The returned module has `.gamma` (float, or None for Plain) and `.lln_head`
-    (the LinearNormalized last layer, or None).
+    The returned module has `.gamma` (float, or None for an unbounded family such as Plain) and
+    `.lln_head` (the LinearNormalized last layer, or None).
     """
     if not spec.resolved:
         raise ValueError(
             f"spec for dataset {spec.dataset!r} does not know its input shape/classes yet; "
             "resolve it against the data first (lipcore.data.resolve_spec)"
         )
+    _load_builtins()
     try:
         builder = _REGISTRY[spec.model]
     except KeyError:

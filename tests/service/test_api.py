@@ -105,6 +105,23 @@ def test_health_ready_metrics_openapi(client):
             assert ok, (method, path)
 
 
+def test_catalog_serves_the_model_cards(client):
+    r = client.get("/v1/catalog")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    cards = {m["name"]: m for m in body["models"]}
+    assert set(cards) >= {"DNN", "KWL", "Resnet", "Toy"}
+    assert cards["Toy"]["task"] == "regressor" and cards["KWL"]["task"] == "classifier"
+    assert cards["KWL"]["layers"][:4] == ["Sandwich", "Orthogon", "Aol", "Plain"]
+    assert cards["Resnet"]["scales"] == ["small", "medium", "large", "xlarge"]
+    assert cards["DNN"]["forced"]["lln"] is True and cards["Resnet"]["defaults"] == {"layer": "SLL", "scale": "xlarge"}
+    families = {f["name"]: f for f in body["families"]}
+    assert families["Plain"]["bounded"] is False and families["Sandwich"]["bounded"] is True
+    assert {"name": "square_wave", "inputs": "vector"} in body["datasets"]
+    op = client.get("/openapi.json").json()["paths"]["/v1/catalog"]["get"]
+    assert op["responses"]["401"]["content"]["application/problem+json"]
+
+
 def test_readyz_reports_an_unreachable_broker(tmp_path, settings_for):
     from fastapi.testclient import TestClient
 
