@@ -127,9 +127,7 @@ def certify_batch(
     finite = torch.isfinite(logits).all(dim=1)
     if not bool(finite.all()):  # a certificate needs finite logits; never answer with nulls
         first = int((~finite).nonzero()[0, 0])
-        raise HTTPException(
-            422, f"input {first}: the model's outputs overflow for this input; send smaller values"
-        )
+        raise HTTPException(422, f"input {first}: the model's outputs overflow for this input; send smaller values")
     lln = getattr(model, "lln_head", None) is not None
     kind = "gamma (single output)" if logits.shape[1] == 1 else ("lln" if lln else "sqrt2*gamma")
     x_attack = xt.to(next(model.parameters()).dtype)

@@ -14,8 +14,18 @@ from core.states import MODEL_KINDS, JobState
 from core.store import Job, jobs
 
 __all__ = [  # OPEN_TENANT, CurrentTenant and current_tenant: api.auth's, re-exported for the routers
-    "OPEN_TENANT", "CurrentTenant", "JobId", "SessionDep", "SettingsDep", "TenantJob", "TenantModel",
-    "current_tenant", "get_session", "get_settings", "tenant_job", "tenant_model",
+    "OPEN_TENANT",
+    "CurrentTenant",
+    "JobId",
+    "SessionDep",
+    "SettingsDep",
+    "TenantJob",
+    "TenantModel",
+    "current_tenant",
+    "get_session",
+    "get_settings",
+    "tenant_job",
+    "tenant_model",
 ]
 
 

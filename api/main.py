@@ -37,6 +37,7 @@ def pool_sizes(settings: Settings) -> dict[str, int | float]:
     threads = settings.api_threads + STREAM_THREADS + HEALTH_THREADS + settings.certify_attacks_total
     return {"pool_size": threads // 2, "max_overflow": threads - threads // 2, "pool_timeout": 10.0}
 
+
 DESCRIPTION = """Train Lipschitz-bounded deep networks (sandwich layers, Wang & Manchester, ICML 2023)
 and certify inputs against them. Submit a job, follow it, download its checkpoint, and ask for
 certified l2 radii of your own inputs. Errors are application/problem+json."""

@@ -58,7 +58,10 @@ def problem_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """
     out: dict[int | str, dict[str, Any]] = {}
     for code in codes:
-        entry: dict[str, Any] = {"description": WHY.get(code, HTTPStatus(code).phrase), "content": {PROBLEM_JSON: {"schema": _PROBLEM_REF}}}
+        entry: dict[str, Any] = {
+            "description": WHY.get(code, HTTPStatus(code).phrase),
+            "content": {PROBLEM_JSON: {"schema": _PROBLEM_REF}},
+        }
         if code == 429:
             entry["headers"] = {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}}
         if code == 401:

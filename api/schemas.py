@@ -205,10 +205,10 @@ class SweepRequest(BaseModel):
         None, min_length=1, max_length=50, description="override every job's seeds (a seed grid)"
     )
     overrides: dict[str, Any] | None = Field(
-        None, description="spec fields set on every job, e.g. {\"train_batch_size\": 64} for a small GPU"
+        None, description='spec fields set on every job, e.g. {"train_batch_size": 64} for a small GPU'
     )
     only: dict[str, list[Any]] | None = Field(
-        None, description="keep only the jobs whose spec has one of these values, e.g. {\"layer\": [\"Sandwich\"]}"
+        None, description='keep only the jobs whose spec has one of these values, e.g. {"layer": ["Sandwich"]}'
     )
     evaluate: AttackParams | bool | None = Field(
         None,

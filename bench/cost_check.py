@@ -53,9 +53,7 @@ def main() -> None:
         spec = ExperimentSpec.model_validate(raw)
         est = estimate_memory(spec)
         without_data = est.total_bytes - est.data_bytes
-        out = subprocess.run(
-            [sys.executable, "-c", CHILD, json.dumps(raw)], capture_output=True, text=True, check=True
-        )
+        out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(raw)], capture_output=True, text=True, check=True)
         peak = json.loads(out.stdout.strip().splitlines()[-1])["peak"]
         name = f"{spec.model}-{spec.layer}-{spec.scale} {spec.dataset} batch {spec.train_batch_size}"
         print(f"{name:58s} {without_data / 2**20:8.0f}MB {peak / 2**20:8.0f}MB {without_data / peak:6.2f}")

@@ -57,7 +57,9 @@ def main() -> None:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = args.threads
     print(f"threads {args.threads}, torch {torch.__version__}, onnxruntime {ort.__version__}")
-    print(f"{'model':14} {'batch':>5} {'lipcore ms':>11} {'export/torch ms':>16} {'ort dft ms':>11} {'ort conv ms':>12} {'ort/lipcore':>12}")
+    print(
+        f"{'model':14} {'batch':>5} {'lipcore ms':>11} {'export/torch ms':>16} {'ort dft ms':>11} {'ort conv ms':>12} {'ort/lipcore':>12}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
             spec = ExperimentSpec(**MODELS[name])
@@ -81,10 +83,15 @@ def main() -> None:
                     t_std = timed(lambda: net(x), args.min_time)
                 t_ort = timed(lambda: session.run(None, {"x": xn}), args.min_time)
                 t_conv = timed(lambda: conv_session.run(None, {"x": xn}), args.min_time)
-                print(f"{name:14} {batch:5d} {1e3 * t_lip:11.3f} {1e3 * t_std:16.3f} {1e3 * t_ort:11.3f} "
-                      f"{1e3 * t_conv:12.3f} {t_ort / t_lip:12.2f}", flush=True)
-            print(f"{'':14} export {export_s:.1f} s, ONNX file {path.stat().st_size / 2**20:.1f} MiB "
-                  f"(conv form {conv_path.stat().st_size / 2**20:.1f} MiB)")
+                print(
+                    f"{name:14} {batch:5d} {1e3 * t_lip:11.3f} {1e3 * t_std:16.3f} {1e3 * t_ort:11.3f} "
+                    f"{1e3 * t_conv:12.3f} {t_ort / t_lip:12.2f}",
+                    flush=True,
+                )
+            print(
+                f"{'':14} export {export_s:.1f} s, ONNX file {path.stat().st_size / 2**20:.1f} MiB "
+                f"(conv form {conv_path.stat().st_size / 2**20:.1f} MiB)"
+            )
 
 
 if __name__ == "__main__":

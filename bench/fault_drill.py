@@ -95,7 +95,9 @@ class Drill:
             database_url=self.db.url if self.db else None,
             **DRILL_SETTINGS,
         )
-        self.engine = make_engine(self.svc.env.get("LBDN_DATABASE_URL") or f"sqlite:///{self.svc.home / 'var' / 'lbdn.sqlite'}")
+        self.engine = make_engine(
+            self.svc.env.get("LBDN_DATABASE_URL") or f"sqlite:///{self.svc.home / 'var' / 'lbdn.sqlite'}"
+        )
         self.sessions = session_factory(self.engine)
         self.recoveries: list[tuple[str, float]] = []
         self.job_ids: list[str] = []
@@ -294,7 +296,9 @@ def main() -> None:
     print("time to recover (fault -> training progress of a new attempt):")
     for fault, t in r["recoveries"]:
         print(f"  {fault:6s} " + ("  (every job had ended)" if math.isnan(t) else f"{t:6.1f} s"))
-    print(f"recover median {r['recover_median_s']:.1f} s, max {r['recover_max_s']:.1f} s; drill took {r['took_s']:.0f} s")
+    print(
+        f"recover median {r['recover_median_s']:.1f} s, max {r['recover_max_s']:.1f} s; drill took {r['took_s']:.0f} s"
+    )
     sys.exit(1 if r["lost"] or r["run_twice"] else 0)
 
 

@@ -134,8 +134,13 @@ def measure(label: str, fields: dict, args: argparse.Namespace, dev: torch.devic
         unsynced = (time.perf_counter() - t) / args.steps
     ms = 1e3 * statistics.median(times)
     row = {
-        "model": label, "step_ms": ms, "step_ms_unsynced": 1e3 * unsynced, "images_s": args.batch / (ms / 1e3),
-        "peak_gib": torch.cuda.max_memory_allocated(dev) / 2**30, "busy": sampler.busy(), "warmup_s": warm_s,
+        "model": label,
+        "step_ms": ms,
+        "step_ms_unsynced": 1e3 * unsynced,
+        "images_s": args.batch / (ms / 1e3),
+        "peak_gib": torch.cuda.max_memory_allocated(dev) / 2**30,
+        "busy": sampler.busy(),
+        "warmup_s": warm_s,
     }
     del model, opt, step
     torch.cuda.empty_cache()
@@ -144,9 +149,32 @@ def measure(label: str, fields: dict, args: argparse.Namespace, dev: torch.devic
 
 def full_command_epoch(args: argparse.Namespace) -> dict:
     """Run the paper's KWL-Sandwich-small command for 2 epochs; epoch 2's seconds."""
-    cmd = [sys.executable, "-m", "lipcore", "--mode", "train", "--model", "KWL", "--layer", "Sandwich",
-           "--scale", "small", "--gamma", "1", "--loss", "multimargin", "--epochs", "2", "--cert_acc",
-           "--lip-restarts", "0", "--compile", args.compile, "--precision", args.precision]
+    cmd = [
+        sys.executable,
+        "-m",
+        "lipcore",
+        "--mode",
+        "train",
+        "--model",
+        "KWL",
+        "--layer",
+        "Sandwich",
+        "--scale",
+        "small",
+        "--gamma",
+        "1",
+        "--loss",
+        "multimargin",
+        "--epochs",
+        "2",
+        "--cert_acc",
+        "--lip-restarts",
+        "0",
+        "--compile",
+        args.compile,
+        "--precision",
+        args.precision,
+    ]
     if args.data_dir:
         cmd += ["--dataset", "cifar10", "--data_dir", args.data_dir]
     else:
@@ -160,8 +188,13 @@ def full_command_epoch(args: argparse.Namespace) -> dict:
         metrics = next(Path(tmp).rglob("metrics.json"))
         rows = json.loads(metrics.read_text())
     last = rows[-1]
-    return {"train_s": last["train_time_s"], "test_s": last["test_time_s"], "wall_2_epochs_s": wall,
-            "test_acc": last.get("test_acc"), "cert_acc_36": last.get("cert_acc_36")}
+    return {
+        "train_s": last["train_time_s"],
+        "test_s": last["test_time_s"],
+        "wall_2_epochs_s": wall,
+        "test_acc": last.get("test_acc"),
+        "cert_acc_36": last.get("cert_acc_36"),
+    }
 
 
 def main() -> None:
@@ -186,8 +219,11 @@ def main() -> None:
         return
     flush_denormals()
     dev = torch.device("cuda")
-    print(f"{torch.cuda.get_device_name(dev)}, torch {torch.__version__}, batch {args.batch}, "
-          f"compile {args.compile}, {args.precision}", flush=True)
+    print(
+        f"{torch.cuda.get_device_name(dev)}, torch {torch.__version__}, batch {args.batch}, "
+        f"compile {args.compile}, {args.precision}",
+        flush=True,
+    )
     results: dict = {"device": torch.cuda.get_device_name(dev), "rows": [], "compare": {}}
     head = f"{'model':24s} {'step ms':>8s} {'unsync ms':>9s} {'img/s':>8s} {'peak GiB':>8s} {'busy':>5s}"
     print(head)
@@ -195,8 +231,11 @@ def main() -> None:
         r = measure(label, ROWS[label], args, dev)
         results["rows"].append(r)
         busy = "n/a" if r["busy"] is None else f"{100 * r['busy']:.0f}%"
-        print(f"{label:24s} {r['step_ms']:8.2f} {r['step_ms_unsynced']:9.2f} {r['images_s']:8.0f} "
-              f"{r['peak_gib']:8.2f} {busy:>5s}", flush=True)
+        print(
+            f"{label:24s} {r['step_ms']:8.2f} {r['step_ms_unsynced']:9.2f} {r['images_s']:8.0f} "
+            f"{r['peak_gib']:8.2f} {busy:>5s}",
+            flush=True,
+        )
     if args.baseline:
         import step as step_bench  # bench/step.py
 
@@ -204,19 +243,33 @@ def main() -> None:
             f = {"dataset": "cifar100", **ROWS[label]}
             extra = {k: v for k, v in f.items() if k not in ("model", "layer", "scale", "dataset")}
             ns = argparse.Namespace(
-                baseline=args.baseline, model=f["model"], layer=f.get("layer", "Sandwich"),
-                scale=f.get("scale", "small"), dataset=f["dataset"], loss=loss_of(f), batch=args.batch,
-                device="cuda", rounds=5, steps=args.steps // 2 or 1, spec_extra=json.dumps(extra))
+                baseline=args.baseline,
+                model=f["model"],
+                layer=f.get("layer", "Sandwich"),
+                scale=f.get("scale", "small"),
+                dataset=f["dataset"],
+                loss=loss_of(f),
+                batch=args.batch,
+                device="cuda",
+                rounds=5,
+                steps=args.steps // 2 or 1,
+                spec_extra=json.dumps(extra),
+            )
             c = step_bench.compare(ns)
             results["compare"][label] = c
-            print(f"{label:24s} baseline {c['baseline_ms']:.2f} ms, current {c['current_ms']:.2f} ms, "
-                  f"ratio {c['ms_ratio']:.3f}; aten ops {c['baseline_ops']} -> {c['current_ops']}", flush=True)
+            print(
+                f"{label:24s} baseline {c['baseline_ms']:.2f} ms, current {c['current_ms']:.2f} ms, "
+                f"ratio {c['ms_ratio']:.3f}; aten ops {c['baseline_ops']} -> {c['current_ops']}",
+                flush=True,
+            )
     if not args.no_full:
         full = full_command_epoch(args)
         results["full_command"] = full
-        print(f"full command, epoch 2: train {full['train_s']:.2f} s, test {full['test_s']:.2f} s "
-              f"(2 epochs wall {full['wall_2_epochs_s']:.1f} s; test acc {full['test_acc']}, "
-              f"cert@36 {full['cert_acc_36']})")
+        print(
+            f"full command, epoch 2: train {full['train_s']:.2f} s, test {full['test_s']:.2f} s "
+            f"(2 epochs wall {full['wall_2_epochs_s']:.1f} s; test acc {full['test_acc']}, "
+            f"cert@36 {full['cert_acc_36']})"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
 

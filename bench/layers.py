@@ -60,6 +60,7 @@ def measure(module: nn.Module, x: torch.Tensor, min_time: float) -> tuple[float,
             fn()
             if x.is_cuda:
                 torch.cuda.synchronize()
+
         return run
 
     t_train = timed(sync(fwd), min_time)
@@ -133,8 +134,15 @@ def main() -> None:
             params = sum(p.numel() for p in module.parameters())
             base = rows["Plain"][2]
             t = rows[name]
-            table.add_row(name, f"{params:,}", f"{1e3 * t[0]:.2f}", f"{1e3 * t[1]:.2f}", f"{1e3 * t[2]:.2f}",
-                          f"{t[2] / base:.2f}x", f"{t[3]:,}")
+            table.add_row(
+                name,
+                f"{params:,}",
+                f"{1e3 * t[0]:.2f}",
+                f"{1e3 * t[1]:.2f}",
+                f"{1e3 * t[2]:.2f}",
+                f"{t[2] / base:.2f}x",
+                f"{t[3]:,}",
+            )
         console.print(table)
     cache_check_table(console, groups, args, dev, dtype)
 
@@ -170,8 +178,14 @@ def cache_check_table(console: Console, groups: dict, args: argparse.Namespace, 
 
             t_guard, t_fwd = timed(guard, args.min_time), timed(fwd, args.min_time)
             n = sum(p.numel() for m in layers for p in m.parameters(recurse=False))
-            table.add_row(title.split(",")[0], name, f"{n:,}", f"{1e3 * t_guard:.3f}", f"{1e3 * t_fwd:.2f}",
-                          f"{100 * t_guard / t_fwd:.2f}%")
+            table.add_row(
+                title.split(",")[0],
+                name,
+                f"{n:,}",
+                f"{1e3 * t_guard:.3f}",
+                f"{1e3 * t_fwd:.2f}",
+                f"{100 * t_guard / t_fwd:.2f}%",
+            )
     console.print(table)
 
 

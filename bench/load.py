@@ -159,7 +159,9 @@ def main() -> None:
     ap.add_argument("--pollers", type=int, default=200)
     ap.add_argument("--poll-interval", type=float, default=1.0)
     ap.add_argument("--certifiers", type=int, default=20)
-    ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="an LBDN_ setting of the served API")
+    ap.add_argument(
+        "--set", action="append", default=[], metavar="NAME=VALUE", help="an LBDN_ setting of the served API"
+    )
     args = ap.parse_args()
     extra = dict(kv.split("=", 1) for kv in args.set)
 

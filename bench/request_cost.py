@@ -51,8 +51,10 @@ def main() -> None:
             "POST /v1/models/{id}/certify": lambda c: c.post(f"/v1/models/{model}/certify", json=body),
         }
         with httpx.Client(base_url=svc.url, headers={"Authorization": f"Bearer {svc.key}"}, timeout=60) as c:
-            print(f"API process CPU per request (ms), {args.n} sequential requests per route, "
-                  f"{'Redis + PostgreSQL' if args.stack else 'embedded'}:")
+            print(
+                f"API process CPU per request (ms), {args.n} sequential requests per route, "
+                f"{'Redis + PostgreSQL' if args.stack else 'embedded'}:"
+            )
             for name, call in routes.items():
                 for _ in range(20):  # warm: caches, certify processes, connections
                     assert call(c).status_code == 200

@@ -73,7 +73,12 @@ class Serve:
         self.env = env
         out = subprocess.run(
             [sys.executable, "-m", "api.cli", "keys", "create", "--tenant", "bench"],
-            env=env, cwd=ROOT, capture_output=True, text=True, check=True, timeout=120,
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=120,
         )
         self.key = out.stdout.strip().splitlines()[-1]
         self.headers = {"Authorization": f"Bearer {self.key}"}
@@ -87,7 +92,11 @@ class Serve:
         self._out = self.log.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "api.cli", "serve"],
-            env=self.env, cwd=ROOT, stdout=self._out, stderr=subprocess.STDOUT, start_new_session=True,
+            env=self.env,
+            cwd=ROOT,
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         end = time.monotonic() + timeout
         while time.monotonic() < end:

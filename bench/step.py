@@ -45,8 +45,9 @@ def _worker(args: argparse.Namespace) -> None:
     torch.manual_seed(0)
     dev = torch.device(args.device)
     extra = json.loads(args.spec_extra)
-    spec = ExperimentSpec(model=args.model, layer=args.layer, scale=args.scale, dataset=args.dataset,
-                          loss=args.loss, **extra)
+    spec = ExperimentSpec(
+        model=args.model, layer=args.layer, scale=args.scale, dataset=args.dataset, loss=args.loss, **extra
+    )
     model = build(spec).to(dev)
     criterion = build_loss(spec)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -101,8 +102,7 @@ class Worker:
         cmd = [sys.executable, __file__, "--worker", str(root)] + _forward(args)
         if compile_this:
             cmd.append("--compile-this")
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
-                                     cwd=root)
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=root)
 
     def ask(self, line: str) -> dict:
         assert self.proc.stdin and self.proc.stdout
@@ -120,15 +120,33 @@ class Worker:
 
 
 def _forward(args: argparse.Namespace) -> list[str]:
-    return ["--model", args.model, "--layer", args.layer, "--scale", args.scale, "--dataset", args.dataset,
-            "--loss", args.loss, "--batch", str(args.batch), "--device", args.device,
-            "--spec-extra", args.spec_extra, "--threads", str(args.threads)]
+    return [
+        "--model",
+        args.model,
+        "--layer",
+        args.layer,
+        "--scale",
+        args.scale,
+        "--dataset",
+        args.dataset,
+        "--loss",
+        args.loss,
+        "--batch",
+        str(args.batch),
+        "--device",
+        args.device,
+        "--spec-extra",
+        args.spec_extra,
+        "--threads",
+        str(args.threads),
+    ]
 
 
 def extract(commit: str, into: Path) -> Path:
     """`git archive <commit> lipcore | tar -x -C into`; returns into."""
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit, "lipcore"], check=True,
-                             capture_output=True).stdout
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", commit, "lipcore"], check=True, capture_output=True
+    ).stdout
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
     return into
 
@@ -148,19 +166,26 @@ def compare(args: argparse.Namespace) -> dict[str, float]:
                 for name, t in this.items():
                     times[name] += t
                 round_ratios.append(statistics.median(this["current"]) / statistics.median(this["baseline"]))
-                print(f"round {r + 1}/{args.rounds}: " + ", ".join(
-                    f"{k} {1e3 * statistics.median(v):.1f} ms" for k, v in times.items()), flush=True)
+                print(
+                    f"round {r + 1}/{args.rounds}: "
+                    + ", ".join(f"{k} {1e3 * statistics.median(v):.1f} ms" for k, v in times.items()),
+                    flush=True,
+                )
             ops = {k: w.ask("ops")["ops"] for k, w in workers.items()}
         finally:
             for w in workers.values():
                 w.close()
     ms = {k: 1e3 * statistics.median(v) for k, v in times.items()}
     result = {
-        "baseline_ms": ms["baseline"], "current_ms": ms["current"], "ms_ratio": ms["current"] / ms["baseline"],
+        "baseline_ms": ms["baseline"],
+        "current_ms": ms["current"],
+        "ms_ratio": ms["current"] / ms["baseline"],
         # The machine's load drifts between rounds; the ratio within each round (both measured
         # back to back) is the steadier figure.
-        "round_ratio_median": statistics.median(round_ratios), "round_ratios": round_ratios,
-        "baseline_ops": ops["baseline"], "current_ops": ops["current"],
+        "round_ratio_median": statistics.median(round_ratios),
+        "round_ratios": round_ratios,
+        "baseline_ops": ops["baseline"],
+        "current_ops": ops["current"],
         "ops_ratio": ops["current"] / ops["baseline"],
     }
     return result
@@ -180,10 +205,17 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--steps", type=int, default=3, help="steps per implementation per round")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--threads", type=int, default=0,
-                    help="torch.set_num_threads in both workers (0: torch's default, one per core)")
-    ap.add_argument("--compile-current", action="store_true",
-                    help="torch.compile the current worker's forward+loss (with --baseline HEAD: compiled vs eager)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch.set_num_threads in both workers (0: torch's default, one per core)",
+    )
+    ap.add_argument(
+        "--compile-current",
+        action="store_true",
+        help="torch.compile the current worker's forward+loss (with --baseline HEAD: compiled vs eager)",
+    )
     ap.add_argument("--compile-this", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--json", action="store_true", help="print the result as one JSON line at the end")
     args = ap.parse_args()
@@ -192,13 +224,16 @@ def main() -> None:
         return
     import torch
 
-    print(f"{args.model}-{args.layer}-{args.scale} {args.dataset}, batch {args.batch}, device {args.device}, "
-          f"torch {torch.__version__}, {args.threads or torch.get_num_threads()} threads, baseline {args.baseline}",
-          flush=True)
+    print(
+        f"{args.model}-{args.layer}-{args.scale} {args.dataset}, batch {args.batch}, device {args.device}, "
+        f"torch {torch.__version__}, {args.threads or torch.get_num_threads()} threads, baseline {args.baseline}",
+        flush=True,
+    )
     r = compare(args)
     print(f"step ms   : baseline {r['baseline_ms']:.1f}  current {r['current_ms']:.1f}  ratio {r['ms_ratio']:.3f}")
-    print(f"per-round : ratios {', '.join(f'{x:.3f}' for x in r['round_ratios'])}; "
-          f"median {r['round_ratio_median']:.3f}")
+    print(
+        f"per-round : ratios {', '.join(f'{x:.3f}' for x in r['round_ratios'])}; median {r['round_ratio_median']:.3f}"
+    )
     print(f"aten ops  : baseline {r['baseline_ops']}  current {r['current_ops']}  ratio {r['ops_ratio']:.3f}")
     if args.json:
         print(json.dumps(r))

@@ -74,8 +74,14 @@ def throughput(args: argparse.Namespace) -> None:
     for col in ("model", "params", "train img/s", "eval img/s", "train vs Plain", "eval vs Plain"):
         table.add_column(col, justify="right")
     base: tuple[float, float] | None = None
-    common = ExperimentSpec(model="KWL", dataset="image_folder", data_path=str(folder), loss="multimargin",
-                            train_batch_size=args.batch, test_batch_size=args.batch)
+    common = ExperimentSpec(
+        model="KWL",
+        dataset="image_folder",
+        data_path=str(folder),
+        loss="multimargin",
+        train_batch_size=args.batch,
+        test_batch_size=args.batch,
+    )
     t0 = time.monotonic()
     data = load_data(common, CACHE, device=dev)
     console.print(f"loaded {data.train_size} + {data.test_size} images in {time.monotonic() - t0:.1f} s")
@@ -90,8 +96,14 @@ def throughput(args: argparse.Namespace) -> None:
         if base is None:
             base = (train_ips, eval_ips)
         params = sum(p.numel() for p in model.parameters())
-        table.add_row(name, f"{params:,}", f"{train_ips:,.0f}", f"{eval_ips:,.0f}",
-                      f"{train_ips / base[0]:.2f}x", f"{eval_ips / base[1]:.2f}x")
+        table.add_row(
+            name,
+            f"{params:,}",
+            f"{train_ips:,.0f}",
+            f"{eval_ips:,.0f}",
+            f"{train_ips / base[0]:.2f}x",
+            f"{eval_ips / base[1]:.2f}x",
+        )
         del model, opt
     console.print(table)
 
@@ -176,16 +188,26 @@ def toy(args: argparse.Namespace) -> None:
                     t0 = time.monotonic()
                     run = train(spec, Path(tmp) / f"{layer}-{g}-{seed}", device=args.device, lipschitz_restarts=0)
                     result = evaluate_toy(run.run_dir / "model.safetensors", device=args.device, restarts=10)
-                    done[key] = {"layer": layer, "gamma": g, "seed": seed, "epochs": args.epochs,
-                                 "tightness": 100 * result["tightness"],
-                                 "test_mse": run.metrics[-1]["test_loss"], "seconds": time.monotonic() - t0}
+                    done[key] = {
+                        "layer": layer,
+                        "gamma": g,
+                        "seed": seed,
+                        "epochs": args.epochs,
+                        "tightness": 100 * result["tightness"],
+                        "test_mse": run.metrics[-1]["test_loss"],
+                        "seconds": time.monotonic() - t0,
+                    }
                     if out:
                         out.write_text(json.dumps(done, indent=1))
-                    console.print(f"seed {seed:4d} {layer:9s} gamma {g:>3s}: tightness "
-                                  f"{done[key]['tightness']:6.2f}% (paper {paper.get((layer, g), float('nan')):.1f}%), "
-                                  f"test mse {done[key]['test_mse']:.4f}, {done[key]['seconds']:.0f} s")
-    table = Table(title=f"Table 1: Lipschitz tightness (%), Toy, {args.epochs} epochs, "
-                        f"mean +- std [min, max] over seeds {','.join(map(str, seeds))}")
+                    console.print(
+                        f"seed {seed:4d} {layer:9s} gamma {g:>3s}: tightness "
+                        f"{done[key]['tightness']:6.2f}% (paper {paper.get((layer, g), float('nan')):.1f}%), "
+                        f"test mse {done[key]['test_mse']:.4f}, {done[key]['seconds']:.0f} s"
+                    )
+    table = Table(
+        title=f"Table 1: Lipschitz tightness (%), Toy, {args.epochs} epochs, "
+        f"mean +- std [min, max] over seeds {','.join(map(str, seeds))}"
+    )
     table.add_column("layer")
     for g in gammas:
         table.add_column(f"gamma {g}: ours", justify="right")
@@ -198,10 +220,14 @@ def toy(args: argparse.Namespace) -> None:
             cell = "-"
             if vals:
                 m, sd, lo, hi = _spread(vals)
-                cell = f"{m:.1f} +- {sd:.1f} [{lo:.1f}, {hi:.1f}]" + ("" if len(vals) == len(seeds) else f" (n={len(vals)})")
+                cell = f"{m:.1f} +- {sd:.1f} [{lo:.1f}, {hi:.1f}]" + (
+                    "" if len(vals) == len(seeds) else f" (n={len(vals)})"
+                )
             row += [cell, f"{paper.get((layer, g), float('nan')):.1f}"]
         table.add_row(*row)
-        md.append("| " + " | ".join([layer] + [f"{row[1 + 2 * i]} ({row[2 + 2 * i]})" for i in range(len(gammas))]) + " |")
+        md.append(
+            "| " + " | ".join([layer] + [f"{row[1 + 2 * i]} ({row[2 + 2 * i]})" for i in range(len(gammas))]) + " |"
+        )
     console.print(table)
     print("\n".join(md))  # the same table in Markdown, ours (paper), for the README
 

@@ -23,8 +23,21 @@ from client.http import ApiError, Client
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_CONFLICT, EXIT_AUTH, EXIT_UNREACHABLE = 0, 1, 2, 3, 4, 5, 6
 EXIT_DETACHED = 130
-COMMANDS = ("submit", "jobs", "show", "logs", "cancel", "delete", "pull", "models", "evaluate", "certify",
-            "export", "sweeps", "paper")
+COMMANDS = (
+    "submit",
+    "jobs",
+    "show",
+    "logs",
+    "cancel",
+    "delete",
+    "pull",
+    "models",
+    "evaluate",
+    "certify",
+    "export",
+    "sweeps",
+    "paper",
+)
 
 
 def exit_code(status: int) -> int:
@@ -94,8 +107,9 @@ def cmd_submit(c: Client, ui: Ui, a: argparse.Namespace, rest: list[str]) -> int
         body = {"kind": "train", "spec": flags.spec_fields(a)}
     job = c.submit(body, a.idempotency_key)
     if not a.follow:
-        ui.json(job) if ui.as_json else ui.out.print(f"submitted {job['id']} ({job['status']})  "
-                                                    f"follow it: lbdn show {job['id']} / lbdn logs {job['id']} -f")
+        ui.json(job) if ui.as_json else ui.out.print(
+            f"submitted {job['id']} ({job['status']})  follow it: lbdn show {job['id']} / lbdn logs {job['id']} -f"
+        )
         return EXIT_OK
     if not ui.as_json:
         ui.out.print(f"submitted {job['id']}; Ctrl-C detaches (the job keeps running)")
@@ -153,7 +167,8 @@ def cmd_logs(c: Client, ui: Ui, a: argparse.Namespace) -> int:
 def cmd_cancel(c: Client, ui: Ui, a: argparse.Namespace) -> int:
     job = c.cancel(a.job)
     ui.json(job) if ui.as_json else ui.out.print(
-        f"job {job['id']}: {job['status']}" + (" (stops at its next step)" if job["status"] == "running" else ""))
+        f"job {job['id']}: {job['status']}" + (" (stops at its next step)" if job["status"] == "running" else "")
+    )
     return EXIT_OK
 
 
@@ -203,8 +218,13 @@ def cmd_models(c: Client, ui: Ui, a: argparse.Namespace) -> int:
     t = Table("model", "experiment", "gamma", "clean acc %", "certified acc % (36/72/108)")
     for m in items:
         cert = m.get("certified_acc") or {}
-        t.add_row(m["id"], describe(m["spec"]), fmt(m.get("gamma"), 3), fmt(m.get("clean_acc"), 2),
-                  "/".join(fmt(cert.get(k), 1) for k in ("36", "72", "108")))
+        t.add_row(
+            m["id"],
+            describe(m["spec"]),
+            fmt(m.get("gamma"), 3),
+            fmt(m.get("clean_acc"), 2),
+            "/".join(fmt(cert.get(k), 1) for k in ("36", "72", "108")),
+        )
     ui.out.print(t if items else "no trained models")
     return EXIT_OK
 
@@ -215,7 +235,9 @@ def cmd_evaluate(c: Client, ui: Ui, a: argparse.Namespace) -> int:
         attack["attacks"] = a.attacks
     job = c.submit({"kind": "evaluate", "model_id": a.model, "attack": attack})
     if not a.follow:
-        ui.json(job) if ui.as_json else ui.out.print(f"submitted {job['id']} (evaluate {a.model}); lbdn show {job['id']}")
+        ui.json(job) if ui.as_json else ui.out.print(
+            f"submitted {job['id']} (evaluate {a.model}); lbdn show {job['id']}"
+        )
         return EXIT_OK
     return _follow(c, ui, job["id"])
 
@@ -278,8 +300,14 @@ def _wait_sweep(c: Client, ui: Ui, sweep_id: str, poll: float) -> dict[str, Any]
 
     sw = c.sweep(sweep_id)
     console = ui.err if ui.as_json else ui.out
-    with Progress(TextColumn(f"[bold]{sweep_id}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[info]}"), console=console, disable=not console.is_terminal) as bar:
+    with Progress(
+        TextColumn(f"[bold]{sweep_id}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=console,
+        disable=not console.is_terminal,
+    ) as bar:
         task = bar.add_task("sweep", total=len(sw["jobs"]), info="")
         while True:
             done = sum(1 for j in sw["jobs"] if j["status"] in ("succeeded", "failed", "cancelled", "deleted"))
@@ -319,8 +347,10 @@ def cmd_paper(c: Client, ui: Ui, a: argparse.Namespace) -> int:
             body["overrides"] = _overrides(a.set)
         sw = c.create_sweep(body)
         if not ui.as_json:
-            ui.out.print(f"sweep {sw['id']}: {len(sw['jobs'])} training jobs of {a.name}"
-                         + (" (each evaluated once trained)" if sw.get("evaluate") else ""))
+            ui.out.print(
+                f"sweep {sw['id']}: {len(sw['jobs'])} training jobs of {a.name}"
+                + (" (each evaluated once trained)" if sw.get("evaluate") else "")
+            )
             ui.out.print(f"  progress: lbdn sweeps {sw['id']}    report: lbdn paper report {a.name}")
         if a.follow:
             try:
@@ -384,14 +414,23 @@ class UsageError(Exception):
 def parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     # SUPPRESS: a subcommand's copy of these options must not reset a value given before the subcommand
-    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print answers as JSON (for scripts)")
-    common.add_argument("--url", default=argparse.SUPPRESS, help="the service (default $LBDN_URL or http://127.0.0.1:8000)")
-    p = argparse.ArgumentParser(prog="lbdn", description="Client of the lbdn service ($LBDN_URL, $LBDN_API_KEY)",
-                                parents=[common])
+    common.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="print answers as JSON (for scripts)"
+    )
+    common.add_argument(
+        "--url", default=argparse.SUPPRESS, help="the service (default $LBDN_URL or http://127.0.0.1:8000)"
+    )
+    p = argparse.ArgumentParser(
+        prog="lbdn", description="Client of the lbdn service ($LBDN_URL, $LBDN_API_KEY)", parents=[common]
+    )
     sub = p.add_subparsers(dest="cmd", required=True)
-    s = sub.add_parser("submit", parents=[common], help="submit a training job: SPEC.json or the flags of python -m lipcore",
-                       description="lbdn submit SPEC.json, or lbdn submit --model ... --layer ... (the flags of "
-                                   "python -m lipcore, listed below)")
+    s = sub.add_parser(
+        "submit",
+        parents=[common],
+        help="submit a training job: SPEC.json or the flags of python -m lipcore",
+        description="lbdn submit SPEC.json, or lbdn submit --model ... --layer ... (the flags of "
+        "python -m lipcore, listed below)",
+    )
     s.add_argument("spec_file", nargs="?", help="a JSON spec (ExperimentSpec fields), e.g. a run's spec.json")
     s.add_argument("--follow", "-f", action="store_true", help="show a live progress bar until the job ends")
     s.add_argument("--idempotency-key", default=None, help="retries with the same key return the same job")
@@ -400,8 +439,11 @@ def parser() -> argparse.ArgumentParser:
     j.add_argument("--status", choices=["queued", "running", "succeeded", "failed", "cancelled"])
     j.add_argument("--kind", choices=["train", "evaluate"])
     j.add_argument("--limit", type=int, default=50)
-    for name, text in (("show", "a job's state, progress and results"), ("cancel", "stop a job at its next step"),
-                       ("delete", "remove a finished job and its files")):
+    for name, text in (
+        ("show", "a job's state, progress and results"),
+        ("cancel", "stop a job at its next step"),
+        ("delete", "remove a finished job and its files"),
+    ):
         sub.add_parser(name, parents=[common], help=text).add_argument("job")
     lg = sub.add_parser("logs", parents=[common], help="a job's log lines")
     lg.add_argument("job")
@@ -424,7 +466,9 @@ def parser() -> argparse.ArgumentParser:
     ce.add_argument("model")
     ce.add_argument("files", nargs="+", help="PNG/JPEG of the model's input size, or .npy arrays")
     ce.add_argument("--attack", action="store_true", help="also search the smallest adversarial perturbation")
-    ex = sub.add_parser("export", parents=[common], help="a model as ONNX or a torch.export program, with certify metadata")
+    ex = sub.add_parser(
+        "export", parents=[common], help="a model as ONNX or a torch.export program, with certify metadata"
+    )
     ex.add_argument("model")
     ex.add_argument("--format", choices=["onnx", "torch"], default="onnx")
     ex.add_argument("-o", "--output", help="file to write (default MODEL.onnx / MODEL.pt2)")
@@ -432,22 +476,42 @@ def parser() -> argparse.ArgumentParser:
     sw.add_argument("sweep", nargs="?")
     sw.add_argument("--limit", type=int, default=50)
     pa = sub.add_parser("paper", parents=[common], help="the paper's experiments as presets").add_subparsers(
-        dest="paper_cmd", required=True)
+        dest="paper_cmd", required=True
+    )
     pa.add_parser("list", parents=[common], help="the presets")
     run = pa.add_parser("run", parents=[common], help="start a preset as a sweep of jobs")
     run.add_argument("name")
     run.add_argument("--epochs", type=int, default=None, help="override the paper's epochs (a short budget)")
     run.add_argument("--seeds", type=int, nargs="+", default=None, help="override the paper's seeds")
     run.add_argument("--no-eval", action="store_true", help="train only (skip the AutoAttack evaluations)")
-    run.add_argument("--n-examples", dest="n_examples", type=int, default=None,
-                     help="test inputs each evaluation attacks (default 1000)")
+    run.add_argument(
+        "--n-examples",
+        dest="n_examples",
+        type=int,
+        default=None,
+        help="test inputs each evaluation attacks (default 1000)",
+    )
     run.add_argument("--eps", type=int, nargs="+", default=None, help="evaluation radii in 1/255 units")
-    run.add_argument("--attacks", nargs="+", default=None,
-                     help="evaluate with these AutoAttack attacks only (e.g. apgd-ce), not the standard set")
-    run.add_argument("--only", nargs="+", default=None, metavar="FIELD=V1,V2",
-                     help="run only the jobs whose spec matches, e.g. --only layer=Sandwich,Plain gamma=1")
-    run.add_argument("--set", nargs="+", default=None, metavar="FIELD=VALUE",
-                     help="spec fields for every job, e.g. --set train_batch_size=64 lr=0.005")
+    run.add_argument(
+        "--attacks",
+        nargs="+",
+        default=None,
+        help="evaluate with these AutoAttack attacks only (e.g. apgd-ce), not the standard set",
+    )
+    run.add_argument(
+        "--only",
+        nargs="+",
+        default=None,
+        metavar="FIELD=V1,V2",
+        help="run only the jobs whose spec matches, e.g. --only layer=Sandwich,Plain gamma=1",
+    )
+    run.add_argument(
+        "--set",
+        nargs="+",
+        default=None,
+        metavar="FIELD=VALUE",
+        help="spec fields for every job, e.g. --set train_batch_size=64 lr=0.005",
+    )
     run.add_argument("--follow", action="store_true", help="wait until every job has finished")
     run.add_argument("--poll", type=float, default=2.0, help=argparse.SUPPRESS)
     rep = pa.add_parser("report", parents=[common], help="the preset's table / figure from the finished jobs")

@@ -20,8 +20,9 @@ def add_spec_flags(p: argparse.ArgumentParser) -> None:
     """The flags of `python -m lipcore` that describe the experiment, with its defaults."""
     g = p.add_argument_group("experiment (the flags of python -m lipcore)")
     g.add_argument("-m", "--model", default="Resnet", help="DNN, KWL, Resnet or Toy (default Resnet)")
-    g.add_argument("-d", "--dataset", default="tiny_imagenet",
-                   help="cifar10, cifar100, tiny_imagenet, square_wave or image_folder")
+    g.add_argument(
+        "-d", "--dataset", default="tiny_imagenet", help="cifar10, cifar100, tiny_imagenet, square_wave or image_folder"
+    )
     g.add_argument("-g", "--gamma", type=float, default=1.0, help="network Lipschitz bound (l2)")
     g.add_argument("-s", "--seed", type=int, default=123)
     g.add_argument("-e", "--epochs", type=int, default=100)
@@ -34,20 +35,38 @@ def add_spec_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--LLN", action="store_true", help="last-layer normalisation (DNN, Resnet)")
     g.add_argument("--normalized", action="store_true", help="divide inputs by the dataset std")
     g.add_argument("--cert_acc", action="store_true", help="record certified accuracy every epoch")
-    g.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
-                   help="torch.compile the training step (auto: on for CUDA, off on CPU)")
-    g.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
-                   help="training arithmetic (bf16 autocast); certificates are always full precision")
-    g.add_argument("--data_path", default=None,
-                   help="image_folder: folder holding train/ (and test/), inside the server's data dir")
+    g.add_argument(
+        "--compile",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="torch.compile the training step (auto: on for CUDA, off on CPU)",
+    )
+    g.add_argument(
+        "--precision",
+        choices=["fp32", "bf16"],
+        default="fp32",
+        help="training arithmetic (bf16 autocast); certificates are always full precision",
+    )
+    g.add_argument(
+        "--data_path",
+        default=None,
+        help="image_folder: folder holding train/ (and test/), inside the server's data dir",
+    )
 
 
 def spec_fields(args: argparse.Namespace) -> dict[str, Any]:
     """The ExperimentSpec fields of parsed flags, exactly as lipcore.cli.spec_from_args builds them."""
     fields: dict[str, Any] = {
-        "model": args.model, "dataset": args.dataset, "gamma": args.gamma, "seed": args.seed,
-        "epochs": args.epochs, "lr": args.lr, "train_batch_size": args.train_batch_size,
-        "test_batch_size": args.test_batch_size, "compile": args.compile, "precision": args.precision,
+        "model": args.model,
+        "dataset": args.dataset,
+        "gamma": args.gamma,
+        "seed": args.seed,
+        "epochs": args.epochs,
+        "lr": args.lr,
+        "train_batch_size": args.train_batch_size,
+        "test_batch_size": args.test_batch_size,
+        "compile": args.compile,
+        "precision": args.precision,
     }
     optional = {"layer": args.layer, "scale": args.scale, "loss": args.loss, "data_path": args.data_path}
     fields.update({k: v for k, v in optional.items() if v is not None})

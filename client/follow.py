@@ -25,8 +25,11 @@ def _eta(seconds: float | None) -> str:
 
 
 def _epoch_line(row: dict[str, Any]) -> str:
-    parts = [f"epoch {row.get('epoch')}", f"train loss {fmt(row.get('train_loss'), 4)}",
-             f"test loss {fmt(row.get('test_loss'), 4)}"]
+    parts = [
+        f"epoch {row.get('epoch')}",
+        f"train loss {fmt(row.get('train_loss'), 4)}",
+        f"test loss {fmt(row.get('test_loss'), 4)}",
+    ]
     if row.get("test_acc") is not None:
         parts.append(f"test acc {fmt(row['test_acc'], 1)}%")
     certs = [f"{fmt(row[k], 1)}" for k in ("cert_acc_36", "cert_acc_72", "cert_acc_108") if row.get(k) is not None]
@@ -48,7 +51,9 @@ def follow(client: Client, job_id: str, console: Console) -> dict[str, Any]:
         TextColumn("epoch {task.fields[epoch]}"),
         BarColumn(),
         TaskProgressColumn(),
-        TextColumn("loss {task.fields[loss]}  test {task.fields[test]}  cert36 {task.fields[cert]}  {task.fields[eta]}"),
+        TextColumn(
+            "loss {task.fields[loss]}  test {task.fields[test]}  cert36 {task.fields[cert]}  {task.fields[eta]}"
+        ),
         console=console,
         transient=False,
         disable=not live,
@@ -57,8 +62,11 @@ def follow(client: Client, job_id: str, console: Console) -> dict[str, Any]:
         task = progress.add_task(job_id, total=100.0, **fields)
         for _, kind, data in client.events(job_id):
             if kind == "progress":
-                fields.update(epoch=f"{data.get('epoch')}/{data.get('epochs')}", loss=fmt(data.get("loss"), 4),
-                              eta=_eta(data.get("eta_s")))
+                fields.update(
+                    epoch=f"{data.get('epoch')}/{data.get('epochs')}",
+                    loss=fmt(data.get("loss"), 4),
+                    eta=_eta(data.get("eta_s")),
+                )
                 progress.update(task, completed=100.0 * float(data.get("fraction") or 0.0), **fields)
             elif kind == "metrics":
                 if data.get("test_acc") is not None:

@@ -62,8 +62,11 @@ class Client:
         try:
             r = self.http.request(method, path, **kwargs)
         except httpx.TransportError as e:
-            raise ApiError(0, "unreachable", f"cannot reach the lbdn service at {self.url} ({e}); "
-                           "start it with `lbdn serve` or set LBDN_URL") from None
+            raise ApiError(
+                0,
+                "unreachable",
+                f"cannot reach the lbdn service at {self.url} ({e}); start it with `lbdn serve` or set LBDN_URL",
+            ) from None
         _raise_for(r)
         return r
 
@@ -114,8 +117,13 @@ class Client:
 
         while True:
             try:
-                with connect_sse(self.http, "GET", f"/v1/jobs/{job_id}/events", params={"after": after},
-                                 timeout=httpx.Timeout(60.0, read=None)) as source:
+                with connect_sse(
+                    self.http,
+                    "GET",
+                    f"/v1/jobs/{job_id}/events",
+                    params={"after": after},
+                    timeout=httpx.Timeout(60.0, read=None),
+                ) as source:
                     _raise_for(source.response)
                     for sse in source.iter_sse():
                         # keep-alive pings carry no data (and the id of the last event, as SSE ids persist)
@@ -167,8 +175,13 @@ class Client:
     def certify(self, model_id: str, files: list[Path], attack: bool = False) -> dict[str, Any]:
         """Certified radii of image / .npy files (multipart upload, pixel scale)."""
         parts = [("files", (p.name, p.read_bytes(), "application/octet-stream")) for p in files]
-        return self._json("POST", f"/v1/models/{model_id}/certify", params={"attack": str(attack).lower()},
-                          files=parts, timeout=None if attack else 120.0)
+        return self._json(
+            "POST",
+            f"/v1/models/{model_id}/certify",
+            params={"attack": str(attack).lower()},
+            files=parts,
+            timeout=None if attack else 120.0,
+        )
 
     # ---- sweeps and the paper ---------------------------------------------------------------
     def create_sweep(self, body: dict[str, Any]) -> dict[str, Any]:

@@ -62,8 +62,11 @@ def _duration(job: dict[str, Any]) -> str:
 
 def summary_lines(job: dict[str, Any]) -> list[str]:
     """What a finished (or running) job amounts to, a few lines."""
-    lines = [f"job {job['id']} {job['status']}{_duration(job)}: {describe(job.get('spec') or {})}"
-             if job["kind"] == "train" else f"job {job['id']} {job['status']}{_duration(job)}: evaluate model {job.get('model_id')}"]
+    lines = [
+        f"job {job['id']} {job['status']}{_duration(job)}: {describe(job.get('spec') or {})}"
+        if job["kind"] == "train"
+        else f"job {job['id']} {job['status']}{_duration(job)}: evaluate model {job.get('model_id')}"
+    ]
     if job.get("error"):
         lines.append(f"  error: {job['error']}")
     r = job.get("result") or job.get("metrics") or {}
@@ -77,8 +80,10 @@ def summary_lines(job: dict[str, Any]) -> list[str]:
             lines.append("  certified accuracy " + ", ".join(f"{fmt(v, 2)}% at {k}/255" for k, v in certs.items()))
         if r.get("lipschitz_lower_bound") is not None:
             tight = r.get("tightness")
-            lines.append(f"  Lipschitz bound gamma={fmt(r.get('gamma'), 3)}, empirical lower bound "
-                         f"{fmt(r['lipschitz_lower_bound'], 4)}" + (f" (tightness {100 * tight:.1f}%)" if tight else ""))
+            lines.append(
+                f"  Lipschitz bound gamma={fmt(r.get('gamma'), 3)}, empirical lower bound "
+                f"{fmt(r['lipschitz_lower_bound'], 4)}" + (f" (tightness {100 * tight:.1f}%)" if tight else "")
+            )
         if r.get("params") is not None:
             lines.append(f"  {r['params']:,} parameters, {r.get('epochs')} epochs")
     elif job["kind"] == "evaluate" and r:
@@ -96,13 +101,24 @@ def summary_lines(job: dict[str, Any]) -> list[str]:
 def certify_table(answer: dict[str, Any], names: list[str]) -> Table:
     """file, class, margin, certified radius and attacked radius, both in pixel /255 units (l2)."""
     bound = answer.get("lipschitz_bound") or {}
-    t = Table("file", "class", "margin", "certified radius (/255)", "attacked radius (/255)",
-              title=f"model {answer.get('model_id')}: l2 radii in [0,1] pixel space x 255 "
-                    f"(bound: gamma={bound.get('gamma')}, {bound.get('kind')})")
+    t = Table(
+        "file",
+        "class",
+        "margin",
+        "certified radius (/255)",
+        "attacked radius (/255)",
+        title=f"model {answer.get('model_id')}: l2 radii in [0,1] pixel space x 255 "
+        f"(bound: gamma={bound.get('gamma')}, {bound.get('kind')})",
+    )
     for r in answer["results"]:
         name = names[r["index"]] if r["index"] < len(names) else str(r["index"])
         cls = f"{r['predicted']} {r['class_name']}" if r.get("class_name") else str(r["predicted"])
         attacked = r.get("attack_radius_pixel")
-        t.add_row(name, cls, fmt(r.get("margin"), 4), fmt(255 * r["radius_pixel"], 3),
-                  "-" if attacked is None else fmt(255 * attacked, 3))
+        t.add_row(
+            name,
+            cls,
+            fmt(r.get("margin"), 4),
+            fmt(255 * r["radius_pixel"], 3),
+            "-" if attacked is None else fmt(255 * attacked, 3),
+        )
     return t

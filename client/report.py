@@ -17,7 +17,13 @@ from rich.table import Table
 
 EPS = ("36", "72", "108")
 LAYER_ORDER = ("Sandwich", "SLL", "Orthogon", "Aol", "Plain")
-PAPER_NAME = {"Sandwich": "Sandwich", "SLL": "SLL", "Orthogon": "Orthogonal (Cayley)", "Aol": "AOL", "Plain": "CNN (Plain)"}
+PAPER_NAME = {
+    "Sandwich": "Sandwich",
+    "SLL": "SLL",
+    "Orthogon": "Orthogonal (Cayley)",
+    "Aol": "AOL",
+    "Plain": "CNN (Plain)",
+}
 COLOURS = {"Sandwich": "tab:red", "SLL": "tab:green", "Orthogon": "tab:blue", "Aol": "tab:orange", "Plain": "tab:gray"}
 
 
@@ -32,7 +38,14 @@ def sweep_table(sw: dict[str, Any]) -> Table:
     counts = ", ".join(f"{n} {k}" for k, n in sorted(sw["counts"].items()))
     from client.render import describe
 
-    t = Table("job", "role", "experiment", "status", "progress", title=f"sweep {sw['id']} ({sw['name']}): {sw['status']}, {counts}")
+    t = Table(
+        "job",
+        "role",
+        "experiment",
+        "status",
+        "progress",
+        title=f"sweep {sw['id']} ({sw['name']}): {sw['status']}, {counts}",
+    )
     for j in sw.get("jobs") or []:
         p = j.get("progress") or {}
         prog = f"epoch {p['epoch']}/{p['epochs']}" if p and j["status"] == "running" else ""
@@ -63,10 +76,14 @@ def runs(sweep: dict[str, Any]) -> list[dict[str, Any]]:
         if j["role"] != "train" or j["status"] != "succeeded":
             continue
         ev = evals.get(j["job_id"])
-        out.append({
-            "spec": j.get("spec") or {}, "train": j.get("result") or {}, "history": j.get("history") or [],
-            "eval": (ev.get("result") or {}) if ev and ev["status"] == "succeeded" else None,
-        })
+        out.append(
+            {
+                "spec": j.get("spec") or {},
+                "train": j.get("result") or {},
+                "history": j.get("history") or [],
+                "eval": (ev.get("result") or {}) if ev and ev["status"] == "succeeded" else None,
+            }
+        )
     return out
 
 
@@ -127,13 +144,17 @@ def write_report(preset: dict[str, Any], sweep: dict[str, Any], out: Path) -> li
     out.mkdir(parents=True, exist_ok=True)
     records = runs(sweep)
     counts = ", ".join(f"{n} {k}" for k, n in sorted(sweep["counts"].items()))
-    head = [f"# {preset['title']}", "",
-            f"Sweep `{sweep['id']}` ({sweep['status']}: {counts}); {len(records)} trained models used."]
+    head = [
+        f"# {preset['title']}",
+        "",
+        f"Sweep `{sweep['id']}` ({sweep['status']}: {counts}); {len(records)} trained models used.",
+    ]
     if preset.get("note"):
         head += ["", preset["note"]]
     kind = preset["kind"]
     body, pngs = {"table1": _table1, "fig4": _fig4, "fig5": _fig5, "table2": _table2, "table3": _table3}[kind](
-        preset, records, out)
+        preset, records, out
+    )
     md = out / "report.md"
     md.write_text("\n".join(head + [""] + body + [""] + [f"![{p.stem}]({p.name})" for p in pngs]) + "\n")
     return [md, *pngs]
@@ -146,11 +167,16 @@ def _table1(preset: dict[str, Any], records: list[dict[str, Any]], out: Path) ->
     groups = _group(records, "layer", "gamma")
     gammas = sorted({float(g) for _, g in groups} | {float(g) for row in paper.values() for g in row})
     layers = _layers([layer for layer, _ in groups] + list(paper))
-    ours = {(layer, g): _mean(100 * r["train"]["tightness"] for r in recs if r["train"].get("tightness") is not None)
-            for (layer, g), recs in groups.items()}
-    lines = ["Lipschitz tightness in % (empirical lower bound / gamma): ours (paper).", "",
-             "| layer | " + " | ".join(f"gamma {_gamma_label(g)}" for g in gammas) + " |",
-             "|---|" + "---|" * len(gammas)]
+    ours = {
+        (layer, g): _mean(100 * r["train"]["tightness"] for r in recs if r["train"].get("tightness") is not None)
+        for (layer, g), recs in groups.items()
+    }
+    lines = [
+        "Lipschitz tightness in % (empirical lower bound / gamma): ours (paper).",
+        "",
+        "| layer | " + " | ".join(f"gamma {_gamma_label(g)}" for g in gammas) + " |",
+        "|---|" + "---|" * len(gammas),
+    ]
     for layer in layers:
         # two decimals: a tightness of 99.96 % must not print as 100.0 (it is a lower bound / gamma <= 1)
         cells = [_pair(ours.get((layer, g)), paper.get(layer, {}).get(_gamma_label(g)), 2) for g in gammas]
@@ -158,10 +184,22 @@ def _table1(preset: dict[str, Any], records: list[dict[str, Any]], out: Path) ->
     fig, axes = plt.subplots(1, len(gammas), figsize=(4 * len(gammas), 3.6), sharey=True, squeeze=False)
     for ax, g in zip(axes[0], gammas):
         xs = range(len(layers))
-        ax.bar([x - 0.2 for x in xs], [ours.get((layer, g)) or 0 for layer in layers], 0.4, label="ours",
-               color=[COLOURS.get(layer, "k") for layer in layers])
-        ax.bar([x + 0.2 for x in xs], [paper.get(layer, {}).get(_gamma_label(g)) or 0 for layer in layers], 0.4,
-               label="paper", color="white", edgecolor="black", hatch="//")
+        ax.bar(
+            [x - 0.2 for x in xs],
+            [ours.get((layer, g)) or 0 for layer in layers],
+            0.4,
+            label="ours",
+            color=[COLOURS.get(layer, "k") for layer in layers],
+        )
+        ax.bar(
+            [x + 0.2 for x in xs],
+            [paper.get(layer, {}).get(_gamma_label(g)) or 0 for layer in layers],
+            0.4,
+            label="paper",
+            color="white",
+            edgecolor="black",
+            hatch="//",
+        )
         ax.set_xticks(list(xs), [PAPER_NAME.get(layer, layer).split(" ")[0] for layer in layers])
         ax.set_title(f"gamma = {_gamma_label(g)}")
         ax.set_ylim(0, 105)
@@ -182,13 +220,24 @@ def _fig4(preset: dict[str, Any], records: list[dict[str, Any]], out: Path) -> t
     gammas = sorted({float(g) for _, g in groups if g is not None})
     layers = _layers([layer for layer, _ in groups])
     acc = {k: _mean_acc(v) for k, v in groups.items()}
-    lines = [("Accuracy in % at l2 radius eps (1/255, pixel space): clean, certified, and empirical "
-              "(AutoAttack) robust accuracy. Plain networks have no certificate."), "",
-             "| layer | gamma | clean | cert 36 | cert 72 | cert 108 | AA 36 | AA 72 | AA 108 |", "|---|---|" + "---|" * 7]
+    lines = [
+        (
+            "Accuracy in % at l2 radius eps (1/255, pixel space): clean, certified, and empirical "
+            "(AutoAttack) robust accuracy. Plain networks have no certificate."
+        ),
+        "",
+        "| layer | gamma | clean | cert 36 | cert 72 | cert 108 | AA 36 | AA 72 | AA 108 |",
+        "|---|---|" + "---|" * 7,
+    ]
     order = {layer: i for i, layer in enumerate(layers)}
     for (layer, g), a in sorted(acc.items(), key=lambda kv: (order[kv[0][0]], kv[0][1] or 0)):
-        lines.append(f"| {PAPER_NAME.get(layer, layer)} | {'-' if g is None else _gamma_label(g)} | {_f(a['clean'])} | "
-                     + " | ".join(_f(a[f'cert_{e}']) for e in EPS) + " | " + " | ".join(_f(a[f'aa_{e}']) for e in EPS) + " |")
+        lines.append(
+            f"| {PAPER_NAME.get(layer, layer)} | {'-' if g is None else _gamma_label(g)} | {_f(a['clean'])} | "
+            + " | ".join(_f(a[f"cert_{e}"]) for e in EPS)
+            + " | "
+            + " | ".join(_f(a[f"aa_{e}"]) for e in EPS)
+            + " |"
+        )
     cols = gammas or [None]
     fig, axes = plt.subplots(1, len(cols), figsize=(max(6.0, 4.2 * len(cols)), 3.8), sharey=True, squeeze=False)
     xs = [0] + [int(e) for e in EPS]
@@ -198,7 +247,9 @@ def _fig4(preset: dict[str, Any], records: list[dict[str, Any]], out: Path) -> t
             if not a:
                 continue
             c = COLOURS.get(layer, "k")
-            ax.plot(xs, [a["clean"]] + [a[f"aa_{e}"] for e in EPS], "-o", color=c, label=f"{PAPER_NAME.get(layer, layer)}")
+            ax.plot(
+                xs, [a["clean"]] + [a[f"aa_{e}"] for e in EPS], "-o", color=c, label=f"{PAPER_NAME.get(layer, layer)}"
+            )
             if layer != "Plain":
                 ax.plot(xs, [a["clean"]] + [a[f"cert_{e}"] for e in EPS], "--", color=c)
         ax.set_title("gamma = -" if g is None else f"gamma = {_gamma_label(g)}")
@@ -219,8 +270,12 @@ def _fig5(preset: dict[str, Any], records: list[dict[str, Any]], out: Path) -> t
 
     groups = _group(records, "layer")
     layers = _layers([k[0] for k in groups])
-    lines = ["Test accuracy in % after the last epoch: mean ± std over seeds (n runs).", "",
-             "| layer | test accuracy | runs |", "|---|---|---|"]
+    lines = [
+        "Test accuracy in % after the last epoch: mean ± std over seeds (n runs).",
+        "",
+        "| layer | test accuracy | runs |",
+        "|---|---|---|",
+    ]
     fig, ax = plt.subplots(figsize=(6, 4))
     for layer in layers:
         recs = groups[(layer,)]
@@ -262,16 +317,26 @@ def _table2(preset: dict[str, Any], records: list[dict[str, Any]], out: Path) ->
     acc = {k: _mean_acc(v) for k, v in groups.items()}
     n = {k: len(v) for k, v in groups.items()}
     layers = _layers([k[0] for k in groups] + list(paper))
-    scales = [s for s in ("small", "medium", "large") if any(k[1] == s for k in groups) or any(s in row for row in paper.values())]
-    lines = ["Clean and AutoAttack (l2) accuracy in % at eps 36/72/108 (/255), mean over seeds: ours (paper).", "",
-             "| layer | scale | runs | clean | AA 36 | AA 72 | AA 108 |", "|---|---|---|---|---|---|---|"]
+    scales = [
+        s
+        for s in ("small", "medium", "large")
+        if any(k[1] == s for k in groups) or any(s in row for row in paper.values())
+    ]
+    lines = [
+        "Clean and AutoAttack (l2) accuracy in % at eps 36/72/108 (/255), mean over seeds: ours (paper).",
+        "",
+        "| layer | scale | runs | clean | AA 36 | AA 72 | AA 108 |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for layer in layers:
         for s in scales:
             a, p = acc.get((layer, s), {}), paper.get(layer, {}).get(s, {})
             if not a and not p:
                 continue
             cells = [_pair(a.get("clean"), p.get("clean"))] + [_pair(a.get(f"aa_{e}"), p.get(f"aa_{e}")) for e in EPS]
-            lines.append(f"| {PAPER_NAME.get(layer, layer)} | {s} | {n.get((layer, s), 0)} | " + " | ".join(cells) + " |")
+            lines.append(
+                f"| {PAPER_NAME.get(layer, layer)} | {s} | {n.get((layer, s), 0)} | " + " | ".join(cells) + " |"
+            )
     fig, axes = plt.subplots(1, len(scales), figsize=(4.2 * len(scales), 3.6), sharey=True, squeeze=False)
     xs = [0] + [int(e) for e in EPS]
     for ax, s in zip(axes[0], scales):
@@ -279,9 +344,21 @@ def _table2(preset: dict[str, Any], records: list[dict[str, Any]], out: Path) ->
             c = COLOURS.get(layer, "k")
             a, p = acc.get((layer, s)), paper.get(layer, {}).get(s)
             if a:
-                ax.plot(xs, [a["clean"]] + [a[f"aa_{e}"] for e in EPS], "-o", color=c, label=f"{PAPER_NAME.get(layer, layer)} ours")
+                ax.plot(
+                    xs,
+                    [a["clean"]] + [a[f"aa_{e}"] for e in EPS],
+                    "-o",
+                    color=c,
+                    label=f"{PAPER_NAME.get(layer, layer)} ours",
+                )
             if p:
-                ax.plot(xs, [p["clean"]] + [p[f"aa_{e}"] for e in EPS], ":", color=c, label=f"{PAPER_NAME.get(layer, layer)} paper")
+                ax.plot(
+                    xs,
+                    [p["clean"]] + [p[f"aa_{e}"] for e in EPS],
+                    ":",
+                    color=c,
+                    label=f"{PAPER_NAME.get(layer, layer)} paper",
+                )
         ax.set_title(f"scale {s}")
         ax.set_xlabel("eps (l2, x/255)")
         ax.set_xticks(xs)
@@ -301,19 +378,32 @@ def _table3(preset: dict[str, Any], records: list[dict[str, Any]], out: Path) ->
     paper = (preset.get("published") or {}).get("table3", {})
     mine = _mean_acc(records) if records else {}
     label = "Sandwich (DNN)"
-    lines = ["Clean and certified accuracy at 36/255 (l2, pixel space) in %, mean over seeds: ours (paper).", "",
-             "| model | runs | clean | certified 36 |", "|---|---|---|---|"]
+    lines = [
+        "Clean and certified accuracy at 36/255 (l2, pixel space) in %, mean over seeds: ours (paper).",
+        "",
+        "| model | runs | clean | certified 36 |",
+        "|---|---|---|---|",
+    ]
     for name, p in paper.items():
         if name == label:
-            lines.append(f"| {name} | {len(records)} | {_pair(mine.get('clean'), p['clean'])} | "
-                         f"{_pair(mine.get('cert_36'), p['cert_36'])} |")
+            lines.append(
+                f"| {name} | {len(records)} | {_pair(mine.get('clean'), p['clean'])} | "
+                f"{_pair(mine.get('cert_36'), p['cert_36'])} |"
+            )
         else:
             lines.append(f"| {name} (paper only) | 0 | - ({_f(p['clean'])}) | - ({_f(p['cert_36'])}) |")
     fig, ax = plt.subplots(figsize=(5, 3.6))
     p = paper.get(label, {})
     ax.bar([-0.2, 0.8], [mine.get("clean") or 0, mine.get("cert_36") or 0], 0.4, label="ours", color="tab:red")
-    ax.bar([0.2, 1.2], [p.get("clean", 0), p.get("cert_36", 0)], 0.4, label="paper", color="white",
-           edgecolor="black", hatch="//")
+    ax.bar(
+        [0.2, 1.2],
+        [p.get("clean", 0), p.get("cert_36", 0)],
+        0.4,
+        label="paper",
+        color="white",
+        edgecolor="black",
+        hatch="//",
+    )
     ax.set_xticks([0, 1], ["clean", "certified 36/255"])
     ax.set_ylabel("accuracy (%)")
     ax.set_title(preset["title"], fontsize=9)

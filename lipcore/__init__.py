@@ -12,8 +12,17 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _SUBMODULES = (
-    "spec", "layers", "models", "losses", "certify", "precision", "data", "train", "checkpoint",
-    "evaluate", "cli",
+    "spec",
+    "layers",
+    "models",
+    "losses",
+    "certify",
+    "precision",
+    "data",
+    "train",
+    "checkpoint",
+    "evaluate",
+    "cli",
 )
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -44,8 +44,15 @@ def _project(delta: Tensor, radius: Tensor) -> Tensor:
 
 
 def pgd_l2(
-    model: nn.Module, x: Tensor, label: Tensor, radius: Tensor | float, *, steps: int = 100,
-    restarts: int = 1, threshold: float = 0.5, generator: torch.Generator | None = None,
+    model: nn.Module,
+    x: Tensor,
+    label: Tensor,
+    radius: Tensor | float,
+    *,
+    steps: int = 100,
+    restarts: int = 1,
+    threshold: float = 0.5,
+    generator: torch.Generator | None = None,
 ) -> Tensor:
     """Projected gradient descent on the decision margin inside l2 balls of `radius` around x.
 
@@ -100,8 +107,14 @@ class Adversarial:
 
 
 def minimal_adversarial_l2(
-    model: nn.Module, x: Tensor, *, steps: int = 200, init_radius: float = 1.0, threshold: float = 0.5,
-    max_radius: float = 1e3, should_stop: Callable[[], bool] | None = None,
+    model: nn.Module,
+    x: Tensor,
+    *,
+    steps: int = 200,
+    init_radius: float = 1.0,
+    threshold: float = 0.5,
+    max_radius: float = 1e3,
+    should_stop: Callable[[], bool] | None = None,
 ) -> Adversarial:
     """Smallest l2 perturbation found that changes each decision, in model-input space.
 

@@ -62,9 +62,7 @@ def _check(logits: Tensor, gamma: float | None) -> float:
     return float(gamma)
 
 
-def certify(
-    logits: Tensor, gamma: float | None, *, lln_weight: Tensor | None, threshold: float = 0.5
-) -> Certificate:
+def certify(logits: Tensor, gamma: float | None, *, lln_weight: Tensor | None, threshold: float = 0.5) -> Certificate:
     """Certified l2 radius (model-input space) of each prediction of a gamma-Lipschitz classifier.
 
     Prefer `certify_model(model, x)`, which takes the head and the bound from the model. Here
@@ -94,7 +92,8 @@ def certify(
         pair_lip = gamma * lln_distances(w)[pred]
     # A pair whose gap cannot move (identical LLN rows) never flips: infinite radius unless tied.
     ratio = torch.where(
-        pair_lip > 0, gaps / pair_lip.clamp_min(torch.finfo(torch.float64).tiny),
+        pair_lip > 0,
+        gaps / pair_lip.clamp_min(torch.finfo(torch.float64).tiny),
         torch.where(gaps > 0, torch.full_like(gaps, math.inf), torch.zeros_like(gaps)),
     )
     ratio.scatter_(1, pred[:, None], math.inf)  # the predicted class is not its own competitor
@@ -138,8 +137,13 @@ def certified_radius(logits: Tensor, gamma: float | None, *, lln_weight: Tensor 
 
 
 def certified_correct(
-    logits: Tensor, labels: Tensor, gamma: float | None, radii: Sequence[float] = PAPER_RADII, *,
-    lln_weight: Tensor | None, std: Sequence[float] | None = None,
+    logits: Tensor,
+    labels: Tensor,
+    gamma: float | None,
+    radii: Sequence[float] = PAPER_RADII,
+    *,
+    lln_weight: Tensor | None,
+    std: Sequence[float] | None = None,
 ) -> dict[float, int]:
     """Number of inputs classified correctly *and* certified at radius > eps, for each eps.
 
@@ -153,8 +157,13 @@ def certified_correct(
 
 
 def certified_accuracy(
-    logits: Tensor, labels: Tensor, gamma: float | None, radii: Sequence[float] = PAPER_RADII, *,
-    lln_weight: Tensor | None, std: Sequence[float] | None = None,
+    logits: Tensor,
+    labels: Tensor,
+    gamma: float | None,
+    radii: Sequence[float] = PAPER_RADII,
+    *,
+    lln_weight: Tensor | None,
+    std: Sequence[float] | None = None,
 ) -> dict[float, float]:
     """Fraction (0..1) of inputs classified correctly with a certified radius > eps, per eps
     (model-input space, or pixel space when `std` is given; see `certified_correct`)."""
@@ -224,8 +233,7 @@ def _module_bound(module: nn.Module) -> float:
             # non-overlapping k x k windows: ||sum of k^2 entries|| <= k ||entries||, then / divisor
             divisor = module.divisor_override or k * k
             return k / divisor
-    raise TypeError(f"no verified Lipschitz bound for {type(module).__name__}; "
-                    "add a lipschitz_bound() method to it")
+    raise TypeError(f"no verified Lipschitz bound for {type(module).__name__}; add a lipschitz_bound() method to it")
 
 
 def verified_bound(model: nn.Module) -> float:
@@ -319,8 +327,15 @@ def pixel_radius(radius: Tensor | float, std: Sequence[float] | None) -> Tensor 
 
 
 def empirical_lipschitz(
-    model: nn.Module, x: Tensor, *, eps: float = 0.05, restarts: int = 10, lr: float = 0.1,
-    max_steps: int = 1000, generator: torch.Generator | None = None, max_batch: int = 1024,
+    model: nn.Module,
+    x: Tensor,
+    *,
+    eps: float = 0.05,
+    restarts: int = 10,
+    lr: float = 0.1,
+    max_steps: int = 1000,
+    generator: torch.Generator | None = None,
+    max_batch: int = 1024,
 ) -> float:
     """Lower bound on the l2 Lipschitz constant of `model` near the points `x` (batch, ...).
 
@@ -343,16 +358,19 @@ def empirical_lipschitz(
             done = 0
             while done < restarts:
                 group = min(per_group, restarts - done)
-                best = max(best, _ascend(model, x.detach().repeat(group, *([1] * (x.dim() - 1))), eps, lr,
-                                         max_steps, generator))
+                best = max(
+                    best,
+                    _ascend(model, x.detach().repeat(group, *([1] * (x.dim() - 1))), eps, lr, max_steps, generator),
+                )
                 done += group
     finally:
         model.train(was_training)
     return best
 
 
-def _ascend(model: nn.Module, x: Tensor, eps: float, lr: float, max_steps: int,
-            generator: torch.Generator | None) -> float:
+def _ascend(
+    model: nn.Module, x: Tensor, eps: float, lr: float, max_steps: int, generator: torch.Generator | None
+) -> float:
     """One run of the estimator's gradient ascent on the rows of x; the best quotient seen."""
     sq = lambda t: t.flatten(1).pow(2).sum(1)  # noqa: E731
     x0 = x.clone().requires_grad_(True)

@@ -73,8 +73,14 @@ def _read(path: Path, expected_format: str) -> tuple[dict[str, Tensor], dict[str
 
 
 def save_model(
-    path: str | Path, model: nn.Module, spec: ExperimentSpec, *, classes: list[str] | None = None,
-    mean: tuple[float, ...] = (0.0,), std: tuple[float, ...] = (1.0,), sll_reference_epsilon: bool = False,
+    path: str | Path,
+    model: nn.Module,
+    spec: ExperimentSpec,
+    *,
+    classes: list[str] | None = None,
+    mean: tuple[float, ...] = (0.0,),
+    std: tuple[float, ...] = (1.0,),
+    sll_reference_epsilon: bool = False,
 ) -> None:
     """Write the weights of `model` with its spec and input normalisation to `path`.
 
@@ -93,9 +99,7 @@ def save_model(
     _write_atomic(Path(path), dict(model.state_dict()), meta)
 
 
-def load_model(
-    path: str | Path, spec: ExperimentSpec | None = None, device: str | torch.device = "cpu"
-) -> LoadedModel:
+def load_model(path: str | Path, spec: ExperimentSpec | None = None, device: str | torch.device = "cpu") -> LoadedModel:
     """Rebuild a trained network (eval mode, on `device`) from one of:
 
     - a `model.safetensors` file of ours (its own spec is used; `spec` is ignored);
@@ -143,7 +147,9 @@ def is_paper_checkpoint(path: str | Path) -> bool:
     return head[8:9] != b"{" and head[:1] == b"\x80"
 
 
-def load_paper_model(path: str | Path, spec: ExperimentSpec | None = None, device: str | torch.device = "cpu") -> LoadedModel:
+def load_paper_model(
+    path: str | Path, spec: ExperimentSpec | None = None, device: str | torch.device = "cpu"
+) -> LoadedModel:
     """Load a checkpoint written by the paper's code; see `load_model` and lipcore.paper_checkpoint."""
     from lipcore import paper_checkpoint as pc
     from lipcore.models import build
@@ -168,8 +174,16 @@ def load_paper_model(path: str | Path, spec: ExperimentSpec | None = None, devic
         model.gamma = gamma * factor
     mean, std = pc.input_normalisation(spec)
     model = model.to(device).eval()
-    return LoadedModel(model, spec, pc.class_names(spec), tuple(mean), tuple(std), source="paper",
-                       sll_reference_epsilon=True, bound_factor=factor)
+    return LoadedModel(
+        model,
+        spec,
+        pc.class_names(spec),
+        tuple(mean),
+        tuple(std),
+        source="paper",
+        sll_reference_epsilon=True,
+        bound_factor=factor,
+    )
 
 
 def _load_safetensors_model(path: Path, device: str | torch.device) -> LoadedModel:
@@ -198,8 +212,9 @@ def _load_safetensors_model(path: Path, device: str | torch.device) -> LoadedMod
         if gamma is not None:
             model.gamma = gamma * factor
     model = model.to(device).eval()
-    return LoadedModel(model, spec, list(classes), tuple(mean), tuple(std),
-                       sll_reference_epsilon=reference, bound_factor=factor)
+    return LoadedModel(
+        model, spec, list(classes), tuple(mean), tuple(std), sll_reference_epsilon=reference, bound_factor=factor
+    )
 
 
 @dataclass
@@ -215,8 +230,14 @@ class TrainState:
 
 
 def save_train_state(
-    path: str | Path, *, model: nn.Module, optimizer: torch.optim.Optimizer, spec: ExperimentSpec,
-    rng: dict[str, Tensor], position: dict[str, Any], history: list[dict[str, Any]],
+    path: str | Path,
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    spec: ExperimentSpec,
+    rng: dict[str, Tensor],
+    position: dict[str, Any],
+    history: list[dict[str, Any]],
 ) -> None:
     """Write a resumable checkpoint (see module docstring) atomically to `path`."""
     tensors: dict[str, Tensor] = {f"model/{k}": v for k, v in model.state_dict().items()}
@@ -243,8 +264,8 @@ def save_train_state(
 def load_train_state(path: str | Path) -> TrainState:
     """Read a checkpoint written by `save_train_state`."""
     tensors, meta = _read(Path(path), STATE_FORMAT)
-    model = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
-    rng = {k[len("rng/"):]: v for k, v in tensors.items() if k.startswith("rng/")}
+    model = {k[len("model/") :]: v for k, v in tensors.items() if k.startswith("model/")}
+    rng = {k[len("rng/") :]: v for k, v in tensors.items() if k.startswith("rng/")}
     state: dict[int, dict[str, Any]] = {}
     for k, v in tensors.items():
         if k.startswith("optim/"):
@@ -254,6 +275,10 @@ def load_train_state(path: str | Path) -> TrainState:
         state.setdefault(int(idx), {}).update(values)
     optimizer = {"state": state, "param_groups": json.loads(meta["param_groups"])}
     return TrainState(
-        model=model, optimizer=optimizer, rng=rng, position=json.loads(meta["position"]),
-        history=json.loads(meta["history"]), spec_json=meta["spec"],
+        model=model,
+        optimizer=optimizer,
+        rng=rng,
+        position=json.loads(meta["position"]),
+        history=json.loads(meta["history"]),
+        spec_json=meta["spec"],
     )

@@ -31,8 +31,9 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--mode", choices=["train", "eval"], default="train")
     p.add_argument("-m", "--model", default="Resnet", help="DNN, KWL, Resnet or Toy (default Resnet)")
-    p.add_argument("-d", "--dataset", default="tiny_imagenet",
-                   help="cifar10, cifar100, tiny_imagenet, square_wave or image_folder")
+    p.add_argument(
+        "-d", "--dataset", default="tiny_imagenet", help="cifar10, cifar100, tiny_imagenet, square_wave or image_folder"
+    )
     p.add_argument("-g", "--gamma", type=float, default=1.0, help="network Lipschitz bound (l2)")
     p.add_argument("-s", "--seed", type=int, default=123)
     p.add_argument("-e", "--epochs", type=int, default=100)
@@ -43,8 +44,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--root_dir", default="./saved_models")
     p.add_argument("--train_batch_size", type=int, default=256)
     p.add_argument("--test_batch_size", type=int, default=256)
-    p.add_argument("--num_workers", type=int, default=4,
-                   help="accepted for compatibility; unused (batches are assembled on the device)")
+    p.add_argument(
+        "--num_workers",
+        type=int,
+        default=4,
+        help="accepted for compatibility; unused (batches are assembled on the device)",
+    )
     p.add_argument("--LLN", action="store_true", help="last-layer normalisation (DNN, Resnet)")
     p.add_argument("--normalized", action="store_true", help="divide inputs by the dataset std")
     p.add_argument("--cert_acc", action="store_true", help="record certified accuracy every epoch")
@@ -53,31 +58,68 @@ def parser() -> argparse.ArgumentParser:
     ours.add_argument("--data_path", default=None, help="image_folder: folder holding train/ (and test/)")
     ours.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
     ours.add_argument("--resume", action="store_true", help="continue the run directory's checkpoint")
-    ours.add_argument("--download", action="store_true",
-                      help="fetch cifar10/cifar100/tiny_imagenet from the official source if missing")
+    ours.add_argument(
+        "--download",
+        action="store_true",
+        help="fetch cifar10/cifar100/tiny_imagenet from the official source if missing",
+    )
     ours.add_argument("--checkpoint_every", type=int, default=1, help="epochs between resumable checkpoints")
-    ours.add_argument("--lip-restarts", dest="lip_restarts", type=int, default=10,
-                      help="restarts of the empirical Lipschitz estimate after training / in Toy eval (0 skips)")
-    ours.add_argument("--attack-version", dest="attack_version", default="standard",
-                      choices=["standard", "plus", "rand", "custom"], help="AutoAttack version (eval)")
-    ours.add_argument("--attacks", nargs="+", default=None,
-                      help="with --attack-version custom: AutoAttack attacks to run (apgd-ce, apgd-t, fab-t, square, ...)")
-    ours.add_argument("--n-examples", dest="n_examples", type=int, default=None,
-                      help="evaluate on the first N test inputs (default: all)")
+    ours.add_argument(
+        "--lip-restarts",
+        dest="lip_restarts",
+        type=int,
+        default=10,
+        help="restarts of the empirical Lipschitz estimate after training / in Toy eval (0 skips)",
+    )
+    ours.add_argument(
+        "--attack-version",
+        dest="attack_version",
+        default="standard",
+        choices=["standard", "plus", "rand", "custom"],
+        help="AutoAttack version (eval)",
+    )
+    ours.add_argument(
+        "--attacks",
+        nargs="+",
+        default=None,
+        help="with --attack-version custom: AutoAttack attacks to run (apgd-ce, apgd-t, fab-t, square, ...)",
+    )
+    ours.add_argument(
+        "--n-examples",
+        dest="n_examples",
+        type=int,
+        default=None,
+        help="evaluate on the first N test inputs (default: all)",
+    )
     ours.add_argument("--eps", type=float, nargs="+", default=[36, 72, 108], help="l2 radii in 1/255 units")
-    ours.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
-                      help="torch.compile the training step (auto: on for CUDA, off on CPU)")
-    ours.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
-                      help="training arithmetic (bf16 autocast); certificates are always full precision")
+    ours.add_argument(
+        "--compile",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="torch.compile the training step (auto: on for CUDA, off on CPU)",
+    )
+    ours.add_argument(
+        "--precision",
+        choices=["fp32", "bf16"],
+        default="fp32",
+        help="training arithmetic (bf16 autocast); certificates are always full precision",
+    )
     return p
 
 
 def spec_from_args(args: argparse.Namespace) -> ExperimentSpec:
     """The ExperimentSpec of a parsed command line (raises pydantic.ValidationError)."""
     fields: dict[str, Any] = {
-        "model": args.model, "dataset": args.dataset, "gamma": args.gamma, "seed": args.seed,
-        "epochs": args.epochs, "lr": args.lr, "train_batch_size": args.train_batch_size,
-        "test_batch_size": args.test_batch_size, "compile": args.compile, "precision": args.precision,
+        "model": args.model,
+        "dataset": args.dataset,
+        "gamma": args.gamma,
+        "seed": args.seed,
+        "epochs": args.epochs,
+        "lr": args.lr,
+        "train_batch_size": args.train_batch_size,
+        "test_batch_size": args.test_batch_size,
+        "compile": args.compile,
+        "precision": args.precision,
     }
     optional = {"layer": args.layer, "scale": args.scale, "loss": args.loss, "data_path": args.data_path}
     fields.update({k: v for k, v in optional.items() if v is not None})
@@ -100,7 +142,9 @@ class _Terminal:
             from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
             self.progress = Progress(
-                TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), TextColumn("{task.fields[info]}"),
+                TextColumn("[bold]epoch {task.fields[epoch]}"),
+                BarColumn(),
+                TextColumn("{task.fields[info]}"),
                 TimeRemainingColumn(),
             )
             self.progress.__enter__()
@@ -138,9 +182,17 @@ def _train(spec: ExperimentSpec, args: argparse.Namespace, run_dir: Path) -> int
 
     with _Terminal() as term:
         hooks = TrainHooks(on_progress=term.on_progress, on_log=term.log, should_stop=lambda: term.stop_requested)
-        result = train(spec, run_dir, data_dir=args.data_dir, device=args.device, hooks=hooks,
-                       resume=args.resume, checkpoint_every=args.checkpoint_every, download=args.download,
-                       lipschitz_restarts=args.lip_restarts)
+        result = train(
+            spec,
+            run_dir,
+            data_dir=args.data_dir,
+            device=args.device,
+            hooks=hooks,
+            resume=args.resume,
+            checkpoint_every=args.checkpoint_every,
+            download=args.download,
+            lipschitz_restarts=args.lip_restarts,
+        )
     if result.status == "stopped":
         print(f"Stopped. Continue with the same command plus --resume (run directory {run_dir})")
         return EXIT_STOPPED
@@ -158,8 +210,11 @@ def _eval(spec: ExperimentSpec, args: argparse.Namespace, run_dir: Path) -> int:
     if not model_path.exists():
         paper = run_dir / PAPER_CHECKPOINT
         if not paper.exists():
-            print(f"error: no trained model at {model_path} (nor a paper {PAPER_CHECKPOINT}); run the same "
-                  "command with --mode train first", file=sys.stderr)
+            print(
+                f"error: no trained model at {model_path} (nor a paper {PAPER_CHECKPOINT}); run the same "
+                "command with --mode train first",
+                file=sys.stderr,
+            )
             return EXIT_FAILED
         # A run directory of the paper's own code: its torch.save state dict, read safely.
         print(f"Evaluating the paper checkpoint {paper} (no {MODEL} here); spec from the command line")
@@ -170,8 +225,14 @@ def _eval(spec: ExperimentSpec, args: argparse.Namespace, run_dir: Path) -> int:
         write_json(run_dir / EVAL_TOY, result)
     else:
         result = ev.evaluate_robustness(
-            model_path, data_dir=args.data_dir, eps=args.eps, version=args.attack_version,
-            n_examples=args.n_examples, device=args.device, batch_size=args.test_batch_size, on_log=print,
+            model_path,
+            data_dir=args.data_dir,
+            eps=args.eps,
+            version=args.attack_version,
+            n_examples=args.n_examples,
+            device=args.device,
+            batch_size=args.test_batch_size,
+            on_log=print,
             attacks=args.attacks,
             state_dir=run_dir,
         )

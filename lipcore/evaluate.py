@@ -63,12 +63,20 @@ def attacks_for(version: str, num_classes: int, attacks: Sequence[str] | None = 
 
 
 def evaluate_robustness(
-    model_path: str | Path | LoadedModel, *, data_dir: str | Path | None = None,
-    eps: Sequence[float] = PAPER_EPS, version: str = "standard", n_examples: int | None = 1000,
-    device: str | torch.device = "auto", seed: int = 0, batch_size: int = 256,
+    model_path: str | Path | LoadedModel,
+    *,
+    data_dir: str | Path | None = None,
+    eps: Sequence[float] = PAPER_EPS,
+    version: str = "standard",
+    n_examples: int | None = 1000,
+    device: str | torch.device = "auto",
+    seed: int = 0,
+    batch_size: int = 256,
     attacks: Sequence[str] | None = None,
-    on_log: Callable[[str], None] | None = None, should_stop: Callable[[], bool] | None = None,
-    state_dir: str | Path | None = None, on_progress: Callable[[Progress], None] | None = None,
+    on_log: Callable[[str], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    state_dir: str | Path | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
 ) -> dict[str, Any]:
     """l2 AutoAttack at each eps (in 1/255 units, pixel space) on the first `n_examples` test inputs.
 
@@ -99,17 +107,34 @@ def evaluate_robustness(
     correct = logits.argmax(1) == y
     n = len(y)
     result: dict[str, Any] = {
-        "n": n, "clean_acc": 100.0 * correct.float().mean().item(), "certified_acc": {},
-        "autoattack_acc": {}, "certificate_violations": {}, "eps": list(eps), "version": version_used,
-        "attacks": attacks, "units": "l2 eps/255 in [0,1] pixel space",
+        "n": n,
+        "clean_acc": 100.0 * correct.float().mean().item(),
+        "certified_acc": {},
+        "autoattack_acc": {},
+        "certificate_violations": {},
+        "eps": list(eps),
+        "version": version_used,
+        "attacks": attacks,
+        "units": "l2 eps/255 in [0,1] pixel space",
     }
     if bounds is not None:
         # certified_acc uses max(gamma, verified); for LLN models both bound the map to the head input
         result["lipschitz_bound"] = bounds.as_dict()
     log(f"clean accuracy {result['clean_acc']:.2f}% on {n} test inputs")
     batches = _AttackBatches(
-        wrapped, x, y, dev, seed, batch_size, version_used, attacks, state_dir, should_stop, on_progress,
-        len(eps), t0,
+        wrapped,
+        x,
+        y,
+        dev,
+        seed,
+        batch_size,
+        version_used,
+        attacks,
+        state_dir,
+        should_stop,
+        on_progress,
+        len(eps),
+        t0,
     )
     for i, e in enumerate(eps):
         robust = batches.attack(i, e)
@@ -153,10 +178,20 @@ class _AttackBatches:
     progress between batches, and keeps AutoAttack's state per (eps, batch) in `state_dir`."""
 
     def __init__(
-        self, wrapped: nn.Module, x: Tensor, y: Tensor, dev: torch.device, seed: int, batch_size: int,
-        version: str, attacks: list[str] | None, state_dir: str | Path | None,
-        should_stop: Callable[[], bool] | None, on_progress: Callable[[Progress], None] | None,
-        n_eps: int, t0: float,
+        self,
+        wrapped: nn.Module,
+        x: Tensor,
+        y: Tensor,
+        dev: torch.device,
+        seed: int,
+        batch_size: int,
+        version: str,
+        attacks: list[str] | None,
+        state_dir: str | Path | None,
+        should_stop: Callable[[], bool] | None,
+        on_progress: Callable[[Progress], None] | None,
+        n_eps: int,
+        t0: float,
     ) -> None:
         self.wrapped, self.x, self.y, self.dev, self.seed = wrapped, x, y, dev, seed
         self.batch_size, self.version, self.attacks, self.state_dir = batch_size, version, attacks, state_dir
@@ -167,8 +202,15 @@ class _AttackBatches:
         """(n,) bool: still correct after the attack at eps e/255 (the i-th eps); None if stopped."""
         from pyautoattack import AutoAttack  # type: ignore[import-untyped]
 
-        aa = AutoAttack(self.wrapped, norm="L2", eps=e / 255.0, version=self.version, device=self.dev,
-                        seed=self.seed, attacks=self.attacks)
+        aa = AutoAttack(
+            self.wrapped,
+            norm="L2",
+            eps=e / 255.0,
+            version=self.version,
+            device=self.dev,
+            seed=self.seed,
+            attacks=self.attacks,
+        )
         parts, starts, bs = [], self.starts, self.batch_size
         total = self.n_eps * len(starts)
         for j, start in enumerate(starts):
@@ -181,13 +223,30 @@ class _AttackBatches:
                 parts.append(self.wrapped(x_adv.to(self.dev)).argmax(1) == yb)
             if self.on_progress:
                 done, elapsed = i * len(starts) + j + 1, time.monotonic() - self.t0
-                self.on_progress(Progress(i + 1, self.n_eps, j + 1, len(starts), done, total, None, None, elapsed,
-                                          elapsed / done * (total - done)))
+                self.on_progress(
+                    Progress(
+                        i + 1,
+                        self.n_eps,
+                        j + 1,
+                        len(starts),
+                        done,
+                        total,
+                        None,
+                        None,
+                        elapsed,
+                        elapsed / done * (total - done),
+                    )
+                )
         return torch.cat(parts)
 
 
 def _record(
-    result: dict[str, Any], e: float, robust: Tensor, cert: Any, y: Tensor, std: Sequence[float],
+    result: dict[str, Any],
+    e: float,
+    robust: Tensor,
+    cert: Any,
+    y: Tensor,
+    std: Sequence[float],
 ) -> str:
     """Attacked accuracy at eps e/255 and, with a certificate, certified accuracy and violations,
     into `result` under the returned key."""
@@ -225,8 +284,12 @@ def layer_spectral_norms(model: nn.Module) -> list[float | None]:
 
 
 def evaluate_toy(
-    model_path: str | Path | LoadedModel, *, device: str | torch.device = "auto", restarts: int = 10,
-    seed: int | None = None, on_log: Callable[[str], None] | None = None,
+    model_path: str | Path | LoadedModel,
+    *,
+    device: str | torch.device = "auto",
+    restarts: int = 10,
+    seed: int | None = None,
+    on_log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Table 1 for one Toy model: per-layer Lipschitz estimates and norms, and model tightness."""
     log = on_log or (lambda _msg: None)
@@ -249,14 +312,25 @@ def evaluate_toy(
         lip = empirical_lipschitz(layer, h, restarts=restarts)
         with torch.no_grad():
             h = torch.randn_like(layer(h))  # the paper probes each layer with fresh Gaussian inputs
-        per_layer.append({"layer": k, "type": type(layer).__name__, "lipschitz": lip, "spectral_norm": norms[k] if k < len(norms) else None})
-        log(f"Layer: {k}, Lip: {lip:.4f}, Norm: {norms[k] if k < len(norms) and norms[k] is not None else float('nan'):.4f}")
+        per_layer.append(
+            {
+                "layer": k,
+                "type": type(layer).__name__,
+                "lipschitz": lip,
+                "spectral_norm": norms[k] if k < len(norms) else None,
+            }
+        )
+        log(
+            f"Layer: {k}, Lip: {lip:.4f}, Norm: {norms[k] if k < len(norms) and norms[k] is not None else float('nan'):.4f}"
+        )
     gamma = getattr(model, "gamma", None)
     result = {
-        "layer": spec.layer, "gamma": gamma, "lipschitz_lower_bound": model_lip,
-        "tightness": model_lip / gamma if gamma else None, "layers": per_layer,
+        "layer": spec.layer,
+        "gamma": gamma,
+        "lipschitz_lower_bound": model_lip,
+        "tightness": model_lip / gamma if gamma else None,
+        "layers": per_layer,
     }
     if gamma:
         log(f"Lipschitz lower bound {model_lip:.4f} / gamma {gamma:.2f} = {100 * model_lip / gamma:.2f}%")
     return result
-

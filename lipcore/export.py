@@ -342,8 +342,14 @@ def to_onnx(loaded: LoadedModel, path: str | Path, opset: int = 17, circular: st
     tmp = _tmp_name(path)
     try:
         torch.onnx.export(
-            net, (x,), str(tmp), input_names=["x"], output_names=["logits"], opset_version=opset,
-            dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False,
+            net,
+            (x,),
+            str(tmp),
+            input_names=["x"],
+            output_names=["logits"],
+            opset_version=opset,
+            dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}},
+            dynamo=False,
         )
         proto = onnx.load(str(tmp))
         entry = proto.metadata_props.add()
@@ -408,6 +414,12 @@ def certify_onnx(path: str | Path, x: Tensor | Any) -> Any:
 
 
 __all__ = [
-    "bound_metadata", "certify_onnx", "export_metadata", "read_onnx_metadata", "standard_layer",
-    "standard_model", "to_onnx", "to_torch",
+    "bound_metadata",
+    "certify_onnx",
+    "export_metadata",
+    "read_onnx_metadata",
+    "standard_layer",
+    "standard_model",
+    "to_onnx",
+    "to_torch",
 ]

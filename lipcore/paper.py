@@ -53,7 +53,9 @@ class Preset:
         d["jobs"] = len(self.specs())
         return d
 
-    def specs(self, epochs: int | None = None, seeds: list[int] | None = None) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    def specs(
+        self, epochs: int | None = None, seeds: list[int] | None = None
+    ) -> list[tuple[dict[str, Any], dict[str, Any]]]:
         """(spec fields, grid point) of every training job, with `epochs` / `seeds` overridden."""
         out: list[tuple[dict[str, Any], dict[str, Any]]] = []
         for line in self.lines:
@@ -99,8 +101,10 @@ def dedupe(items: list[tuple[dict[str, Any], dict[str, Any]]]) -> list[tuple[dic
 
 
 def _toy(layer: str) -> Line:
-    return Line({"model": "Toy", "layer": layer, "scale": "small", "dataset": "square_wave", "epochs": 200},
-                {"gamma": [1, 5, 10]})
+    return Line(
+        {"model": "Toy", "layer": layer, "scale": "small", "dataset": "square_wave", "epochs": 200},
+        {"gamma": [1, 5, 10]},
+    )
 
 
 def _fig4(dataset: str, scale: str, loss: str, gammas: list[float]) -> list[Line]:
@@ -129,8 +133,21 @@ def _table2(dataset: str) -> list[Line]:
 
 
 def _table3(dataset: str) -> list[Line]:
-    return [Line({"model": "DNN", "layer": "Sandwich", "scale": "small", "gamma": 1, "dataset": dataset,
-                  "loss": "xent", "epochs": 400, "cert_acc": True}, {"seed": PAPER_SEEDS3})]
+    return [
+        Line(
+            {
+                "model": "DNN",
+                "layer": "Sandwich",
+                "scale": "small",
+                "gamma": 1,
+                "dataset": dataset,
+                "loss": "xent",
+                "epochs": 400,
+                "cert_acc": True,
+            },
+            {"seed": PAPER_SEEDS3},
+        )
+    ]
 
 
 def _t2(clean: str, a36: str, a72: str, a108: str) -> dict[str, dict[str, float]]:
@@ -164,37 +181,96 @@ TABLE2 = {
 }
 # Table 3: clean and certified (36/255) accuracy (%), no input normalisation, LLN, gamma 1.
 TABLE3 = {
-    "cifar100": {"SLL Small": {"clean": 44.9, "cert_36": 34.7}, "SLL X-Large": {"clean": 46.5, "cert_36": 36.5},
-                 "Sandwich (DNN)": {"clean": 46.3, "cert_36": 35.3}},
-    "tiny_imagenet": {"SLL Small": {"clean": 26.6, "cert_36": 19.5}, "SLL X-Large": {"clean": 32.1, "cert_36": 23.0},
-                      "Sandwich (DNN)": {"clean": 33.4, "cert_36": 24.7}},
+    "cifar100": {
+        "SLL Small": {"clean": 44.9, "cert_36": 34.7},
+        "SLL X-Large": {"clean": 46.5, "cert_36": 36.5},
+        "Sandwich (DNN)": {"clean": 46.3, "cert_36": 35.3},
+    },
+    "tiny_imagenet": {
+        "SLL Small": {"clean": 26.6, "cert_36": 19.5},
+        "SLL X-Large": {"clean": 32.1, "cert_36": 23.0},
+        "Sandwich (DNN)": {"clean": 33.4, "cert_36": 24.7},
+    },
 }
 FIGURE_NOTE = "The paper prints this as a figure, not as numbers: there is no published column to compare with."
 
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in (
-        Preset("table1", "Table 1: Lipschitz tightness of the Toy square-wave regression (%)", "table1",
-               [_toy("Sandwich"), _toy("Orthogon"), _toy("Aol"), _toy("SLL")], evaluate=False,
-               published={"tightness": TABLE1},
-               note="Tightness = empirical Lipschitz lower bound / gamma, from each training job's summary."),
-        Preset("fig4-cifar10", "Fig. 4 (top): CIFAR-10, certified and empirical robust accuracy vs eps", "fig4",
-               _fig4("cifar10", "small", "multimargin", [1, 10, 100]), evaluate=True, note=FIGURE_NOTE),
-        Preset("fig4-cifar100", "Fig. 4 (bottom): CIFAR-100, certified and empirical robust accuracy vs eps", "fig4",
-               _fig4("cifar100", "large", "xent", [1, 2, 4]), evaluate=True, note=FIGURE_NOTE),
-        Preset("fig5-cifar10", "Fig. 5 (left): CIFAR-10 learning curves, gamma 100, 5 seeds", "fig5",
-               _fig5("cifar10", "small", "multimargin", 100), evaluate=False, note=FIGURE_NOTE),
-        Preset("fig5-cifar100", "Fig. 5 (right): CIFAR-100 learning curves, gamma 10, 5 seeds", "fig5",
-               _fig5("cifar100", "large", "xent", 10), evaluate=False, note=FIGURE_NOTE),
-        Preset("table2-cifar100", "Table 2: CIFAR-100 clean and AutoAttack accuracy (%), gamma 2", "table2",
-               _table2("cifar100"), evaluate=True, published={"table2": TABLE2["cifar100"]}),
-        Preset("table2-tiny", "Table 2: Tiny-ImageNet clean and AutoAttack accuracy (%), gamma 2", "table2",
-               _table2("tiny_imagenet"), evaluate=True, published={"table2": TABLE2["tiny_imagenet"]},
-               note="The paper's README trains Tiny-ImageNet with gamma 2 (as here) while its Table 2 caption "
-                    "says gamma 1; the published column is the table's. It lists small and medium only."),
-        Preset("table3-cifar100", "Table 3: CIFAR-100 certified accuracy at 36/255 (%), DNN, gamma 1", "table3",
-               _table3("cifar100"), evaluate=True, published={"table3": TABLE3["cifar100"]}),
-        Preset("table3-tiny", "Table 3: Tiny-ImageNet certified accuracy at 36/255 (%), DNN, gamma 1", "table3",
-               _table3("tiny_imagenet"), evaluate=True, published={"table3": TABLE3["tiny_imagenet"]}),
+        Preset(
+            "table1",
+            "Table 1: Lipschitz tightness of the Toy square-wave regression (%)",
+            "table1",
+            [_toy("Sandwich"), _toy("Orthogon"), _toy("Aol"), _toy("SLL")],
+            evaluate=False,
+            published={"tightness": TABLE1},
+            note="Tightness = empirical Lipschitz lower bound / gamma, from each training job's summary.",
+        ),
+        Preset(
+            "fig4-cifar10",
+            "Fig. 4 (top): CIFAR-10, certified and empirical robust accuracy vs eps",
+            "fig4",
+            _fig4("cifar10", "small", "multimargin", [1, 10, 100]),
+            evaluate=True,
+            note=FIGURE_NOTE,
+        ),
+        Preset(
+            "fig4-cifar100",
+            "Fig. 4 (bottom): CIFAR-100, certified and empirical robust accuracy vs eps",
+            "fig4",
+            _fig4("cifar100", "large", "xent", [1, 2, 4]),
+            evaluate=True,
+            note=FIGURE_NOTE,
+        ),
+        Preset(
+            "fig5-cifar10",
+            "Fig. 5 (left): CIFAR-10 learning curves, gamma 100, 5 seeds",
+            "fig5",
+            _fig5("cifar10", "small", "multimargin", 100),
+            evaluate=False,
+            note=FIGURE_NOTE,
+        ),
+        Preset(
+            "fig5-cifar100",
+            "Fig. 5 (right): CIFAR-100 learning curves, gamma 10, 5 seeds",
+            "fig5",
+            _fig5("cifar100", "large", "xent", 10),
+            evaluate=False,
+            note=FIGURE_NOTE,
+        ),
+        Preset(
+            "table2-cifar100",
+            "Table 2: CIFAR-100 clean and AutoAttack accuracy (%), gamma 2",
+            "table2",
+            _table2("cifar100"),
+            evaluate=True,
+            published={"table2": TABLE2["cifar100"]},
+        ),
+        Preset(
+            "table2-tiny",
+            "Table 2: Tiny-ImageNet clean and AutoAttack accuracy (%), gamma 2",
+            "table2",
+            _table2("tiny_imagenet"),
+            evaluate=True,
+            published={"table2": TABLE2["tiny_imagenet"]},
+            note="The paper's README trains Tiny-ImageNet with gamma 2 (as here) while its Table 2 caption "
+            "says gamma 1; the published column is the table's. It lists small and medium only.",
+        ),
+        Preset(
+            "table3-cifar100",
+            "Table 3: CIFAR-100 certified accuracy at 36/255 (%), DNN, gamma 1",
+            "table3",
+            _table3("cifar100"),
+            evaluate=True,
+            published={"table3": TABLE3["cifar100"]},
+        ),
+        Preset(
+            "table3-tiny",
+            "Table 3: Tiny-ImageNet certified accuracy at 36/255 (%), DNN, gamma 1",
+            "table3",
+            _table3("tiny_imagenet"),
+            evaluate=True,
+            published={"table3": TABLE3["tiny_imagenet"]},
+        ),
     )
 }

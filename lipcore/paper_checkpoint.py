@@ -37,7 +37,16 @@ if TYPE_CHECKING:
 
 PAPER_CHECKPOINT = "model.ckpt"
 CIFAR10_CLASSES = [
-    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
 ]
 # `{model}-{layer}-{scale}[-LLN][-gamma{g}]`, the leaf of the paper's train_dir.
 RUN_NAME = re.compile(
@@ -102,7 +111,10 @@ def spec_from_run_dir(path: str | Path) -> ExperimentSpec:
             "'{model}-{layer}-{scale}[-LLN]-gamma{g}' (e.g. KWL-Sandwich-small-gamma2.0); pass a spec instead"
         )
     fields: dict[str, Any] = {
-        "model": m["model"], "layer": m["layer"], "scale": m["scale"], "dataset": p.parent.name,
+        "model": m["model"],
+        "layer": m["layer"],
+        "scale": m["scale"],
+        "dataset": p.parent.name,
     }
     if m["lln"]:
         fields["lln"] = True
@@ -126,7 +138,7 @@ def map_keys(state: Mapping[str, Tensor], model: nn.Module, spec: ExperimentSpec
     if all(k.startswith("body.") for k in state):
         return dict(state)
     if spec.model != "Resnet":
-        return {("body." + k[len("model."):] if k.startswith("model.") else k): v for k, v in state.items()}
+        return {("body." + k[len("model.") :] if k.startswith("model.") else k): v for k, v in state.items()}
     from lipcore.layers import LinearNormalized, SLLBlockConv, SLLBlockFc
     from lipcore.models.base import body_of
 

@@ -1,13 +1,13 @@
 """The layout of a run directory and the atomic writes that keep it consistent after a crash.
 
-    {root_dir}_seed{seed}/{dataset}/{model}-{layer}-{scale}[-LLN]-gamma{g:.1f}/
-        spec.json               the resolved ExperimentSpec
-        log.txt                 human-readable log, appended across resumptions
-        metrics.json            one object per finished epoch
-        checkpoint.safetensors  resumable training state
-        model.safetensors       final weights (+ spec, classes, normalisation)
-        summary.json            final metrics and the empirical Lipschitz bound
-        eval.json / eval_toy.json   results of --mode eval
+{root_dir}_seed{seed}/{dataset}/{model}-{layer}-{scale}[-LLN]-gamma{g:.1f}/
+    spec.json               the resolved ExperimentSpec
+    log.txt                 human-readable log, appended across resumptions
+    metrics.json            one object per finished epoch
+    checkpoint.safetensors  resumable training state
+    model.safetensors       final weights (+ spec, classes, normalisation)
+    summary.json            final metrics and the empirical Lipschitz bound
+    eval.json / eval_toy.json   results of --mode eval
 """
 
 from __future__ import annotations

@@ -53,6 +53,7 @@ DATASET_NAMES = (*DATASETS, IMAGE_FOLDER)
 
 XENT_OFFSET = 1.5
 
+
 class ExperimentSpec(BaseModel):
     """One experiment of the paper's command line, resolved and validated.
 
@@ -66,22 +67,25 @@ class ExperimentSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     model: str = Field(
-        "Resnet", description="architecture; see GET /v1/catalog",
+        "Resnet",
+        description="architecture; see GET /v1/catalog",
         json_schema_extra=lambda schema: schema.update(enum=list(model_names())),
     )
     layer: str | None = Field(
-        None, description="layer family (default: the model's); see GET /v1/catalog",
+        None,
+        description="layer family (default: the model's); see GET /v1/catalog",
         json_schema_extra=lambda schema: schema.update(anyOf=[{"enum": list(family_names())}, {"type": "null"}]),
     )
     scale: ScaleName | None = None
     gamma: float | None = Field(
-        1.0, gt=0, allow_inf_nan=False, description="Lipschitz bound (l2, model-input space) to the logits, or with LLN to the "
-        "LLN head's input; > 0; None only for Plain"
+        1.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="Lipschitz bound (l2, model-input space) to the logits, or with LLN to the "
+        "LLN head's input; > 0; None only for Plain",
     )
     dataset: str = Field("tiny_imagenet", description=f"one of {', '.join(DATASET_NAMES)}")
-    data_path: str | None = Field(
-        None, description="image_folder only: folder (absolute, or relative to the data dir)"
-    )
+    data_path: str | None = Field(None, description="image_folder only: folder (absolute, or relative to the data dir)")
     loss: LossName = "xent"
     offset: float | None = Field(None, description="xent only: margin offset (paper: 1.5)")
     epochs: int = Field(100, ge=1, le=100_000)
@@ -159,9 +163,7 @@ class ExperimentSpec(BaseModel):
             for key in ("in_channels", "img_size", "num_classes"):
                 given = d.get(key)
                 if given is not None and given != getattr(info, key):
-                    raise ValueError(
-                        f"{key}={given} contradicts dataset {dataset!r} ({getattr(info, key)})"
-                    )
+                    raise ValueError(f"{key}={given} contradicts dataset {dataset!r} ({getattr(info, key)})")
                 d[key] = getattr(info, key)
         return d
 
@@ -171,13 +173,9 @@ class ExperimentSpec(BaseModel):
         if self.dataset not in DATASET_NAMES:
             raise ValueError(f"dataset {self.dataset!r} is unknown; expected one of {DATASET_NAMES}")
         if self.layer not in card.layer_names():
-            raise ValueError(
-                f"layer {self.layer!r} is not defined for model {m}; expected one of {card.layer_names()}"
-            )
+            raise ValueError(f"layer {self.layer!r} is not defined for model {m}; expected one of {card.layer_names()}")
         if self.scale not in card.scales:
-            raise ValueError(
-                f"scale {self.scale!r} is not defined for model {m}; expected one of {card.scales}"
-            )
+            raise ValueError(f"scale {self.scale!r} is not defined for model {m}; expected one of {card.scales}")
         if self.bounded:
             if self.gamma is None:
                 raise ValueError(f"gamma is required for a Lipschitz-bounded {self.layer} network")
@@ -226,7 +224,7 @@ class ExperimentSpec(BaseModel):
 
     @property
     def task(self) -> str:
-        """"classifier" or "regressor" (the Toy square wave), from the model's card."""
+        """ "classifier" or "regressor" (the Toy square wave), from the model's card."""
         return self.card.task
 
     @property

@@ -29,7 +29,12 @@ import torch
 from torch import Tensor, nn
 
 from lipcore.certify import (
-    PAPER_RADII, bound_report, certified_correct, empirical_lipschitz, float64_model, release_float64_model,
+    PAPER_RADII,
+    bound_report,
+    certified_correct,
+    empirical_lipschitz,
+    float64_model,
+    release_float64_model,
 )
 from lipcore.checkpoint import load_train_state, save_model, save_train_state
 from lipcore.losses import build_loss
@@ -85,9 +90,16 @@ def cert_key(eps: float) -> str:
 
 
 def train(
-    spec: ExperimentSpec, run_dir: str | Path, *, data_dir: str | Path | None = None,
-    device: str | torch.device = "auto", hooks: TrainHooks | None = None, resume: bool = True,
-    checkpoint_every: int = 1, lipschitz_restarts: int = 10, download: bool = False,
+    spec: ExperimentSpec,
+    run_dir: str | Path,
+    *,
+    data_dir: str | Path | None = None,
+    device: str | torch.device = "auto",
+    hooks: TrainHooks | None = None,
+    resume: bool = True,
+    checkpoint_every: int = 1,
+    lipschitz_restarts: int = 10,
+    download: bool = False,
 ) -> TrainResult:
     """Train `spec` in `run_dir` (created if needed), continuing its checkpoint when `resume`.
 
@@ -134,8 +146,14 @@ class _Trainer:
     (the model's initialisation draws from the seeded RNG after the data's)."""
 
     def __init__(
-        self, spec: ExperimentSpec, run_dir: Path, data: Any, dev: torch.device, hooks: TrainHooks,
-        log: RunLog, checkpoint_every: int,
+        self,
+        spec: ExperimentSpec,
+        run_dir: Path,
+        data: Any,
+        dev: torch.device,
+        hooks: TrainHooks,
+        log: RunLog,
+        checkpoint_every: int,
     ) -> None:
         self.spec, self.run_dir, self.data, self.dev, self.hooks, self.log = spec, run_dir, data, dev, hooks, log
         self.checkpoint_every = checkpoint_every
@@ -180,8 +198,13 @@ class _Trainer:
     def checkpoint(self, epoch: int, step: int, acc: _Accum) -> None:
         """Write the resumable checkpoint at (epoch, step) with the epoch's running sums."""
         save_train_state(
-            self.ckpt, model=self.model, optimizer=self.opt, spec=self.spec, rng=rng_state(),
-            history=self.history, position={"epoch": epoch, "step": step, "accum": acc.__dict__},
+            self.ckpt,
+            model=self.model,
+            optimizer=self.opt,
+            spec=self.spec,
+            rng=rng_state(),
+            history=self.history,
+            position={"epoch": epoch, "step": step, "accum": acc.__dict__},
         )
         if self.hooks.on_checkpoint:
             self.hooks.on_checkpoint(self.ckpt)
@@ -225,7 +248,14 @@ class _Trainer:
                 self.log(f"Stopped at epoch {epoch + 1} step {step + 1}; checkpoint kept")
                 self.save_model()
                 return TrainResult(
-                    "stopped", self.run_dir, epoch, self.history, {}, self.resumed_from, spec, self.data.classes,
+                    "stopped",
+                    self.run_dir,
+                    epoch,
+                    self.history,
+                    {},
+                    self.resumed_from,
+                    spec,
+                    self.data.classes,
                 )
         self._end_epoch(epoch, acc.read(), lr, time.monotonic() - t0)
         return None
@@ -234,7 +264,15 @@ class _Trainer:
         elapsed = now - self.start_time
         rate = (done - self.start_global) / elapsed if elapsed > 0 else 0.0
         return Progress(
-            epoch + 1, self.spec.epochs, step + 1, self.steps, done, self.total, value, lr, elapsed,
+            epoch + 1,
+            self.spec.epochs,
+            step + 1,
+            self.steps,
+            done,
+            self.total,
+            value,
+            lr,
+            elapsed,
             (self.total - done) / rate if rate > 0 else None,
         )
 
@@ -264,7 +302,14 @@ class _Trainer:
             )
         write_json(self.run_dir / SUMMARY, summary)
         return TrainResult(
-            "completed", self.run_dir, spec.epochs, self.history, summary, self.resumed_from, spec, self.data.classes,
+            "completed",
+            self.run_dir,
+            spec.epochs,
+            self.history,
+            summary,
+            self.resumed_from,
+            spec,
+            self.data.classes,
         )
 
 
@@ -316,7 +361,11 @@ class _DeviceAccum:
 
 
 def train_step(
-    model: nn.Module, criterion: Any, opt: torch.optim.Optimizer, spec: ExperimentSpec, dev: torch.device,
+    model: nn.Module,
+    criterion: Any,
+    opt: torch.optim.Optimizer,
+    spec: ExperimentSpec,
+    dev: torch.device,
 ) -> Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]:
     """(x, y) -> (loss, logits) after one forward, backward and optimizer step, as `spec` asks.
 
@@ -396,8 +445,12 @@ def _epoch_line(row: dict[str, Any], spec: ExperimentSpec) -> str:
 
 
 def _summary(
-    model: nn.Module, spec: ExperimentSpec, history: list[dict[str, Any]], nparams: int,
-    dev: torch.device, restarts: int,
+    model: nn.Module,
+    spec: ExperimentSpec,
+    history: list[dict[str, Any]],
+    nparams: int,
+    dev: torch.device,
+    restarts: int,
 ) -> dict[str, Any]:
     summary: dict[str, Any] = {"params": nparams, "epochs": len(history), "gamma": spec.gamma}
     if getattr(model, "gamma", None) is not None:

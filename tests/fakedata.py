@@ -28,14 +28,17 @@ def write_cifar10(data_dir: Path, per_batch: int = 6, n_test: int = 7) -> dict:
     xs, ys = [], []
     for i in range(1, 6):
         x, y = _cifar_pixels(rng, per_batch), rng.integers(0, 10, per_batch).tolist()
-        _official_pickle(root / f"data_batch_{i}", {b"batch_label": b"x", b"data": x, b"labels": y,
-                                                     b"filenames": [b"f.png"] * per_batch})
+        _official_pickle(
+            root / f"data_batch_{i}",
+            {b"batch_label": b"x", b"data": x, b"labels": y, b"filenames": [b"f.png"] * per_batch},
+        )
         xs.append(x)
         ys += y
     xt, yt = _cifar_pixels(rng, n_test), rng.integers(0, 10, n_test).tolist()
     _official_pickle(root / "test_batch", {b"data": xt, b"labels": yt})
-    names = [n.encode() for n in ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
-                                  "horse", "ship", "truck")]
+    names = [
+        n.encode() for n in ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+    ]
     _official_pickle(root / "batches.meta", {b"label_names": names, b"num_vis": 3072})
     return {"x": np.concatenate(xs), "y": ys, "xt": xt, "yt": yt}
 
@@ -48,8 +51,10 @@ def write_cifar100(data_dir: Path, n: int = 12, n_test: int = 5) -> dict:
     xt, yt = _cifar_pixels(rng, n_test), rng.integers(0, 100, n_test).tolist()
     _official_pickle(root / "train", {b"data": x, b"fine_labels": y, b"coarse_labels": [0] * n})
     _official_pickle(root / "test", {b"data": xt, b"fine_labels": yt, b"coarse_labels": [0] * n_test})
-    _official_pickle(root / "meta", {b"fine_label_names": [f"c{i:03d}".encode() for i in range(100)],
-                                     b"coarse_label_names": [b"all"]})
+    _official_pickle(
+        root / "meta",
+        {b"fine_label_names": [f"c{i:03d}".encode() for i in range(100)], b"coarse_label_names": [b"all"]},
+    )
     return {"x": x, "y": y, "xt": xt, "yt": yt}
 
 
@@ -70,19 +75,21 @@ def write_tiny_imagenet(data_dir: Path) -> Path:
     (root / "wnids.txt").write_text("\n".join(wnids) + "\n")
     for k, w in enumerate(wnids):
         for i in range(3):
-            _image(root / "train" / w / "images" / f"{w}_{i}.JPEG", 64, mode="L" if i == 0 else "RGB",
-                   seed=10 * k + i)
+            _image(root / "train" / w / "images" / f"{w}_{i}.JPEG", 64, mode="L" if i == 0 else "RGB", seed=10 * k + i)
         (root / "train" / w / f"{w}_boxes.txt").write_text("ignored\n")
     val = {"val_0.JPEG": "n02", "val_1.JPEG": "n03", "val_2.JPEG": "n01", "val_3.JPEG": "n02"}
     for i, name in enumerate(val):
         _image(root / "val" / "images" / name, 64, seed=100 + i)
-    (root / "val" / "val_annotations.txt").write_text(
-        "".join(f"{n}\t{w}\t0\t0\t63\t63\n" for n, w in val.items()))
+    (root / "val" / "val_annotations.txt").write_text("".join(f"{n}\t{w}\t0\t0\t63\t63\n" for n, w in val.items()))
     return root
 
 
-def write_folder(root: Path, classes: dict[str, int], size: int = 32, test: dict[str, int] | None = None,
-                 ) -> None:
+def write_folder(
+    root: Path,
+    classes: dict[str, int],
+    size: int = 32,
+    test: dict[str, int] | None = None,
+) -> None:
     """classes: name -> number of images; alternates png/jpg/jpeg and RGB/RGBA/L images."""
     kinds = [(".png", "RGB"), (".jpg", "RGB"), (".png", "RGBA"), (".jpeg", "L"), (".PNG", "RGB")]
     for split, spec in (("train", classes), ("test", test or {})):
@@ -90,8 +97,6 @@ def write_folder(root: Path, classes: dict[str, int], size: int = 32, test: dict
             for i in range(n):
                 suffix, mode = kinds[i % len(kinds)]
                 _image(root / split / name / f"{i:04d}{suffix}", size, mode=mode, seed=1000 * c + i)
-
-
 
 
 def kwl(dataset: str, **kw) -> ExperimentSpec:

@@ -77,6 +77,7 @@ def test_pixel_radius_uses_smallest_std() -> None:
 
 # ---- attacks against trained models ---------------------------------------------------------
 
+
 class Mlp(LipschitzNet):
     def __init__(self, gamma: float, lln: bool) -> None:
         super().__init__(gamma)
@@ -117,8 +118,15 @@ def test_pgd_never_beats_a_certificate(trained_mlp) -> None:
     x, _ = blobs(300, torch.Generator().manual_seed(3))
     cert = model_certificate(trained_mlp, x)
     label = cert.predicted
-    inside = pgd_l2(trained_mlp, x, label, (cert.radius * 0.999).float(), steps=100, restarts=3,
-                    generator=torch.Generator().manual_seed(0))
+    inside = pgd_l2(
+        trained_mlp,
+        x,
+        label,
+        (cert.radius * 0.999).float(),
+        steps=100,
+        restarts=3,
+        generator=torch.Generator().manual_seed(0),
+    )
     with torch.no_grad():
         assert (decision(trained_mlp(inside)) == label).all()
     # ...while the same attack, allowed twice the certified radius plus the bound's slack, does win:
@@ -197,10 +205,14 @@ def exact_linear_radius(w: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     return torch.stack(out)
 
 
-@pytest.mark.parametrize("make", [
-    lambda: L.OrthogonLin(512, 10, scale=1.0),
-    lambda: L.OrthogonLin(64, 10, scale=1.0),
-], ids=["OrthogonLin-512", "OrthogonLin-64"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: L.OrthogonLin(512, 10, scale=1.0),
+        lambda: L.OrthogonLin(64, 10, scale=1.0),
+    ],
+    ids=["OrthogonLin-512", "OrthogonLin-64"],
+)
 def test_alpha_x1000_radii_confirmed_exactly_in_float64(make) -> None:
     """Large alphas make the float32 factors non-orthogonal (||W||_2 up to 1 + 1e-3); the
     certificates now come from float64 weights and max(gamma, verified) and never exceed the exact
@@ -263,6 +275,7 @@ def test_certificate_uses_float64_copy_and_larger_bound(trained_mlp) -> None:
 def test_radius_uses_verified_bound_when_it_exceeds_gamma() -> None:
     """A model whose weights break its construction (gamma claims 1, the layer is 3-Lipschitz)
     is certified with the verified bound, not gamma."""
+
     class Broken(L.AolLin):
         def reparameterize(self):
             return (3 * torch.eye(3, 4, dtype=self.weights.dtype),)
@@ -272,8 +285,9 @@ def test_radius_uses_verified_bound_when_it_exceeds_gamma() -> None:
     assert report.verified == pytest.approx(3.0, rel=1e-9)
     x = torch.randn(5, 4)
     cert, logits, _ = certify_model(model, x)
-    torch.testing.assert_close(cert.radius, certify(logits, 3.0 * (1 + 1e-12), lln_weight=None).radius,
-                               rtol=1e-9, atol=0)
+    torch.testing.assert_close(
+        cert.radius, certify(logits, 3.0 * (1 + 1e-12), lln_weight=None).radius, rtol=1e-9, atol=0
+    )
 
 
 def test_certify_requires_the_head_explicitly() -> None:
@@ -300,13 +314,17 @@ def test_lln_gamma_bounds_the_head_input_not_the_logits() -> None:
     torch.testing.assert_close(cert.radius, certify(logits, report.used, lln_weight=w).radius, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("make", [
-    lambda g: KWL("Sandwich", 1, g, img_size=16, num_classes=5),
-    lambda g: KWL("Orthogon", 1, g, img_size=16, num_classes=5),
-    lambda g: KWL("Aol", 1, g, img_size=16, num_classes=5),
-    lambda g: Resnet(ResnetConfig(3, 6, 4, 2, 32), g, img_size=16, num_classes=5),
-    lambda g: Resnet(ResnetConfig(3, 6, 4, 2, 32), g, img_size=16, num_classes=5, lln=True),
-], ids=["KWL-Sandwich", "KWL-Orthogon", "KWL-Aol", "Resnet-SLL", "Resnet-SLL-LLN"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda g: KWL("Sandwich", 1, g, img_size=16, num_classes=5),
+        lambda g: KWL("Orthogon", 1, g, img_size=16, num_classes=5),
+        lambda g: KWL("Aol", 1, g, img_size=16, num_classes=5),
+        lambda g: Resnet(ResnetConfig(3, 6, 4, 2, 32), g, img_size=16, num_classes=5),
+        lambda g: Resnet(ResnetConfig(3, 6, 4, 2, 32), g, img_size=16, num_classes=5, lln=True),
+    ],
+    ids=["KWL-Sandwich", "KWL-Orthogon", "KWL-Aol", "Resnet-SLL", "Resnet-SLL-LLN"],
+)
 def test_verified_bound_of_paper_architectures(make) -> None:
     """0 < Jacobian norm at a point <= verified <= gamma (1 + 1e-9) (AOL's verified bound is far
     below gamma: its rescaling is loose, and the verified bound measures the served weights)."""

@@ -49,8 +49,12 @@ FAMILIES = families()
 
 def expand(command: str, values: dict[str, list[str]], mode: str) -> list[str]:
     argv = shlex.split(command)[2:]  # drop "python main.py"
-    subst = {"m": mode, "g": values.get("g", ["1"])[0], "s": values.get("s", ["123"])[0],
-             "c": values.get("c", ["small"])[0]}
+    subst = {
+        "m": mode,
+        "g": values.get("g", ["1"])[0],
+        "s": values.get("s", ["123"])[0],
+        "c": values.get("c", ["small"])[0],
+    }
     return [re.sub(r"\[(\w)\]", lambda m: subst[m.group(1)], a) for a in argv]
 
 
@@ -104,13 +108,42 @@ def test_invalid_command_line_is_a_clear_usage_error(capsys) -> None:
 
 
 def test_missing_data_names_the_directory(tmp_path: Path, capsys) -> None:
-    code = main(["--model", "KWL", "--layer", "Sandwich", "--dataset", "cifar100", "--epochs", "1",
-                 "--data_dir", str(tmp_path), "--root_dir", str(tmp_path / "r")])
+    code = main(
+        [
+            "--model",
+            "KWL",
+            "--layer",
+            "Sandwich",
+            "--dataset",
+            "cifar100",
+            "--epochs",
+            "1",
+            "--data_dir",
+            str(tmp_path),
+            "--root_dir",
+            str(tmp_path / "r"),
+        ]
+    )
     assert code == 1
     assert str(tmp_path / "cifar-100-python") in capsys.readouterr().err
 
 
 def test_eval_without_training_says_what_to_do(tmp_path: Path, capsys) -> None:
-    assert main(["--mode", "eval", "--model", "Toy", "--layer", "Aol", "--dataset", "square_wave",
-                 "--root_dir", str(tmp_path / "r")]) == 1
+    assert (
+        main(
+            [
+                "--mode",
+                "eval",
+                "--model",
+                "Toy",
+                "--layer",
+                "Aol",
+                "--dataset",
+                "square_wave",
+                "--root_dir",
+                str(tmp_path / "r"),
+            ]
+        )
+        == 1
+    )
     assert "--mode train first" in capsys.readouterr().err

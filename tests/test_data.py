@@ -77,10 +77,14 @@ def test_tiny_imagenet_tree_loads_with_sorted_wnids_and_val_annotations(tmp_path
     assert data.mean == DATASETS["tiny_imagenet"].mean
 
 
-@pytest.mark.parametrize("dataset, folder", [
-    ("cifar10", "cifar-10-batches-py"), ("cifar100", "cifar-100-python"),
-    ("tiny_imagenet", "tiny-imagenet-200"),
-])
+@pytest.mark.parametrize(
+    "dataset, folder",
+    [
+        ("cifar10", "cifar-10-batches-py"),
+        ("cifar100", "cifar-100-python"),
+        ("tiny_imagenet", "tiny-imagenet-200"),
+    ],
+)
 def test_missing_data_raises_naming_the_directory_without_downloading(
     tmp_path: Path, dataset: str, folder: str
 ) -> None:
@@ -153,11 +157,14 @@ def test_image_folder_without_test_split_holds_out_a_fixed_tenth(tmp_path: Path)
     assert HOLDOUT_FRACTION == 0.1
 
 
-@pytest.mark.parametrize("sizes, bad", [
-    ([(32, 32), (32, 32), (48, 48)], "0002"),  # a size that is not allowed
-    ([(64, 64), (32, 32), (64, 64)], "0001"),  # mixed allowed sizes
-    ([(32, 64), (32, 32)], "0000"),           # not square
-])
+@pytest.mark.parametrize(
+    "sizes, bad",
+    [
+        ([(32, 32), (32, 32), (48, 48)], "0002"),  # a size that is not allowed
+        ([(64, 64), (32, 32), (64, 64)], "0001"),  # mixed allowed sizes
+        ([(32, 64), (32, 32)], "0000"),  # not square
+    ],
+)
 def test_bad_image_sizes_raise_naming_the_file_and_allowed_sizes(
     tmp_path: Path, sizes: list[tuple[int, int]], bad: str
 ) -> None:

@@ -38,7 +38,7 @@ def test_square_wave_matches_the_paper_definition_and_is_seeded() -> None:
     assert torch.equal(seen, x.flatten().sort().values)  # a permutation of the training set
     xs, ys = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
     assert torch.equal(ys, square_wave_target(xs))
-    (tx, ty), = list(data.test_batches())
+    ((tx, ty),) = list(data.test_batches())
     assert tx.shape == (200, 1) and torch.equal(tx, xt)
 
 
@@ -51,8 +51,12 @@ def test_crop_and_flip_really_happen() -> None:
     padded = torch.nn.functional.pad(img[:1], (PAD,) * 4, mode="reflect")[0]
     shifts = set()
     for out in cropped:  # every output is a 32x32 window of the reflect-padded image
-        hits = [(i, j) for i in range(2 * PAD + 1) for j in range(2 * PAD + 1)
-                if torch.equal(out, padded[:, i:i + 32, j:j + 32])]
+        hits = [
+            (i, j)
+            for i in range(2 * PAD + 1)
+            for j in range(2 * PAD + 1)
+            if torch.equal(out, padded[:, i : i + 32, j : j + 32])
+        ]
         assert hits
         shifts.add(hits[0])
     assert len(shifts) > 10

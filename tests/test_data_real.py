@@ -30,12 +30,9 @@ def cifar_subset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return unpack_cifar_jpegs(tmp_path_factory.mktemp("cifar-jpeg"), PER_CLASS)
 
 
-def test_real_cifar10_jpegs_load_as_an_image_folder(
-    cifar_subset: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_real_cifar10_jpegs_load_as_an_image_folder(cifar_subset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     data_dir = cifar_subset.parent / "data-dir"
-    spec = ExperimentSpec(model="KWL", dataset="image_folder", data_path=str(cifar_subset),
-                          train_batch_size=256)
+    spec = ExperimentSpec(model="KWL", dataset="image_folder", data_path=str(cifar_subset), train_batch_size=256)
     resolved = resolve_spec(spec, data_dir)
     assert (resolved.in_channels, resolved.img_size, resolved.num_classes) == (3, 32, 10)
     data = load_data(spec, data_dir)
@@ -62,8 +59,9 @@ def test_real_cifar10_jpegs_load_as_an_image_folder(
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("LBDN_TEST_FULL_ARCHIVE") != "1",
-                    reason="set LBDN_TEST_FULL_ARCHIVE=1 to decode all 50,000 images")
+@pytest.mark.skipif(
+    os.environ.get("LBDN_TEST_FULL_ARCHIVE") != "1", reason="set LBDN_TEST_FULL_ARCHIVE=1 to decode all 50,000 images"
+)
 def test_full_real_archive(tmp_path: Path) -> None:
     root = unpack_cifar_jpegs(tmp_path / "cifar", None)
     spec = ExperimentSpec(model="KWL", dataset="image_folder", data_path=str(root))

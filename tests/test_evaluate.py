@@ -30,8 +30,18 @@ def write_colours(root: Path, per_class: int = 48) -> None:
 def trained(tmp_path_factory) -> tuple[Path, Path]:
     data = tmp_path_factory.mktemp("data")
     write_colours(data / "colours")
-    spec = ExperimentSpec(model="KWL", layer="Sandwich", scale="small", gamma=1.0, dataset="image_folder",
-                          data_path="colours", loss="multimargin", epochs=5, train_batch_size=24, lr=0.01)
+    spec = ExperimentSpec(
+        model="KWL",
+        layer="Sandwich",
+        scale="small",
+        gamma=1.0,
+        dataset="image_folder",
+        data_path="colours",
+        loss="multimargin",
+        epochs=5,
+        train_batch_size=24,
+        lr=0.01,
+    )
     run = train(spec, tmp_path_factory.mktemp("run"), data_dir=data, lipschitz_restarts=0)
     assert run.metrics[-1]["test_acc"] >= 90.0
     return run.run_dir / MODEL, data
@@ -40,8 +50,17 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
 def test_autoattack_accuracy_is_bracketed_by_clean_and_certified(trained) -> None:
     model_path, data = trained
     seen = []
-    result = evaluate_robustness(model_path, data_dir=data, eps=(36,), version="custom", attacks=["apgd-ce"],
-                                 n_examples=6, device="cpu", batch_size=6, on_progress=seen.append)
+    result = evaluate_robustness(
+        model_path,
+        data_dir=data,
+        eps=(36,),
+        version="custom",
+        attacks=["apgd-ce"],
+        n_examples=6,
+        device="cpu",
+        batch_size=6,
+        on_progress=seen.append,
+    )
     assert result["n"] == 6 and result["version"] == "custom" and result["attacks"] == ["apgd-ce"]
     assert result["clean_acc"] >= 90.0
     assert result["certified_acc"]["36"] <= result["autoattack_acc"]["36"] <= result["clean_acc"]

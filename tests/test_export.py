@@ -19,10 +19,14 @@ from tests.conftest import SHARED
 pytest.importorskip("onnxruntime")
 
 TOY = [dict(model="Toy", layer=layer, gamma=5.0) for layer in ("Sandwich", "Orthogon", "Aol", "SLL", "Plain")]
-KWL = [dict(model="KWL", layer=layer, scale="small", gamma=2.0, dataset="cifar10")
-       for layer in ("Sandwich", "Orthogon", "Aol", "Plain")]
-BIG = [dict(model="Resnet", layer="SLL", scale="small", gamma=1.0, dataset="cifar10"),
-       dict(model="DNN", dataset="cifar100", gamma=1.0)]
+KWL = [
+    dict(model="KWL", layer=layer, scale="small", gamma=2.0, dataset="cifar10")
+    for layer in ("Sandwich", "Orthogon", "Aol", "Plain")
+]
+BIG = [
+    dict(model="Resnet", layer="SLL", scale="small", gamma=1.0, dataset="cifar10"),
+    dict(model="DNN", dataset="cifar100", gamma=1.0),
+]
 
 
 def _loaded(kw: dict) -> LoadedModel:

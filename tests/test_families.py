@@ -50,7 +50,13 @@ class SpectralConv(nn.Module):
     """Zero-padded conv with ReLU, kernel / ||(||k_oi||_1)||_2: (b, in, N, N) -> (b, out, N/s, N/s)."""
 
     def __init__(
-        self, in_channels: int, out_channels: int, kernel_size: int = 3, *, stride: int = 1, scale: float = 1.0,
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        *,
+        stride: int = 1,
+        scale: float = 1.0,
         input_size: int | None = None,
     ) -> None:
         super().__init__()
@@ -70,10 +76,17 @@ def spectral_lin(in_features: int, out_features: int, *, scale: float = 1.0) -> 
     return SpectralLinear(in_features, out_features, scale=scale, relu=False)
 
 
-SPECTRAL = register_family(LayerFamily(
-    "Spectral", conv=SpectralConv, fc=SpectralLinear, lin=spectral_lin, toy_width=16, kwl_hidden=64,
-    description="spectral-normalised layers (defined in tests/test_families.py)",
-))
+SPECTRAL = register_family(
+    LayerFamily(
+        "Spectral",
+        conv=SpectralConv,
+        fc=SpectralLinear,
+        lin=spectral_lin,
+        toy_width=16,
+        kwl_hidden=64,
+        description="spectral-normalised layers (defined in tests/test_families.py)",
+    )
+)
 
 
 def assert_bounded(model: nn.Module, x: Tensor, bound: float) -> None:
@@ -133,10 +146,16 @@ def test_an_unbounded_family_drops_gamma_and_one_without_conv_is_toy_only() -> N
     assert len(Toy(fc_only, 1.0).body) == 10
     with pytest.raises(ValueError, match="KWL needs conv, fc and lin"):
         KWL(fc_only, 1, 1.0)
-    free = register_family(LayerFamily(
-        "FreeFc", fc="lipcore.layers.plain:plain_linear", lin="lipcore.layers.plain:plain_linear",
-        activation="torch.nn:ReLU", bounded=False, toy_width=8,
-    ))
+    free = register_family(
+        LayerFamily(
+            "FreeFc",
+            fc="lipcore.layers.plain:plain_linear",
+            lin="lipcore.layers.plain:plain_linear",
+            activation="torch.nn:ReLU",
+            bounded=False,
+            toy_width=8,
+        )
+    )
     spec = ExperimentSpec(model="Toy", layer=free.name, gamma=2.0)
     assert spec.gamma is None and not spec.bounded and build(spec).gamma is None
     with pytest.raises(ValidationError, match="cert_acc needs a Lipschitz bound; an unconstrained FreeFc network"):

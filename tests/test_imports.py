@@ -12,7 +12,17 @@ from pathlib import Path
 import pytest
 
 FORBIDDEN = (
-    "fastapi", "starlette", "celery", "sqlalchemy", "uvicorn", "redis", "api", "worker", "kombu", "core", "alembic",
+    "fastapi",
+    "starlette",
+    "celery",
+    "sqlalchemy",
+    "uvicorn",
+    "redis",
+    "api",
+    "worker",
+    "kombu",
+    "core",
+    "alembic",
 )
 
 

@@ -79,8 +79,15 @@ def test_fc_layers_bounded_by_scale(cls, fin, fout, scale, shift) -> None:
 
 @pytest.mark.parametrize("cls", CONV, ids=lambda c: c.__name__)
 @PROPS
-@given(cin=st.integers(1, 4), cout=st.integers(1, 4), k=st.sampled_from([1, 3, 5]), stride=st.sampled_from([1, 2]),
-       n=st.sampled_from([4, 6, 8]), scale=st.floats(0.1, 4.0), shift=st.sampled_from([0.0, 3.0]))
+@given(
+    cin=st.integers(1, 4),
+    cout=st.integers(1, 4),
+    k=st.sampled_from([1, 3, 5]),
+    stride=st.sampled_from([1, 2]),
+    n=st.sampled_from([4, 6, 8]),
+    scale=st.floats(0.1, 4.0),
+    shift=st.sampled_from([0.0, 3.0]),
+)
 def test_fourier_conv_layers_bounded_by_scale(cls, cin, cout, k, stride, n, scale, shift) -> None:
     assume((max(1, k // 2) if stride == 2 else k) <= n // stride)
     layer = cls(cin, cout, k, stride=stride, scale=scale, input_size=n).double()
@@ -90,8 +97,14 @@ def test_fourier_conv_layers_bounded_by_scale(cls, cin, cout, k, stride, n, scal
 
 @pytest.mark.parametrize("cls", [L.AolConv, L.AolConvLin], ids=lambda c: c.__name__)
 @PROPS
-@given(cin=st.integers(1, 4), cout=st.integers(1, 4), k=st.sampled_from([1, 3, 5]), n=st.sampled_from([4, 7]),
-       scale=st.floats(0.1, 4.0), shift=st.sampled_from([0.0, 3.0]))
+@given(
+    cin=st.integers(1, 4),
+    cout=st.integers(1, 4),
+    k=st.sampled_from([1, 3, 5]),
+    n=st.sampled_from([4, 7]),
+    scale=st.floats(0.1, 4.0),
+    shift=st.sampled_from([0.0, 3.0]),
+)
 def test_aol_conv_bounded_by_scale(cls, cin, cout, k, n, scale, shift) -> None:
     layer = cls(cin, cout, k, scale=scale).double()
     randomise_(layer, shift)
@@ -107,8 +120,13 @@ def test_sll_fc_is_one_lipschitz(features, inner, shift) -> None:
 
 
 @PROPS
-@given(channels=st.integers(1, 4), inner=st.integers(1, 5), k=st.sampled_from([1, 3]), n=st.sampled_from([4, 6]),
-       shift=st.sampled_from([0.0, 3.0]))
+@given(
+    channels=st.integers(1, 4),
+    inner=st.integers(1, 5),
+    k=st.sampled_from([1, 3]),
+    n=st.sampled_from([4, 6]),
+    shift=st.sampled_from([0.0, 3.0]),
+)
 def test_sll_conv_is_one_lipschitz(channels, inner, k, n, shift) -> None:
     block = L.SLLBlockConv(channels, inner, k).double()
     randomise_(block, shift)
@@ -126,6 +144,7 @@ def test_linear_layers_are_tight() -> None:
 
 
 # ---- models at random init ------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("layer", ["Sandwich", "Orthogon", "Aol", "SLL"])
 @settings(max_examples=4, deadline=None)
@@ -231,8 +250,10 @@ def test_aol_tiny_weights_empirically_bounded(flush_to_zero) -> None:
 
 # ---- verified bound (issue 8) --------------------------------------------------------------------
 
-@pytest.mark.parametrize("cls", FC + CONV + [L.AolConv, L.AolConvLin, L.SLLBlockFc, L.SLLBlockConv],
-                         ids=lambda c: c.__name__)
+
+@pytest.mark.parametrize(
+    "cls", FC + CONV + [L.AolConv, L.AolConvLin, L.SLLBlockFc, L.SLLBlockConv], ids=lambda c: c.__name__
+)
 @settings(max_examples=4, deadline=None)
 @given(scale=st.floats(0.1, 4.0), shift=st.sampled_from([0.0, 3.0]), stride=st.sampled_from([1, 2]))
 def test_layer_verified_bound_dominates_jacobian(cls, scale, shift, stride) -> None:
@@ -240,7 +261,11 @@ def test_layer_verified_bound_dominates_jacobian(cls, scale, shift, stride) -> N
     if cls in (L.SLLBlockFc, L.SLLBlockConv):
         layer = cls(5, 4) if cls is L.SLLBlockFc else cls(3, 4, 3)
         scale = 1.0
-        x = torch.randn(2, 5, dtype=torch.float64) if cls is L.SLLBlockFc else torch.randn(2, 3, 6, 6, dtype=torch.float64)
+        x = (
+            torch.randn(2, 5, dtype=torch.float64)
+            if cls is L.SLLBlockFc
+            else torch.randn(2, 3, 6, 6, dtype=torch.float64)
+        )
     elif cls in CONV:
         layer = cls(3, 4, 3, stride=stride, scale=scale, input_size=8)
         x = torch.randn(2, 3, 8, 8, dtype=torch.float64)

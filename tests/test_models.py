@@ -9,12 +9,14 @@ from lipcore import layers as L
 from lipcore.models import build, list_models
 from lipcore.spec import ExperimentSpec
 
-CONFIGS = [
-    dict(model="Toy", layer=layer, gamma=2.0) for layer in ("Sandwich", "Orthogon", "Aol", "SLL", "Plain")
-] + [
-    dict(model="KWL", layer=layer, scale="small", dataset="cifar10", gamma=2.0)
-    for layer in ("Sandwich", "Orthogon", "Aol", "Plain")
-] + [dict(model="KWL", layer="Sandwich", scale="small", dataset="tiny_imagenet", gamma=2.0)]
+CONFIGS = (
+    [dict(model="Toy", layer=layer, gamma=2.0) for layer in ("Sandwich", "Orthogon", "Aol", "SLL", "Plain")]
+    + [
+        dict(model="KWL", layer=layer, scale="small", dataset="cifar10", gamma=2.0)
+        for layer in ("Sandwich", "Orthogon", "Aol", "Plain")
+    ]
+    + [dict(model="KWL", layer="Sandwich", scale="small", dataset="tiny_imagenet", gamma=2.0)]
+)
 
 
 def test_registry_lists_the_paper_models() -> None:

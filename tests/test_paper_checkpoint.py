@@ -79,7 +79,13 @@ def test_imported_sll_bound_is_raised_not_lowered() -> None:
 def test_run_dir_names_give_the_spec() -> None:
     spec = spec_from_run_dir("/x/saved_models_seed7/cifar100/Resnet-SLL-small-LLN-gamma1.0/model.ckpt")
     assert (spec.model, spec.layer, spec.scale, spec.lln, spec.gamma, spec.dataset, spec.seed) == (
-        "Resnet", "SLL", "small", True, 1.0, "cifar100", 7,
+        "Resnet",
+        "SLL",
+        "small",
+        True,
+        1.0,
+        "cifar100",
+        7,
     )
     with pytest.raises(ValueError, match="folder name"):
         spec_from_run_dir("/x/some-folder/model.ckpt")
@@ -93,21 +99,36 @@ def test_run_directory_prefers_safetensors(tmp_path: Path) -> None:
         load_model(run)
     spec = ExperimentSpec(model="KWL", layer="Sandwich", scale="small", gamma=2.0, dataset="cifar10")
     loaded = load_model(run, spec)
-    save_model(run / "model.safetensors", loaded.model, spec, classes=loaded.classes, mean=loaded.mean,
-               std=loaded.std, sll_reference_epsilon=True)
+    save_model(
+        run / "model.safetensors",
+        loaded.model,
+        spec,
+        classes=loaded.classes,
+        mean=loaded.mean,
+        std=loaded.std,
+        sll_reference_epsilon=True,
+    )
     again = load_model(run)
     assert again.source == "lbdn" and again.classes[0] == "airplane"
 
 
-@pytest.mark.parametrize("layout", LAYOUTS, ids=lambda lay: f"{lay['model']}-{lay['layer']}-{lay['dataset']}-LLN{lay['LLN']}")
+@pytest.mark.parametrize(
+    "layout", LAYOUTS, ids=lambda lay: f"{lay['model']}-{lay['layer']}-{lay['dataset']}-LLN{lay['LLN']}"
+)
 def test_index_layouts_load_into_our_architectures(layout: dict, tmp_path: Path) -> None:
     """State dicts of the listed key names and shapes (random values) load, each tensor in its place."""
     gen = torch.Generator().manual_seed(0)
     state = {k: torch.randn(tuple(shape), generator=gen) for k, shape in layout["keys"].items()}
     path = tmp_path / "model.ckpt"
     torch.save(state, path)
-    spec = ExperimentSpec(model=layout["model"], layer=layout["layer"], scale=layout["scale"],
-                          dataset=layout["dataset"], gamma=layout["gamma"], lln=layout["LLN"])
+    spec = ExperimentSpec(
+        model=layout["model"],
+        layer=layout["layer"],
+        scale=layout["scale"],
+        dataset=layout["dataset"],
+        gamma=layout["gamma"],
+        lln=layout["LLN"],
+    )
     loaded = load_model(path, spec)
     ours = loaded.model.state_dict()
     assert len(ours) == len(state)
@@ -161,8 +182,13 @@ def test_code_running_pickle_is_refused_and_nothing_runs(container: str, tmp_pat
     assert not marker.exists()
     # The payload is live: a full unpickle (what we never do) runs it. Checked in a child process.
     code = f"import torch; torch.load({str(path)!r}, weights_only=False)"
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1],
-                   capture_output=True, timeout=300)
+    subprocess.run(
+        [sys.executable, "-c", code],
+        check=True,
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        timeout=300,
+    )
     assert marker.read_text() == "ran"
 
 
@@ -185,8 +211,26 @@ def test_cli_eval_runs_the_table1_study_on_a_paper_run_directory(tmp_path: Path,
     run = tmp_path / "saved_seed123" / "square_wave" / "Toy-Sandwich-small-gamma5.0"
     run.mkdir(parents=True)
     shutil.copy(PAPER / "square_wave/Toy-Sandwich-small-gamma5.0/model.ckpt", run / "model.ckpt")
-    code = main(["--mode", "eval", "-m", "Toy", "-d", "square_wave", "--layer", "Sandwich", "-g", "5",
-                 "--root_dir", str(tmp_path / "saved"), "--lip-restarts", "1", "--device", "cpu"])
+    code = main(
+        [
+            "--mode",
+            "eval",
+            "-m",
+            "Toy",
+            "-d",
+            "square_wave",
+            "--layer",
+            "Sandwich",
+            "-g",
+            "5",
+            "--root_dir",
+            str(tmp_path / "saved"),
+            "--lip-restarts",
+            "1",
+            "--device",
+            "cpu",
+        ]
+    )
     assert code == 0
     out = capsys.readouterr().out
     assert "Evaluating the paper checkpoint" in out

@@ -18,7 +18,9 @@ def test_fifty_two_rows() -> None:
     assert len(ROWS) == 52
 
 
-@pytest.mark.parametrize("row", ROWS, ids=lambda r: f"{r['model']}-{r['layer']}-{r['scale']}-{r['dataset']}{'-LLN' if r['lln'] else ''}")
+@pytest.mark.parametrize(
+    "row", ROWS, ids=lambda r: f"{r['model']}-{r['layer']}-{r['scale']}-{r['dataset']}{'-LLN' if r['lln'] else ''}"
+)
 def test_trainable_parameter_count(row: dict) -> None:
     spec = ExperimentSpec(
         model=row["model"], layer=row["layer"], scale=row["scale"], dataset=row["dataset"], lln=row["lln"]

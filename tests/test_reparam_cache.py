@@ -24,8 +24,11 @@ SPECS = [
 def small_model(spec: dict) -> torch.nn.Module:
     if spec["model"] == "DNN":  # the full DNN is large; its layers are the sandwich ones tested here
         return torch.nn.Sequential(
-            L.SandwichConv(3, 4, 3, scale=1.0, input_size=8), L.SandwichConv(4, 4, 3, stride=2, input_size=8),
-            torch.nn.Flatten(), L.SandwichFc(64, 16, scale=1.0), L.LinearNormalized(16, 3),
+            L.SandwichConv(3, 4, 3, scale=1.0, input_size=8),
+            L.SandwichConv(4, 4, 3, stride=2, input_size=8),
+            torch.nn.Flatten(),
+            L.SandwichFc(64, 16, scale=1.0),
+            L.LinearNormalized(16, 3),
         )
     return build(ExperimentSpec(**spec))
 

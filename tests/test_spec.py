@@ -10,7 +10,14 @@ from lipcore.spec import ExperimentSpec
 
 def test_paper_defaults() -> None:
     s = ExperimentSpec()
-    assert (s.model, s.layer, s.scale, s.dataset, s.gamma, s.loss) == ("Resnet", "SLL", "xlarge", "tiny_imagenet", 1.0, "xent")
+    assert (s.model, s.layer, s.scale, s.dataset, s.gamma, s.loss) == (
+        "Resnet",
+        "SLL",
+        "xlarge",
+        "tiny_imagenet",
+        1.0,
+        "xent",
+    )
     assert (s.epochs, s.seed, s.lr, s.train_batch_size, s.test_batch_size) == (100, 123, 0.01, 256, 256)
     assert s.offset == 1.5 and (s.in_channels, s.img_size, s.num_classes) == (3, 64, 200)
 
@@ -29,7 +36,9 @@ def test_resolution_rules() -> None:
 
 
 def test_run_directory_naming() -> None:
-    s = ExperimentSpec(model="KWL", layer="Sandwich", scale="small", gamma=100, dataset="cifar10", loss="multimargin", seed=7)
+    s = ExperimentSpec(
+        model="KWL", layer="Sandwich", scale="small", gamma=100, dataset="cifar10", loss="multimargin", seed=7
+    )
     assert s.train_dir("./saved_models") == "./saved_models_seed7/cifar10/KWL-Sandwich-small-gamma100.0"
     d = ExperimentSpec(model="DNN", gamma=1, dataset="tiny_imagenet")
     assert d.train_dir("runs") == "runs_seed123/tiny_imagenet/DNN-Sandwich-small-LLN-gamma1.0"
@@ -47,10 +56,16 @@ def test_run_directory_naming() -> None:
         (dict(model="KWL", layer="Aol", gamma=0, dataset="cifar10"), "gamma"),
         (dict(model="KWL", layer="Aol", gamma=-1, dataset="cifar10"), "gamma"),
         (dict(model="KWL", layer="Aol", gamma=float("inf"), dataset="cifar10"), "gamma"),
-        (dict(model="KWL", layer="Aol", scale="xlarge", dataset="cifar10"), "scale 'xlarge' is not defined for model KWL"),
+        (
+            dict(model="KWL", layer="Aol", scale="xlarge", dataset="cifar10"),
+            "scale 'xlarge' is not defined for model KWL",
+        ),
         (dict(model="DNN", loss="multimargin", dataset="cifar10"), "model DNN requires loss='xent'"),
         (dict(model="DNN", lln=False, dataset="cifar10"), "model DNN requires lln=True"),
-        (dict(model="KWL", layer="Sandwich", lln=True, dataset="cifar10"), "lln (last-layer normalisation) is defined for models DNN and Resnet"),
+        (
+            dict(model="KWL", layer="Sandwich", lln=True, dataset="cifar10"),
+            "lln (last-layer normalisation) is defined for models DNN and Resnet",
+        ),
         (dict(model="KWL", layer="Plain", cert_acc=True, dataset="cifar10"), "cert_acc needs a Lipschitz bound"),
         (dict(model="KWL", layer="Aol", dataset="mnist"), "dataset 'mnist' is unknown"),
         (dict(model="KWL", layer="Aol", dataset="image_folder"), "needs data_path"),

@@ -137,8 +137,12 @@ def test_compiled_training_matches_eager(tmp_path, monkeypatch) -> None:
 def test_kwl_sandwich_layers_agree_in_float32_and_float64() -> None:
     """The float32 fast path stays within float tolerance of the float64 computation."""
     torch.manual_seed(4)
-    for layer in (L.SandwichConv(3, 8, 3, input_size=8), L.SandwichConv(4, 8, 3, stride=2, input_size=8),
-                  L.OrthogonConv(4, 6, 3, input_size=8), L.SandwichConvLin(4, 4, 3, input_size=8)):
+    for layer in (
+        L.SandwichConv(3, 8, 3, input_size=8),
+        L.SandwichConv(4, 8, 3, stride=2, input_size=8),
+        L.OrthogonConv(4, 6, 3, input_size=8),
+        L.SandwichConvLin(4, 4, 3, input_size=8),
+    ):
         x = torch.randn(4, layer.in_channels, 8, 8, dtype=torch.float64)
         y64 = layer.double()(x)
         y32 = layer.float()(x.float())

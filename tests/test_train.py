@@ -17,7 +17,8 @@ from tests.fakedata import write_folder
 
 def test_learning_rate_schedule_is_the_papers() -> None:
     assert [lr_at(t, 100, 0.01) for t in (0, 20, 40, 60, 80, 90, 100)] == pytest.approx(
-        [0, 0.005, 0.01, 0.01 - 0.0095 / 2, 0.0005, 0.00025, 0])
+        [0, 0.005, 0.01, 0.01 - 0.0095 / 2, 0.0005, 0.00025, 0]
+    )
     # knots use integer division, as main.py: 2 epochs -> 0 -> lr at epoch 0 (2*2//5 = 0)
     assert lr_at(0.5, 7, 1.0) == pytest.approx(0.5 / (7 * 2 // 5))
 
@@ -65,8 +66,19 @@ def folder(tmp_path_factory) -> Path:
     return data
 
 
-IMAGE_SPEC = dict(model="KWL", layer="Sandwich", scale="small", dataset="image_folder", data_path="shapes",
-                  loss="xent", epochs=3, train_batch_size=16, test_batch_size=16, cert_acc=True, gamma=2.0)
+IMAGE_SPEC = dict(
+    model="KWL",
+    layer="Sandwich",
+    scale="small",
+    dataset="image_folder",
+    data_path="shapes",
+    loss="xent",
+    epochs=3,
+    train_batch_size=16,
+    test_batch_size=16,
+    cert_acc=True,
+    gamma=2.0,
+)
 
 
 @pytest.mark.parametrize("how", ["stop_mid_epoch", "crash_mid_epoch", "stop_at_epoch_end"])
@@ -97,8 +109,7 @@ def test_resumed_image_run_ends_with_identical_weights(folder: Path, tmp_path: P
 def test_toy_run_writes_the_run_directory(tmp_path: Path) -> None:
     spec = ExperimentSpec(model="Toy", layer="Sandwich", gamma=5.0, epochs=6)
     epochs_seen = []
-    train(spec, tmp_path, hooks=TrainHooks(on_epoch=lambda row: epochs_seen.append(row["epoch"])),
-          lipschitz_restarts=1)
+    train(spec, tmp_path, hooks=TrainHooks(on_epoch=lambda row: epochs_seen.append(row["epoch"])), lipschitz_restarts=1)
     assert epochs_seen == list(range(1, 7))
     for name in (SPEC, METRICS, MODEL, CHECKPOINT, SUMMARY, "log.txt"):
         assert (tmp_path / name).is_file(), name
@@ -119,8 +130,9 @@ def test_resume_refuses_a_different_experiment(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="already holds a different experiment"):
         train(ExperimentSpec(model="Toy", layer="Aol", gamma=1.0, epochs=2), tmp_path, lipschitz_restarts=0)
     # without resume it starts afresh
-    fresh = train(ExperimentSpec(model="Toy", layer="Aol", gamma=1.0, epochs=2), tmp_path, resume=False,
-                  lipschitz_restarts=0)
+    fresh = train(
+        ExperimentSpec(model="Toy", layer="Aol", gamma=1.0, epochs=2), tmp_path, resume=False, lipschitz_restarts=0
+    )
     assert fresh.resumed_from is None and len(fresh.metrics) == 2
 
 

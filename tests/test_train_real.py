@@ -22,9 +22,19 @@ def cifar_slice(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_kwl_sandwich_learns_real_cifar10_with_certificates(cifar_slice: Path, tmp_path: Path) -> None:
-    spec = ExperimentSpec(model="KWL", layer="Sandwich", scale="small", gamma=1.0, dataset="image_folder",
-                          data_path=str(cifar_slice), loss="xent", epochs=4, train_batch_size=128,
-                          test_batch_size=300, cert_acc=True)
+    spec = ExperimentSpec(
+        model="KWL",
+        layer="Sandwich",
+        scale="small",
+        gamma=1.0,
+        dataset="image_folder",
+        data_path=str(cifar_slice),
+        loss="xent",
+        epochs=4,
+        train_batch_size=128,
+        test_batch_size=300,
+        cert_acc=True,
+    )
     result = train(spec, tmp_path / "run", data_dir=tmp_path / "data", lipschitz_restarts=1)
     last = result.metrics[-1]
     assert last["test_acc"] >= 20.0, result.metrics  # at least twice chance after 84 steps
@@ -46,9 +56,20 @@ def test_normalized_cert_acc_is_pixel_space(cifar_slice: Path, tmp_path: Path) -
     from lipcore.checkpoint import load_model
     from lipcore.data import load_data
 
-    spec = ExperimentSpec(model="KWL", layer="Sandwich", scale="small", gamma=1.0, dataset="image_folder",
-                          data_path=str(cifar_slice), loss="xent", epochs=3, train_batch_size=128,
-                          test_batch_size=300, cert_acc=True, normalized=True)
+    spec = ExperimentSpec(
+        model="KWL",
+        layer="Sandwich",
+        scale="small",
+        gamma=1.0,
+        dataset="image_folder",
+        data_path=str(cifar_slice),
+        loss="xent",
+        epochs=3,
+        train_batch_size=128,
+        test_batch_size=300,
+        cert_acc=True,
+        normalized=True,
+    )
     result = train(spec, tmp_path / "run", data_dir=tmp_path / "data", lipschitz_restarts=0)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())[-1]
     loaded = load_model(tmp_path / "run" / "model.safetensors")

@@ -23,12 +23,20 @@ def build(case: str) -> torch.nn.Module:
     m = lambda n: meta(case, n)  # noqa: E731
     fam = case.removesuffix("_stride2")
     if fam in ("sandwich_conv", "sandwich_conv_lin", "orthogon_conv"):
-        cls = {"sandwich_conv": L.SandwichConv, "sandwich_conv_lin": L.SandwichConvLin, "orthogon_conv": L.OrthogonConv}[fam]
+        cls = {
+            "sandwich_conv": L.SandwichConv,
+            "sandwich_conv_lin": L.SandwichConvLin,
+            "orthogon_conv": L.OrthogonConv,
+        }[fam]
         size = DATA[f"{case}/x"].shape[-1]
         return cls(m("cin"), m("cout"), m("kernel"), stride=m("stride"), scale=m("scale"), input_size=size)
     fc = {
-        "sandwich_fc": L.SandwichFc, "sandwich_lin": L.SandwichLin, "orthogon_fc": L.OrthogonFc,
-        "orthogon_lin": L.OrthogonLin, "aol_fc": L.AolFc, "aol_lin": L.AolLin,
+        "sandwich_fc": L.SandwichFc,
+        "sandwich_lin": L.SandwichLin,
+        "orthogon_fc": L.OrthogonFc,
+        "orthogon_lin": L.OrthogonLin,
+        "aol_fc": L.AolFc,
+        "aol_lin": L.AolLin,
         "linear_normalized": L.LinearNormalized,
     }
     if fam in fc:

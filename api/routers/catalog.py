@@ -20,7 +20,8 @@ router = APIRouter(prefix="/v1", tags=["catalog"])
 
 
 @router.get(
-    "/catalog", summary="Models (layers, scales, defaults, task) and layer families a spec may name",
+    "/catalog",
+    summary="Models (layers, scales, defaults, task) and layer families a spec may name",
     responses=problem_responses(401),
 )
 def get_catalog(_: CurrentTenant) -> dict[str, Any]:

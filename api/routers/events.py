@@ -55,7 +55,9 @@ async def _stream(request: Request, job_id: str, after: int) -> AsyncIterator[di
 async def job_events(
     job: TenantJob,
     request: Request,
-    after: Annotated[int | None, Query(ge=0, le=MAX_QUERY_INT, description="send events after this sequence number")] = None,
+    after: Annotated[
+        int | None, Query(ge=0, le=MAX_QUERY_INT, description="send events after this sequence number")
+    ] = None,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", pattern=r"^[0-9]{1,18}$")] = None,
 ) -> EventSourceResponse:
     start = after if after is not None else int(last_event_id or 0)

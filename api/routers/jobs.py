@@ -68,9 +68,9 @@ def _check_active_jobs(session: Session, tenant: str, settings: Settings, idempo
         select(Job.id).where(Job.tenant == tenant, Job.idempotency_key == idempotency_key)
     ):
         return
-    active = session.scalar(
-        select(func.count()).select_from(Job).where(Job.tenant == tenant, Job.status.in_(ACTIVE))
-    ) or 0
+    active = (
+        session.scalar(select(func.count()).select_from(Job).where(Job.tenant == tenant, Job.status.in_(ACTIVE))) or 0
+    )
     limit = settings.max_active_jobs_per_tenant
     if active >= limit:
         raise HTTPException(

@@ -41,11 +41,15 @@ IMPORT_BODY = {
             "required": ["checkpoint", "spec"],
             "properties": {
                 "checkpoint": {
-                    "type": "string", "format": "binary",
+                    "type": "string",
+                    "format": "binary",
                     "description": "the paper's model.ckpt (torch.save of the state dict) or our model.safetensors",
                 },
-                "spec": {"type": "string", "description": "the ExperimentSpec as JSON, e.g. "
-                         '{"model": "KWL", "layer": "Sandwich", "scale": "small", "gamma": 2.0, "dataset": "cifar10"}'},
+                "spec": {
+                    "type": "string",
+                    "description": "the ExperimentSpec as JSON, e.g. "
+                    '{"model": "KWL", "layer": "Sandwich", "scale": "small", "gamma": 2.0, "dataset": "cifar10"}',
+                },
             },
         }
     }
@@ -64,7 +68,10 @@ async def read_import_body(request: Request) -> ImportUpload:
     settings = request.app.state.settings
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype != "multipart/form-data":
-        raise HTTPException(415, f"send multipart/form-data with parts 'checkpoint' (file) and 'spec' (JSON), not {ctype or 'no content type'}")
+        raise HTTPException(
+            415,
+            f"send multipart/form-data with parts 'checkpoint' (file) and 'spec' (JSON), not {ctype or 'no content type'}",
+        )
     try:
         form = await request.form(max_files=1, max_fields=4, max_part_size=settings.max_upload_bytes)
     except (MultiPartException, StarletteHTTPException) as e:
@@ -73,7 +80,9 @@ async def read_import_body(request: Request) -> ImportUpload:
     try:
         upload, spec_text = form.get("checkpoint"), form.get("spec")
         if not isinstance(upload, UploadFile):
-            raise HTTPException(422, "checkpoint: expected a file part named 'checkpoint' (model.ckpt or model.safetensors)")
+            raise HTTPException(
+                422, "checkpoint: expected a file part named 'checkpoint' (model.ckpt or model.safetensors)"
+            )
         if not isinstance(spec_text, str):
             raise HTTPException(422, "spec: expected a text part named 'spec' holding the ExperimentSpec as JSON")
         try:
@@ -81,10 +90,16 @@ async def read_import_body(request: Request) -> ImportUpload:
         except json.JSONDecodeError as e:
             raise HTTPException(422, f"spec: not valid JSON ({e})") from None
         except ValidationError as e:
-            msgs = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'spec'}: {err['msg'].removeprefix('Value error, ')}" for err in e.errors())
+            msgs = "; ".join(
+                f"{'.'.join(map(str, err['loc'])) or 'spec'}: {err['msg'].removeprefix('Value error, ')}"
+                for err in e.errors()
+            )
             raise HTTPException(422, f"spec: {msgs}") from None
         if not spec.resolved:
-            raise HTTPException(422, f"spec: dataset {spec.dataset!r} has no fixed input shape; give in_channels, img_size and num_classes")
+            raise HTTPException(
+                422,
+                f"spec: dataset {spec.dataset!r} has no fixed input shape; give in_channels, img_size and num_classes",
+            )
         return ImportUpload(spec, upload.filename or "checkpoint", await upload.read())
     finally:
         await form.close()
@@ -120,11 +135,21 @@ def import_model(
             raise HTTPException(422, f"checkpoint: {e}".replace("upload", upload.name)) from None
         spec = loaded.spec
         staged = os.path.join(tmp, MODEL)
-        save_model(staged, loaded.model, spec, classes=loaded.classes, mean=loaded.mean, std=loaded.std,
-                   sll_reference_epsilon=loaded.sll_reference_epsilon)
+        save_model(
+            staged,
+            loaded.model,
+            spec,
+            classes=loaded.classes,
+            mean=loaded.mean,
+            std=loaded.std,
+            sll_reference_epsilon=loaded.sll_reference_epsilon,
+        )
         result = {
-            "source": loaded.source, "file": upload.name, "classes": loaded.classes,
-            "gamma_used": loaded.model.gamma, "bound_factor": loaded.bound_factor,
+            "source": loaded.source,
+            "file": upload.name,
+            "classes": loaded.classes,
+            "gamma_used": loaded.model.gamma,
+            "bound_factor": loaded.bound_factor,
         }
         # One transaction: the job is never seen queued (no worker task exists for kind "import").
         with transaction(request.app.state.sessions) as s:
@@ -150,7 +175,9 @@ def export_model(
     model: TenantModel,
     request: Request,
     settings: SettingsDep,
-    format: Annotated[Literal["onnx", "torch"], Query(description="onnx (onnxruntime) or torch (torch.export .pt2)")] = "onnx",
+    format: Annotated[
+        Literal["onnx", "torch"], Query(description="onnx (onnxruntime) or torch (torch.export .pt2)")
+    ] = "onnx",
 ) -> FileResponse:
     folder = settings.job_dir(model.id)
     weights = folder / MODEL

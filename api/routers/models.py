@@ -99,9 +99,7 @@ async def certify_inputs(
         bound, results, report, shape = out.bound, out.results, None, out.shape
     metrics.certify_latency.labels(str(attack).lower()).observe(time.perf_counter() - t0)
     metrics.certified_inputs.inc(len(results))
-    return CertifyOut(
-        model_id=model.id, input_shape=list(shape), lipschitz_bound=bound, results=results, attack=report
-    )
+    return CertifyOut(model_id=model.id, input_shape=list(shape), lipschitz_bound=bound, results=results, attack=report)
 
 
 def _certify_and_attack(

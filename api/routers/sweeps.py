@@ -66,8 +66,12 @@ def _matches(spec: dict[str, Any], only: dict[str, list[Any]]) -> bool:
         if key not in spec:
             raise HTTPException(422, f"only.{key}: not a spec field")
         have = spec[key]
-        if not any(have == v or (isinstance(have, (int, float)) and _number(v) == have)
-                   or (have is None and str(v).lower() in ("none", "null")) for v in values):
+        if not any(
+            have == v
+            or (isinstance(have, (int, float)) and _number(v) == have)
+            or (have is None and str(v).lower() in ("none", "null"))
+            for v in values
+        ):
             return False
     return True
 
@@ -86,11 +90,17 @@ def _evaluate(body: SweepRequest) -> dict[str, Any] | None:
     return AttackParams().model_dump() if wanted else None
 
 
-@router.post("", status_code=201, response_model=SweepOut, dependencies=[Depends(require_json)],
-             responses=problem_responses(415, 422),
-             summary="Start a sweep: one training job per grid point (and evaluations as they finish)")
-def create_sweep(body: SweepRequest, request: Request, session: SessionDep, tenant: CurrentTenant,
-                 settings: SettingsDep) -> SweepOut:
+@router.post(
+    "",
+    status_code=201,
+    response_model=SweepOut,
+    dependencies=[Depends(require_json)],
+    responses=problem_responses(415, 422),
+    summary="Start a sweep: one training job per grid point (and evaluations as they finish)",
+)
+def create_sweep(
+    body: SweepRequest, request: Request, session: SessionDep, tenant: CurrentTenant, settings: SettingsDep
+) -> SweepOut:
     raw = _specs(body)
     if len(raw) > MAX_JOBS:
         raise HTTPException(422, f"grid: {len(raw)} jobs; a sweep holds at most {MAX_JOBS}")
@@ -112,8 +122,13 @@ def create_sweep(body: SweepRequest, request: Request, session: SessionDep, tena
             raise HTTPException(422, f"only: no job of the sweep matches {body.only}")
     evaluate = _evaluate(body)
     sweep, made = sweeps.create_sweep(
-        session, tenant=tenant, name=body.name or body.preset or "sweep", preset=body.preset,
-        request=body.model_dump(mode="json", exclude_none=True), evaluate=evaluate, specs=resolved,
+        session,
+        tenant=tenant,
+        name=body.name or body.preset or "sweep",
+        preset=body.preset,
+        request=body.model_dump(mode="json", exclude_none=True),
+        evaluate=evaluate,
+        specs=resolved,
     )
     session.commit()
     for job in made:
@@ -131,8 +146,10 @@ def list_sweeps(
     cursor: Annotated[str | None, Query(pattern=r"^[0-9]{1,18}$")] = None,
 ) -> SweepPage:
     rows = sweeps.list_sweeps(session, tenant, preset=preset, limit=limit, before_pk=int(cursor) if cursor else None)
-    return SweepPage(items=[_sweep_out(session, sw, with_jobs=False) for sw in rows],
-                     next_cursor=str(rows[-1].pk) if len(rows) == limit else None)
+    return SweepPage(
+        items=[_sweep_out(session, sw, with_jobs=False) for sw in rows],
+        next_cursor=str(rows[-1].pk) if len(rows) == limit else None,
+    )
 
 
 def _tenant_sweep(sweep_id: str, session: SessionDep, tenant: CurrentTenant) -> Sweep:
@@ -211,11 +228,20 @@ def _sweep_out(session: Any, sweep: Sweep, *, with_jobs: bool, history: bool = F
                 progress=ProgressOut(**job.progress) if job and job.progress else None,
                 result=job.result if job else None,
                 error=job.error if job else None,
-                history=jobs.metrics_since(session, job.id) if history and job and link.role == SweepRole.train else None,
+                history=jobs.metrics_since(session, job.id)
+                if history and job and link.role == SweepRole.train
+                else None,
             )
             for link, job in rows
         ]
     return SweepOut(
-        id=sweep.id, name=sweep.name, preset=sweep.preset, created_at=sweep.created_at, request=sweep.request,
-        evaluate=sweep.evaluate, status=_status(counts, pending), counts=dict(counts), jobs=items,
+        id=sweep.id,
+        name=sweep.name,
+        preset=sweep.preset,
+        created_at=sweep.created_at,
+        request=sweep.request,
+        evaluate=sweep.evaluate,
+        status=_status(counts, pending),
+        counts=dict(counts),
+        jobs=items,
     )

@@ -171,10 +171,11 @@ def request_cancel(s: Session, job: Job) -> Job:
     """Cancel a queued job at once; flag a running one (its worker stops at the next step)."""
     now = utcnow()
     if job.status == JobState.queued:
-        done = rows_changed(s,
+        done = rows_changed(
+            s,
             update(Job)
             .where(Job.id == job.id, Job.status == JobState.queued)
-            .values(status=JobState.cancelled, finished_at=now, updated_at=now, cancel_requested=True)
+            .values(status=JobState.cancelled, finished_at=now, updated_at=now, cancel_requested=True),
         )
         if done:
             add_event(s, job.id, EventKind.state, {"status": JobState.cancelled})

@@ -34,8 +34,8 @@ def list_keys(s: Session) -> list[ApiKey]:
 
 def revoke_key(s: Session, key_id: str) -> bool:
     return bool(
-        rows_changed(s,
-            update(ApiKey).where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None)).values(revoked_at=utcnow())
+        rows_changed(
+            s, update(ApiKey).where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None)).values(revoked_at=utcnow())
         )
     )
 

@@ -24,7 +24,8 @@ from core.store.tables import Job, utcnow
 def acquire(s: Session, job_id: str, owner: str, lease_s: float) -> Job | None:
     """Take the job for `owner` if it is queued, or running under an expired lease; else None."""
     now = utcnow()
-    taken = rows_changed(s,
+    taken = rows_changed(
+        s,
         update(Job)
         .where(
             Job.id == job_id,
@@ -40,7 +41,7 @@ def acquire(s: Session, job_id: str, owner: str, lease_s: float) -> Job | None:
             attempt=Job.attempt + 1,
             started_at=func.coalesce(Job.started_at, now),
             updated_at=now,
-        )
+        ),
     )
     if not taken:
         return None
@@ -54,10 +55,11 @@ def renew(s: Session, job_id: str, owner: str, lease_s: float) -> bool:
     """Extend the lease; False when `owner` no longer holds it (then it must stop at once)."""
     now = utcnow()
     return bool(
-        rows_changed(s,
+        rows_changed(
+            s,
             update(Job)
             .where(Job.id == job_id, Job.lease_owner == owner, Job.status == JobState.running)
-            .values(lease_expires_at=now + timedelta(seconds=lease_s))
+            .values(lease_expires_at=now + timedelta(seconds=lease_s)),
         )
     )
 
@@ -65,10 +67,11 @@ def renew(s: Session, job_id: str, owner: str, lease_s: float) -> bool:
 def update_owned(s: Session, job_id: str, owner: str, **values: Any) -> bool:
     """Change columns of a running job that `owner` still holds."""
     return bool(
-        rows_changed(s,
+        rows_changed(
+            s,
             update(Job)
             .where(Job.id == job_id, Job.lease_owner == owner, Job.status == JobState.running)
-            .values(updated_at=utcnow(), **values)
+            .values(updated_at=utcnow(), **values),
         )
     )
 
@@ -76,10 +79,11 @@ def update_owned(s: Session, job_id: str, owner: str, **values: Any) -> bool:
 def finish(s: Session, job_id: str, owner: str, status: JobState, **values: Any) -> bool:
     """End a job that `owner` holds: succeeded, failed or cancelled. False if the lease was lost."""
     now = utcnow()
-    done = rows_changed(s,
+    done = rows_changed(
+        s,
         update(Job)
         .where(Job.id == job_id, Job.lease_owner == owner, Job.status == JobState.running)
-        .values(status=status, finished_at=now, updated_at=now, lease_owner=None, lease_expires_at=None, **values)
+        .values(status=status, finished_at=now, updated_at=now, lease_owner=None, lease_expires_at=None, **values),
     )
     if done:
         data: dict[str, Any] = {"status": status}
@@ -94,7 +98,8 @@ def release(s: Session, job_id: str, owner: str) -> bool:
     checkpointed it. The start does not count against max_attempts (nothing was lost), and
     enqueued_at is cleared so the next reaper pass (or the API's start) sends it again."""
     now = utcnow()
-    done = rows_changed(s,
+    done = rows_changed(
+        s,
         update(Job)
         .where(Job.id == job_id, Job.lease_owner == owner, Job.status == JobState.running)
         .values(
@@ -104,7 +109,7 @@ def release(s: Session, job_id: str, owner: str) -> bool:
             enqueued_at=None,
             attempt=Job.attempt - 1,
             updated_at=now,
-        )
+        ),
     )
     if done:
         add_event(s, job_id, EventKind.state, {"status": JobState.queued, "interrupted": "worker shutdown"})
@@ -114,10 +119,11 @@ def release(s: Session, job_id: str, owner: str) -> bool:
 def fail_unleased(s: Session, job_id: str, error: str) -> bool:
     """Fail a queued job that cannot run at all (e.g. its spec no longer loads)."""
     now = utcnow()
-    done = rows_changed(s,
+    done = rows_changed(
+        s,
         update(Job)
         .where(Job.id == job_id, Job.status == JobState.queued)
-        .values(status=JobState.failed, error=error, finished_at=now, updated_at=now)
+        .values(status=JobState.failed, error=error, finished_at=now, updated_at=now),
     )
     if done:
         add_event(s, job_id, EventKind.state, {"status": JobState.failed, "error": error})
@@ -184,8 +190,8 @@ def _resend_stale(s: Session, now: datetime, after_s: float | None) -> list[Rese
     rows = s.execute(select(Job.id, Job.kind, Job.enqueued_at).where(Job.status == JobState.queued, stale)).all()
     for job_id, kind, sent in rows:
         same = Job.enqueued_at.is_(None) if sent is None else Job.enqueued_at == sent
-        if rows_changed(s,
-            update(Job).where(Job.id == job_id, Job.status == JobState.queued, same).values(enqueued_at=now)
+        if rows_changed(
+            s, update(Job).where(Job.id == job_id, Job.status == JobState.queued, same).values(enqueued_at=now)
         ):
             resend.append(Resend(job_id, kind))
     return resend

@@ -87,8 +87,11 @@ def pending_evaluations(s: Session, sweep: Sweep) -> list[tuple[SweepJob, Job]]:
     return [
         (link, job)
         for link, job in rows
-        if link.role == SweepRole.train and job is not None and job.status == JobState.succeeded
-        and job.id not in evaluated and get_card(str(job.spec.get("model"))).task == "classifier"
+        if link.role == SweepRole.train
+        and job is not None
+        and job.status == JobState.succeeded
+        and job.id not in evaluated
+        and get_card(str(job.spec.get("model"))).task == "classifier"
     ]
 
 
@@ -99,16 +102,29 @@ def add_evaluation(s: Session, sweep: Sweep, link: SweepJob, trained: Job) -> Jo
     same sweep at once make one job between them.
     """
     job, created = jobs.create_job(
-        s, tenant=sweep.tenant, kind=JobKind.evaluate, spec=trained.spec, params=sweep.evaluate,
-        model_id=trained.id, idempotency_key=f"sweep-eval:{sweep.id}:{trained.id}",
+        s,
+        tenant=sweep.tenant,
+        kind=JobKind.evaluate,
+        spec=trained.spec,
+        params=sweep.evaluate,
+        model_id=trained.id,
+        idempotency_key=f"sweep-eval:{sweep.id}:{trained.id}",
         req_hash=f"sweep-eval:{trained.id}",
     )
     if not created:
         return None
     try:
         with s.begin_nested():
-            s.add(SweepJob(sweep_id=sweep.id, job_id=job.id, role=SweepRole.evaluate, position=link.position,
-                           point=link.point, train_job_id=trained.id))
+            s.add(
+                SweepJob(
+                    sweep_id=sweep.id,
+                    job_id=job.id,
+                    role=SweepRole.evaluate,
+                    position=link.position,
+                    point=link.point,
+                    train_job_id=trained.id,
+                )
+            )
     except IntegrityError:
         return None
     return job

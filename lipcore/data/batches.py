@@ -56,24 +56,37 @@ class Data:
         self._std_t = torch.tensor(self.std, device=self.device).reshape(shape)
 
     @classmethod
-    def from_images(cls, spec: ExperimentSpec, arrays: ImageArrays, mean: Sequence[float],
-                    std: Sequence[float], device: torch.device | str = "cpu") -> Data:
+    def from_images(
+        cls,
+        spec: ExperimentSpec,
+        arrays: ImageArrays,
+        mean: Sequence[float],
+        std: Sequence[float],
+        device: torch.device | str = "cpu",
+    ) -> Data:
         def tensors(x: np.ndarray, y: np.ndarray) -> tuple[Tensor, Tensor]:
             return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y.astype(np.int64))
 
-        return cls(spec, train=tensors(arrays.train_x, arrays.train_y),
-                   test=tensors(arrays.test_x, arrays.test_y), classes=arrays.classes,
-                   mean=mean, std=std, device=device)
+        return cls(
+            spec,
+            train=tensors(arrays.train_x, arrays.train_y),
+            test=tensors(arrays.test_x, arrays.test_y),
+            classes=arrays.classes,
+            mean=mean,
+            std=std,
+            device=device,
+        )
 
     @classmethod
     def from_square_wave(cls, spec: ExperimentSpec, device: torch.device | str = "cpu") -> Data:
         x, y, xt, yt = square_wave_data(spec.seed)
-        return cls(spec, train=(x, y), test=(xt, yt), classes=[], mean=(0.0,), std=(1.0,),
-                   device=device)
+        return cls(spec, train=(x, y), test=(xt, yt), classes=[], mean=(0.0,), std=(1.0,), device=device)
 
     def __repr__(self) -> str:
-        return (f"Data({self.spec.dataset}, train={self.train_size}, test={self.test_size}, "
-                f"shape={tuple(self._train_x.shape[1:])}, device={self.device})")
+        return (
+            f"Data({self.spec.dataset}, train={self.train_size}, test={self.test_size}, "
+            f"shape={tuple(self._train_x.shape[1:])}, device={self.device})"
+        )
 
     # ---- sizes ----------------------------------------------------------------------------
     @property

@@ -78,8 +78,7 @@ def load_cifar10(data_dir: Path) -> ImageArrays:
     from lipcore.data.download import SOURCES
 
     root = Path(data_dir) / CIFAR10_DIR
-    _check_files(root, _CIFAR10_FILES, f"  {CIFAR10_DIR}/{{{', '.join(_CIFAR10_FILES)}}}",
-                 SOURCES["cifar10"].url)
+    _check_files(root, _CIFAR10_FILES, f"  {CIFAR10_DIR}/{{{', '.join(_CIFAR10_FILES)}}}", SOURCES["cifar10"].url)
     xs, ys = [], []
     for name in _CIFAR10_FILES[:5]:
         batch = _read_official_pickle(root / name)
@@ -101,8 +100,7 @@ def load_cifar100(data_dir: Path) -> ImageArrays:
     from lipcore.data.download import SOURCES
 
     root = Path(data_dir) / CIFAR100_DIR
-    _check_files(root, _CIFAR100_FILES, f"  {CIFAR100_DIR}/{{{', '.join(_CIFAR100_FILES)}}}",
-                 SOURCES["cifar100"].url)
+    _check_files(root, _CIFAR100_FILES, f"  {CIFAR100_DIR}/{{{', '.join(_CIFAR100_FILES)}}}", SOURCES["cifar100"].url)
     train = _read_official_pickle(root / "train")
     test = _read_official_pickle(root / "test")
     meta = _read_official_pickle(root / "meta")

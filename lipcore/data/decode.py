@@ -113,9 +113,7 @@ def entry_name(tag: str, root: Path, rel_paths: Sequence[str]) -> str:
     return f"{tag}-{file_list_key(root, rel_paths)}"
 
 
-def cached_decode(
-    cache: ArrayCache, name: str, paths: Sequence[StrPath], size: int | None = None
-) -> np.ndarray:
+def cached_decode(cache: ArrayCache, name: str, paths: Sequence[StrPath], size: int | None = None) -> np.ndarray:
     """`decode_files(paths)` through `cache`: uint8 (N, 3, S, S), decoded only on a cache miss.
 
     `name` comes from `entry_name`. `size` None means "whatever the images share": the first

@@ -15,9 +15,7 @@ class DatasetNotFoundError(FileNotFoundError):
     def __init__(self, directory: str | Path, layout: str, how_to_get: str) -> None:
         self.directory = Path(directory).absolute()
         message = (
-            f"dataset not found in {self.directory}\n"
-            f"expected layout:\n{layout.rstrip()}\n"
-            f"how to get it: {how_to_get}"
+            f"dataset not found in {self.directory}\nexpected layout:\n{layout.rstrip()}\nhow to get it: {how_to_get}"
         )
         super().__init__(message)
 

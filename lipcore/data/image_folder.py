@@ -91,9 +91,7 @@ def list_folder(root: Path) -> FolderListing:
     """List `root`; DatasetNotFoundError if train/ is missing, ValueError if it is malformed."""
     train_dir = root / "train"
     if not train_dir.is_dir():
-        raise DatasetNotFoundError(
-            train_dir, layout(root), f"put your images there (data_path is {root})"
-        )
+        raise DatasetNotFoundError(train_dir, layout(root), f"put your images there (data_path is {root})")
     classes, train, train_y = [], [], []
     for label, (name, files) in enumerate(_split(train_dir, "train")):
         if not files:
@@ -116,16 +114,18 @@ def list_folder(root: Path) -> FolderListing:
         if not test:
             raise ValueError(f"{test_dir}: test split holds no images (remove it to hold out 10%)")
     as_labels = lambda ys: np.asarray(ys, dtype=np.int64)  # noqa: E731
-    return FolderListing(root, classes, train, as_labels(train_y), test,
-                         None if test_y is None else as_labels(test_y))
+    return FolderListing(root, classes, train, as_labels(train_y), test, None if test_y is None else as_labels(test_y))
 
 
 def holdout_mask(listing: FolderListing) -> np.ndarray:
     """Boolean (N_train,) mask of the training files held out as the test set (see module doc)."""
-    rank = np.array([  # the path under train/ decides, through a salted hash
-        int.from_bytes(hashlib.sha256(_HOLDOUT_SALT + rel[len("train/"):].encode()).digest()[:8], "big")
-        for rel in listing.train
-    ], dtype=np.uint64)
+    rank = np.array(
+        [  # the path under train/ decides, through a salted hash
+            int.from_bytes(hashlib.sha256(_HOLDOUT_SALT + rel[len("train/") :].encode()).digest()[:8], "big")
+            for rel in listing.train
+        ],
+        dtype=np.uint64,
+    )
     mask = np.zeros(len(listing.train), dtype=bool)
     for label in range(len(listing.classes)):
         idx = np.flatnonzero(listing.train_y == label)
@@ -148,8 +148,7 @@ def folder_shape(root: Path, cache: ArrayCache) -> tuple[int, list[str]]:
     return _common_size(listing, cache, *_entries(listing)), listing.classes
 
 
-def _common_size(listing: FolderListing, cache: ArrayCache, train_name: str,
-                 test_name: str | None) -> int:
+def _common_size(listing: FolderListing, cache: ArrayCache, train_name: str, test_name: str | None) -> int:
     size = cached_size(cache, train_name, listing.paths(listing.train))
     if listing.test is not None and test_name is not None:
         test_size = cached_size(cache, test_name, listing.paths(listing.test))
@@ -182,5 +181,6 @@ def load_image_folder(root: Path, cache: ArrayCache) -> ImageArrays:
     if not (isinstance(stats, list) and len(stats) == 2):
         stats = channel_stats(train_x)
         cache.update_meta(train_name, **{stats_key: stats})
-    return ImageArrays(train_x, train_y, test_x, test_y, listing.classes,
-                       pixel_mean=tuple(stats[0]), pixel_std=tuple(stats[1]))
+    return ImageArrays(
+        train_x, train_y, test_x, test_y, listing.classes, pixel_mean=tuple(stats[0]), pixel_std=tuple(stats[1])
+    )

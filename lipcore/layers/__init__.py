@@ -32,18 +32,44 @@ if TYPE_CHECKING:  # pragma: no cover
     from lipcore.layers.sll import SLLBlockConv, SLLBlockFc
 
 _WHERE = {
-    "AolConv": "aol", "AolConvLin": "aol", "AolFc": "aol", "AolLin": "aol",
-    "FirstChannel": "channels", "PaddingChannels": "channels", "PaddingFeatures": "channels",
-    "LinearNormalized": "normalized", "OrthogonConv": "orthogon", "OrthogonConvLin": "orthogon",
-    "OrthogonFc": "orthogon", "OrthogonLin": "orthogon", "PlainConv": "plain", "Reparameterized": "reparam",
-    "invalidate_caches": "reparam", "SandwichConv": "sandwich", "SandwichConvLin": "sandwich",
-    "SandwichFc": "sandwich", "SandwichLin": "sandwich", "SLLBlockConv": "sll", "SLLBlockFc": "sll",
+    "AolConv": "aol",
+    "AolConvLin": "aol",
+    "AolFc": "aol",
+    "AolLin": "aol",
+    "FirstChannel": "channels",
+    "PaddingChannels": "channels",
+    "PaddingFeatures": "channels",
+    "LinearNormalized": "normalized",
+    "OrthogonConv": "orthogon",
+    "OrthogonConvLin": "orthogon",
+    "OrthogonFc": "orthogon",
+    "OrthogonLin": "orthogon",
+    "PlainConv": "plain",
+    "Reparameterized": "reparam",
+    "invalidate_caches": "reparam",
+    "SandwichConv": "sandwich",
+    "SandwichConvLin": "sandwich",
+    "SandwichFc": "sandwich",
+    "SandwichLin": "sandwich",
+    "SLLBlockConv": "sll",
+    "SLLBlockFc": "sll",
 }
 
 
 _SUBMODULES = (
-    "aol", "bounds", "cayley", "channels", "families", "fourier", "init", "normalized", "orthogon", "plain", "reparam",
-    "sandwich", "sll",
+    "aol",
+    "bounds",
+    "cayley",
+    "channels",
+    "families",
+    "fourier",
+    "init",
+    "normalized",
+    "orthogon",
+    "plain",
+    "reparam",
+    "sandwich",
+    "sll",
 )
 
 
@@ -57,8 +83,25 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "AolConv", "AolConvLin", "AolFc", "AolLin", "FirstChannel", "LinearNormalized", "OrthogonConv",
-    "OrthogonConvLin", "OrthogonFc", "OrthogonLin", "PaddingChannels", "PaddingFeatures", "PlainConv",
-    "Reparameterized", "SLLBlockConv", "SLLBlockFc", "SandwichConv", "SandwichConvLin", "SandwichFc",
-    "SandwichLin", "invalidate_caches",
+    "AolConv",
+    "AolConvLin",
+    "AolFc",
+    "AolLin",
+    "FirstChannel",
+    "LinearNormalized",
+    "OrthogonConv",
+    "OrthogonConvLin",
+    "OrthogonFc",
+    "OrthogonLin",
+    "PaddingChannels",
+    "PaddingFeatures",
+    "PlainConv",
+    "Reparameterized",
+    "SLLBlockConv",
+    "SLLBlockFc",
+    "SandwichConv",
+    "SandwichConvLin",
+    "SandwichFc",
+    "SandwichLin",
+    "invalidate_caches",
 ]

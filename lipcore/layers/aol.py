@@ -121,8 +121,16 @@ class _AolConvBase(Reparameterized):
     activation: bool = False
 
     def __init__(
-        self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
-        scale: float = 1.0, *, input_size: int | None = None, device=None, dtype=None,
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        scale: float = 1.0,
+        *,
+        input_size: int | None = None,
+        device=None,
+        dtype=None,
     ) -> None:
         super().__init__()
         if stride != 1:

@@ -68,8 +68,7 @@ def inverse(g: Tensor) -> Tensor:
 
 def _inv(g: Tensor) -> Tensor:
     # (is_compiling first: torch.get_num_threads() would break a torch.compile graph)
-    if (torch.compiler.is_compiling() or g.device.type != "cpu" or g.shape[-1] > 512
-            or torch.get_num_threads() == 1):
+    if torch.compiler.is_compiling() or g.device.type != "cpu" or g.shape[-1] > 512 or torch.get_num_threads() == 1:
         return torch.linalg.inv(g)
     # PyTorch's CPU batched inverse is a loop of LAPACK calls, one per matrix, and PyTorch runs MKL
     # with dynamic threading off, so each 32x32 call opens a parallel region of every thread: no

@@ -78,8 +78,12 @@ class LayerFamily:
     def as_dict(self) -> dict[str, Any]:
         """The family as JSON-able facts (no constructors): what `GET /v1/catalog` lists."""
         return {
-            "name": self.name, "bounded": self.bounded, "capabilities": sorted(self.capabilities),
-            "toy_width": self.toy_width, "kwl_hidden": self.kwl_hidden, "downsample": self.downsample,
+            "name": self.name,
+            "bounded": self.bounded,
+            "capabilities": sorted(self.capabilities),
+            "toy_width": self.toy_width,
+            "kwl_hidden": self.kwl_hidden,
+            "downsample": self.downsample,
             "description": self.description,
         }
 
@@ -118,26 +122,53 @@ def families() -> tuple[LayerFamily, ...]:
 
 
 # ---- the paper's families ------------------------------------------------------------------------
-register_family(LayerFamily(
-    "Sandwich", conv="lipcore.layers.sandwich:SandwichConv", fc="lipcore.layers.sandwich:SandwichFc",
-    lin="lipcore.layers.sandwich:SandwichLin",
-    # the sandwich layer's extra A block matches the others' parameter counts at smaller widths
-    toy_width=86, kwl_hidden=512, description="sandwich layers (Wang & Manchester 2023), SDP-tight",
-))
-register_family(LayerFamily(
-    "Orthogon", conv="lipcore.layers.orthogon:OrthogonConv", fc="lipcore.layers.orthogon:OrthogonFc",
-    lin="lipcore.layers.orthogon:OrthogonLin", description="Cayley orthogonal layers (Trockman & Kolter 2021)",
-))
-register_family(LayerFamily(
-    "Aol", conv="lipcore.layers.aol:AolConv", fc="lipcore.layers.aol:AolFc", lin="lipcore.layers.aol:AolLin",
-    # AOL convolutions are zero-padded and stride 1 only
-    downsample="pool", description="almost-orthogonal layers (Prach & Lampert 2022)",
-))
-register_family(LayerFamily(
-    "SLL", toy="lipcore.layers.sll:sll_toy_body", description="SDP-based residual blocks (Araujo et al. 2023)",
-))
-register_family(LayerFamily(
-    "Plain", conv="lipcore.layers.plain:plain_conv", fc="lipcore.layers.plain:plain_linear",
-    lin="lipcore.layers.plain:plain_linear", activation="torch.nn:ReLU", bounded=False,
-    description="unconstrained convolutions and linear layers (no bound)",
-))
+register_family(
+    LayerFamily(
+        "Sandwich",
+        conv="lipcore.layers.sandwich:SandwichConv",
+        fc="lipcore.layers.sandwich:SandwichFc",
+        lin="lipcore.layers.sandwich:SandwichLin",
+        # the sandwich layer's extra A block matches the others' parameter counts at smaller widths
+        toy_width=86,
+        kwl_hidden=512,
+        description="sandwich layers (Wang & Manchester 2023), SDP-tight",
+    )
+)
+register_family(
+    LayerFamily(
+        "Orthogon",
+        conv="lipcore.layers.orthogon:OrthogonConv",
+        fc="lipcore.layers.orthogon:OrthogonFc",
+        lin="lipcore.layers.orthogon:OrthogonLin",
+        description="Cayley orthogonal layers (Trockman & Kolter 2021)",
+    )
+)
+register_family(
+    LayerFamily(
+        "Aol",
+        conv="lipcore.layers.aol:AolConv",
+        fc="lipcore.layers.aol:AolFc",
+        lin="lipcore.layers.aol:AolLin",
+        # AOL convolutions are zero-padded and stride 1 only
+        downsample="pool",
+        description="almost-orthogonal layers (Prach & Lampert 2022)",
+    )
+)
+register_family(
+    LayerFamily(
+        "SLL",
+        toy="lipcore.layers.sll:sll_toy_body",
+        description="SDP-based residual blocks (Araujo et al. 2023)",
+    )
+)
+register_family(
+    LayerFamily(
+        "Plain",
+        conv="lipcore.layers.plain:plain_conv",
+        fc="lipcore.layers.plain:plain_linear",
+        lin="lipcore.layers.plain:plain_linear",
+        activation="torch.nn:ReLU",
+        bounded=False,
+        description="unconstrained convolutions and linear layers (no bound)",
+    )
+)

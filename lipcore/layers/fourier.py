@@ -160,7 +160,12 @@ class FourierConv(Reparameterized):
     """
 
     def __init__(
-        self, in_channels: int, out_channels: int, kernel_size: int, stride: int, scale: float,
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int,
+        scale: float,
         input_size: int,
     ) -> None:
         super().__init__()

@@ -75,8 +75,16 @@ class _OrthogonConvBase(FourierConv):
     activation: bool = False
 
     def __init__(
-        self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
-        scale: float = 1.0, *, input_size: int, device=None, dtype=None,
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        scale: float = 1.0,
+        *,
+        input_size: int,
+        device=None,
+        dtype=None,
     ) -> None:
         super().__init__(in_channels, out_channels, kernel_size, stride, scale, input_size)
         kw = {"device": device, "dtype": dtype}

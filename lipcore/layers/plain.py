@@ -10,12 +10,24 @@ class PlainConv(nn.Conv2d):
     """nn.Conv2d with zero 'same' padding (k - 1) // 2, as the reference `PlainConv` for odd kernels."""
 
     def __init__(
-        self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1, bias: bool = True,
-        device: torch.device | str | None = None, dtype: torch.dtype | None = None,
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        bias: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__(
-            in_channels, out_channels, kernel_size, stride=stride, padding=(kernel_size - 1) // 2, bias=bias,
-            device=device, dtype=dtype,
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride=stride,
+            padding=(kernel_size - 1) // 2,
+            bias=bias,
+            device=device,
+            dtype=dtype,
         )
 
     def export(self, circular: str = "dft") -> nn.Module:
@@ -34,7 +46,12 @@ def _no_scale(scale: float) -> None:
 
 
 def plain_conv(
-    in_channels: int, out_channels: int, kernel_size: int = 3, *, stride: int = 1, scale: float = 1.0,
+    in_channels: int,
+    out_channels: int,
+    kernel_size: int = 3,
+    *,
+    stride: int = 1,
+    scale: float = 1.0,
     input_size: int | None = None,
 ) -> PlainConv:
     """The Plain family's conv constructor (lipcore.layers.families): `input_size` is not needed."""

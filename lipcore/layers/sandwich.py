@@ -139,8 +139,16 @@ def _feedforward_weight(layer: _SandwichLinearBase, psi: Tensor, previous: Any) 
 
 class _SandwichConvBase(FourierConv):
     def __init__(
-        self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
-        scale: float = 1.0, *, input_size: int, device=None, dtype=None,
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        scale: float = 1.0,
+        *,
+        input_size: int,
+        device=None,
+        dtype=None,
     ) -> None:
         super().__init__(in_channels, out_channels, kernel_size, stride, scale, input_size)
         kw = {"device": device, "dtype": dtype}
@@ -161,12 +169,26 @@ class SandwichConv(_SandwichConvBase):
     """Convolutional sandwich layer with ReLU (circular, FFT): (b, in, N, N) -> (b, out, N/s, N/s)."""
 
     def __init__(
-        self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
-        scale: float = 1.0, *, input_size: int, device: torch.device | str | None = None,
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        scale: float = 1.0,
+        *,
+        input_size: int,
+        device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__(
-            in_channels, out_channels, kernel_size, stride, scale, input_size=input_size, device=device, dtype=dtype,
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            scale,
+            input_size=input_size,
+            device=device,
+            dtype=dtype,
         )
         dev, dt = self.weight.device, self.weight.dtype
         self.psi = nn.Parameter(torch.zeros(self.out_channels, device=dev, dtype=dt))

@@ -48,8 +48,13 @@ class SLLBlockFc(Reparameterized):
     """Fully connected SLL block: (batch, features) -> (batch, features), 1-Lipschitz."""
 
     def __init__(
-        self, features: int, inner: int, epsilon: float = 1e-6, reference_epsilon: bool = False,
-        device=None, dtype=None,
+        self,
+        features: int,
+        inner: int,
+        epsilon: float = 1e-6,
+        reference_epsilon: bool = False,
+        device=None,
+        dtype=None,
     ) -> None:
         super().__init__()
         kw = {"device": device, "dtype": dtype}

@@ -26,8 +26,14 @@ if TYPE_CHECKING:  # pragma: no cover
     from lipcore.models.toy import Toy
 
 _WHERE = {
-    "DNN": "dnn", "KWL": "kwl", "LipschitzNet": "base", "Resnet": "resnet", "Toy": "toy", "build": "registry",
-    "list_models": "registry", "register_model": "registry",
+    "DNN": "dnn",
+    "KWL": "kwl",
+    "LipschitzNet": "base",
+    "Resnet": "resnet",
+    "Toy": "toy",
+    "build": "registry",
+    "list_models": "registry",
+    "register_model": "registry",
 }
 
 

@@ -49,9 +49,15 @@ class ModelCard:
     def as_dict(self) -> dict[str, Any]:
         """The card as JSON-able facts (what `GET /v1/catalog` lists)."""
         return {
-            "name": self.name, "task": self.task, "inputs": self.inputs, "layers": list(self.layer_names()),
-            "scales": list(self.scales), "defaults": {"layer": self.default_layer, "scale": self.default_scale},
-            "forced": dict(self.forced), "lln": self.lln, "about": self.about,
+            "name": self.name,
+            "task": self.task,
+            "inputs": self.inputs,
+            "layers": list(self.layer_names()),
+            "scales": list(self.scales),
+            "defaults": {"layer": self.default_layer, "scale": self.default_scale},
+            "forced": dict(self.forced),
+            "lln": self.lln,
+            "about": self.about,
         }
 
 
@@ -86,23 +92,59 @@ def cards() -> tuple[ModelCard, ...]:
 
 
 # ---- the paper's models (its model.py and main.py) -------------------------------------------------
-TOY = register_card(ModelCard(
-    "Toy", task="regressor", inputs="vector", scales=("small",), default_layer="Plain", default_scale="small",
-    needs=frozenset({"toy"}), forced=MappingProxyType({"loss": "mse"}), default_dataset="square_wave",
-    about="the 1-D regression of Table 1",
-))
-KWL = register_card(ModelCard(
-    "KWL", task="classifier", inputs="image", scales=("small", "medium", "large"), default_layer="Plain",
-    default_scale="small", needs=frozenset({"conv", "fc", "lin"}), about="the 4-conv + 3-linear network of Table 2",
-))
-RESNET = register_card(ModelCard(
-    "Resnet", task="classifier", inputs="image", scales=("small", "medium", "large", "xlarge"),
-    default_layer="SLL", default_scale="xlarge", layers=("SLL",), lln=True, about="the SLL network of Araujo et al.",
-))
+TOY = register_card(
+    ModelCard(
+        "Toy",
+        task="regressor",
+        inputs="vector",
+        scales=("small",),
+        default_layer="Plain",
+        default_scale="small",
+        needs=frozenset({"toy"}),
+        forced=MappingProxyType({"loss": "mse"}),
+        default_dataset="square_wave",
+        about="the 1-D regression of Table 1",
+    )
+)
+KWL = register_card(
+    ModelCard(
+        "KWL",
+        task="classifier",
+        inputs="image",
+        scales=("small", "medium", "large"),
+        default_layer="Plain",
+        default_scale="small",
+        needs=frozenset({"conv", "fc", "lin"}),
+        about="the 4-conv + 3-linear network of Table 2",
+    )
+)
+RESNET = register_card(
+    ModelCard(
+        "Resnet",
+        task="classifier",
+        inputs="image",
+        scales=("small", "medium", "large", "xlarge"),
+        default_layer="SLL",
+        default_scale="xlarge",
+        layers=("SLL",),
+        lln=True,
+        about="the SLL network of Araujo et al.",
+    )
+)
 # DNN is the certified-accuracy model of Tables 3-4: main.py forces all of these.
-DNN = register_card(ModelCard(
-    "DNN", task="classifier", inputs="image", scales=("small",), default_layer="Sandwich", default_scale="small",
-    layers=("Sandwich",), lln=True,
-    forced=MappingProxyType({"layer": "Sandwich", "scale": "small", "lln": True, "normalized": False, "loss": "xent"}),
-    about="the deep sandwich network of Tables 3-4",
-))
+DNN = register_card(
+    ModelCard(
+        "DNN",
+        task="classifier",
+        inputs="image",
+        scales=("small",),
+        default_layer="Sandwich",
+        default_scale="small",
+        layers=("Sandwich",),
+        lln=True,
+        forced=MappingProxyType(
+            {"layer": "Sandwich", "scale": "small", "lln": True, "normalized": False, "loss": "xent"}
+        ),
+        about="the deep sandwich network of Tables 3-4",
+    )
+)

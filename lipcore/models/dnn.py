@@ -25,7 +25,12 @@ class DNN(LipschitzNet):
     """(b, c, s, s) images -> (b, num_classes) logits; the paper's DNN is all-sandwich (`layer`)."""
 
     def __init__(
-        self, gamma: float, in_channels: int = 3, img_size: int = 32, num_classes: int = 100, lln: bool = True,
+        self,
+        gamma: float,
+        in_channels: int = 3,
+        img_size: int = 32,
+        num_classes: int = 100,
+        lln: bool = True,
         layer: str | LayerFamily = "Sandwich",
     ) -> None:
         family = get_family(layer)
@@ -52,5 +57,11 @@ class DNN(LipschitzNet):
 @register_model("DNN")
 def dnn(spec: ExperimentSpec) -> DNN:
     assert spec.gamma is not None
-    return DNN(spec.gamma, spec.in_channels or 3, spec.img_size or 32, spec.num_classes or 100, spec.lln,
-               spec.layer or "Sandwich")
+    return DNN(
+        spec.gamma,
+        spec.in_channels or 3,
+        spec.img_size or 32,
+        spec.num_classes or 100,
+        spec.lln,
+        spec.layer or "Sandwich",
+    )

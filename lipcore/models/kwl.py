@@ -28,7 +28,12 @@ class KWL(LipschitzNet):
     `family.kwl_hidden * w` and 512w units and a linear read-out; sqrt(gamma) on the first and last."""
 
     def __init__(
-        self, layer: str | LayerFamily, width: int, gamma: float | None, in_channels: int = 3, img_size: int = 32,
+        self,
+        layer: str | LayerFamily,
+        width: int,
+        gamma: float | None,
+        in_channels: int = 3,
+        img_size: int = 32,
         num_classes: int = 10,
     ) -> None:
         family = get_family(layer)
@@ -54,9 +59,16 @@ class KWL(LipschitzNet):
         channels = (c, 32 * w, 32 * w, 64 * w, 64 * w)
         mods: list[nn.Module] = []
         for i in range(4):
-            mods += with_act(conv(
-                channels[i], channels[i + 1], 3, stride=strides[i], scale=g if i == 0 else 1.0, input_size=sizes[i],
-            ))
+            mods += with_act(
+                conv(
+                    channels[i],
+                    channels[i + 1],
+                    3,
+                    stride=strides[i],
+                    scale=g if i == 0 else 1.0,
+                    input_size=sizes[i],
+                )
+            )
         mods += [*tail, nn.Flatten()]
         mods += with_act(fc(flat, hidden)) + with_act(fc(hidden, 512 * w))
         mods.append(lin(512 * w, num_classes, scale=g))
@@ -68,6 +80,10 @@ class KWL(LipschitzNet):
 def kwl(spec: ExperimentSpec) -> KWL:
     """KWL of `spec` (layer, scale -> width, gamma, input shape and classes)."""
     return KWL(
-        spec.layer or "Plain", WIDTHS[spec.scale or "small"], spec.gamma, spec.in_channels or 3,
-        spec.img_size or 32, spec.num_classes or 10,
+        spec.layer or "Plain",
+        WIDTHS[spec.scale or "small"],
+        spec.gamma,
+        spec.in_channels or 3,
+        spec.img_size or 32,
+        spec.num_classes or 10,
     )

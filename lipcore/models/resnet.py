@@ -39,8 +39,13 @@ CONFIGS = {
 
 class Resnet(LipschitzNet):
     def __init__(
-        self, config: ResnetConfig, gamma: float, in_channels: int = 3, img_size: int = 32,
-        num_classes: int = 10, lln: bool = False,
+        self,
+        config: ResnetConfig,
+        gamma: float,
+        in_channels: int = 3,
+        img_size: int = 32,
+        num_classes: int = 10,
+        lln: bool = False,
     ) -> None:
         super().__init__(gamma)
         if img_size % 4:
@@ -63,6 +68,10 @@ class Resnet(LipschitzNet):
 def resnet(spec: ExperimentSpec) -> Resnet:
     assert spec.gamma is not None
     return Resnet(
-        CONFIGS[spec.scale or "xlarge"], spec.gamma, spec.in_channels or 3, spec.img_size or 32,
-        spec.num_classes or 10, spec.lln,
+        CONFIGS[spec.scale or "xlarge"],
+        spec.gamma,
+        spec.in_channels or 3,
+        spec.img_size or 32,
+        spec.num_classes or 10,
+        spec.lln,
     )

@@ -25,7 +25,11 @@ class Toy(LipschitzNet):
     the family's own Toy body if it has one, else fc(in, w), DEPTH - 2 fc(w, w) and lin(w, out)."""
 
     def __init__(
-        self, layer: str | LayerFamily, gamma: float | None, in_features: int = 1, out_features: int = 1,
+        self,
+        layer: str | LayerFamily,
+        gamma: float | None,
+        in_features: int = 1,
+        out_features: int = 1,
     ) -> None:
         family = get_family(layer)
         if "toy" not in family.capabilities:

@@ -82,7 +82,10 @@ def test_certify_processes_exit_with_the_api_even_on_kill9(tmp_path):
     with log.open("ab") as out:
         api = subprocess.Popen(
             [sys.executable, "-m", "api.cli", "api", "--host", "127.0.0.1", "--port", "0"],
-            env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+            env=env,
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
     try:
         url = _wait("the API's address in its log", lambda: _listening(log))

@@ -21,8 +21,15 @@ ROOT = Path(__file__).resolve().parents[2]
 def lbdn(url: str, *args: str, tty: bool = False, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run `lbdn ARGS` against `url`. tty=True makes rich draw as on a terminal (its documented
     TTY_COMPATIBLE / TTY_INTERACTIVE switches), so the live progress bar is in the output."""
-    return subprocess.run([sys.executable, "-m", "api.cli", *args], env=client_env(url, tty), cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "api.cli", *args],
+        env=client_env(url, tty),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def client_env(url: str, tty: bool = False) -> dict[str, str]:
@@ -46,12 +53,54 @@ def test_client_imports_no_server_code() -> None:
 
 SUBMIT_ARGVS = [
     [],
-    ["--model", "Toy", "--gamma", "5", "--layer", "Sandwich", "--scale", "small", "--dataset", "square_wave", "--epochs", "200"],
-    ["--model", "KWL", "--layer", "Sandwich", "--scale", "small", "--gamma", "1", "--dataset", "cifar10", "--loss", "multimargin"],
+    [
+        "--model",
+        "Toy",
+        "--gamma",
+        "5",
+        "--layer",
+        "Sandwich",
+        "--scale",
+        "small",
+        "--dataset",
+        "square_wave",
+        "--epochs",
+        "200",
+    ],
+    [
+        "--model",
+        "KWL",
+        "--layer",
+        "Sandwich",
+        "--scale",
+        "small",
+        "--gamma",
+        "1",
+        "--dataset",
+        "cifar10",
+        "--loss",
+        "multimargin",
+    ],
     ["-m", "KWL", "--layer", "Plain", "-d", "cifar100", "--loss", "xent", "-e", "3", "-s", "7", "--lr", "0.05"],
     ["--model", "DNN", "--dataset", "cifar100", "--cert_acc", "--seed", "43"],
-    ["--model", "Resnet", "--layer", "SLL", "--scale", "small", "--LLN", "--normalized", "--train_batch_size", "64",
-     "--test_batch_size", "32", "-g", "2", "-d", "tiny_imagenet"],
+    [
+        "--model",
+        "Resnet",
+        "--layer",
+        "SLL",
+        "--scale",
+        "small",
+        "--LLN",
+        "--normalized",
+        "--train_batch_size",
+        "64",
+        "--test_batch_size",
+        "32",
+        "-g",
+        "2",
+        "-d",
+        "tiny_imagenet",
+    ],
     ["--model", "KWL", "--dataset", "image_folder", "--data_path", "mine", "--layer", "Aol", "--gamma", "10"],
 ]
 
@@ -79,8 +128,22 @@ def test_submit_flags_are_lipcores_flags() -> None:
     from client.flags import add_spec_flags
     from lipcore.cli import parser as lipcore_parser
 
-    local = {"mode", "root_dir", "num_workers", "data_dir", "device", "resume", "download", "checkpoint_every",
-             "lip_restarts", "attack_version", "attacks", "n_examples", "eps", "help"}
+    local = {
+        "mode",
+        "root_dir",
+        "num_workers",
+        "data_dir",
+        "device",
+        "resume",
+        "download",
+        "checkpoint_every",
+        "lip_restarts",
+        "attack_version",
+        "attacks",
+        "n_examples",
+        "eps",
+        "help",
+    }
     ours = argparse.ArgumentParser(add_help=False)
     add_spec_flags(ours)
     mine = {a.dest: a for a in ours._actions}
@@ -112,8 +175,22 @@ def test_every_client_command_against_a_real_service(service_factory, tmp_path: 
     url = svc.url
 
     # submit --follow: a live progress bar, then the summary of the finished job
-    r = lbdn(url, "submit", "--model", "Toy", "--layer", "Sandwich", "--gamma", "1", "--dataset", "square_wave",
-             "--epochs", "4", "--follow", tty=True)
+    r = lbdn(
+        url,
+        "submit",
+        "--model",
+        "Toy",
+        "--layer",
+        "Sandwich",
+        "--gamma",
+        "1",
+        "--dataset",
+        "square_wave",
+        "--epochs",
+        "4",
+        "--follow",
+        tty=True,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     job = re.search(r"job_[0-9a-f]+", r.stdout).group(0)
     assert "━" in r.stdout and "epoch" in r.stdout and "ETA" in r.stdout  # rich's bar and our columns
@@ -159,9 +236,13 @@ def test_every_client_command_against_a_real_service(service_factory, tmp_path: 
     # Ctrl-C detaches from --follow without cancelling the job
     log = tmp_path / "follow.log"
     with log.open("w") as f:
-        proc = subprocess.Popen([sys.executable, "-m", "api.cli", "submit", str(spec), "--idempotency-key", "k1",
-                                 "--follow"], env=client_env(url, tty=True), cwd=ROOT, stdout=f,
-                                stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "api.cli", "submit", str(spec), "--idempotency-key", "k1", "--follow"],
+            env=client_env(url, tty=True),
+            cwd=ROOT,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+        )
         _wait_output(proc, log, "/100000 ")  # the bar is live
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 130
@@ -172,8 +253,13 @@ def test_every_client_command_against_a_real_service(service_factory, tmp_path: 
     # logs -f of the running job prints lines as they come and ends by itself once it is cancelled
     tail_log = tmp_path / "tail.log"
     with tail_log.open("w") as f:
-        tail = subprocess.Popen([sys.executable, "-m", "api.cli", "logs", first["id"], "-f"], env=client_env(url),
-                                cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+        tail = subprocess.Popen(
+            [sys.executable, "-m", "api.cli", "logs", first["id"], "-f"],
+            env=client_env(url),
+            cwd=ROOT,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+        )
         _wait_output(tail, tail_log, "Epoch")
 
         # cancel, then problem+json as exit codes: 409 -> 4, 404 -> 3, 422 -> 2, unreachable -> 6
@@ -201,12 +287,25 @@ def test_every_client_command_against_a_real_service(service_factory, tmp_path: 
     assert lbdn("http://127.0.0.1:9", "jobs").returncode == 6
 
     # API keys: LBDN_API_KEY is sent as a bearer token; without it a keyed server answers 401 -> 5
-    made = subprocess.run([sys.executable, "-m", "api.cli", "keys", "create", "--tenant", "acme"], env=svc.env,
-                          cwd=ROOT, capture_output=True, text=True, timeout=120, check=True)
+    made = subprocess.run(
+        [sys.executable, "-m", "api.cli", "keys", "create", "--tenant", "acme"],
+        env=svc.env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     secret = made.stdout.strip().splitlines()[-1]
     refused = lbdn(url, "jobs")
     assert refused.returncode == 5 and "401" in refused.stderr and "API key" in refused.stderr
-    keyed = subprocess.run([sys.executable, "-m", "api.cli", "jobs", "--json"],
-                           env={**client_env(url), "LBDN_API_KEY": secret}, cwd=ROOT, capture_output=True,
-                           text=True, timeout=120, check=False)
+    keyed = subprocess.run(
+        [sys.executable, "-m", "api.cli", "jobs", "--json"],
+        env={**client_env(url), "LBDN_API_KEY": secret},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert keyed.returncode == 0 and json.loads(keyed.stdout) == []  # tenant acme has no jobs yet

@@ -137,7 +137,9 @@ def test_one_db_connection_serves_many_threads_without_deadlock(tmp_path, settin
     import api.main
     from api.main import create_app
 
-    monkeypatch.setattr(api.main, "pool_sizes", lambda settings: {"pool_size": 1, "max_overflow": 0, "pool_timeout": 60})
+    monkeypatch.setattr(
+        api.main, "pool_sizes", lambda settings: {"pool_size": 1, "max_overflow": 0, "pool_timeout": 60}
+    )
     app = create_app(settings_for(tmp_path, api_threads=32, certify_concurrency=2))
 
     async def run() -> tuple[list[str], list[int]]:

@@ -64,13 +64,23 @@ def _browser(tmp_path: Path):
     options = Options()
     options.binary_location = CHROMIUM  # the system browser: Selenium Manager downloads nothing
     for flag in (
-        "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        "--disable-dev-shm-usage", "--window-size=1400,1050", f"--user-data-dir={tmp_path / 'chromium-profile'}",
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--window-size=1400,1050",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
     ):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    return webdriver.Chrome(service=Service(CHROMEDRIVER, log_output=str(tmp_path / "chromedriver.log")), options=options)
+    return webdriver.Chrome(
+        service=Service(CHROMEDRIVER, log_output=str(tmp_path / "chromedriver.log")), options=options
+    )
 
 
 def test_a_missing_browser_skips_only_outside_ci(monkeypatch, tmp_path):
@@ -183,8 +193,12 @@ def test_dashboard_in_a_browser(service_factory, add_key, trained_model, tmp_pat
 
         # The list shows it as succeeded (the list polls).
         driver.get(svc.url + "/#/jobs")
-        wait.until(lambda d: d.find_element(By.CSS_SELECTOR, f'tr[data-job="{job_id}"] .badge').get_attribute("data-status")
-                   == "succeeded")
+        wait.until(
+            lambda d: (
+                d.find_element(By.CSS_SELECTOR, f'tr[data-job="{job_id}"] .badge').get_attribute("data-status")
+                == "succeeded"
+            )
+        )
         driver.save_screenshot(str(ARTIFACTS / "jobs-list.png"))
 
         # 4. The image model's page: upload two PNGs, see class, margin and both radii per image.

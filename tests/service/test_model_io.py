@@ -27,8 +27,12 @@ def _spec(entry: dict) -> dict:
 
 def _import(client, data: bytes, spec: dict | str, name: str = "model.ckpt", headers=None):
     text = spec if isinstance(spec, str) else json.dumps(spec)
-    return client.post("/v1/models/import", files={"checkpoint": (name, data, "application/octet-stream")},
-                       data={"spec": text}, headers=headers or {})
+    return client.post(
+        "/v1/models/import",
+        files={"checkpoint": (name, data, "application/octet-stream")},
+        data={"spec": text},
+        headers=headers or {},
+    )
 
 
 @pytest.mark.parametrize("entry", CHECKPOINTS, ids=lambda e: e["dir"].split("/")[-1])
@@ -85,7 +89,9 @@ def test_import_bad_inputs_are_named(client):
     assert r.status_code == 422 and r.json()["detail"].startswith("spec: not valid JSON")
     r = _import(client, ckpt, {"model": "KWL", "layer": "Sandwich", "scale": "huge", "dataset": "cifar10"})
     assert r.status_code == 422 and "scale" in r.json()["detail"]
-    r = _import(client, ckpt, {"model": "KWL", "layer": "Sandwich", "scale": "medium", "gamma": 2.0, "dataset": "cifar10"})
+    r = _import(
+        client, ckpt, {"model": "KWL", "layer": "Sandwich", "scale": "medium", "gamma": 2.0, "dataset": "cifar10"}
+    )
     assert r.status_code == 422
     detail = r.json()["detail"]
     assert "'body.0.weight'" in detail and "[32, 35, 3, 3]" in detail and "[64, 67, 3, 3]" in detail
@@ -133,7 +139,9 @@ def test_export_onnx_certifies_like_the_service(client):
     radii = np.array([item["radius"] for item in served["results"]])
     cert = certify_onnx(path, x)
     logit_scale = np.abs(np.load(folder / "io.npz")["y"]).max()
-    assert np.abs(cert.radius.numpy() - radii).max() <= 4e-5 * logit_scale / 2.0  # float64 certificate vs float32 ONNX logits (test_export)
+    assert (
+        np.abs(cert.radius.numpy() - radii).max() <= 4e-5 * logit_scale / 2.0
+    )  # float64 certificate vs float32 ONNX logits (test_export)
     assert (cert.predicted.numpy() == [item["predicted"] for item in served["results"]]).all()
     assert client.get(f"/v1/models/{mid}/export", params={"format": "tf"}).status_code == 422
     r = client.get(f"/v1/models/{mid}/export", params={"format": "torch"})
@@ -144,8 +152,14 @@ def test_evaluate_jobs_accept_an_imported_model(client):
     folder = PAPER / "cifar10/KWL-Sandwich-small-gamma2.0"
     entry = next(e for e in CHECKPOINTS if e["dir"].endswith("KWL-Sandwich-small-gamma2.0"))
     mid = _import(client, (folder / "model.ckpt").read_bytes(), _spec(entry)).json()["id"]
-    r = client.post("/v1/jobs", json={"kind": "evaluate", "model_id": mid,
-                                      "attack": {"n_examples": 4, "version": "custom", "attacks": ["apgd-ce"]}})
+    r = client.post(
+        "/v1/jobs",
+        json={
+            "kind": "evaluate",
+            "model_id": mid,
+            "attack": {"n_examples": 4, "version": "custom", "attacks": ["apgd-ce"]},
+        },
+    )
     assert r.status_code == 201, r.text
     assert r.json()["model_id"] == mid and r.json()["status"] == "queued"
     assert {j["kind"] for j in client.get("/v1/jobs").json()["items"]} == {"import", "evaluate"}
@@ -180,8 +194,12 @@ def test_lbdn_export_downloads_over_http(settings, tmp_path):
                 threading.Event().wait(0.1)
         folder = PAPER / "square_wave/Toy-Aol-small-gamma5.0"
         spec = {"model": "Toy", "layer": "Aol", "gamma": 5.0}
-        r = httpx.post(f"{url}/v1/models/import", files={"checkpoint": ("model.ckpt", (folder / "model.ckpt").read_bytes())},
-                       data={"spec": json.dumps(spec)}, timeout=120)
+        r = httpx.post(
+            f"{url}/v1/models/import",
+            files={"checkpoint": ("model.ckpt", (folder / "model.ckpt").read_bytes())},
+            data={"spec": json.dumps(spec)},
+            timeout=120,
+        )
         assert r.status_code == 201, r.text
         out = tmp_path / "toy.onnx"
         assert main(["export", r.json()["id"], "--format", "onnx", "--url", url, "-o", str(out)]) == 0

@@ -130,16 +130,24 @@ def test_attack_slots_and_cancel_on_disconnect(service_factory, add_key):
         sock.sendall(raw)
         _wait(lambda: _attacks_active(svc.url) == 1, "the first attack running")
         url = f"{svc.url}/v1/models/{toy}/certify"
-        again = httpx.post(f"{url}?attack=true", json={"inputs": [[0.1]], "scale": "model"},
-                           headers={"Authorization": f"Bearer {acme}"}, timeout=60)
+        again = httpx.post(
+            f"{url}?attack=true",
+            json={"inputs": [[0.1]], "scale": "model"},
+            headers={"Authorization": f"Bearer {acme}"},
+            timeout=60,
+        )
         _problem(again, 429, "LBDN_CERTIFY_ATTACKS_PER_TENANT")
         assert int(again.headers["Retry-After"]) > 0
-        other = httpx.post(f"{svc.url}/v1/models/{toy_g}/certify?attack=true",
-                           json={"inputs": [[0.1]], "scale": "model"},
-                           headers={"Authorization": f"Bearer {globex}"}, timeout=60)
+        other = httpx.post(
+            f"{svc.url}/v1/models/{toy_g}/certify?attack=true",
+            json={"inputs": [[0.1]], "scale": "model"},
+            headers={"Authorization": f"Bearer {globex}"},
+            timeout=60,
+        )
         _problem(other, 429, "LBDN_CERTIFY_ATTACKS_TOTAL")  # another tenant, but the server's slot is taken
-        no_attack = httpx.post(url, json={"inputs": [[0.1]], "scale": "model"},
-                               headers={"Authorization": f"Bearer {acme}"}, timeout=60)
+        no_attack = httpx.post(
+            url, json={"inputs": [[0.1]], "scale": "model"}, headers={"Authorization": f"Bearer {acme}"}, timeout=60
+        )
         assert no_attack.status_code == 200 and no_attack.json()["attack"] is None  # certify is not limited
     finally:
         sock.close()  # the client goes away: the attack must stop and give its slot back

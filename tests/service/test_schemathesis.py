@@ -29,19 +29,33 @@ def test_schemathesis_finds_nothing(service_factory, add_key, tmp_path):
     app.state.engine.dispose()
     st = shutil.which("schemathesis", path=str(Path(sys.executable).parent)) or "schemathesis"
     cmd = [
-        st, "run", f"{svc.url}/openapi.json",
-        "--checks", CHECKS,
-        "--phases", "examples,coverage,fuzzing,stateful",
-        "--max-examples", "50",
-        "--workers", "1",
-        "--request-timeout", "120",
-        "--suppress-health-check", "all",
-        "--seed", os.environ.get("LBDN_SCHEMATHESIS_SEED", "7"),  # fixed: a failure replays exactly
+        st,
+        "run",
+        f"{svc.url}/openapi.json",
+        "--checks",
+        CHECKS,
+        "--phases",
+        "examples,coverage,fuzzing,stateful",
+        "--max-examples",
+        "50",
+        "--workers",
+        "1",
+        "--request-timeout",
+        "120",
+        "--suppress-health-check",
+        "all",
+        "--seed",
+        os.environ.get("LBDN_SCHEMATHESIS_SEED", "7"),  # fixed: a failure replays exactly
         # an event stream of a queued job never ends (no worker here); tests/service/test_workers.py
         # follows streams to their end
-        "--exclude-path-regex", r"/events$",
-        "-H", f"Authorization: Bearer {secret}",
-        "--report", "junit", "--report-dir", str(tmp_path / "report"),
+        "--exclude-path-regex",
+        r"/events$",
+        "-H",
+        f"Authorization: Bearer {secret}",
+        "--report",
+        "junit",
+        "--report-dir",
+        str(tmp_path / "report"),
     ]
     # run in tmp_path: schemathesis writes its .schemathesis/ cache to the working directory
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=580, check=False, cwd=tmp_path)

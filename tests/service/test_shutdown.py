@@ -70,7 +70,10 @@ class Serve:
         with log.open("ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "api.cli", "serve", "--port", str(port)],
-                env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                env=env,
+                cwd=ROOT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
             )
         _wait("lbdn serve answering /healthz and its worker ready", self._ready, log=log)
 

@@ -21,8 +21,9 @@ def test_sweep_requests_are_validated_and_stored(client, add_key) -> None:
     assert "no preset 'nope'" in client.post("/v1/sweeps", json={"preset": "nope"}).json()["detail"]
     grid = client.post("/v1/sweeps", json={"spec": {"model": "Toy"}, "grid": {"depth": [1]}})
     assert grid.status_code == 422 and "unknown keys ['depth']" in grid.json()["detail"]
-    point = client.post("/v1/sweeps", json={"spec": {"model": "KWL", "dataset": "cifar10"},
-                                             "grid": {"layer": ["Sandwich", "SLL"]}})
+    point = client.post(
+        "/v1/sweeps", json={"spec": {"model": "KWL", "dataset": "cifar10"}, "grid": {"layer": ["Sandwich", "SLL"]}}
+    )
     assert point.status_code == 422
     assert point.json()["detail"].startswith("spec at layer=SLL: layer 'SLL' is not defined for model KWL")
     huge = client.post("/v1/sweeps", json={"spec": {"model": "Toy"}, "grid": {"seed": list(range(501))}})
@@ -35,24 +36,43 @@ def test_sweep_requests_are_validated_and_stored(client, add_key) -> None:
     assert none.status_code == 422 and "no job of the sweep matches" in none.json()["detail"]
 
     # a Plain network has no gamma: the gamma grid collapses to one Plain job
-    made = client.post("/v1/sweeps", json={"name": "mine", "spec": {"model": "KWL", "dataset": "cifar10"},
-                                           "grid": {"layer": ["Sandwich", "Plain"], "gamma": [1, 2]}, "epochs": 3})
+    made = client.post(
+        "/v1/sweeps",
+        json={
+            "name": "mine",
+            "spec": {"model": "KWL", "dataset": "cifar10"},
+            "grid": {"layer": ["Sandwich", "Plain"], "gamma": [1, 2]},
+            "epochs": 3,
+        },
+    )
     assert made.status_code == 201, made.text
     sw = made.json()
     assert sw["status"] == "running" and sw["counts"] == {"queued": 3} and sw["evaluate"] is None
     assert [(j["point"]["layer"], j["point"]["gamma"]) for j in sw["jobs"]] == [
-        ("Sandwich", 1.0), ("Plain", None), ("Sandwich", 2.0)]
+        ("Sandwich", 1.0),
+        ("Plain", None),
+        ("Sandwich", 2.0),
+    ]
     assert all(j["spec"]["epochs"] == 3 and j["role"] == "train" for j in sw["jobs"])
     # its jobs are ordinary jobs
     assert {j["id"] for j in client.get("/v1/jobs").json()["items"]} == {j["job_id"] for j in sw["jobs"]}
 
-    fig = client.post("/v1/sweeps", json={"preset": "fig4-cifar10", "epochs": 1, "seeds": [5],
-                                          "only": {"layer": ["Sandwich", "Plain"], "gamma": ["1", "none"]},
-                                          "evaluate": {"n_examples": 2, "eps": [36]}})
+    fig = client.post(
+        "/v1/sweeps",
+        json={
+            "preset": "fig4-cifar10",
+            "epochs": 1,
+            "seeds": [5],
+            "only": {"layer": ["Sandwich", "Plain"], "gamma": ["1", "none"]},
+            "evaluate": {"n_examples": 2, "eps": [36]},
+        },
+    )
     assert fig.status_code == 201, fig.text
     fsw = fig.json()
     assert [(j["spec"]["layer"], j["spec"]["gamma"], j["spec"]["seed"]) for j in fsw["jobs"]] == [
-        ("Sandwich", 1.0, 5), ("Plain", None, 5)]
+        ("Sandwich", 1.0, 5),
+        ("Plain", None, 5),
+    ]
     assert fsw["evaluate"]["n_examples"] == 2 and fsw["preset"] == "fig4-cifar10"
     assert client.post("/v1/sweeps", json={"preset": "table1"}).json()["evaluate"] is None  # Toy: train only
     assert client.post("/v1/sweeps", json={"preset": "fig4-cifar10", "evaluate": False}).json()["evaluate"] is None
@@ -70,17 +90,38 @@ def test_sweep_requests_are_validated_and_stored(client, add_key) -> None:
 
 def test_presets_carry_the_papers_commands_and_numbers(client) -> None:
     items = {p["name"]: p for p in client.get("/v1/paper/presets").json()["items"]}
-    assert set(items) == {"table1", "fig4-cifar10", "fig4-cifar100", "fig5-cifar10", "fig5-cifar100",
-                          "table2-cifar100", "table2-tiny", "table3-cifar100", "table3-tiny"}
+    assert set(items) == {
+        "table1",
+        "fig4-cifar10",
+        "fig4-cifar100",
+        "fig5-cifar10",
+        "fig5-cifar100",
+        "table2-cifar100",
+        "table2-tiny",
+        "table3-cifar100",
+        "table3-tiny",
+    }
     # job counts of ../shared/paper-commands.txt (Plain lines have no gamma grid)
     assert {n: p["jobs"] for n, p in items.items()} == {
-        "table1": 12, "fig4-cifar10": 13, "fig4-cifar100": 13, "fig5-cifar10": 25, "fig5-cifar100": 25,
-        "table2-cifar100": 36, "table2-tiny": 36, "table3-cifar100": 3, "table3-tiny": 3}
+        "table1": 12,
+        "fig4-cifar10": 13,
+        "fig4-cifar100": 13,
+        "fig5-cifar10": 25,
+        "fig5-cifar100": 25,
+        "table2-cifar100": 36,
+        "table2-tiny": 36,
+        "table3-cifar100": 3,
+        "table3-tiny": 3,
+    }
     # published values as printed in the paper (../shared/paper-results.md)
     assert items["table1"]["published"]["tightness"]["Sandwich"] == {"1": 99.9, "5": 99.3, "10": 94.0}
     assert items["table1"]["published"]["tightness"]["Aol"]["5"] == 45.2
     assert items["table2-cifar100"]["published"]["table2"]["Sandwich"]["large"] == {
-        "clean": 57.5, "aa_36": 48.5, "aa_72": 40.2, "aa_108": 32.9}
+        "clean": 57.5,
+        "aa_36": 48.5,
+        "aa_72": 40.2,
+        "aa_108": 32.9,
+    }
     assert items["table3-tiny"]["published"]["table3"]["Sandwich (DNN)"] == {"clean": 33.4, "cert_36": 24.7}
     assert client.get("/v1/paper/presets/fig9").status_code == 404
 
@@ -114,9 +155,26 @@ def test_figure_presets_make_their_plots(service_factory, tmp_path: Path) -> Non
     write_cifar10(svc.settings.data_dir)
     svc.worker()
     url = svc.url
-    run = lbdn(url, "paper", "run", "fig4-cifar10", "--epochs", "1", "--only", "layer=Sandwich,Plain", "gamma=1,none",
-               "--n-examples", "2", "--attacks", "apgd-ce", "--set", "train_batch_size=8", "test_batch_size=4",
-               "--follow", timeout=900)
+    run = lbdn(
+        url,
+        "paper",
+        "run",
+        "fig4-cifar10",
+        "--epochs",
+        "1",
+        "--only",
+        "layer=Sandwich,Plain",
+        "gamma=1,none",
+        "--n-examples",
+        "2",
+        "--attacks",
+        "apgd-ce",
+        "--set",
+        "train_batch_size=8",
+        "test_batch_size=4",
+        "--follow",
+        timeout=900,
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     assert "2 training jobs of fig4-cifar10 (each evaluated once trained)" in run.stdout
     newest = json.loads(lbdn(url, "sweeps", "--json").stdout)[0]["id"]
@@ -128,8 +186,21 @@ def test_figure_presets_make_their_plots(service_factory, tmp_path: Path) -> Non
 
     # `lbdn evaluate` of one of these models, followed to its summary
     sandwich = next(j["job_id"] for j in sw["jobs"] if j["role"] == "train" and j["spec"]["layer"] == "Sandwich")
-    ev = lbdn(url, "evaluate", sandwich, "--eps", "36", "--n-examples", "2", "--version", "custom",
-              "--attacks", "apgd-ce", "--follow", timeout=900)
+    ev = lbdn(
+        url,
+        "evaluate",
+        sandwich,
+        "--eps",
+        "36",
+        "--n-examples",
+        "2",
+        "--version",
+        "custom",
+        "--attacks",
+        "apgd-ce",
+        "--follow",
+        timeout=900,
+    )
     assert ev.returncode == 0, ev.stdout + ev.stderr
     assert "succeeded" in ev.stdout and "clean accuracy" in ev.stdout and "eps 36/255: AutoAttack" in ev.stdout
 
@@ -140,8 +211,23 @@ def test_figure_presets_make_their_plots(service_factory, tmp_path: Path) -> Non
     assert "| Sandwich | 1 |" in md and "| CNN (Plain) | - |" in md and "no published column" in md
     assert (out4 / "fig4-cifar10.png").read_bytes().startswith(PNG)
 
-    run = lbdn(url, "paper", "run", "fig5-cifar10", "--epochs", "2", "--seeds", "1", "2", "--only", "layer=Sandwich",
-               "--set", "train_batch_size=8", "--follow", timeout=900)
+    run = lbdn(
+        url,
+        "paper",
+        "run",
+        "fig5-cifar10",
+        "--epochs",
+        "2",
+        "--seeds",
+        "1",
+        "2",
+        "--only",
+        "layer=Sandwich",
+        "--set",
+        "train_batch_size=8",
+        "--follow",
+        timeout=900,
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     out5 = tmp_path / "fig5"
     rep = lbdn(url, "paper", "report", "fig5-cifar10", "--out", str(out5))
@@ -156,8 +242,14 @@ def test_figure_presets_make_their_plots(service_factory, tmp_path: Path) -> Non
     with Client(url) as c:
         fig4 = c.sweep(c.sweeps(preset="fig4-cifar10")[0]["id"], history=True)
         fig5 = c.sweep(c.sweeps(preset="fig5-cifar10")[0]["id"], history=True)
-        for name, data in (("fig4-cifar100", fig4), ("fig5-cifar100", fig5), ("table2-cifar100", fig4),
-                           ("table2-tiny", fig4), ("table3-cifar100", fig5), ("table3-tiny", fig5)):
+        for name, data in (
+            ("fig4-cifar100", fig4),
+            ("fig5-cifar100", fig5),
+            ("table2-cifar100", fig4),
+            ("table2-tiny", fig4),
+            ("table3-cifar100", fig5),
+            ("table3-tiny", fig5),
+        ):
             files = write_report(c.preset(name), data, tmp_path / name)
             assert [f.name for f in files] == ["report.md", f"{name}.png"]
             assert files[1].read_bytes().startswith(PNG)
@@ -176,8 +268,14 @@ def test_sweep_store_on_sqlite_and_postgres(store) -> None:
     kwl = {"model": "KWL", "layer": "Sandwich", "dataset": "cifar10", "gamma": 1.0}
     with transaction(store) as s:
         sweep, made = sweeps.create_sweep(
-            s, tenant="t1", name="mix", preset=None, request={}, evaluate={"eps": [36], "n_examples": 2},
-            specs=[(toy, {"gamma": 1.0}), (kwl, {"gamma": 1.0})])
+            s,
+            tenant="t1",
+            name="mix",
+            preset=None,
+            request={},
+            evaluate={"eps": [36], "n_examples": 2},
+            specs=[(toy, {"gamma": 1.0}), (kwl, {"gamma": 1.0})],
+        )
     for job in made:
         with transaction(store) as s:
             leases.acquire(s, job.id, "w", 60)
@@ -192,7 +290,10 @@ def test_sweep_store_on_sqlite_and_postgres(store) -> None:
         assert sweeps.add_evaluation(s, sweep, link, trained) is None
         assert sweeps.pending_evaluations(s, sweep) == []
         rows = sweeps.sweep_jobs(s, sweep.id)
-        assert [(link.role, job.kind) for link, job in rows] == [("train", "train"), ("train", "train"),
-                                                                 ("evaluate", "evaluate")]
+        assert [(link.role, job.kind) for link, job in rows] == [
+            ("train", "train"),
+            ("train", "train"),
+            ("evaluate", "evaluate"),
+        ]
         assert sweeps.get_sweep(s, "t2", sweep.id) is None
         assert [sw.id for sw in sweeps.list_sweeps(s, "t1")][:1] == [sweep.id]

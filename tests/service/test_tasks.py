@@ -41,9 +41,19 @@ def _write_folder(root, per_class: int = 8) -> None:
 
 def test_train_then_evaluate_jobs_run_lipcore_and_store_results(ctx):
     _write_folder(ctx.settings.datasets_dir / "colours")
-    spec = {"model": "KWL", "layer": "Plain", "dataset": "image_folder", "data_path": "colours",
-            "loss": "multimargin", "epochs": 2, "train_batch_size": 8, "test_batch_size": 8,
-            "in_channels": 3, "img_size": 32, "num_classes": 2}
+    spec = {
+        "model": "KWL",
+        "layer": "Plain",
+        "dataset": "image_folder",
+        "data_path": "colours",
+        "loss": "multimargin",
+        "epochs": 2,
+        "train_batch_size": 8,
+        "test_batch_size": 8,
+        "in_channels": 3,
+        "img_size": 32,
+        "num_classes": 2,
+    }
     model = _job(ctx, spec=spec, kind=JobKind.train)
     assert run_train(ctx, model.id) == "succeeded"
     params = {"eps": [36], "version": "custom", "n_examples": 4, "attacks": ["apgd-ce"]}

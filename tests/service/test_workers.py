@@ -182,7 +182,9 @@ def test_worker_killed_mid_training_resumes_from_checkpoint(service_factory, bro
     resumed_at = job["resumed_from"]["epoch"]
     assert resumed_at >= done_before >= 2  # not restarted from epoch 0
     wait_for(client, job_id, lambda j: _epochs_done(client, job_id) >= resumed_at + 2, what="epochs after the resume")
-    print(f"killed after {done_before} epochs; resumed at {resumed_at}, {time.monotonic() - t_kill:.1f}s after the kill")
+    print(
+        f"killed after {done_before} epochs; resumed at {resumed_at}, {time.monotonic() - t_kill:.1f}s after the kill"
+    )
     assert client.post(f"/v1/jobs/{job_id}/cancel").status_code == 200
     job = wait_for(client, job_id, lambda j: j["status"] == "cancelled", what="the cancelled job")
     assert job["attempt"] == 2
