@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test test-fast serve install bench clean browser
+.PHONY: test test-fast lint serve install bench clean browser
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,7 +25,13 @@ browser:
 	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; \
 	else echo "make: chromium/chromium-driver missing (install: apt-get install chromium chromium-driver); the browser test will skip"; fi
 
-test: $(STAMP) browser
+# ruff (lint + format) and mypy (strict on api, worker, core; see pyproject.toml): seconds, run first
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(PY) -m mypy
+
+test: $(STAMP) browser lint
 	$(PY) -m pytest -q
 
 # The edit loop: the library's tests without servers or long runs (about 2 minutes here).
