@@ -74,6 +74,7 @@ def data_dir(tmp_path_factory) -> Path:
     return d
 
 
+@pytest.mark.slow  # the paper's large models, trained, certified in float64 and attacked on the CPU
 @pytest.mark.parametrize("family", FAMILIES, ids=lambda f: f.title)
 def test_paper_command_family_runs(family: Family, data_dir: Path, tmp_path: Path, capsys) -> None:
     root = str(tmp_path / "saved_models")

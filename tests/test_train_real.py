@@ -1,8 +1,10 @@
 """KWL-Sandwich-small learns from real CIFAR-10 JPEGs in a CPU-sized budget, with certificates.
 
-3,000 real images (300 per class; 2,700 train, 300 held out), 4 epochs of the paper's recipe
-(xent, peak lr 0.01, batches of 128): about 90 s on 2 cores. Measured: 28 % test accuracy
-(chance is 10 %) and 10 % certified accuracy at 36/255.
+3,000 real images (300 per class; 2,700 train, 300 held out), 4 epochs of the paper's CIFAR-10
+recipe (multimargin loss, peak lr 0.01, batches of 128): about 90 s on 2 cores. Measured: 28-31 %
+test accuracy (chance is 10 %). With xent at gamma 1 the first two epochs stay at chance and where
+a run takes off in the next two depends on float32 rounding (28 % or 16 % for two orders of the same
+sums), so the test would check luck, not learning.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ def test_kwl_sandwich_learns_real_cifar10_with_certificates(cifar_slice: Path, t
         gamma=1.0,
         dataset="image_folder",
         data_path=str(cifar_slice),
-        loss="xent",
+        loss="multimargin",
         epochs=4,
         train_batch_size=128,
         test_batch_size=300,
