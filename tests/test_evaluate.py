@@ -47,6 +47,7 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
     return run.run_dir / MODEL, data
 
 
+@pytest.mark.slow  # seconds to a minute each on 2 cores: make test runs it, make test-fast not
 def test_autoattack_accuracy_is_bracketed_by_clean_and_certified(trained) -> None:
     model_path, data = trained
     seen = []

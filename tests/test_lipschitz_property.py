@@ -173,6 +173,7 @@ def test_resnet_models_bounded_by_gamma(gamma, lln) -> None:
     assert_bounded(model, torch.rand(1, 3, 16, 16, dtype=torch.float64), bound, restarts=1)
 
 
+@pytest.mark.slow  # seconds to a minute each on 2 cores: make test runs it, make test-fast not
 @settings(max_examples=1, deadline=None)  # one draw: float64 Cayley transforms of 2048x6144 blocks
 @given(gamma=st.floats(0.1, 20.0))
 def test_dnn_bounded_by_gamma(gamma) -> None:
@@ -180,6 +181,7 @@ def test_dnn_bounded_by_gamma(gamma) -> None:
     assert_bounded(model, torch.rand(1, 3, 32, 32, dtype=torch.float64), gamma, restarts=1)
 
 
+@pytest.mark.slow  # seconds to a minute each on 2 cores: make test runs it, make test-fast not
 @pytest.mark.parametrize(
     "spec",
     [

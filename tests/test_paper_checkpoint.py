@@ -112,6 +112,7 @@ def test_run_directory_prefers_safetensors(tmp_path: Path) -> None:
     assert again.source == "lbdn" and again.classes[0] == "airplane"
 
 
+@pytest.mark.slow  # seconds to a minute each on 2 cores: make test runs it, make test-fast not
 @pytest.mark.parametrize(
     "layout", LAYOUTS, ids=lambda lay: f"{lay['model']}-{lay['layer']}-{lay['dataset']}-LLN{lay['LLN']}"
 )

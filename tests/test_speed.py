@@ -116,6 +116,7 @@ def test_bf16_training_step_runs_and_keeps_float32_weights(layer: str) -> None:
     assert abs(loss16.item() - loss32.item()) < 0.05 * abs(loss32.item()) + 1e-3
 
 
+@pytest.mark.slow  # seconds to a minute each on 2 cores: make test runs it, make test-fast not
 def test_compiled_training_matches_eager(tmp_path, monkeypatch) -> None:
     """compile='on' (forced on the CPU here) trains the Toy network to the eager run's weights.
 

@@ -81,6 +81,7 @@ IMAGE_SPEC = dict(
 )
 
 
+@pytest.mark.slow  # seconds to a minute each on 2 cores: make test runs it, make test-fast not
 @pytest.mark.parametrize("how", ["stop_mid_epoch", "crash_mid_epoch", "stop_at_epoch_end"])
 def test_resumed_image_run_ends_with_identical_weights(folder: Path, tmp_path: Path, how: str) -> None:
     """Augmentation, shuffling and Adam state all continue exactly (3 steps per epoch)."""

@@ -23,6 +23,7 @@ def cifar_slice(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return unpack_cifar_jpegs(tmp_path_factory.mktemp("cifar-jpeg"), per_class=300)
 
 
+@pytest.mark.slow  # seconds to a minute each on 2 cores: make test runs it, make test-fast not
 def test_kwl_sandwich_learns_real_cifar10_with_certificates(cifar_slice: Path, tmp_path: Path) -> None:
     spec = ExperimentSpec(
         model="KWL",
@@ -45,6 +46,7 @@ def test_kwl_sandwich_learns_real_cifar10_with_certificates(cifar_slice: Path, t
     assert 0 < result.summary["lipschitz_lower_bound"] <= spec.gamma * (1 + 1e-4)
 
 
+@pytest.mark.slow  # seconds to a minute each on 2 cores: make test runs it, make test-fast not
 def test_normalized_cert_acc_is_pixel_space(cifar_slice: Path, tmp_path: Path) -> None:
     """With --normalized, metrics.json's cert_acc_36/72/108 count inputs certified at 36/72/108 /255
     in [0, 1] pixel space (radius * min(std)), the quantity of eval.json, recomputed here from the
