@@ -88,11 +88,19 @@ async def certify_inputs(
     if not path.is_file():
         raise HTTPException(404, f"model {model.id} has no weights file (was it removed?)")
     if attack:
-        # the attack runs on the API's certify threads (it polls for the client's disconnect);
-        # at most LBDN_CERTIFY_ATTACKS_TOTAL at once (api.certify.AttackSlots)
-        bound, results, report, shape = await anyio.to_thread.run_sync(
-            _certify_and_attack, model, raw, request, settings, tenant, limiter=request.app.state.attack_limiter
-        )
+        # The attack runs on the API's attack threads (it polls for the client's disconnect). Its slot
+        # (api.certify.AttackSlots: 429 beyond the limits) is taken here, before a thread: the threads
+        # are as many as the slots, so a request that gets a slot never waits for a thread, and one that
+        # gets none is answered at once instead of queueing behind running attacks.
+        slots: AttackSlots = request.app.state.attack_slots
+        with slots.hold(tenant):
+            metrics.certify_attacks_active.inc()
+            try:
+                bound, results, report, shape = await anyio.to_thread.run_sync(
+                    _certify_and_attack, model, raw, request, settings, limiter=request.app.state.attack_limiter
+                )
+            finally:
+                metrics.certify_attacks_active.dec()
     else:
         # computed in a certify process (api.certify_pool): never on the API's threads or its GIL
         out = await request.app.state.certify_pool.certify(path, raw, name=f"model {model.id}")
@@ -103,7 +111,7 @@ async def certify_inputs(
 
 
 def _certify_and_attack(
-    model: Job, raw: RawInputs, request: Request, settings: Settings, tenant: str
+    model: Job, raw: RawInputs, request: Request, settings: Settings
 ) -> tuple[LipschitzBound, list[CertifiedInput], AttackReport | None, tuple[int, ...]]:
     path = settings.job_dir(model.id) / MODEL
     loaded = request.app.state.model_cache.get(path)
@@ -117,17 +125,10 @@ def _certify_and_attack(
         max_inputs=settings.max_certify_inputs,
         max_pixels=settings.max_image_pixels,
     )
-    slots: AttackSlots = request.app.state.attack_slots
-    metrics = request.app.state.metrics
-    with slots.hold(tenant):
-        metrics.certify_attacks_active.inc()
-        try:
-            budget = AttackBudget(settings.certify_attack_timeout_s, _disconnect_probe(request))
-            bound, results, report = certify_batch(
-                loaded, x, scale=raw.scale, attack=True, attack_steps=settings.certify_attack_steps, budget=budget
-            )
-        finally:
-            metrics.certify_attacks_active.dec()
+    budget = AttackBudget(settings.certify_attack_timeout_s, _disconnect_probe(request))
+    bound, results, report = certify_batch(
+        loaded, x, scale=raw.scale, attack=True, attack_steps=settings.certify_attack_steps, budget=budget
+    )
     return bound, results, report, tuple(shape)
 
 
