@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -101,6 +102,9 @@ def test_paper_command_family_runs(family: Family, data_dir: Path, tmp_path: Pat
                 result = json.loads((run / EVAL).read_text())
                 assert set(result["autoattack_acc"]) == {"36", "72", "108"}
                 assert all(v == 0 for v in result["certificate_violations"].values())
+        # A large model's run (weights, Adam state, checkpoint) is up to a GB: a family kept them all
+        # (4.7 GB) and a full test run 17 GB, enough to fill a CI machine's disk. Checked, then gone.
+        shutil.rmtree(run, ignore_errors=True)
 
 
 def test_invalid_command_line_is_a_clear_usage_error(capsys) -> None:
