@@ -187,6 +187,11 @@ class _Trainer:
             log(f"Resumed from checkpoint: {epoch0} epochs and {step0} steps done")
             if self.hooks.on_resume:
                 self.hooks.on_resume(self.resumed_from)
+            # The checkpoint is written before its epoch is reported (so a reported epoch is never
+            # lost), hence a kill between the two leaves that epoch unreported: report it again.
+            # Callers receive it at least once and must treat a repeat as the same row.
+            if self.hooks.on_epoch and self.history:
+                self.hooks.on_epoch(self.history[-1])
         else:
             log(f"Set global seed to {spec.seed}")
             log(f"name: {spec.run_name()}, num_params: {self.nparams:,}, device: {self.dev}")

@@ -126,6 +126,29 @@ def test_toy_run_writes_the_run_directory(tmp_path: Path) -> None:
     assert state.position["epoch"] == 6 and len(state.history) == 6
 
 
+def test_an_epoch_checkpointed_but_not_reported_is_reported_on_resume(tmp_path: Path) -> None:
+    """A worker killed after epoch 3's checkpoint but before its report: the resumed run reports
+    epoch 3 (the service's CI caught a resumed job whose metrics skipped an epoch)."""
+    spec = ExperimentSpec(model="Toy", layer="Sandwich", gamma=2.0, epochs=5)
+
+    class Killed(Exception):
+        pass
+
+    seen: list[int] = []
+
+    def report_until_3(row: dict) -> None:
+        if row["epoch"] == 3:
+            raise Killed  # the checkpoint of epoch 3 is on disk by now
+        seen.append(row["epoch"])
+
+    with pytest.raises(Killed):
+        train(spec, tmp_path, hooks=TrainHooks(on_epoch=report_until_3), lipschitz_restarts=0)
+    assert load_train_state(tmp_path / CHECKPOINT).position["epoch"] == 3
+    resumed = train(spec, tmp_path, hooks=TrainHooks(on_epoch=lambda r: seen.append(r["epoch"])), lipschitz_restarts=0)
+    assert resumed.resumed_from == {"epoch": 3, "step": 0}
+    assert seen == [1, 2, 3, 4, 5]
+
+
 def test_resume_refuses_a_different_experiment(tmp_path: Path) -> None:
     train(ExperimentSpec(model="Toy", layer="Aol", gamma=1.0, epochs=1), tmp_path, lipschitz_restarts=0)
     with pytest.raises(ValueError, match="already holds a different experiment"):

@@ -150,10 +150,18 @@ def log_lines(s: Session, job_id: str, offset: int = 0, limit: int = 1000) -> li
 
 
 def record_metrics(s: Session, job_id: str, row: dict[str, Any]) -> None:
-    """Store one epoch's metrics (replacing a row of the same epoch from an interrupted attempt)."""
+    """Store one epoch's metrics (replacing a row of the same epoch from an interrupted attempt).
+
+    A resumed run reports its checkpoint's last epoch again (it may have died before reporting it):
+    a row already stored as it is changes nothing and adds no event."""
     epoch = int(row["epoch"])
-    s.execute(delete(JobMetric).where(JobMetric.job_id == job_id, JobMetric.epoch == epoch))
-    s.add(JobMetric(job_id=job_id, epoch=epoch, data=row))
+    stored = s.get(JobMetric, (job_id, epoch))
+    if stored is None:
+        s.add(JobMetric(job_id=job_id, epoch=epoch, data=row))
+    elif stored.data == json.loads(json.dumps(row)):
+        return
+    else:
+        stored.data = row
     s.execute(update(Job).where(Job.id == job_id).values(latest_metrics=row, updated_at=utcnow()))
     add_event(s, job_id, EventKind.metrics, row)
 

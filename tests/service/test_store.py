@@ -52,6 +52,7 @@ def test_events_metrics_logs(store):
         jobs.record_metrics(s, job.id, {"epoch": 1, "train_loss": 1.0})
         jobs.record_metrics(s, job.id, {"epoch": 2, "train_loss": 0.5})
         jobs.record_metrics(s, job.id, {"epoch": 2, "train_loss": 0.4})  # a resumed attempt re-records
+        jobs.record_metrics(s, job.id, {"epoch": 2, "train_loss": 0.4})  # a resume repeats its last epoch
     with transaction(store) as s:
         assert jobs.log_lines(s, job.id, offset=1) == ["line 1", "line 2"]
         assert [m["train_loss"] for m in jobs.metrics_since(s, job.id)] == [1.0, 0.4]
