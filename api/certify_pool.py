@@ -10,7 +10,10 @@ and `/healthz` are served first and certify takes what is left, all of it when t
 `LBDN_CERTIFY_CONCURRENCY` processes are started (spawn: no fork of a threaded server) on the first
 certify request, so an API that certifies nothing never loads torch. Each keeps its own LRU of
 loaded models (`api.model_cache.ModelCache`, keyed by file and modification time) and exits with the
-API (parent-death signal). A request waiting for a process holds no thread and no DB connection; if
+API (parent-death signal). The process returns the answer already serialised (JSON bytes): building
+and serialising the response models is most of a small request's cost, and done in the API it
+would take the CPU (and the GIL) that polls and /healthz need (measured: 5.2 -> see README ms of API CPU
+per certify request). A request waiting for a process holds no thread and no DB connection; if
 its client goes away before a process takes it, it is dropped. The `?attack=true` search stays on
 threads of the API process (at most LBDN_CERTIFY_ATTACKS_TOTAL at once): it must notice a client's
 disconnect while it runs.
@@ -58,12 +61,11 @@ class _Refused:
 
 @dataclass(frozen=True)
 class CertifyResult:
-    """What one certify request computed: the bound, the per-input certificates, the input shape,
-    and whether the model had to be loaded for it (not found in that process's LRU)."""
+    """One certify request's answer: the api.schemas.CertifyOut as JSON bytes, how many inputs it
+    certified, and whether the model had to be loaded for it (not found in that process's LRU)."""
 
-    bound: Any  # api.schemas.LipschitzBound
-    results: list[Any]  # api.schemas.CertifiedInput
-    shape: tuple[int, ...]
+    body: bytes
+    inputs: int
     loaded_now: bool
 
 
@@ -95,9 +97,12 @@ def _die_with_parent() -> None:
         pass
 
 
-def _certify_in_process(path: str, raw: RawInputs, limits: CertifyLimits, name: str) -> CertifyResult | _Refused:
+def _certify_in_process(path: str, raw: RawInputs, limits: CertifyLimits, model_id: str) -> CertifyResult | _Refused:
     from api.certify import certify_batch, input_shape
+    from api.schemas import CertifyOut
     from api.uploads import decode
+
+    name = f"model {model_id}"
 
     try:
         before = _cache.loads
@@ -110,7 +115,8 @@ def _certify_in_process(path: str, raw: RawInputs, limits: CertifyLimits, name: 
             raw, shape, is_image=bool(loaded.spec.img_size), max_inputs=limits.max_inputs, max_pixels=limits.max_pixels
         )
         bound, results, _ = certify_batch(loaded, x, scale=raw.scale, attack=False, attack_steps=0)
-        return CertifyResult(bound=bound, results=results, shape=tuple(shape), loaded_now=loaded_now)
+        out = CertifyOut(model_id=model_id, input_shape=list(shape), lipschitz_bound=bound, results=results)
+        return CertifyResult(body=out.model_dump_json().encode(), inputs=len(results), loaded_now=loaded_now)
     except HTTPException as e:
         return _Refused(e.status_code, e.detail, dict(e.headers) if e.headers else None)
 
@@ -142,15 +148,16 @@ class CertifyPool:
                 self._executor = None
         broken.shutdown(wait=False, cancel_futures=True)
 
-    async def certify(self, path: Path, raw: RawInputs, name: str) -> CertifyResult:
-        """Certificates for `raw` against the model file `path` (`name` in messages: "model <id>");
-        raises HTTPException as the
-        computation would have. A certify process that died (e.g. killed for memory) is replaced and
+    async def certify(self, path: Path, raw: RawInputs, model_id: str) -> CertifyResult:
+        """Certificates for `raw` against the model file `path` of model `model_id`, as the JSON of an
+        api.schemas.CertifyOut; raises HTTPException as the computation would have. A certify process that died (e.g. killed for memory) is replaced and
         the request tried once more; a second loss answers 503."""
         for attempt in (1, 2):
             executor = self._get()
             try:
-                out = await asyncio.wrap_future(executor.submit(_certify_in_process, str(path), raw, self.limits, name))
+                out = await asyncio.wrap_future(
+                    executor.submit(_certify_in_process, str(path), raw, self.limits, model_id)
+                )
                 break
             except BrokenProcessPool:
                 log.warning("a certify process died; starting new ones (attempt %d)", attempt)
