@@ -53,6 +53,7 @@ def run_api(settings: Settings, host: str, port: int) -> None:
         host=host,
         port=port,
         log_level="info",
+        access_log=settings.access_log,
         timeout_graceful_shutdown=5,
         # longer than clients keep idle connections (httpx 5 s, browsers more): a server that closes
         # a kept-alive connection just as a client reuses it makes that request fail (ReadError)

@@ -50,6 +50,11 @@ class Settings(BaseSettings):
     certify_nice: int = Field(
         10, ge=0, le=19, description="niceness of the certify processes: polls and /healthz are served first"
     )
+    access_log: bool = Field(
+        False,
+        description="uvicorn's line per request (about a tenth of a poll's API CPU; per-route counts and "
+        "latencies are in /metrics either way)",
+    )
 
     # Access and limits (see README "API keys, access and limits")
     auth: Literal["keys", "none"] | None = Field(

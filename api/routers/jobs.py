@@ -225,5 +225,6 @@ def delete_job(job: TenantJob, session: SessionDep, request: Request, settings: 
     jobs.delete_job(session, job)
     session.commit()
     request.app.state.model_cache.forget(settings.job_dir(job.id))
+    request.app.state.known_models.forget(job.id)
     shutil.rmtree(Path(settings.job_dir(job.id)), ignore_errors=True)
     return Response(status_code=204)

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from sqlalchemy import select
 
 from api.certify import AttackBudget, AttackSlots, certify_batch, input_shape
-from api.deps import CurrentTenant, SessionDep, SettingsDep, TenantModel
+from api.deps import CurrentTenant, SessionDep, SettingsDep, TenantModel, TenantModelId
 from api.problems import problem_responses
 from api.schemas import AttackReport, CertifiedInput, CertifyOut, LipschitzBound, ModelOut, ModelPage
 from api.uploads import RawInputs, decode, read_certify_body
@@ -75,7 +75,7 @@ def get_model(model: TenantModel) -> ModelOut:
     responses=problem_responses(400, 404, 413, 415, 422, 429),
 )
 async def certify_inputs(
-    model: TenantModel,
+    model: TenantModelId,
     raw: Annotated[RawInputs, Depends(read_certify_body)],
     request: Request,
     settings: SettingsDep,
@@ -84,9 +84,9 @@ async def certify_inputs(
 ) -> Response:
     t0 = time.perf_counter()
     metrics = request.app.state.metrics
-    path = settings.job_dir(model.id) / MODEL
+    path = settings.job_dir(model) / MODEL
     if not path.is_file():
-        raise HTTPException(404, f"model {model.id} has no weights file (was it removed?)")
+        raise HTTPException(404, f"model {model} has no weights file (was it removed?)")
     if attack:
         # The attack runs on the API's attack threads (it polls for the client's disconnect). Its slot
         # (api.certify.AttackSlots: 429 beyond the limits) is taken here, before a thread: the threads
@@ -102,13 +102,13 @@ async def certify_inputs(
             finally:
                 metrics.certify_attacks_active.dec()
         answer = CertifyOut(
-            model_id=model.id, input_shape=list(shape), lipschitz_bound=bound, results=results, attack=report
+            model_id=model, input_shape=list(shape), lipschitz_bound=bound, results=results, attack=report
         )
         body, n = answer.model_dump_json().encode(), len(results)
     else:
         # computed and serialised in a certify process (api.certify_pool): never on the API's threads
         # or its GIL; the bytes are the CertifyOut of response_model, passed through as they are
-        out = await request.app.state.certify_pool.certify(path, raw, model.id)
+        out = await request.app.state.certify_pool.certify(path, raw, model)
         body, n = out.body, out.inputs
     metrics.certify_latency.labels(str(attack).lower()).observe(time.perf_counter() - t0)
     metrics.certified_inputs.inc(n)
@@ -116,12 +116,12 @@ async def certify_inputs(
 
 
 def _certify_and_attack(
-    model: Job, raw: RawInputs, request: Request, settings: Settings
+    model: str, raw: RawInputs, request: Request, settings: Settings
 ) -> tuple[LipschitzBound, list[CertifiedInput], AttackReport | None, tuple[int, ...]]:
-    path = settings.job_dir(model.id) / MODEL
+    path = settings.job_dir(model) / MODEL
     loaded = request.app.state.model_cache.get(path)
     if loaded.model.gamma is None:
-        raise HTTPException(422, f"model {model.id} has no Lipschitz bound (Plain layers), so nothing can be certified")
+        raise HTTPException(422, f"model {model} has no Lipschitz bound (Plain layers), so nothing can be certified")
     shape = input_shape(loaded.spec)
     x = decode(
         raw,

@@ -127,6 +127,7 @@ def make_settings(tmp_path: Path, **overrides) -> Settings:
         progress_interval_s=0.2,
         cancel_poll_s=0.2,
         sse_poll_s=0.1,
+        access_log=True,  # a failed test's server log shows each request
     )
     values.update(overrides)
     return Settings(_env_file=None, **values)
