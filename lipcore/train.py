@@ -57,7 +57,7 @@ class TrainHooks:
     """Plain callables a caller (CLI, worker) plugs in; every one is optional."""
 
     on_progress: Callable[[Progress], None] | None = None  # after every step
-    on_epoch: Callable[[dict[str, Any]], None] | None = None  # one epoch's metrics
+    on_epoch: Callable[[dict[str, Any]], None] | None = None  # one epoch's metrics (a resume repeats its last)
     on_checkpoint: Callable[[Path], None] | None = None  # after a resumable checkpoint is written
     should_stop: Callable[[], bool] | None = None  # polled every step: True -> checkpoint and stop
     on_log: Callable[[str], None] | None = None  # human-readable lines (also in log.txt)
