@@ -31,8 +31,13 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m mypy
 
+# Two pytest workers: the service tests wait on processes and events much of the time, so the two
+# cores stay busy. One torch thread per process (OpenMP threads of two processes spin against each
+# other on two cores). --dist loadfile: a file's tests run on one worker in order, so module fixtures
+# (a trained run shared by its tests, test_cli's set of experiments already run) are made once.
+# --durations: CI's log shows where the time goes.
 test: $(STAMP) browser lint
-	$(PY) -m pytest -q
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadfile --durations=30
 
 # The edit loop: the library's tests without servers or long runs (about 2 minutes here).
 test-fast: $(STAMP)
