@@ -254,6 +254,8 @@ def main() -> None:
                 rounds=5,
                 steps=args.steps // 2 or 1,
                 spec_extra=json.dumps(extra),
+                threads=0,
+                compile_current=False,
             )
             c = step_bench.compare(ns)
             results["compare"][label] = c

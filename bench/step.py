@@ -143,7 +143,10 @@ def _forward(args: argparse.Namespace) -> list[str]:
 
 
 def extract(commit: str, into: Path) -> Path:
-    """`git archive <commit> lipcore | tar -x -C into`; returns into."""
+    """`git archive <commit> lipcore | tar -x -C into`; returns into. `commit` may also be a folder
+    holding the baseline's lipcore/ (a machine without the history: a GPU box gets a copy)."""
+    if (Path(commit) / "lipcore").is_dir():
+        return Path(commit).resolve()
     archive = subprocess.run(
         ["git", "-C", str(ROOT), "archive", commit, "lipcore"], check=True, capture_output=True
     ).stdout
@@ -194,7 +197,9 @@ def compare(args: argparse.Namespace) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--worker", help=argparse.SUPPRESS)
-    ap.add_argument("--baseline", default="cc48de5", help="commit whose lipcore/ is the baseline")
+    ap.add_argument(
+        "--baseline", default="cc48de5", help="commit whose lipcore/ is the baseline, or a folder holding that lipcore/"
+    )
     ap.add_argument("--model", default="KWL")
     ap.add_argument("--layer", default="Sandwich")
     ap.add_argument("--scale", default="small")
