@@ -33,11 +33,15 @@ lint: $(STAMP)
 
 # Two pytest workers: the service tests wait on processes and events much of the time, so the two
 # cores stay busy. One torch thread per process (OpenMP threads of two processes spin against each
-# other on two cores). --dist loadfile: a file's tests run on one worker in order, so module fixtures
-# (a trained run shared by its tests, test_cli's set of experiments already run) are made once.
+# other on two cores). --dist loadgroup takes the scheduler of tests/conftest.py: a file's tests are
+# one unit of work, run on one worker in order, so module fixtures (a trained run shared by its
+# tests) are made once, as with loadfile; only test_cli's paper-command tests (one per distinct
+# experiment, up to minutes each) are units of their own, so both workers share them. conftest.py
+# puts those first, costliest first, and --no-loadscope-reorder keeps that order (by default xdist
+# sends the units with the most tests first, and these single tests would start last).
 # --durations: CI's log shows where the time goes.
 test: $(STAMP) browser lint
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadfile --durations=30
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadgroup --no-loadscope-reorder --durations=30
 
 # The edit loop: the library's tests without servers or long runs (about 2 minutes here).
 test-fast: $(STAMP)
