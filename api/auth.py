@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
-import time
 from typing import Annotated, Literal
 
+from cachetools import TTLCache
 from fastapi import Depends, HTTPException, Request
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -73,31 +73,16 @@ def _keys_ever_created(request: Request) -> bool:
     return bool(state.keys_seen)
 
 
-class KeyCache:
-    """Tenants of recently seen active keys, for `ttl_s` seconds (LBDN_KEY_CACHE_S).
+def key_cache(ttl_s: float) -> TTLCache[str, str]:
+    """Tenants of recently seen active keys by the key's SHA-256 (never the secret), for `ttl_s`
+    seconds (LBDN_KEY_CACHE_S; 0 disables).
 
-    A poll costs the API ~3 ms of CPU, and the key lookup (a thread hop and a query) is a third of
-    it; dashboards and `watch` loops poll with the same key every second. Only successful lookups
-    are kept, by the key's SHA-256 (never the secret), so a revoked key stops working within ttl_s
-    (revocation is a `lbdn keys revoke` in another process; there is nothing to notify). 0 disables.
+    A poll costs the API a few ms of CPU, and the key lookup (a thread hop and a query) was a third
+    of it; dashboards and `watch` loops poll with the same key every second. Only successful lookups
+    are kept, so a revoked key stops working within ttl_s (revocation is a `lbdn keys revoke` in
+    another process; there is nothing to notify). Used on the event loop only (no lock needed).
     """
-
-    def __init__(self, ttl_s: float, size: int = 4096) -> None:
-        self.ttl_s, self.size = ttl_s, size
-        self._tenants: dict[str, tuple[str, float]] = {}
-
-    def get(self, digest: str) -> str | None:
-        hit = self._tenants.get(digest)
-        if hit is None or hit[1] < time.monotonic():
-            return None
-        return hit[0]
-
-    def put(self, digest: str, tenant: str) -> None:
-        if self.ttl_s <= 0:
-            return
-        if len(self._tenants) >= self.size:  # many keys at once: start over rather than grow
-            self._tenants.clear()
-        self._tenants[digest] = (tenant, time.monotonic() + self.ttl_s)
+    return TTLCache(maxsize=4096, ttl=ttl_s)
 
 
 async def current_tenant(
@@ -106,14 +91,14 @@ async def current_tenant(
 ) -> str:
     """The tenant of the bearer key; the open tenant only in the open mode (see the module doc)."""
     if credentials is not None:
-        cache: KeyCache = request.app.state.key_cache
+        cache: TTLCache[str, str] = request.app.state.key_cache
         digest = keys.digest(credentials.credentials)
         tenant = cache.get(digest)
         if tenant is None:
             # a short session of its own, on a thread: a request never holds a connection for its life
             tenant = await run_in_threadpool(_lookup, request.app.state.sessions, digest)
             if tenant is not None:
-                cache.put(digest, tenant)
+                cache[digest] = tenant
         if tenant is None:
             raise HTTPException(401, "Authorization: unknown or revoked API key", headers=_CHALLENGE)
         return tenant

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
 from typing import Annotated
 
+from cachetools import TTLCache
 from fastapi import Depends, HTTPException, Path, Request
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session
@@ -19,15 +19,16 @@ __all__ = [  # OPEN_TENANT, CurrentTenant and current_tenant: api.auth's, re-exp
     "OPEN_TENANT",
     "CurrentTenant",
     "JobId",
-    "KnownModels",
     "SessionDep",
     "SettingsDep",
     "TenantJob",
     "TenantModel",
     "TenantModelId",
     "current_tenant",
+    "forget_model",
     "get_session",
     "get_settings",
+    "known_models",
     "tenant_job",
     "tenant_model",
     "tenant_model_id",
@@ -82,34 +83,24 @@ def tenant_model(model_id: Annotated[str, Path(max_length=40)], session: Session
 TenantModel = Annotated[Job, Depends(tenant_model)]
 
 
-class KnownModels:
+def known_models(ttl_s: float) -> TTLCache[tuple[str, str], bool]:
     """(tenant, model id) pairs recently found to be a trained model, for `ttl_s` seconds.
 
     A model never changes once it exists (a succeeded training job or an import); it can only be
     deleted. Certify clients call the same model many times a second, and its lookup (a thread hop
     and a query) was a large share of a certify request's API CPU, which delays every poll and
-    /healthz behind it. A deletion through this process forgets the model at once; one through
-    another process is seen by the certify route's weights-file check (404) until ttl_s passes.
+    /healthz behind it. A deletion through this process forgets the model at once (forget_model);
+    one through another process is seen by the certify route's weights-file check (404) until ttl_s
+    passes. Used on the event loop only (no lock needed).
     """
+    return TTLCache(maxsize=4096, ttl=ttl_s)
 
-    def __init__(self, ttl_s: float, size: int = 4096) -> None:
-        self.ttl_s, self.size = ttl_s, size
-        self._until: dict[tuple[str, str], float] = {}
 
-    def __contains__(self, key: tuple[str, str]) -> bool:
-        until = self._until.get(key)
-        return until is not None and until >= time.monotonic()
-
-    def add(self, key: tuple[str, str]) -> None:
-        if self.ttl_s <= 0:
-            return
-        if len(self._until) >= self.size:  # many models at once: start over rather than grow
-            self._until.clear()
-        self._until[key] = time.monotonic() + self.ttl_s
-
-    def forget(self, model_id: str) -> None:
-        for key in [k for k in self._until if k[1] == model_id]:
-            del self._until[key]
+def forget_model(request: Request, model_id: str) -> None:
+    """Drop `model_id` from the app's known_models (it was deleted)."""
+    known: TTLCache[tuple[str, str], bool] = request.app.state.known_models
+    for key in [k for k in list(known.keys()) if k[1] == model_id]:
+        known.pop(key, None)
 
 
 def _model_exists(request: Request, tenant: str, model_id: str) -> None:
@@ -121,11 +112,11 @@ async def tenant_model_id(
     model_id: Annotated[str, Path(max_length=40)], request: Request, tenant: CurrentTenant
 ) -> str:
     """The id of the caller's model `model_id` (as tenant_model; 404 else), looked up at most once
-    per LBDN_KEY_CACHE_S per model and tenant (KnownModels)."""
-    known: KnownModels = request.app.state.known_models
+    per LBDN_KEY_CACHE_S per model and tenant (known_models)."""
+    known: TTLCache[tuple[str, str], bool] = request.app.state.known_models
     if (tenant, model_id) not in known:
         await run_in_threadpool(_model_exists, request, tenant, model_id)
-        known.add((tenant, model_id))
+        known[(tenant, model_id)] = True
     return model_id
 
 

@@ -12,10 +12,10 @@ import anyio.to_thread
 from fastapi import FastAPI
 
 from api import problems
-from api.auth import KeyCache, OpsGuard, auth_mode, listen_problem
+from api.auth import OpsGuard, auth_mode, key_cache, listen_problem
 from api.certify import AttackSlots
 from api.certify_pool import CertifyLimits, CertifyPool
-from api.deps import KnownModels
+from api.deps import known_models
 from api.metrics import ServiceMetrics
 from api.middleware import LimitAndMeasure
 from api.model_cache import ModelCache
@@ -88,8 +88,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ],
     )
     app.state.settings = settings
-    app.state.key_cache = KeyCache(settings.key_cache_s)
-    app.state.known_models = KnownModels(settings.key_cache_s)  # certify's model lookups (api.deps)
+    app.state.key_cache = key_cache(settings.key_cache_s)
+    app.state.known_models = known_models(settings.key_cache_s)  # certify's model lookups (api.deps)
     app.state.auth_mode = auth_mode(settings)  # api.auth: open only by choice, or on loopback before any key
     app.state.engine = make_engine(settings.db_url, **pool_sizes(settings))
     app.state.sessions = session_factory(app.state.engine)

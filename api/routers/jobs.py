@@ -12,7 +12,7 @@ from fastapi.encoders import jsonable_encoder
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from api.deps import CurrentTenant, SessionDep, SettingsDep, TenantJob, tenant_model
+from api.deps import CurrentTenant, SessionDep, SettingsDep, TenantJob, forget_model, tenant_model
 from api.problems import problem_responses
 from api.schemas import (
     MAX_QUERY_INT,
@@ -225,6 +225,6 @@ def delete_job(job: TenantJob, session: SessionDep, request: Request, settings: 
     jobs.delete_job(session, job)
     session.commit()
     request.app.state.model_cache.forget(settings.job_dir(job.id))
-    request.app.state.known_models.forget(job.id)
+    forget_model(request, job.id)
     shutil.rmtree(Path(settings.job_dir(job.id)), ignore_errors=True)
     return Response(status_code=204)

@@ -88,7 +88,7 @@ def test_keys_and_tenant_isolation(client, add_key, trained_model):
     assert names == ["model.safetensors"]
     ev = client.post("/v1/jobs", headers=A, json={"kind": "evaluate", "model_id": model, "attack": {"n_examples": 10}})
     assert ev.status_code == 201 and ev.json()["attack"]["eps"] == [36, 72, 108]
-    # the owner's certify lookups are remembered (api.deps.KnownModels): never for another tenant,
+    # the owner's certify lookups are remembered (api.deps.known_models): never for another tenant,
     # and a deleted model is gone at once
     assert client.post(f"/v1/models/{model}/certify", headers=B, json=x).status_code == 404
     assert client.delete(f"/v1/jobs/{model}", headers=A).status_code == 204
