@@ -157,6 +157,10 @@ def test_submit_flags_are_lipcores_flags() -> None:
     assert set(mine) - {a.dest for a in lipcore_parser()._actions} == set()
 
 
+def _sigint_default() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _wait_output(proc: subprocess.Popen, path: Path, needle: str, timeout: float = 300) -> str:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -242,6 +246,9 @@ def test_every_client_command_against_a_real_service(service_factory, tmp_path: 
             cwd=ROOT,
             stdout=f,
             stderr=subprocess.STDOUT,
+            # as at a terminal: a test suite started in the background (`cmd &`, nohup) inherits
+            # SIGINT ignored, and Python keeps an inherited SIG_IGN, so Ctrl-C would never arrive
+            preexec_fn=_sigint_default,
         )
         _wait_output(proc, log, "/100000 ")  # the bar is live
         proc.send_signal(signal.SIGINT)
