@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 
 import anyio
 import anyio.to_thread
@@ -66,6 +66,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def _resend_at_startup(app: FastAPI) -> None:
+    # This pass re-sends everything anyway; setting the broker's marker spares the workers a second.
+    with suppress(Exception):
+        app.state.queue.broker_lost_messages()
     try:
         reap_and_resend(app.state.sessions, app.state.queue, app.state.settings, everything_queued=True)
     except Exception:

@@ -16,7 +16,7 @@ here: crash recovery comes from our leases and reaper, and cancellation from the
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 from celery import Celery
 from kombu import Queue
@@ -67,12 +67,16 @@ class JobQueue(Protocol):
 
     def ping(self, timeout: float = 3.0) -> None: ...
 
+    def broker_lost_messages(self) -> bool: ...
+
 
 class CeleryQueue:
     """The JobQueue of the service: Celery messages to the queues of `settings`."""
 
     def __init__(self, settings: Settings) -> None:
         self.app = make_celery(settings)
+        self.settings = settings
+        self._redis: Any = None
 
     def enqueue(self, job_id: str, kind: JobKind) -> None:
         """Send the message that makes a worker run job `job_id` (kind train or evaluate).
@@ -91,6 +95,34 @@ class CeleryQueue:
         with self.app.connection_for_write() as conn:
             conn.ensure_connection(max_retries=1, timeout=timeout)
 
+    def broker_lost_messages(self) -> bool:
+        """True when the broker may have lost its queued messages since any process last asked.
+
+        Redis without persistence loses every message when it restarts, and the jobs they carried
+        would wait LBDN_RESEND_QUEUED_AFTER_S (10 min by default) beside an idle worker. A marker
+        key lives in Redis beside the messages and goes with them: when it is missing (a restart, a
+        FLUSHALL, or the first start of a deployment), one caller sets it (SET NX, so of several
+        workers exactly one answers True) and re-sends every queued job. Redis restored from a
+        snapshot brings the marker back with the messages of that moment; messages sent after it
+        are left to the stale re-send. The embedded broker keeps its messages in a file: False.
+        Other brokers (sentinel://, amqp://): False. Raises redis errors when Redis is unreachable.
+        """
+        url = self.settings.broker
+        if not url.startswith(("redis://", "rediss://")):
+            return False
+        if self._redis is None:
+            import redis
+
+            self._redis = redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3)
+        return bool(self._redis.set(self.marker_key, "1", nx=True))
+
+    @property
+    def marker_key(self) -> str:
+        """The Redis key whose absence means the queued messages may be gone (see above)."""
+        return f"{self.settings.queue_prefix}lbdn.broker-marker"
+
     def close(self) -> None:
         """Release the broker connection pool (the API calls it at shutdown)."""
         self.app.close()
+        if self._redis is not None:
+            self._redis.close()

@@ -2,7 +2,10 @@
 
 Runs in every worker (at start-up and every LBDN_REAP_INTERVAL_S) and once in the API at start-up,
 where every queued job is re-sent because a broker without persistence (Redis restarted) may have
-lost all messages. Duplicate messages are harmless: a job runs only under its lease.
+lost all messages. A worker's pass re-sends every queued job too when the broker says it may have
+lost its messages since (Redis restarted while the service ran: JobQueue.broker_lost_messages);
+otherwise it re-sends those queued longer than LBDN_RESEND_QUEUED_AFTER_S. Duplicate messages are
+harmless: a job runs only under its lease.
 """
 
 from __future__ import annotations
@@ -58,9 +61,17 @@ class PeriodicReaper(threading.Thread):
         self.stopped = threading.Event()
 
     def run(self) -> None:
+        resend_all = False  # stays set until a pass has re-sent everything queued
         while not self.stopped.is_set():
             try:
-                reap_and_resend(self.sessions, self.queue, self.settings)
+                if self.queue.broker_lost_messages():
+                    log.warning("the broker may have lost its messages (restarted?): re-sending every queued job")
+                    resend_all = True
+            except Exception as e:
+                log.warning("could not ask the broker whether it kept its messages: %s", e)
+            try:
+                reap_and_resend(self.sessions, self.queue, self.settings, everything_queued=resend_all)
+                resend_all = False
             except Exception:
                 log.exception("reaper pass failed")
             self.stopped.wait(self.settings.reap_interval_s)

@@ -237,3 +237,27 @@ def test_jobs_lost_by_the_broker_are_resent_when_the_api_restarts(service_factor
     svc.worker()
     job = wait_for(client, job_id, lambda j: j["status"] == "succeeded", what="the re-sent job")
     assert job["attempt"] == 1
+
+
+@pytest.mark.slow
+def test_jobs_lost_by_the_broker_are_resent_by_a_running_worker(service_factory):
+    """Redis restarted under a running service: its messages and its marker key go together, and
+    the worker's next reaper pass re-sends every queued job (without waiting the 10 minutes of
+    LBDN_RESEND_QUEUED_AFTER_S for a stale message)."""
+    import redis
+
+    svc = service_factory("redis", "sqlite", resend_queued_after_s=600)
+    svc.worker()
+    client = httpx.Client(base_url=svc.url, timeout=60)
+    busy = client.post("/v1/jobs", json={"kind": "train", "spec": {**TOY, "epochs": 100_000}}).json()["id"]
+    wait_for(client, busy, lambda j: j["status"] == "running", what="the first job running")
+    waiting = client.post("/v1/jobs", json={"kind": "train", "spec": {**TOY, "epochs": 2}}).json()["id"]
+    r = redis.Redis.from_url(svc.settings.broker)
+    marker = f"{svc.settings.queue_prefix}lbdn.broker-marker"
+    assert r.exists(marker) and r.llen(svc.settings.gpu_queue) == 1  # set at start; the job's message
+    r.delete(svc.settings.gpu_queue, marker)  # in one command, as a restart without persistence does
+    assert client.post(f"/v1/jobs/{busy}/cancel").status_code == 200
+    wait_for(client, busy, lambda j: j["status"] == "cancelled", what="the first job cancelled")
+    job = wait_for(client, waiting, lambda j: j["status"] == "succeeded", timeout=300, what="the re-sent job")
+    assert job["attempt"] == 1
+    assert r.exists(marker)
