@@ -16,7 +16,7 @@ here: crash recovery comes from our leases and reaper, and cancellation from the
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Protocol
 
 from celery import Celery
 from kombu import Queue
@@ -76,7 +76,6 @@ class CeleryQueue:
     def __init__(self, settings: Settings) -> None:
         self.app = make_celery(settings)
         self.settings = settings
-        self._redis: Any = None
 
     def enqueue(self, job_id: str, kind: JobKind) -> None:
         """Send the message that makes a worker run job `job_id` (kind train or evaluate).
@@ -104,17 +103,14 @@ class CeleryQueue:
         FLUSHALL, or the first start of a deployment), one caller sets it (SET NX, so of several
         workers exactly one answers True) and re-sends every queued job. Redis restored from a
         snapshot brings the marker back with the messages of that moment; messages sent after it
-        are left to the stale re-send. The embedded broker keeps its messages in a file: False.
-        Other brokers (sentinel://, amqp://): False. Raises redis errors when Redis is unreachable.
+        are left to the stale re-send. Asked through the broker connection Celery makes (its URL and
+        TLS options). Brokers other than Redis (the embedded one keeps its messages in a file):
+        False. Raises redis errors when Redis is unreachable.
         """
-        url = self.settings.broker
-        if not url.startswith(("redis://", "rediss://")):
-            return False
-        if self._redis is None:
-            import redis
-
-            self._redis = redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3)
-        return bool(self._redis.set(self.marker_key, "1", nx=True))
+        with self.app.connection_for_write() as conn:
+            if conn.transport.driver_type != "redis":
+                return False
+            return bool(conn.default_channel.client.set(self.marker_key, "1", nx=True))
 
     @property
     def marker_key(self) -> str:
@@ -124,5 +120,3 @@ class CeleryQueue:
     def close(self) -> None:
         """Release the broker connection pool (the API calls it at shutdown)."""
         self.app.close()
-        if self._redis is not None:
-            self._redis.close()
