@@ -77,6 +77,13 @@ class Settings(BaseSettings):
     certify_attack_timeout_s: float = Field(
         30.0, gt=0, description="time budget of one ?attack=true search; cut short after it"
     )
+    # imports (issue 22)
+    imports_per_minute: int = Field(
+        12, ge=1, description="POST /v1/models/import of one tenant per minute (429 with Retry-After above)"
+    )
+    max_import_bytes_per_tenant: int = Field(
+        4 * 2**30, ge=1024, description="bytes of imported models one tenant keeps (429 above; delete to free)"
+    )
 
     # Jobs
     queue_prefix: str = Field("", description="prefix of the queue names (gpu, cpu)")

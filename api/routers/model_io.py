@@ -5,15 +5,23 @@ An import is a job of kind "import" that is born succeeded: its folder holds the
 like a trained model. The upload is read with `torch.load(weights_only=True)` only (lipcore.
 paper_checkpoint): a pickle that is not a plain {name: tensor} state dict is refused with 422 and
 nothing in it runs. No training code is imported here (lipcore.checkpoint/models/export only).
+
+Before anything is loaded (issue 22): the limits of api.import_limits (imports per minute, bytes kept
+per tenant) are checked, then the upload's declared sizes (api.archive: a zip bomb is refused without
+inflating it). The spec comes from one place, the form's `spec`: it passes the same data-path rule as
+POST /v1/jobs, and a model.safetensors whose embedded spec contradicts it is refused (422) rather
+than one silently winning over the other.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import FileResponse
@@ -21,18 +29,26 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
+from starlette.requests import ClientDisconnect
 
+from api import archive, import_limits
 from api.auth import current_tenant
 from api.deps import CurrentTenant, SessionDep, SettingsDep, TenantModel
 from api.problems import problem_responses
+from api.routers.jobs import _resolve_image_folder
 from api.schemas import ModelOut
 from api.views import model_out
+from core.settings import Settings
 from core.states import JobKind, JobState
 from core.store import jobs, leases, transaction
 from lipcore.rundir import MODEL
 from lipcore.spec import ExperimentSpec
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
+MAX_SPEC_CHARS = 64 * 1024  # a spec is a few hundred characters; json.loads of deep nesting recurses
+# Fields that shape the network or its bound: an embedded spec must agree on them even where the
+# form leaves them to their defaults (the file's weights are built from its own spec).
+SHAPING = ("model", "layer", "scale", "gamma", "lln", "in_channels", "img_size", "num_classes")
 EXPORTS = {"onnx": ("model.onnx", "application/onnx"), "torch": ("model.pt2", "application/octet-stream")}
 IMPORT_BODY = {
     "multipart/form-data": {
@@ -77,6 +93,16 @@ async def read_import_body(request: Request) -> ImportUpload:
     except (MultiPartException, StarletteHTTPException) as e:
         message = str(getattr(e, "message", None) or getattr(e, "detail", e))
         raise HTTPException(400, f"malformed multipart body: {message}") from None
+    except ClientDisconnect:
+        raise HTTPException(400, "the connection closed before the upload was complete; nothing was imported") from None
+    except asyncio.CancelledError:
+        # uvicorn cancels a request still uploading when its graceful shutdown (5 s) is over: the
+        # client gets this answer instead of a 500 logged as a crash, and nothing was written yet
+        raise HTTPException(
+            503,
+            "the server is stopping and did not receive the whole upload; nothing was imported, send it again",
+            headers={"Retry-After": "10"},
+        ) from None
     try:
         upload, spec_text = form.get("checkpoint"), form.get("spec")
         if not isinstance(upload, UploadFile):
@@ -85,24 +111,65 @@ async def read_import_body(request: Request) -> ImportUpload:
             )
         if not isinstance(spec_text, str):
             raise HTTPException(422, "spec: expected a text part named 'spec' holding the ExperimentSpec as JSON")
+        if len(spec_text) > MAX_SPEC_CHARS:
+            raise HTTPException(
+                422, f"spec: {len(spec_text):,} characters; expected a JSON object of at most {MAX_SPEC_CHARS:,}"
+            )
         try:
             spec = ExperimentSpec.model_validate(json.loads(spec_text))
         except json.JSONDecodeError as e:
             raise HTTPException(422, f"spec: not valid JSON ({e})") from None
+        except RecursionError:
+            raise HTTPException(422, "spec: nested too deeply; expected a flat JSON object of spec fields") from None
         except ValidationError as e:
             msgs = "; ".join(
                 f"{'.'.join(map(str, err['loc'])) or 'spec'}: {err['msg'].removeprefix('Value error, ')}"
                 for err in e.errors()
             )
             raise HTTPException(422, f"spec: {msgs}") from None
-        if not spec.resolved:
-            raise HTTPException(
-                422,
-                f"spec: dataset {spec.dataset!r} has no fixed input shape; give in_channels, img_size and num_classes",
-            )
         return ImportUpload(spec, upload.filename or "checkpoint", await upload.read())
     finally:
         await form.close()
+
+
+def _embedded_contradictions(form: ExperimentSpec, spec: ExperimentSpec, text: str, name: str) -> None:
+    """422 when a model.safetensors' embedded spec disagrees with the form's (resolved: `spec`) on a
+    field the form sets or one that shapes the network (SHAPING); the form's spec is the one kept."""
+    try:
+        embedded = ExperimentSpec.model_validate_json(text)
+    except (ValidationError, ValueError, RecursionError) as e:
+        first = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+        raise HTTPException(
+            422, f"checkpoint: the spec embedded in {name} is not a valid ExperimentSpec: {first}"
+        ) from None
+    # data_path is where the images are on this server, not a property of the weights: the form's
+    # (checked by the data-path rule) is kept and the file's, from wherever it was trained, ignored
+    compared = [
+        f for f in ExperimentSpec.model_fields if (f in form.model_fields_set or f in SHAPING) and f != "data_path"
+    ]
+    differ = [
+        f"{f} (form {getattr(spec, f)!r}, file {getattr(embedded, f)!r})"
+        for f in compared
+        if getattr(spec, f) != getattr(embedded, f)
+    ]
+    if differ:
+        raise HTTPException(
+            422,
+            f"spec: contradicts the spec embedded in {name}: {'; '.join(differ)}. The form's spec is the one "
+            "used; give the values the checkpoint was trained with",
+        )
+
+
+def _checked_spec(upload: ImportUpload, found: archive.Declared, settings: Settings) -> ExperimentSpec:
+    """The one spec of the import: the form's, after POST /v1/jobs' data-path rule and the file's check."""
+    spec = _resolve_image_folder(upload.spec, settings)
+    if not spec.resolved:
+        raise HTTPException(
+            422, f"spec: dataset {spec.dataset!r} has no fixed input shape; give in_channels, img_size and num_classes"
+        )
+    if found.kind == "safetensors" and "spec" in found.metadata:
+        _embedded_contradictions(upload.spec, spec, found.metadata["spec"], upload.name)
+    return spec
 
 
 @router.post(
@@ -111,9 +178,10 @@ async def read_import_body(request: Request) -> ImportUpload:
     response_model=ModelOut,
     summary="Import a checkpoint (the paper's model.ckpt) as a model you can certify and evaluate",
     openapi_extra={"requestBody": {"required": True, "content": IMPORT_BODY}},
-    # the key is checked before the body is read: an unauthenticated upload gets 401, not 415
-    dependencies=[Depends(current_tenant)],
-    responses=problem_responses(400, 413, 415, 422),
+    # the key, then the tenant's import limits, are checked before the body is read: an
+    # unauthenticated upload gets 401, not 415, and one over a limit 429 without being parsed
+    dependencies=[Depends(current_tenant), Depends(import_limits.check_import_limits)],
+    responses=problem_responses(400, 413, 415, 422, 429, 503),
 )
 def import_model(
     upload: Annotated[ImportUpload, Depends(read_import_body)],
@@ -124,16 +192,23 @@ def import_model(
 ) -> ModelOut:
     from lipcore.checkpoint import CheckpointError, load_model, save_model
 
+    try:
+        found = archive.declared(upload.data, upload.name)
+        spec = _checked_spec(upload, found, settings)
+        archive.check_sizes(found, spec, upload.name, settings.max_upload_bytes)
+    except archive.ArchiveError as e:
+        raise HTTPException(e.status, str(e)) from None
     settings.jobs_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=settings.jobs_dir, prefix=".import-") as tmp:
         path = os.path.join(tmp, "upload")
         with open(path, "wb") as f:
             f.write(upload.data)
         try:
-            loaded = load_model(path, upload.spec, device="cpu")
+            loaded = load_model(path, spec, device="cpu")
         except CheckpointError as e:
-            raise HTTPException(422, f"checkpoint: {e}".replace("upload", upload.name)) from None
-        spec = loaded.spec
+            raise HTTPException(
+                422, f"checkpoint: {e}".replace(path, upload.name).replace("upload", upload.name)
+            ) from None
         staged = os.path.join(tmp, MODEL)
         save_model(
             staged,
@@ -144,25 +219,44 @@ def import_model(
             std=loaded.std,
             sll_reference_epsilon=loaded.sll_reference_epsilon,
         )
+        size = os.path.getsize(staged)
+        import_limits.check_bytes(session, tenant, settings, adding=size)
         result = {
             "source": loaded.source,
             "file": upload.name,
             "classes": loaded.classes,
             "gamma_used": loaded.model.gamma,
             "bound_factor": loaded.bound_factor,
+            "stored_bytes": size,
         }
+        job_id = _commit_import(request, tenant, spec, result, staged, settings)
+    import_limits.recent_imports(request).add(tenant)
+    made = jobs.get_job(session, tenant, job_id)
+    assert made is not None  # committed above
+    return model_out(made)
+
+
+def _commit_import(
+    request: Request, tenant: str, spec: ExperimentSpec, result: dict[str, Any], staged: str, settings: Settings
+) -> str:
+    """Make the import's job, born succeeded, with its model in place before the row is committed: a
+    stop at any point leaves either no job or a whole one (at worst a folder no job names)."""
+    folder = None
+    try:
         # One transaction: the job is never seen queued (no worker task exists for kind "import").
         with transaction(request.app.state.sessions) as s:
             job, _ = jobs.create_job(s, tenant=tenant, kind=JobKind.import_, spec=spec.model_dump(mode="json"))
             job_id = job.id
             leases.acquire(s, job_id, "import", 60)
             leases.finish(s, job_id, "import", JobState.succeeded, result=result)
-        folder = settings.job_dir(job_id)
-        folder.mkdir(parents=True, exist_ok=True)
-        os.replace(staged, folder / MODEL)  # same file system (jobs dir): atomic
-    made = jobs.get_job(session, tenant, job_id)
-    assert made is not None  # committed above
-    return model_out(made)
+            folder = settings.job_dir(job_id)
+            folder.mkdir(parents=True, exist_ok=True)
+            os.replace(staged, folder / MODEL)  # same file system (jobs dir): atomic
+    except BaseException:
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return job_id
 
 
 @router.get(
