@@ -44,6 +44,7 @@ def zip_bomb(size: int = 2 * 2**30, state_key: str = "body.0.weight") -> bytes:
     `size` bytes (deflated), the rest of the archive being a real torch.save's entries (stored)."""
     import torch
 
+    assert size < 2**32, "sizes of 4 GiB and more need zip64 records, which this builder does not write"
     buf = io.BytesIO()
     torch.save({state_key: torch.zeros(1)}, buf)
     bomb, bomb_crc = _deflated_zeros(size)

@@ -101,9 +101,17 @@ def test_import_spec_is_the_forms_and_keeps_the_data_path_rule(client, tmp_path)
     assert r.status_code == 422 and "gamma (form 1.0, file 2.0)" in r.json()["detail"]
 
 
-def test_import_rate_and_bytes_are_limited_per_tenant_across_processes(settings_for, tmp_path, add_key):
+@pytest.fixture(params=["sqlite", "postgres"])
+def own_db(request, tmp_path) -> str:
+    """A store of one test on SQLite and on PostgreSQL (the minute's count compares timestamps)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'shared.sqlite'}"
+    return request.getfixturevalue("own_pg_url")
+
+
+def test_import_rate_and_bytes_are_limited_per_tenant_across_processes(settings_for, tmp_path, add_key, own_db):
     ckpt = (TOY_DIR / "model.ckpt").read_bytes()
-    settings = settings_for(tmp_path, imports_per_minute=2, max_import_bytes_per_tenant=10 * 2**20)
+    settings = settings_for(tmp_path, database_url=own_db, imports_per_minute=2, max_import_bytes_per_tenant=10 * 2**20)
     # two API processes' apps on one store: the minute's count is the store's
     with TestClient(create_app(settings)) as a, TestClient(create_app(settings)) as b:
         alice, bob = add_key(a.app, "alice"), add_key(a.app, "bob")
