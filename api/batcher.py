@@ -37,6 +37,10 @@ if TYPE_CHECKING:
     from api.certify_pool import CertifyPool, CertifyResult
 
 
+class ClientGone(Exception):
+    """The request's client hung up before its batch was formed: its rows were never computed."""
+
+
 @dataclass(frozen=True)
 class BatchKey:
     """What requests must share to be certified in one batch: the model file and the tenant."""
@@ -107,11 +111,19 @@ class CertifyBatcher:
         self._tasks: set[asyncio.Task[None]] = set()
         self.batches: deque[tuple[BatchKey, int]] = deque(maxlen=10_000)  # recent (key, requests)
         self.dropped = 0  # requests whose client had gone before their batch was formed
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def wake(self) -> None:
+        """Have waiting batches look at their size and the wait again now (thread-safe): after
+        `max_requests` or `wait_s` were changed, e.g. by a test."""
+        if self._loop is not None and self._arrived is not None:
+            self._loop.call_soon_threadsafe(self._arrived.set)
 
     async def certify(
         self, key: BatchKey, raw: RawInputs, gone: Callable[[], Awaitable[bool]] | None = None
     ) -> CertifyResult:
-        waiting = _Waiting(raw, asyncio.get_running_loop().create_future(), gone)
+        self._loop = asyncio.get_running_loop()
+        waiting = _Waiting(raw, self._loop.create_future(), gone)
         self._queues.setdefault(key, deque()).append(waiting)
         if self._arrived is None:
             self._arrived = asyncio.Event()
@@ -139,8 +151,10 @@ class CertifyBatcher:
             key = self._oldest()
             if key is None:
                 return
-            deadline = time.monotonic() + self.wait_s
-            while len(self._queues.get(key, ())) < self.max_requests and (left := deadline - time.monotonic()) > 0:
+            started = time.monotonic()  # wait_s is read each time round: wake() can end the wait early
+            while len(self._queues.get(key, ())) < self.max_requests and (
+                (left := started + self.wait_s - time.monotonic()) > 0
+            ):
                 assert self._arrived is not None
                 self._arrived.clear()
                 try:
@@ -164,7 +178,7 @@ class CertifyBatcher:
                 continue
             if waiting.gone is not None and await waiting.gone():
                 self.dropped += 1
-                waiting.future.set_exception(HTTPException(499, "the client closed the request"))
+                waiting.future.set_exception(ClientGone())
                 continue
             batch.append(waiting)
         if queue is not None and not queue:

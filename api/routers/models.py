@@ -12,7 +12,7 @@ import anyio.to_thread
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from sqlalchemy import select
 
-from api.batcher import BatchKey, CertifySlots
+from api.batcher import BatchKey, CertifySlots, ClientGone
 from api.certify import AttackBudget, AttackSlots, certify_batch, input_shape
 from api.deps import CurrentTenant, SessionDep, SettingsDep, TenantModel, TenantModelId
 from api.problems import problem_responses
@@ -101,7 +101,10 @@ async def certify_inputs(
             # serialised in a certify process: never on the API's threads or its GIL; the bytes are the
             # CertifyOut of response_model, passed through as they are
             key = BatchKey(str(path), tenant, model)
-            out = await request.app.state.certify_batcher.certify(key, raw, request.is_disconnected)
+            try:
+                out = await request.app.state.certify_batcher.certify(key, raw, request.is_disconnected)
+            except ClientGone:  # nobody reads this answer; 499 (nginx's "client closed") in the metrics
+                return Response(status_code=499)
             body, n = out.body, out.inputs
     metrics.certify_latency.labels(str(attack).lower()).observe(time.perf_counter() - t0)
     metrics.certified_inputs.inc(n)
