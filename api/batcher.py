@@ -54,7 +54,6 @@ class BatchKey:
 class _Waiting:
     raw: RawInputs
     future: asyncio.Future[CertifyResult]
-    gone: Callable[[], Awaitable[bool]] | None
     since: float = field(default_factory=time.monotonic)
 
 
@@ -120,19 +119,27 @@ class CertifyBatcher:
             self._loop.call_soon_threadsafe(self._arrived.set)
 
     async def certify(
-        self, key: BatchKey, raw: RawInputs, gone: Callable[[], Awaitable[bool]] | None = None
+        self, key: BatchKey, raw: RawInputs, gone: Callable[[], Awaitable[None]] | None = None
     ) -> CertifyResult:
+        """`gone()` returns when the request's client has hung up (ClientGone is raised then)."""
         self._loop = asyncio.get_running_loop()
-        waiting = _Waiting(raw, self._loop.create_future(), gone)
+        waiting = _Waiting(raw, self._loop.create_future())
         self._queues.setdefault(key, deque()).append(waiting)
         if self._arrived is None:
             self._arrived = asyncio.Event()
         self._arrived.set()
         self._kick()
+        watch = asyncio.ensure_future(gone()) if gone is not None else None
         try:
+            if watch is not None:
+                await asyncio.wait((waiting.future, watch), return_when=asyncio.FIRST_COMPLETED)
+                if not waiting.future.done():
+                    raise ClientGone()
             return await waiting.future
         finally:
-            if not waiting.future.done():  # this request's task was cancelled: its batch skips it
+            if watch is not None:
+                watch.cancel()
+            if not waiting.future.done():  # gone or cancelled: its batch skips it, or drops its answer
                 waiting.future.cancel()
 
     def _kick(self) -> None:
@@ -161,7 +168,7 @@ class CertifyBatcher:
                     await asyncio.wait_for(self._arrived.wait(), left)
                 except TimeoutError:
                     break
-            batch = await self._take(key)
+            batch = self._take(key)
             if batch:
                 self.batches.append((key, len(batch)))
                 await self._send(key, batch)
@@ -169,16 +176,13 @@ class CertifyBatcher:
             self._busy -= 1
             self._kick()
 
-    async def _take(self, key: BatchKey) -> list[_Waiting]:
+    def _take(self, key: BatchKey) -> list[_Waiting]:
         queue = self._queues.get(key)
         batch: list[_Waiting] = []
         while queue and len(batch) < self.max_requests:
             waiting = queue.popleft()
-            if waiting.future.done():
-                continue
-            if waiting.gone is not None and await waiting.gone():
+            if waiting.future.done():  # its client went away while it waited: its rows are not computed
                 self.dropped += 1
-                waiting.future.set_exception(ClientGone())
                 continue
             batch.append(waiting)
         if queue is not None and not queue:

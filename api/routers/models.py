@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Annotated
 
 import anyio.from_thread
@@ -102,7 +103,7 @@ async def certify_inputs(
             # CertifyOut of response_model, passed through as they are
             key = BatchKey(str(path), tenant, model)
             try:
-                out = await request.app.state.certify_batcher.certify(key, raw, request.is_disconnected)
+                out = await request.app.state.certify_batcher.certify(key, raw, partial(_disconnected, request))
             except ClientGone:  # nobody reads this answer; 499 (nginx's "client closed") in the metrics
                 return Response(status_code=499)
             body, n = out.body, out.inputs
@@ -153,6 +154,12 @@ def _certify_and_attack(
         loaded, x, scale=raw.scale, attack=True, attack_steps=settings.certify_attack_steps, budget=budget
     )
     return bound, results, report, tuple(shape)
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client hangs up (the body has been read: the next message is the disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def _disconnect_probe(request: Request) -> Callable[[], bool]:
