@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -30,9 +31,25 @@ def _image(fmt: str) -> bytes:
     return buf.getvalue()
 
 
-PNG, JPEG = _image("PNG"), _image("JPEG")
-# the 32x32 PNG whose second chunk has type b"\x00\x01\x02\x03" (SyntaxError inside Pillow)
-BROKEN_CHUNK = PNG[:37] + b"\x00\x01\x02\x03" + PNG[41:]
+def split_idat_png(bad_type: bytes | None = None) -> bytes:
+    """A 32x32 RGB PNG whose image data is split in two IDAT chunks (as many encoders write it);
+    with `bad_type`, the second data chunk gets that type."""
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(buf, "PNG")
+    d = buf.getvalue()
+    n = struct.unpack(">I", d[33:37])[0]
+    data = d[41 : 41 + n]
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    half = len(data) // 2
+    return d[:33] + chunk(b"IDAT", data[:half]) + chunk(bad_type or b"IDAT", data[half:]) + chunk(b"IEND", b"")
+
+
+PNG, JPEG, SPLIT = _image("PNG"), _image("JPEG"), split_idat_png()
+# a 32x32 PNG whose second data chunk has type b"\x00\x01\x02\x03": SyntaxError from Pillow's load()
+BROKEN_CHUNK = split_idat_png(b"\x00\x01\x02\x03")
 
 
 def _npy_header(text: str, major: int = 1) -> bytes:
@@ -66,7 +83,7 @@ def mutated(draw: st.DrawFn, base: bytes) -> bytes:
 
 
 @FUZZ
-@given(st.one_of(mutated(PNG), mutated(JPEG), st.binary(max_size=200)))
+@given(st.one_of(mutated(PNG), mutated(SPLIT), mutated(JPEG), st.binary(max_size=200)))
 @example(BROKEN_CHUNK)
 def test_images_decode_or_are_refused(data: bytes) -> None:
     try:

@@ -19,9 +19,9 @@ import time
 import httpx
 import numpy as np
 import pytest
-from PIL import Image
 
 from tests.service.conftest import make_settings, save_trained_model
+from tests.test_upload_fuzz import split_idat_png
 
 pytestmark = pytest.mark.slow
 TOY = {"model": "Toy", "layer": "Sandwich", "gamma": 1.0, "epochs": 1}
@@ -286,16 +286,6 @@ def test_every_certify_request_holds_a_slot(served):
     assert served.post("a", "a1", **_toy_inputs(1, 1)).status_code == 200
 
 
-def _png_with_chunk_type(kind: bytes) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(buf, "PNG")
-    data = bytearray(buf.getvalue())
-    # the second chunk follows the 8-byte signature and the IHDR chunk (4 + 4 + 13 + 4 bytes)
-    at = 8 + 25 + 4
-    data[at : at + 4] = kind
-    return bytes(data)
-
-
 def _npy_with_header(header: str) -> bytes:
     text = header.encode("latin1")
     text += b" " * (63 - (10 + len(text)) % 64) + b"\n"
@@ -323,7 +313,7 @@ def test_malformed_bodies_are_422_not_500(served, name, kw):
 
 def test_png_with_a_broken_chunk_type_is_422(served):
     served.unbatched()
-    files = [("files", ("x.png", _png_with_chunk_type(b"\x00\x01\x02\x03"), "image/png"))]
+    files = [("files", ("x.png", split_idat_png(b"\x00\x01\x02\x03"), "image/png"))]
     r = served.post("a", "kwl", files=files)
     assert r.status_code == 422, r.text[:300]
     assert "x.png" in r.json()["detail"]
