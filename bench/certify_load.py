@@ -145,9 +145,10 @@ def main() -> None:
     svc = Serve(**extra)
     try:
         models = {"kwl": import_model(svc, KWL_DIR, KWL_SPEC), "toy": import_model(svc, TOY_DIR, TOY_SPEC)}
-        for name in models:  # start the certify processes and load the models: not measured
-            warm = Phase(name, 4, 1)
-            asyncio.run(run_phase(svc.url, svc.key, models[name], singles[name], warm, 2.0))
+        for name in models:  # start the certify processes and load the model in each: not measured
+            for clients in (1, 2, 8):
+                warm = Phase(name, clients, 1)
+                asyncio.run(run_phase(svc.url, svc.key, models[name], singles[name], warm, 3.0))
         for p in phases:
             bodies = sixteen[p.model] if p.per_request == 16 else singles[p.model]
             asyncio.run(run_phase(svc.url, svc.key, models[p.model], bodies, p, args.duration))
