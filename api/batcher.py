@@ -4,15 +4,15 @@ One router in the API (not a batcher in each certify process): requests wait her
 loop, in one queue per (model file, tenant); whenever a certify process is free, the oldest queue
 is sent to it whole (at most LBDN_CERTIFY_BATCH_MAX_REQUESTS requests), as one call. While the
 processes are busy the queues fill, so batches grow with the load by themselves. A free process
-waits up to LBDN_CERTIFY_BATCH_WAIT_MS (10) for its batch to fill (as Triton's max_queue_delay):
-closed-loop clients re-send within a few ms of their answers, and without the wait the first
-re-sent request would start a batch of one on the idle process while the rest queue behind it.
-Measured with 8 KWL clients on the shared 2 cores: a 2 ms wait gave batches of 3.5 requests on
-average and 34 images/s; 10 ms gave batches of 8 and 61 images/s (the 16-image client: 70). Both
-processes wait on the oldest key, so one of them takes the whole batch and the other stays free
-for another model or tenant: one batch of 8 costs less than two of 4 at once, since most of a
-small forward's cost does not grow with its size (KWL-small in float64: 46-55 ms for one image,
-80 ms for 16). The price: a lone client's request waits the full 10 ms for batch-mates.
+waits up to LBDN_CERTIFY_BATCH_WAIT_MS (20) for as many requests as the key's largest recent
+batch had (about its clients' concurrency; see `_target`), as Triton's max_queue_delay: closed-loop
+clients re-send within a few ms of their answers, and without the wait the first re-sent request
+would start a batch of one on the idle process while the rest queue behind it. Measured with 8 KWL
+clients on the shared 2 cores: no wait for batch-mates (2 ms) gave batches of 3.5 requests on
+average and 34 images/s; waiting (10 ms) batches of 8 and 61 images/s (the 16-image client: 70).
+One process gathers a key's batch while the other serves other keys: one batch of 8 costs less
+than two of 4 at once, since most of a small forward's cost does not grow with its size
+(KWL-small in float64: 46-55 ms for one image, 80 ms for 16). A lone client never waits.
 The process decodes each request on its own (a malformed one is refused alone), certifies
 the valid inputs of the batch in one float64 forward and serialises each request's answer
 (api.certify_pool). Bookkeeping here is a few dict and deque operations per request, so polls and
@@ -31,7 +31,7 @@ import asyncio
 import math
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -119,6 +119,9 @@ class CertifyBatcher:
         self.batches: deque[tuple[BatchKey, int]] = deque(maxlen=10_000)  # recent (key, requests)
         self.dropped = 0  # requests whose client had gone before their batch was formed
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.adaptive = True  # wait for _target(key) requests; False: for max_requests (tests)
+        self._recent: OrderedDict[BatchKey, deque[int]] = OrderedDict()  # sizes of each key's last batches
+        self._gathering: set[BatchKey] = set()
 
     def wake(self) -> None:
         """Have waiting batches look at their size and the wait again now (thread-safe): after
@@ -157,8 +160,24 @@ class CertifyBatcher:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
+    def _target(self, key: BatchKey) -> int:
+        """How many requests a free process waits for (at most wait_s): as many as the key's largest
+        batch among its last 16, about its clients' concurrency. A lone client never waits; eight
+        in a closed loop wait for each other's next request, and if they were split in two cohorts,
+        the first cohort waits for the second's answers to come back, so the cohorts merge."""
+        if not self.adaptive:
+            return self.max_requests
+        recent = self._recent.get(key)
+        return min(self.max_requests, max(recent) if recent else 1)
+
+    def _remember(self, key: BatchKey, size: int) -> None:
+        self._recent.setdefault(key, deque(maxlen=16)).append(size)
+        self._recent.move_to_end(key)
+        if len(self._recent) > 4096:  # keys of models and tenants no longer certified
+            self._recent.popitem(last=False)
+
     def _oldest(self) -> BatchKey | None:
-        live = [(q[0].since, i, k) for i, (k, q) in enumerate(self._queues.items()) if q]
+        live = [(q[0].since, i, k) for i, (k, q) in enumerate(self._queues.items()) if q and k not in self._gathering]
         return min(live)[2] if live else None
 
     async def _run_one(self) -> None:
@@ -166,19 +185,24 @@ class CertifyBatcher:
             key = self._oldest()
             if key is None:
                 return
-            started = time.monotonic()  # wait_s is read each time round: wake() can end the wait early
-            while len(self._queues.get(key, ())) < self.max_requests and (
-                (left := started + self.wait_s - time.monotonic()) > 0
-            ):
-                assert self._arrived is not None
-                self._arrived.clear()
-                try:
-                    await asyncio.wait_for(self._arrived.wait(), left)
-                except TimeoutError:
-                    break
+            self._gathering.add(key)  # one process gathers a key's batch; the other serves other keys
+            try:
+                started = time.monotonic()  # wait_s is read each time round: wake() can end the wait early
+                while len(self._queues.get(key, ())) < self._target(key) and (
+                    (left := started + self.wait_s - time.monotonic()) > 0
+                ):
+                    assert self._arrived is not None
+                    self._arrived.clear()
+                    try:
+                        await asyncio.wait_for(self._arrived.wait(), left)
+                    except TimeoutError:
+                        break
+            finally:
+                self._gathering.discard(key)
             batch = self._take(key)
             if batch:
                 self.batches.append((key, len(batch)))
+                self._remember(key, len(batch))
                 await self._send(key, batch)
         finally:
             self._busy -= 1

@@ -58,7 +58,7 @@ class Settings(BaseSettings):
         256, ge=1, description="inputs per forward in a certify process (a larger batch takes several forwards)"
     )
     certify_batch_wait_ms: float = Field(
-        10.0, ge=0, le=1000, description="how long a free certify process waits for a batch to fill (ms)"
+        20.0, ge=0, le=1000, description="how long a free certify process waits at most for a batch to fill (ms)"
     )
     certify_slots_per_tenant: int = Field(
         32, ge=1, description="certify requests of one tenant read, queued or computed at once (429 above)"

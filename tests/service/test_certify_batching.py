@@ -57,7 +57,7 @@ class Served:
 
     def batching(self, requests: int) -> None:
         """The next batch starts when `requests` requests of one key are queued (and not before)."""
-        self.batcher.max_requests, self.batcher.wait_s = requests, FOREVER
+        self.batcher.max_requests, self.batcher.wait_s, self.batcher.adaptive = requests, FOREVER, False
         self.batcher.wake()
 
     def unbatched(self) -> None:
