@@ -10,7 +10,12 @@ and `/healthz` are served first and certify takes what is left, all of it when t
 `LBDN_CERTIFY_CONCURRENCY` processes are started (spawn: no fork of a threaded server) on the first
 certify request, so an API that certifies nothing never loads torch. Each keeps its own LRU of
 loaded models (`api.model_cache.ModelCache`, keyed by file and modification time) and exits with the
-API (parent-death signal). The process returns the answer already serialised (JSON bytes): building
+API (parent-death signal). Requests come in batches (api.batcher: concurrent requests of one model
+and tenant): each is decoded on its own, so a malformed one is refused alone, the valid inputs are
+certified together in one float64 forward per LBDN_CERTIFY_BATCH_MAX_INPUTS rows and split back,
+and if that forward refuses the batch (an input overflowing float32) each request is certified
+alone so only the offending one gets the 422. A model deleted while requests for it wait answers
+404. The process returns each answer already serialised (JSON bytes): building
 and serialising the response models is most of a small request's cost, and done in the API it
 would take the CPU (and the GIL) that polls and /healthz need (measured: 5.2 -> see README ms of API CPU
 per certify request). A request waiting for a process holds no thread and no DB connection; if
@@ -22,7 +27,9 @@ disconnect while it runs.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import math
 import os
 import signal
 import threading
@@ -47,6 +54,8 @@ class CertifyLimits:
     max_inputs: int
     max_pixels: int
     cache_size: int
+    batch_inputs: int = 256
+    json_depth: int = 8
 
 
 @dataclass(frozen=True)
@@ -97,28 +106,99 @@ def _die_with_parent() -> None:
         pass
 
 
-def _certify_in_process(path: str, raw: RawInputs, limits: CertifyLimits, model_id: str) -> CertifyResult | _Refused:
-    from api.certify import certify_batch, input_shape
-    from api.schemas import CertifyOut
-    from api.uploads import decode
+def _refused(e: HTTPException) -> _Refused:
+    return _Refused(e.status_code, e.detail, dict(e.headers) if e.headers else None)
 
-    name = f"model {model_id}"
 
+def _load(path: Path, model_id: str) -> Any:
+    """The loaded model of `path` in this process's LRU; 404 when it was deleted meanwhile."""
+    try:
+        return _cache.get(path)
+    except OSError:
+        if path.is_file():
+            raise
+        raise HTTPException(404, f"model {model_id} was deleted while this request waited") from None
+
+
+def _certify_many(
+    path: str, raws: list[RawInputs], limits: CertifyLimits, model_id: str
+) -> list[CertifyResult | _Refused]:
+    """Each request's answer, in order, for a batch of requests of one model (see the module doc)."""
+    from api.certify import input_shape
+    from api.uploads import decode, parse_json
+
+    answers: list[CertifyResult | _Refused | None] = [None] * len(raws)
     try:
         before = _cache.loads
-        loaded = _cache.get(Path(path))
-        loaded_now = _cache.loads > before
+        loaded = _load(Path(path), model_id)
         if loaded.model.gamma is None:
-            raise HTTPException(422, f"{name} has no Lipschitz bound (Plain layers), so nothing can be certified")
-        shape = input_shape(loaded.spec)
-        x = decode(
-            raw, shape, is_image=bool(loaded.spec.img_size), max_inputs=limits.max_inputs, max_pixels=limits.max_pixels
-        )
-        bound, results, _ = certify_batch(loaded, x, scale=raw.scale, attack=False, attack_steps=0)
-        out = CertifyOut(model_id=model_id, input_shape=list(shape), lipschitz_bound=bound, results=results)
-        return CertifyResult(body=out.model_dump_json().encode(), inputs=len(results), loaded_now=loaded_now)
+            raise HTTPException(
+                422, f"model {model_id} has no Lipschitz bound (Plain layers), so nothing can be certified"
+            )
     except HTTPException as e:
-        return _Refused(e.status_code, e.detail, dict(e.headers) if e.headers else None)
+        return [_refused(e)] * len(raws)
+    loaded_now = _cache.loads > before
+    shape = input_shape(loaded.spec)
+    group: list[tuple[int, Any, str]] = []  # (request, inputs, scale) certified in one forward
+    rows = 0
+    for i, raw in enumerate(raws):
+        try:
+            parsed = parse_json(raw, max_numbers=limits.max_inputs * math.prod(shape), max_depth=limits.json_depth)
+            x = decode(
+                parsed,
+                shape,
+                is_image=bool(loaded.spec.img_size),
+                max_inputs=limits.max_inputs,
+                max_pixels=limits.max_pixels,
+            )
+        except HTTPException as e:
+            answers[i] = _refused(e)
+            continue
+        group.append((i, x, parsed.scale))
+        rows += len(x)
+        if rows >= limits.batch_inputs:
+            _certify_group(loaded, group, shape, model_id, answers)
+            group, rows = [], 0
+    _certify_group(loaded, group, shape, model_id, answers)
+    done = [a if a is not None else _Refused(500, "certify: no answer computed", None) for a in answers]
+    if loaded_now:  # counted once per load, on the batch's first answer
+        first = next((k for k, a in enumerate(done) if isinstance(a, CertifyResult)), None)
+        if first is not None:
+            done[first] = dataclasses.replace(done[first], loaded_now=True)  # type: ignore[arg-type]
+    return done
+
+
+def _certify_group(
+    loaded: Any, group: list[tuple[int, Any, str]], shape: tuple[int, ...], model_id: str, answers: list[Any]
+) -> None:
+    """Certify `group`'s inputs in one forward per scale and write each request's answer."""
+    import numpy as np
+
+    from api.certify import certify_batch
+    from api.schemas import CertifyOut
+
+    for scale in sorted({s for _, _, s in group}):
+        items = [(i, x) for i, x, s in group if s == scale]
+        try:
+            bound, results, _ = certify_batch(
+                loaded, np.concatenate([x for _, x in items]), scale=scale, attack=False, attack_steps=0
+            )
+        except Exception as e:
+            if len(items) > 1:  # one request's input spoilt the forward: each alone, so only it fails
+                for i, x in items:
+                    _certify_group(loaded, [(i, x, scale)], shape, model_id, answers)
+                continue
+            if not isinstance(e, HTTPException):
+                log.exception("certify failed for model %s", model_id)
+                e = HTTPException(500, "certify failed for this input; the error is in the server's log")
+            answers[items[0][0]] = _refused(e)
+            continue
+        start = 0
+        for i, x in items:
+            own = [r.model_copy(update={"index": k}) for k, r in enumerate(results[start : start + len(x)])]
+            start += len(x)
+            out = CertifyOut(model_id=model_id, input_shape=list(shape), lipschitz_bound=bound, results=own)
+            answers[i] = CertifyResult(body=out.model_dump_json().encode(), inputs=len(own), loaded_now=False)
 
 
 # ---- in the API process -----------------------------------------------------------------------
@@ -148,26 +228,29 @@ class CertifyPool:
                 self._executor = None
         broken.shutdown(wait=False, cancel_futures=True)
 
-    async def certify(self, path: Path, raw: RawInputs, model_id: str) -> CertifyResult:
-        """Certificates for `raw` against the model file `path` of model `model_id`, as the JSON of an
-        api.schemas.CertifyOut; raises HTTPException as the computation would have. A certify process that died (e.g. killed for memory) is replaced and
-        the request tried once more; a second loss answers 503."""
+    async def certify_many(self, path: str, raws: list[RawInputs], model_id: str) -> list[CertifyResult | _Refused]:
+        """Each request's answer (an api.schemas.CertifyOut as JSON) or refusal, in order, for a batch
+        of requests of model `model_id` (file `path`), computed in one certify process. A certify
+        process that died (e.g. killed for memory) is replaced and the batch tried once more; a
+        second loss raises a 503."""
         for attempt in (1, 2):
             executor = self._get()
             try:
-                out = await asyncio.wrap_future(
-                    executor.submit(_certify_in_process, str(path), raw, self.limits, model_id)
-                )
+                outs = await asyncio.wrap_future(executor.submit(_certify_many, path, raws, self.limits, model_id))
                 break
             except BrokenProcessPool:
                 log.warning("a certify process died; starting new ones (attempt %d)", attempt)
                 self._replace(executor)
         else:
             raise HTTPException(503, "certify processes died twice in a row; retry later", headers={"Retry-After": "5"})
+        self.model_loads += sum(1 for o in outs if isinstance(o, CertifyResult) and o.loaded_now)
+        return outs
+
+    async def certify(self, path: Path, raw: RawInputs, model_id: str) -> CertifyResult:
+        """One request alone (no batching): its CertifyResult, or its HTTPException raised."""
+        (out,) = await self.certify_many(str(path), [raw], model_id)
         if isinstance(out, _Refused):
             raise HTTPException(out.status_code, out.detail, headers=out.headers)
-        if out.loaded_now:
-            self.model_loads += 1
         return out
 
     def shutdown(self) -> None:

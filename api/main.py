@@ -13,6 +13,7 @@ from fastapi import FastAPI
 
 from api import problems
 from api.auth import OpsGuard, auth_mode, key_cache, listen_problem
+from api.batcher import CertifyBatcher, CertifySlots
 from api.certify import AttackSlots
 from api.certify_pool import CertifyLimits, CertifyPool
 from api.deps import known_models
@@ -102,8 +103,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.certify_pool = CertifyPool(
         settings.certify_concurrency,
         settings.certify_nice,
-        CertifyLimits(settings.max_certify_inputs, settings.max_image_pixels, settings.model_cache_size),
+        CertifyLimits(
+            settings.max_certify_inputs,
+            settings.max_image_pixels,
+            settings.model_cache_size,
+            batch_inputs=settings.certify_batch_max_inputs,
+            json_depth=settings.certify_json_max_depth,
+        ),
     )
+    app.state.certify_batcher = CertifyBatcher(  # api.batcher: concurrent requests of a model in one forward
+        app.state.certify_pool,
+        processes=settings.certify_concurrency,
+        max_requests=settings.certify_batch_max_requests,
+        wait_s=settings.certify_batch_wait_ms / 1000,
+    )
+    app.state.certify_slots = CertifySlots(settings.certify_slots_per_tenant, settings.certify_slots_total)
     app.state.metrics = ServiceMetrics(app.state.sessions)
     app.state.attack_slots = AttackSlots(
         settings.certify_attacks_per_tenant, settings.certify_attacks_total, settings.certify_attack_timeout_s

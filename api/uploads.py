@@ -1,8 +1,12 @@
 """Certify inputs: read from JSON, multipart files (PNG, JPEG, .npy) or a raw .npy body, and validated.
 
 Decoding never trusts a header: images are checked for format and size before their pixels are
-decoded (a decompression bomb is refused from its header), .npy headers are checked against the
-bytes actually sent before numpy allocates anything, and pickles are never loaded.
+decoded (a decompression bomb is refused from its header), .npy headers are parsed by a strict
+grammar of their three keys (numpy's own reader evaluates the header as a Python literal, which
+crashes on e.g. 9,000 unary minus signs) and checked against the bytes actually sent before
+anything is allocated, and pickles are never loaded. A JSON body is kept as bytes by the API and
+parsed where it is certified (a certify process), after its nesting depth and number count are
+checked, so a large or deep body costs the API nothing but the bytes.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
@@ -31,6 +36,7 @@ class RawInputs:
     """The request body, read but not yet decoded (decoding runs in the threadpool)."""
 
     scale: Scale = "pixel"
+    json_body: bytes | None = None  # a JSON body as sent; parse_json turns it into json_inputs + scale
     json_inputs: Any = None
     files: list[tuple[str, bytes]] = field(default_factory=list)  # (file name, content)
     npy: bytes | None = None
@@ -53,22 +59,8 @@ async def read_certify_body(request: Request) -> RawInputs:
     settings = request.app.state.settings
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype == "application/json":
-        try:
-            body = json.loads(await request.body())
-        except (ValueError, UnicodeDecodeError) as e:
-            raise _unprocessable(f"body: not valid JSON ({e})") from None
-        except RecursionError:  # json's C parser gives up on deep nesting (e.g. 100k '[')
-            raise _unprocessable(
-                "body: JSON nested too deeply; expected inputs nested as (n, *input_shape), a few levels"
-            ) from None
-        if not isinstance(body, dict) or "inputs" not in body:
-            raise _unprocessable('body: expected {"inputs": [...], "scale": "pixel" | "model"}')
-        extra = set(body) - {"inputs", "scale"}
-        if extra:
-            raise _unprocessable(f"body: unknown fields {sorted(extra)}")
-        if not isinstance(body["inputs"], list) or not body["inputs"]:
-            raise _unprocessable("inputs: expected a non-empty list of inputs, each of the model's input shape")
-        return RawInputs(scale=_scale(body.get("scale", "pixel")), json_inputs=body["inputs"])
+        # not parsed here: parse_json runs where the inputs are certified, off the event loop
+        return RawInputs(json_body=await request.body())
     if ctype == "multipart/form-data":
         limit = settings.max_certify_inputs
         try:
@@ -94,38 +86,122 @@ async def read_certify_body(request: Request) -> RawInputs:
     )
 
 
+def parse_json(raw: RawInputs, *, max_numbers: int, max_depth: int) -> RawInputs:
+    """`raw` with its JSON body parsed into json_inputs and scale (raw itself if it has none).
+
+    Refused before parsing: nesting deeper than `max_depth` (objects and arrays) and more than
+    about `max_numbers` numbers (counted by commas: a body of numbers has fewer commas than 2 x
+    its numbers), so the parsed lists never grow beyond what a valid request holds."""
+    if raw.json_body is None:
+        return raw
+    data = raw.json_body
+    brackets = np.frombuffer(data.translate(None, _NOT_BRACKETS), dtype=np.uint8)
+    if len(brackets):
+        depth = np.cumsum(np.where((brackets == 91) | (brackets == 123), 1, -1).astype(np.int32))
+        if int(depth.max()) > max_depth:
+            raise _unprocessable(
+                f"body: JSON nested deeper than {max_depth} levels; expected "
+                '{"inputs": [...]} with inputs nested as (n, *input_shape)'
+            )
+    if data.count(b",") > 2 * max_numbers + 16:
+        raise HTTPException(
+            413, f"body: more numbers than {max_numbers} (LBDN_MAX_CERTIFY_INPUTS inputs of the model's size)"
+        )
+    try:
+        body = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise _unprocessable(f"body: not valid JSON ({e})") from None
+    except RecursionError:  # brackets inside strings are not counted above
+        raise _unprocessable(f"body: JSON nested deeper than {max_depth} levels") from None
+    if not isinstance(body, dict) or "inputs" not in body:
+        raise _unprocessable('body: expected {"inputs": [...], "scale": "pixel" | "model"}')
+    extra = set(body) - {"inputs", "scale"}
+    if extra:
+        raise _unprocessable(f"body: unknown fields {sorted(extra)}")
+    if not isinstance(body["inputs"], list) or not body["inputs"]:
+        raise _unprocessable("inputs: expected a non-empty list of inputs, each of the model's input shape")
+    return RawInputs(scale=_scale(body.get("scale", "pixel")), json_inputs=body["inputs"])
+
+
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+# The .npy header grammar (numpy's format spec): a dict literal of exactly these keys, any order.
+_NPY_ITEM = re.compile(
+    r"\s*'(descr|fortran_order|shape)'\s*:\s*('[<>|=]?[a-zA-Z][0-9]{0,2}'|True|False|\(\s*(?:[0-9]{1,30}\s*"
+    r"(?:,\s*[0-9]{1,30}\s*){0,31},?\s*)?\))\s*(?:,|(?=\}))"
+)
+
+
+def _npy_header(data: bytes, what: str) -> tuple[np.dtype[Any], tuple[int, ...], bool, int]:
+    """(dtype, shape, fortran_order, data offset) of .npy bytes; 422 for anything malformed."""
+
+    def bad(why: str) -> HTTPException:
+        return _unprocessable(f"{what}: not a .npy array ({why})")
+
+    if len(data) < 10 or data[:6] != b"\x93NUMPY":
+        raise bad("no .npy magic string")
+    major = data[6]
+    if major not in (1, 2, 3):
+        raise bad(f"unsupported .npy format version {major}.{data[7]}")
+    size_bytes = 2 if major == 1 else 4
+    start = 8 + size_bytes
+    length = int.from_bytes(data[8:start], "little")
+    if length > 65536 or start + length > len(data):
+        raise bad("header length beyond the data")
+    try:
+        text = data[start : start + length].decode("latin1" if major < 3 else "utf8").strip()
+    except UnicodeDecodeError:
+        raise bad("header is not text") from None
+    if not (text.startswith("{") and text.endswith("}")):
+        raise bad("header is not a dict")
+    items: dict[str, str] = {}
+    pos = 1
+    while (m := _NPY_ITEM.match(text, pos)) is not None:
+        if m.group(1) in items:
+            raise bad(f"key {m.group(1)!r} given twice")
+        items[m.group(1)] = m.group(2)
+        pos = m.end()
+    if text[pos:].strip() != "}" or set(items) != {"descr", "fortran_order", "shape"}:
+        raise bad("header must be {'descr': ..., 'fortran_order': ..., 'shape': (...)}")
+    if items["descr"][0] != "'":
+        raise bad(f"descr {items['descr']} is not a type string")
+    try:
+        dtype = np.dtype(items["descr"][1:-1])
+    except TypeError:
+        raise bad(f"unknown dtype {items['descr']}") from None
+    if items["fortran_order"] not in ("True", "False"):
+        raise bad("fortran_order must be True or False")
+    if not items["shape"].startswith("("):
+        raise bad("shape must be a tuple of integers")
+    shape = tuple(int(v) for v in re.findall(r"[0-9]+", items["shape"]))
+    return dtype, shape, items["fortran_order"] == "True", start + length
+
+
 def load_npy(data: bytes, what: str) -> np.ndarray:
     """A numeric array from .npy bytes: header checked against the data size, no pickles."""
-    buf = io.BytesIO(data)
-    try:
-        version = np.lib.format.read_magic(buf)
-        readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
-        if version not in readers:
-            raise ValueError(f"unsupported .npy format version {version}")
-        shape, _, dtype = readers[version](buf)
-    except ValueError as e:
-        raise _unprocessable(f"{what}: not a .npy array ({e})") from None
+    dtype, shape, fortran, offset = _npy_header(data, what)
     if dtype.hasobject or dtype.kind not in "biuf":
         raise _unprocessable(f"{what}: .npy dtype {dtype} is not a real number type")
     # math.prod, not np.prod: Python integers cannot overflow on a header declaring (2**64, 1)
-    if math.prod(shape) * dtype.itemsize > len(data) - buf.tell():
+    count = math.prod(shape)
+    if count * dtype.itemsize > len(data) - offset:
         raise _unprocessable(f"{what}: .npy header declares {shape} {dtype} but the data is shorter (truncated?)")
-    buf.seek(0)
-    try:
-        array: np.ndarray = np.load(buf, allow_pickle=False)
-        return array
-    except ValueError as e:
-        raise _unprocessable(f"{what}: unreadable .npy array ({e})") from None
+    flat = np.frombuffer(data, dtype=dtype, count=count, offset=offset)
+    return flat.reshape(shape, order="F" if fortran else "C")
 
 
 def load_image(data: bytes, what: str, channels: int, size: int, max_pixels: int) -> np.ndarray:
-    """(C, H, W) float32 pixel values in [0, 1] from PNG/JPEG bytes of exactly size x size pixels."""
+    """(C, H, W) float64 pixel values k/255 in [0, 1] from PNG/JPEG bytes of exactly size x size pixels."""
+    # Pillow's decoders raise whatever a malformed file leads them to (SyntaxError, struct.error,
+    # IndexError, TypeError, ...: fuzzing found over a thousand such files), so any exception from
+    # opening or decoding untrusted bytes is that file's 422, never the server's 500.
     try:
-        img = Image.open(io.BytesIO(data))  # reads the header only
+        img = Image.open(io.BytesIO(data))  # reads the header only (a GIF is named, then refused)
     except Image.DecompressionBombError as e:
         raise _unprocessable(f"{what}: refused as a decompression bomb ({e})") from None
     except (UnidentifiedImageError, OSError, ValueError):
         raise _unprocessable(f"{what}: not a PNG or JPEG image") from None
+    except Exception as e:  # see above
+        raise _unprocessable(f"{what}: damaged PNG or JPEG header ({type(e).__name__})") from None
     with img:
         if img.format not in IMAGE_FORMATS:
             raise _unprocessable(f"{what}: {img.format} images are not accepted; send PNG or JPEG")
@@ -138,9 +214,11 @@ def load_image(data: bytes, what: str, channels: int, size: int, max_pixels: int
             )
         try:
             img.load()
-            pixels = np.asarray(img.convert("L" if channels == 1 else "RGB"), dtype=np.float32) / 255.0
+            pixels = np.asarray(img.convert("L" if channels == 1 else "RGB"), dtype=np.float64) / 255.0
         except (OSError, ValueError, Image.DecompressionBombError) as e:
             raise _unprocessable(f"{what}: damaged or truncated image ({e})") from None
+        except Exception as e:  # see the comment above
+            raise _unprocessable(f"{what}: damaged image ({type(e).__name__})") from None
     if channels == 1:
         return pixels[None]
     if channels != 3:
@@ -149,8 +227,12 @@ def load_image(data: bytes, what: str, channels: int, size: int, max_pixels: int
 
 
 def decode(raw: RawInputs, shape: tuple[int, ...], *, is_image: bool, max_inputs: int, max_pixels: int) -> np.ndarray:
-    """(n, *shape) float32 inputs, checked: shape, count, finite values, [0,1] for pixel images."""
+    """(n, *shape) float64 inputs, exactly the values sent (a certificate is for the input given, not
+    its float32 rounding), checked: shape, count, finite values within float32 range (the model's
+    own dtype), [0,1] for pixel images. A JSON body must have been through parse_json."""
     expected = "x".join(map(str, shape))
+    if raw.json_body is not None and raw.json_inputs is None:
+        raise ValueError("decode: parse_json the JSON body first")
     if raw.json_inputs is not None:
         if not isinstance(raw.json_inputs, list) or not raw.json_inputs:
             raise _unprocessable("inputs: expected a non-empty list of inputs")
@@ -191,8 +273,8 @@ def decode(raw: RawInputs, shape: tuple[int, ...], *, is_image: bool, max_inputs
     if bad.any():
         raise _unprocessable(f"input {int(np.argmax(bad))}: NaN or infinite values")
     # The model runs in float32: a finite float64 such as 1e39 would become inf there (refused first)
-    huge = (np.abs(flat) > F32_MAX).any(axis=1) if flat.dtype.itemsize > 4 or flat.dtype.kind in "iu" else None
-    if huge is not None and huge.any():
+    huge = (np.abs(flat.astype(np.float64)) > F32_MAX).any(axis=1)
+    if huge.any():
         raise _unprocessable(
             f"input {int(np.argmax(huge))}: values must be within float32 range (|x| <= {F32_MAX:.4g})"
         )
@@ -203,7 +285,7 @@ def decode(raw: RawInputs, shape: tuple[int, ...], *, is_image: bool, max_inputs
             raise _unprocessable(
                 f"input {first}: pixel values must lie in [0, 1] (scale 'pixel'); use scale 'model' for normalised inputs"
             )
-    return batch.astype(np.float32)
+    return batch.astype(np.float64)
 
 
 def _batch(x: np.ndarray, shape: tuple[int, ...], what: str) -> np.ndarray:

@@ -249,7 +249,7 @@ def cmd_certify(c: Client, ui: Ui, a: argparse.Namespace) -> int:
     for p in paths:
         if not p.is_file():
             raise UsageError(f"no file {p}")
-    answer = c.certify(a.model, paths, attack=a.attack)
+    answer = c.certify(a.model, paths, attack=a.attack, scale=a.scale)
     ui.json(answer) if ui.as_json else ui.out.print(certify_table(answer, input_names(paths, answer["input_shape"])))
     return EXIT_OK
 
@@ -466,6 +466,14 @@ def parser() -> argparse.ArgumentParser:
     ce.add_argument("model")
     ce.add_argument("files", nargs="+", help="PNG/JPEG of the model's input size, or .npy arrays")
     ce.add_argument("--attack", action="store_true", help="also search the smallest adversarial perturbation")
+    ce.add_argument(
+        "--scale",
+        choices=["pixel", "model"],
+        default="pixel",
+        help="the space of the inputs' values: pixel = image pixels in [0, 1] (the server normalises them "
+        "with the model's mean/std; PNG/JPEG are always pixels), model = already normalised model-input "
+        "values (.npy of the network's own input space). Default: pixel",
+    )
     ex = sub.add_parser(
         "export", parents=[common], help="a model as ONNX or a torch.export program, with certify metadata"
     )

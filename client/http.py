@@ -172,13 +172,15 @@ class Client:
     def model(self, model_id: str) -> dict[str, Any]:
         return self._json("GET", f"/v1/models/{model_id}")
 
-    def certify(self, model_id: str, files: list[Path], attack: bool = False) -> dict[str, Any]:
-        """Certified radii of image / .npy files (multipart upload, pixel scale)."""
+    def certify(self, model_id: str, files: list[Path], attack: bool = False, scale: str = "pixel") -> dict[str, Any]:
+        """Certified radii of image / .npy files (multipart upload); `scale` says the space of the
+        values: 'pixel' ([0,1], normalised by the server) or 'model' (already normalised)."""
         parts = [("files", (p.name, p.read_bytes(), "application/octet-stream")) for p in files]
         return self._json(
             "POST",
             f"/v1/models/{model_id}/certify",
             params={"attack": str(attack).lower()},
+            data={"scale": scale},
             files=parts,
             timeout=None if attack else 120.0,
         )

@@ -50,6 +50,23 @@ class Settings(BaseSettings):
     certify_nice: int = Field(
         10, ge=0, le=19, description="niceness of the certify processes: polls and /healthz are served first"
     )
+    # certify batching (issue 20)
+    certify_batch_max_requests: int = Field(
+        32, ge=1, description="certify requests of one model and tenant sent to a certify process as one batch"
+    )
+    certify_batch_max_inputs: int = Field(
+        256, ge=1, description="inputs per forward in a certify process (a larger batch takes several forwards)"
+    )
+    certify_batch_wait_ms: float = Field(
+        20.0, ge=0, le=1000, description="how long a free certify process waits at most for a batch to fill (ms)"
+    )
+    certify_slots_per_tenant: int = Field(
+        32, ge=1, description="certify requests of one tenant read, queued or computed at once (429 above)"
+    )
+    certify_slots_total: int = Field(96, ge=1, description="certify requests read, queued or computed at once (429)")
+    certify_json_max_depth: int = Field(
+        8, ge=3, le=64, description="nesting depth of a JSON certify body (objects and arrays; 422 above)"
+    )
     access_log: bool = Field(
         False,
         description="uvicorn's line per request (about a tenth of a poll's API CPU; per-route counts and "

@@ -652,11 +652,13 @@ async function modelPage(view, id, signal) {
       clearError();
       const scale = isImage ? 255 : 1;
       const unit = isImage ? "/255" : "";
-      out.results.forEach((r, i) => {
+      // newest answer on top, its rows in input order (prepending one by one reversed them)
+      const rows = out.results.map((r, i) => {
         // a .npy file may hold several inputs: then rows outnumber files and are named by index
         const input = out.results.length === inputs.length ? inputs[i] : { name: `input ${i}` };
-        results.prepend(certRow(r, input, scale, unit, attacked));
+        return certRow(r, input, scale, unit, attacked);
       });
+      results.prepend(...rows);
       rescaleBars(results, barHead, unit);
       busy.textContent = `bound: ${out.lipschitz_bound.kind}, γ = ${out.lipschitz_bound.gamma}`;
     } catch (err) {

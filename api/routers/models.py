@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Annotated
 
 import anyio.from_thread
 import anyio.to_thread
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from fastapi import APIRouter, HTTPException, Query, Request, Response
 from sqlalchemy import select
 
+from api.batcher import BatchKey, CertifySlots, ClientGone
 from api.certify import AttackBudget, AttackSlots, certify_batch, input_shape
 from api.deps import CurrentTenant, SessionDep, SettingsDep, TenantModel, TenantModelId
 from api.problems import problem_responses
 from api.schemas import AttackReport, CertifiedInput, CertifyOut, LipschitzBound, ModelOut, ModelPage
-from api.uploads import RawInputs, decode, read_certify_body
+from api.uploads import RawInputs, decode, parse_json, read_certify_body
 from api.views import model_out
 from core.settings import Settings
 from core.states import MODEL_KINDS, JobState
@@ -76,7 +79,6 @@ def get_model(model: TenantModel) -> ModelOut:
 )
 async def certify_inputs(
     model: TenantModelId,
-    raw: Annotated[RawInputs, Depends(read_certify_body)],
     request: Request,
     settings: SettingsDep,
     tenant: CurrentTenant,
@@ -87,32 +89,46 @@ async def certify_inputs(
     path = settings.job_dir(model) / MODEL
     if not path.is_file():
         raise HTTPException(404, f"model {model} has no weights file (was it removed?)")
-    if attack:
-        # The attack runs on the API's attack threads (it polls for the client's disconnect). Its slot
-        # (api.certify.AttackSlots: 429 beyond the limits) is taken here, before a thread: the threads
-        # are as many as the slots, so a request that gets a slot never waits for a thread, and one that
-        # gets none is answered at once instead of queueing behind running attacks.
-        slots: AttackSlots = request.app.state.attack_slots
-        with slots.hold(tenant):
-            metrics.certify_attacks_active.inc()
+    # Every certify request holds a slot (api.batcher.CertifySlots: 429 beyond the per-tenant and total
+    # limits) from before its body is read until it is answered: bodies in memory and queued work are
+    # bounded whatever the clients send. The body is read here, not as a dependency, to be inside it.
+    certify_slots: CertifySlots = request.app.state.certify_slots
+    with certify_slots.hold(tenant):
+        raw = await read_certify_body(request)
+        if attack:
+            body, n = await _attack(model, raw, request, settings, tenant)
+        else:
+            # batched with concurrent requests of this model and tenant (api.batcher), computed and
+            # serialised in a certify process: never on the API's threads or its GIL; the bytes are the
+            # CertifyOut of response_model, passed through as they are
+            key = BatchKey(str(path), tenant, model)
             try:
-                bound, results, report, shape = await anyio.to_thread.run_sync(
-                    _certify_and_attack, model, raw, request, settings, limiter=request.app.state.attack_limiter
-                )
-            finally:
-                metrics.certify_attacks_active.dec()
-        answer = CertifyOut(
-            model_id=model, input_shape=list(shape), lipschitz_bound=bound, results=results, attack=report
-        )
-        body, n = answer.model_dump_json().encode(), len(results)
-    else:
-        # computed and serialised in a certify process (api.certify_pool): never on the API's threads
-        # or its GIL; the bytes are the CertifyOut of response_model, passed through as they are
-        out = await request.app.state.certify_pool.certify(path, raw, model)
-        body, n = out.body, out.inputs
+                out = await request.app.state.certify_batcher.certify(key, raw, partial(_disconnected, request))
+            except ClientGone:  # nobody reads this answer; 499 (nginx's "client closed") in the metrics
+                return Response(status_code=499)
+            body, n = out.body, out.inputs
     metrics.certify_latency.labels(str(attack).lower()).observe(time.perf_counter() - t0)
     metrics.certified_inputs.inc(n)
     return Response(body, media_type="application/json")
+
+
+async def _attack(model: str, raw: RawInputs, request: Request, settings: Settings, tenant: str) -> tuple[bytes, int]:
+    # The attack runs on the API's attack threads (it polls for the client's disconnect). Its slot
+    # (api.certify.AttackSlots: 429 beyond the limits) is taken here, before a thread: the threads
+    # are as many as the slots, so a request that gets a slot never waits for a thread, and one that
+    # gets none is answered at once instead of queueing behind running attacks.
+    metrics = request.app.state.metrics
+    slots: AttackSlots = request.app.state.attack_slots
+    with slots.hold(tenant):
+        metrics.certify_attacks_active.inc()
+        try:
+            bound, results, report, shape = await anyio.to_thread.run_sync(
+                _certify_and_attack, model, raw, request, settings, limiter=request.app.state.attack_limiter
+            )
+        finally:
+            metrics.certify_attacks_active.dec()
+    answer = CertifyOut(model_id=model, input_shape=list(shape), lipschitz_bound=bound, results=results, attack=report)
+    return answer.model_dump_json().encode(), len(results)
 
 
 def _certify_and_attack(
@@ -123,6 +139,9 @@ def _certify_and_attack(
     if loaded.model.gamma is None:
         raise HTTPException(422, f"model {model} has no Lipschitz bound (Plain layers), so nothing can be certified")
     shape = input_shape(loaded.spec)
+    raw = parse_json(
+        raw, max_numbers=settings.max_certify_inputs * math.prod(shape), max_depth=settings.certify_json_max_depth
+    )
     x = decode(
         raw,
         shape,
@@ -135,6 +154,12 @@ def _certify_and_attack(
         loaded, x, scale=raw.scale, attack=True, attack_steps=settings.certify_attack_steps, budget=budget
     )
     return bound, results, report, tuple(shape)
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client hangs up (the body has been read: the next message is the disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def _disconnect_probe(request: Request) -> Callable[[], bool]:
