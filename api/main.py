@@ -12,7 +12,7 @@ import anyio.to_thread
 from fastapi import FastAPI
 
 from api import problems
-from api.auth import OpsGuard, auth_mode, key_cache, listen_problem
+from api.auth import AuthFailures, OpsGuard, auth_mode, key_cache, listen_problem
 from api.certify import AttackSlots
 from api.certify_pool import CertifyLimits, CertifyPool
 from api.deps import known_models
@@ -20,6 +20,7 @@ from api.metrics import ServiceMetrics
 from api.middleware import LimitAndMeasure
 from api.model_cache import ModelCache
 from api.routers import artifacts, catalog, dashboard, events, health, jobs, model_io, models, paper, sweeps
+from api.routers.events import StreamCount
 from core.queue import CeleryQueue
 from core.reaper import reap_and_resend
 from core.settings import Settings, get_settings
@@ -105,6 +106,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         CertifyLimits(settings.max_certify_inputs, settings.max_image_pixels, settings.model_cache_size),
     )
     app.state.metrics = ServiceMetrics(app.state.sessions)
+    app.state.stream_count = StreamCount(settings.max_streams_per_tenant)  # api.routers.events
+    app.state.auth_failures = AuthFailures(settings.auth_failures_per_window, settings.auth_failure_window_s)
     app.state.attack_slots = AttackSlots(
         settings.certify_attacks_per_tenant, settings.certify_attacks_total, settings.certify_attack_timeout_s
     )
