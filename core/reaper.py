@@ -19,7 +19,6 @@ from sqlalchemy.orm import Session, sessionmaker
 from core.queue import JobQueue
 from core.settings import Settings
 from core.store import leases, transaction
-from core.sweep_submit import advance_sweeps
 
 log = logging.getLogger("lbdn.reaper")
 
@@ -63,6 +62,9 @@ class PeriodicReaper(threading.Thread):
         self.stopped = threading.Event()
 
     def run(self) -> None:
+        # here, not at the top: importing core.reaper (as the API does) loads no lipcore model cards
+        from core.sweep_submit import advance_sweeps
+
         resend_all = False  # stays set until a pass has re-sent everything queued
         while not self.stopped.is_set():
             try:

@@ -19,8 +19,7 @@ from core.queue import JobQueue
 from core.settings import Settings
 from core.states import JobKind, JobState, SweepRole
 from core.store import Job, Sweep, SweepJob, sweeps, transaction
-from core.submit import Refused, check_quota, errors_text, prepare_training
-from lipcore.paper import GRID_KEYS, PRESETS, dedupe, expand
+from core.submit import Refused, check_cost, check_quota, errors_text, resolve_image_folder
 from lipcore.spec import ExperimentSpec
 
 log = logging.getLogger("lbdn.sweeps")
@@ -43,6 +42,8 @@ class SweepAsk:
 def grid_size(grid: dict[str, list[Any]]) -> int:
     """The number of points of `grid` (the product of its value lists' lengths), without expanding
     it; 422 for a key other than GRID_KEYS or an empty list."""
+    from lipcore.paper import GRID_KEYS  # torch-free, but only the API and the tests need the presets
+
     unknown = set(grid) - set(GRID_KEYS)
     if unknown:
         raise Refused(422, f"grid: unknown keys {sorted(unknown)}; expected some of {list(GRID_KEYS)}")
@@ -54,6 +55,8 @@ def grid_size(grid: dict[str, list[Any]]) -> int:
 
 def count_jobs(ask: SweepAsk) -> int:
     """An upper bound of the sweep's training jobs (equal specs collapse later), from sizes alone."""
+    from lipcore.paper import PRESETS
+
     seeds = {"seed": ask.seeds} if ask.seeds is not None else {}
     if ask.preset is not None:
         preset = PRESETS.get(ask.preset)
@@ -64,6 +67,8 @@ def count_jobs(ask: SweepAsk) -> int:
 
 
 def _raw_points(ask: SweepAsk) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    from lipcore.paper import PRESETS, dedupe, expand
+
     if ask.preset is not None:
         made = PRESETS[ask.preset].specs(ask.epochs, ask.seeds)
     else:
@@ -96,16 +101,36 @@ def plan_sweep(
             spec = ExperimentSpec.model_validate(fields)
         except ValidationError as e:
             raise Refused(422, f"spec at {where}: {errors_text(e.errors())}") from None
-        done = prepare_training(spec, settings, where=f"spec at {where}")
+        done = resolve_image_folder(spec, settings)
         # the point as resolved (a Plain network has no gamma), so equal specs collapse to one job
-        resolved.append((done, {k: done.get(k, v) for k, v in point.items()}))
-    resolved = dedupe(resolved)
+        fields = done.model_dump()
+        resolved.append((done, {k: fields.get(k, v) for k, v in point.items()}))
+    resolved = dedupe_specs(resolved)
     if ask.only:
-        resolved = [(spec, point) for spec, point in resolved if _matches(spec, ask.only)]
+        resolved = [(spec, point) for spec, point in resolved if _matches(spec.model_dump(), ask.only)]
         if not resolved:
             raise Refused(422, f"only: no job of the sweep matches {ask.only}")
-    check_quota(session, tenant, settings, adding=len(resolved))
-    return resolved
+    check_quota(session, tenant, settings, adding=len(resolved))  # before the costs: no torch for a refusal
+    out = []
+    for spec, point in resolved:
+        check_cost(
+            spec, settings, where="spec at " + (", ".join(f"{k}={v}" for k, v in point.items()) or "the base spec")
+        )
+        out.append((spec.model_dump(mode="json"), point))
+    return out
+
+
+def dedupe_specs(
+    items: list[tuple[ExperimentSpec, dict[str, Any]]],
+) -> list[tuple[ExperimentSpec, dict[str, Any]]]:
+    """Drop repeated specs (ExperimentSpec is frozen, so hashable), keeping the first's point."""
+    seen: set[ExperimentSpec] = set()
+    out = []
+    for spec, point in items:
+        if spec not in seen:
+            seen.add(spec)
+            out.append((spec, point))
+    return out
 
 
 def _matches(spec: dict[str, Any], only: dict[str, list[Any]]) -> bool:
