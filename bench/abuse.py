@@ -35,6 +35,7 @@ REDIS_URL = "redis://127.0.0.1:6379/0"
 KWL = {"model": "KWL", "layer": "Sandwich", "scale": "small", "dataset": "cifar10", "gamma": 1.0}
 TOY = {"model": "Toy", "layer": "Sandwich", "gamma": 1.0, "epochs": 2}
 HUGE = {"model": "Resnet", "scale": "xlarge", "dataset": "tiny_imagenet"}
+_JSON = {"Content-Type": "application/json"}
 
 
 def rss_mib(pid: int) -> float:
@@ -360,9 +361,6 @@ def run_connections(svc: Serve, probe: Probe, args: argparse.Namespace) -> None:
         return codes + [good], f"400 bad keys; a known key's poll then took {1000 * (time.perf_counter() - t0):.0f} ms"
 
     probe("flood of bad keys", bad_keys)
-
-
-_JSON = {"Content-Type": "application/json"}
 
 
 def main() -> int:
