@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import math
+import time
 from typing import Annotated, Literal
 
 from cachetools import TTLCache
@@ -85,6 +87,40 @@ def key_cache(ttl_s: float) -> TTLCache[str, str]:
     return TTLCache(maxsize=4096, ttl=ttl_s)
 
 
+class AuthFailures:
+    """Unknown or revoked keys per client address (LBDN_AUTH_FAILURES_PER_WINDOW in each
+    LBDN_AUTH_FAILURE_WINDOW_S): past the limit, that address's keys that are not already known are
+    refused with 429 before any database work, so a flood of bad keys cannot crowd out the lookups
+    of real ones. A key already in the key cache still works from that address (it costs nothing).
+    Per API process; in memory for at most 65,536 addresses. Used on the event loop only."""
+
+    def __init__(self, limit: int, window_s: float) -> None:
+        self.limit, self.window_s = limit, window_s
+        self.seen: TTLCache[str, tuple[float, int]] = TTLCache(maxsize=65536, ttl=window_s)
+
+    def _current(self, address: str) -> tuple[float, int]:
+        """(start, failures) of the address's window; a window that has passed starts again."""
+        now = time.monotonic()
+        start, count = self.seen.get(address, (now, 0))
+        return (now, 0) if now - start >= self.window_s else (start, count)
+
+    def check(self, address: str) -> None:
+        """429 with Retry-After while `address` is over the limit in its current window."""
+        start, count = self._current(address)
+        if count >= self.limit:
+            wait = max(1, math.ceil(start + self.window_s - time.monotonic()))
+            raise HTTPException(
+                429,
+                f"Authorization: {count} requests with unknown or revoked API keys from your address in "
+                f"{self.window_s:g} s (LBDN_AUTH_FAILURES_PER_WINDOW={self.limit}); retry after {wait} s",
+                headers={"Retry-After": str(wait)},
+            )
+
+    def record(self, address: str) -> None:
+        start, count = self._current(address)
+        self.seen[address] = (start, count + 1)
+
+
 async def current_tenant(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
@@ -95,12 +131,15 @@ async def current_tenant(
         digest = keys.digest(credentials.credentials)
         tenant = cache.get(digest)
         if tenant is None:
+            failures: AuthFailures = request.app.state.auth_failures
+            address = request.client.host if request.client else "unknown"
+            failures.check(address)
             # a short session of its own, on a thread: a request never holds a connection for its life
             tenant = await run_in_threadpool(_lookup, request.app.state.sessions, digest)
-            if tenant is not None:
-                cache[digest] = tenant
-        if tenant is None:
-            raise HTTPException(401, "Authorization: unknown or revoked API key", headers=_CHALLENGE)
+            if tenant is None:
+                failures.record(address)
+                raise HTTPException(401, "Authorization: unknown or revoked API key", headers=_CHALLENGE)
+            cache[digest] = tenant
         return tenant
     mode = request.app.state.auth_mode
     if mode == "auto" and not getattr(request.app.state, "keys_seen", False):

@@ -45,6 +45,7 @@ def run_api(settings: Settings, host: str, port: int) -> None:
     import uvicorn
 
     from api.main import create_app
+    from api.protocol import with_header_timeout
 
     check_bind(settings, host)
     settings = settings.model_copy(update={"host": host})  # the auth rule depends on where we listen
@@ -66,6 +67,9 @@ def run_api(settings: Settings, host: str, port: int) -> None:
         # longer than clients keep idle connections (httpx 5 s, browsers more): a server that closes
         # a kept-alive connection just as a client reuses it makes that request fail (ReadError)
         timeout_keep_alive=75,
+        # limits (issue 22): a header read timeout (api.protocol) and a bound on connections + requests
+        http=with_header_timeout(settings.header_timeout_s),
+        limit_concurrency=settings.limit_concurrency,
     )
 
 

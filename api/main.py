@@ -12,7 +12,7 @@ import anyio.to_thread
 from fastapi import FastAPI
 
 from api import problems
-from api.auth import OpsGuard, auth_mode, key_cache, listen_problem
+from api.auth import AuthFailures, OpsGuard, auth_mode, key_cache, listen_problem
 from api.batcher import CertifyBatcher, CertifySlots
 from api.certify import AttackSlots
 from api.certify_pool import CertifyLimits, CertifyPool
@@ -21,6 +21,7 @@ from api.metrics import ServiceMetrics
 from api.middleware import LimitAndMeasure
 from api.model_cache import ModelCache
 from api.routers import artifacts, catalog, dashboard, events, health, jobs, model_io, models, paper, sweeps
+from api.routers.events import StreamCount
 from core.queue import CeleryQueue
 from core.reaper import reap_and_resend
 from core.settings import Settings, get_settings
@@ -119,6 +120,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.certify_slots = CertifySlots(settings.certify_slots_per_tenant, settings.certify_slots_total)
     app.state.metrics = ServiceMetrics(app.state.sessions)
+    app.state.stream_count = StreamCount(settings.max_streams_per_tenant)  # api.routers.events
+    app.state.auth_failures = AuthFailures(settings.auth_failures_per_window, settings.auth_failure_window_s)
     app.state.attack_slots = AttackSlots(
         settings.certify_attacks_per_tenant, settings.certify_attacks_total, settings.certify_attack_timeout_s
     )

@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from core.states import RUNNABLE_KINDS
+from core.submit import Refused
 
 PROBLEM_JSON = "application/problem+json"
 FASTAPI_BODY_ERROR = "There was an error parsing the body"  # FastAPI's 400 when json.loads raises non-JSON errors
@@ -147,6 +148,10 @@ def install(app: FastAPI) -> None:
         if exc.status_code == 400 and detail == FASTAPI_BODY_ERROR:  # e.g. RecursionError on deep nesting
             return problem(422, "body: not parseable JSON (nested too deeply?); expected a JSON object")
         return problem(exc.status_code, detail, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Refused)
+    async def _refused(_: Request, exc: Refused) -> JSONResponse:  # core.submit's rules
+        return problem(exc.status, exc.detail, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

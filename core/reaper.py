@@ -5,7 +5,8 @@ where every queued job is re-sent because a broker without persistence (Redis re
 lost all messages. A worker's pass re-sends every queued job too when the broker says it may have
 lost its messages since (Redis restarted while the service ran: JobQueue.broker_lost_messages);
 otherwise it re-sends those queued longer than LBDN_RESEND_QUEUED_AFTER_S. Duplicate messages are
-harmless: a job runs only under its lease.
+harmless: a job runs only under its lease. A worker's pass also makes the evaluation jobs of sweeps
+whose training jobs succeeded (if the worker that finished one could not).
 """
 
 from __future__ import annotations
@@ -61,6 +62,9 @@ class PeriodicReaper(threading.Thread):
         self.stopped = threading.Event()
 
     def run(self) -> None:
+        # here, not at the top: importing core.reaper (as the API does) loads no lipcore model cards
+        from core.sweep_submit import advance_sweeps
+
         resend_all = False  # stays set until a pass has re-sent everything queued
         while not self.stopped.is_set():
             try:
@@ -74,6 +78,10 @@ class PeriodicReaper(threading.Thread):
                 resend_all = False
             except Exception:
                 log.exception("reaper pass failed")
+            try:  # a backstop: the worker that finishes a sweep's training job advances it at once
+                advance_sweeps(self.sessions, self.queue, self.settings)
+            except Exception:
+                log.exception("advancing sweeps failed")
             self.stopped.wait(self.settings.reap_interval_s)
 
     def stop(self) -> None:

@@ -102,6 +102,30 @@ class Settings(BaseSettings):
         4 * 2**30, ge=1024, description="bytes of imported models one tenant keeps (429 above; delete to free)"
     )
 
+    # limits (issue 22): see README "API keys, access and limits"
+    max_jobs_per_sweep: int = Field(
+        500, ge=1, description="training jobs of one sweep, counted before its grid is expanded (422 above)"
+    )
+    max_streams_per_tenant: int = Field(
+        20, ge=1, description="open event streams (/v1/jobs/{id}/events) of one tenant per API process (429 above)"
+    )
+    auth_failures_per_window: int = Field(
+        30, ge=1, description="failed authentications of one client address per window before 429"
+    )
+    auth_failure_window_s: float = Field(60.0, gt=0, description="the window of auth_failures_per_window, seconds")
+    public_url: str | None = Field(
+        None,
+        pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$",
+        description="the service's address as clients see it (e.g. https://lbdn.example.org); URLs in "
+        "answers start with it. Unset: URLs are relative (never built from the request's Host)",
+    )
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="time a connection has to send a request's headers (uvicorn closes it after)"
+    )
+    limit_concurrency: int | None = Field(
+        2000, ge=10, description="connections + requests in flight per API process; 503 above (uvicorn)"
+    )
+
     # Jobs
     queue_prefix: str = Field("", description="prefix of the queue names (gpu, cpu)")
     device: str = Field("auto", description="torch device of training/evaluation: auto, cpu, cuda, cuda:1")

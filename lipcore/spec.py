@@ -64,7 +64,8 @@ class ExperimentSpec(BaseModel):
     which the paper trains without a bound.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    # finite numbers only: NaN and Infinity (which JSON parsers accept) fail on PostgreSQL and mean nothing
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False)
 
     model: str = Field(
         "Resnet",

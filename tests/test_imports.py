@@ -75,7 +75,16 @@ def _top(module: str) -> str:
 
 
 # the torch-free descriptions of experiments: the schema and the model cards it is derived from
-CORE_MAY_USE = ("lipcore.spec", "lipcore.models.cards")
+# core.submit / core.sweep_submit (the one submission path) also resolve image folders, estimate a
+# spec's memory and expand the paper's presets: each imported inside the function that needs it
+CORE_MAY_USE = (
+    "lipcore.spec",
+    "lipcore.models.cards",
+    "lipcore.paper",
+    "lipcore.data",
+    "lipcore.data.image_folder",
+    "lipcore.cost",
+)
 
 
 def test_core_imports_neither_api_nor_worker_and_of_lipcore_only_the_spec() -> None:

@@ -27,6 +27,7 @@ from core.queue import TASKS
 from core.reaper import PeriodicReaper
 from core.states import JobKind, JobState
 from core.store import Job, init_db, jobs, leases, transaction
+from core.sweep_submit import advance_sweeps
 from lipcore.rundir import EVAL, MODEL, write_json
 from worker.app import context_of
 from worker.context import TaskContext
@@ -102,7 +103,17 @@ def run_job(context: TaskContext, job_id: str, body: JobBody) -> str:
     if not reporter.finish(status, **values):
         log.warning("job %s was taken over by another worker; its result here is dropped", job_id)
         return "lease-lost"
+    if status == JobState.succeeded and body is _train:
+        _advance_sweep(context, job_id)
     return status
+
+
+def _advance_sweep(context: TaskContext, job_id: str) -> None:
+    """Make the evaluation job of `job_id` if a sweep asks for one (the reaper retries on failure)."""
+    try:
+        advance_sweeps(context.sessions(), context.queue, context.settings, job_id)
+    except Exception:
+        log.exception("could not advance the sweep of job %s; the reaper will", job_id)
 
 
 @contextmanager

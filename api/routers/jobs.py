@@ -9,8 +9,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response
 from fastapi.encoders import jsonable_encoder
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
 
 from api.deps import CurrentTenant, SessionDep, SettingsDep, TenantJob, forget_model, tenant_model
 from api.problems import problem_responses
@@ -23,10 +21,9 @@ from api.schemas import (
     MetricsOut,
 )
 from api.views import job_out
-from core.settings import Settings
-from core.states import ACTIVE, FINISHED, JobKind, JobState
-from core.store import Job, jobs, leases
-from lipcore.spec import IMAGE_FOLDER, ExperimentSpec
+from core import submit
+from core.states import FINISHED, JobKind, JobState
+from core.store import jobs, leases
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=problem_responses(401, 413, 422))
 log = logging.getLogger("lbdn.api")
@@ -36,70 +33,6 @@ def require_json(request: Request) -> None:
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype != "application/json" and not ctype.endswith("+json"):
         raise HTTPException(415, f"send the job as application/json, not {ctype or 'no content type'}")
-
-
-def _resolve_image_folder(spec: ExperimentSpec, settings: Settings) -> ExperimentSpec:
-    """Check a user's image folder (it must lie inside the server's data dir: jobs never read
-    elsewhere) and fill in its shape and classes from the image headers (lipcore.data, no torch)."""
-    if spec.dataset != IMAGE_FOLDER or spec.data_path is None:
-        return spec
-    from lipcore.data import resolve_spec
-    from lipcore.data.image_folder import folder_root
-
-    root = settings.datasets_dir
-    try:  # lipcore's own resolution (no `~` expansion), so the folder checked is the folder read
-        folder = folder_root(spec.data_path, root, confine=True)
-        is_dir = folder.is_dir()
-    except (ValueError, OSError) as e:  # OSError: e.g. a name too long for the file system
-        raise HTTPException(422, f"spec.data_path: {e}") from None
-    if not is_dir:
-        raise HTTPException(422, f"spec.data_path: no folder {spec.data_path!r} in the server's data dir")
-    try:
-        return resolve_spec(spec, root)
-    except (OSError, ValueError) as e:  # DatasetNotFoundError is an OSError
-        raise HTTPException(422, f"spec.data_path: {e}") from None
-
-
-def _check_active_jobs(session: Session, tenant: str, settings: Settings, idempotency_key: str | None) -> None:
-    """429 while the tenant has LBDN_MAX_ACTIVE_JOBS_PER_TENANT jobs queued or running (a replay of
-    an earlier request by its Idempotency-Key creates nothing and is let through). Two requests at
-    the same instant may both pass, so the limit can be exceeded by the number of parallel submits."""
-    if idempotency_key is not None and session.scalar(
-        select(Job.id).where(Job.tenant == tenant, Job.idempotency_key == idempotency_key)
-    ):
-        return
-    active = (
-        session.scalar(select(func.count()).select_from(Job).where(Job.tenant == tenant, Job.status.in_(ACTIVE))) or 0
-    )
-    limit = settings.max_active_jobs_per_tenant
-    if active >= limit:
-        raise HTTPException(
-            429,
-            f"LBDN_MAX_ACTIVE_JOBS_PER_TENANT: your tenant has {active} jobs queued or running and the limit "
-            f"is {limit}; wait for one to finish or cancel one",
-            headers={"Retry-After": "60"},
-        )
-
-
-def _check_cost(spec: ExperimentSpec, settings: Settings) -> None:
-    """422 naming the estimate and the limit when training `spec` would not fit a worker."""
-    if not spec.resolved:
-        return
-    # torch is imported lazily, on the first training job submitted
-    from lipcore.cost import estimate_memory
-
-    try:
-        estimate = estimate_memory(spec)
-    except Exception:  # an estimate that fails must not fail the request (the worker will tell)
-        log.exception("memory estimate failed for %s", spec.run_name())
-        return
-    limit = settings.max_job_memory_gb * 2**30
-    if estimate.total_bytes > limit:
-        raise HTTPException(
-            422,
-            f"spec: training needs about {estimate.describe()}, over LBDN_MAX_JOB_MEMORY_GB "
-            f"({settings.max_job_memory_gb:g} GiB); use a smaller train_batch_size or scale",
-        )
 
 
 def send(request: Request, job_id: str, kind: JobKind) -> None:
@@ -129,6 +62,7 @@ def submit_job(
     settings: SettingsDep,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)] = None,
 ) -> JobOut:
+    submit.check_idempotency_key(idempotency_key)
     if isinstance(body, EvaluateRequest):
         model = tenant_model(body.model_id, session, tenant)
         spec, params, model_id = model.spec, body.attack.model_dump(), model.id
@@ -141,24 +75,19 @@ def submit_job(
                 f"model_id: the {spec.get('model')} regression has no classes to attack; evaluate an image classifier",
             )
     else:
-        resolved = _resolve_image_folder(body.spec, settings)
-        _check_cost(resolved, settings)
-        spec = resolved.model_dump(mode="json")
+        spec = submit.prepare_training(body.spec, settings)
         params, model_id = None, None
-    _check_active_jobs(session, tenant, settings, idempotency_key)
-    try:
-        job, created = jobs.create_job(
-            session,
-            tenant=tenant,
-            kind=JobKind(body.kind),
-            spec=spec,
-            params=params,
-            model_id=model_id,
-            idempotency_key=idempotency_key,
-            req_hash=jobs.request_hash(jsonable_encoder(body)),
-        )
-    except jobs.IdempotencyConflict as e:
-        raise HTTPException(422, str(e)) from None
+    job, created = submit.submit(
+        session,
+        tenant=tenant,
+        settings=settings,
+        kind=JobKind(body.kind),
+        spec=spec,
+        params=params,
+        model_id=model_id,
+        idempotency_key=idempotency_key,
+        req_hash=jobs.request_hash(jsonable_encoder(body)),
+    )
     session.commit()
     if created:
         request.app.state.metrics.jobs_submitted.labels(job.kind).inc()
@@ -205,11 +134,15 @@ def get_metrics(
     "/{job_id}/cancel", response_model=JobOut, summary="Stop a job at its next step", responses=problem_responses(409)
 )
 def cancel_job(job: TenantJob, session: SessionDep) -> JobOut:
-    if job.status in FINISHED:
-        raise HTTPException(409, f"job {job.id} has already {job.status}; nothing to cancel")
-    job = jobs.request_cancel(session, job)
-    session.commit()
-    return job_out(job)
+    """200: the job is `cancelled` (it was queued) or `running` with cancel_requested, and then ends
+    `cancelled` (core.store.leases.finish); 409: it had already finished (also when it finished
+    while this request ran)."""
+    if job.status not in FINISHED:
+        job = jobs.request_cancel(session, job)
+        session.commit()
+        if job.status in (JobState.queued, JobState.running, JobState.cancelled):
+            return job_out(job)
+    raise HTTPException(409, f"job {job.id} has already {job.status}; nothing to cancel")
 
 
 @router.delete(

@@ -35,12 +35,12 @@ from api import archive, import_limits
 from api.auth import current_tenant
 from api.deps import CurrentTenant, SessionDep, SettingsDep, TenantModel
 from api.problems import problem_responses
-from api.routers.jobs import _resolve_image_folder
 from api.schemas import ModelOut
 from api.views import model_out
 from core.settings import Settings
 from core.states import JobKind, JobState
 from core.store import jobs, leases, transaction
+from core.submit import resolve_image_folder
 from lipcore.rundir import MODEL
 from lipcore.spec import ExperimentSpec
 
@@ -162,7 +162,7 @@ def _embedded_contradictions(form: ExperimentSpec, spec: ExperimentSpec, text: s
 
 def _checked_spec(upload: ImportUpload, found: archive.Declared, settings: Settings) -> ExperimentSpec:
     """The one spec of the import: the form's, after POST /v1/jobs' data-path rule and the file's check."""
-    spec = _resolve_image_folder(upload.spec, settings)
+    spec = resolve_image_folder(upload.spec, settings)  # core.submit: the rule of every submission
     if not spec.resolved:
         raise HTTPException(
             422, f"spec: dataset {spec.dataset!r} has no fixed input shape; give in_channels, img_size and num_classes"

@@ -1,8 +1,8 @@
 """/v1/sweeps: a grid of training jobs (a base spec with a grid, or a paper preset) as one object.
 
-Reading a sweep also advances it: a succeeded training job whose sweep evaluates gets its
-evaluation job then (so the worker needs no knowledge of sweeps, and a sweep nobody reads costs
-nothing more).
+A sweep passes the submission rules whole (core.sweep_submit.plan_sweep) before any job is made.
+Reads never create jobs: a sweep's evaluation jobs are made by the worker that finishes a training
+job, and by the reaper's passes (core.sweep_submit.advance_sweeps).
 """
 
 from __future__ import annotations
@@ -11,11 +11,10 @@ from collections import Counter
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
-from pydantic import ValidationError
 
 from api.deps import CurrentTenant, SessionDep, SettingsDep
-from api.problems import problem_responses, validation_detail
-from api.routers.jobs import _resolve_image_folder, require_json, send
+from api.problems import problem_responses
+from api.routers.jobs import require_json, send
 from api.schemas import (
     AttackParams,
     ProgressOut,
@@ -25,62 +24,11 @@ from api.schemas import (
     SweepRequest,
 )
 from core.states import FINISHED, JobKind, JobState, SweepRole
-from core.store import Sweep, jobs, sweeps, transaction
-from lipcore.paper import PRESETS, dedupe, expand
-from lipcore.spec import ExperimentSpec
+from core.store import Sweep, jobs, sweeps
+from core.sweep_submit import SweepAsk, plan_sweep
+from lipcore.paper import PRESETS
 
 router = APIRouter(prefix="/v1/sweeps", tags=["sweeps"])
-MAX_JOBS = 500  # per sweep: a typo in a grid should not queue a month of GPU time
-
-
-def _specs(body: SweepRequest) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-    made = _grid_specs(body)
-    if body.overrides:
-        made = [({**spec, **body.overrides}, point) for spec, point in made]
-    return made
-
-
-def _grid_specs(body: SweepRequest) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-    if body.preset is not None:
-        preset = PRESETS.get(body.preset)
-        if preset is None:
-            raise HTTPException(422, f"preset: no preset {body.preset!r}; expected one of {sorted(PRESETS)}")
-        return preset.specs(body.epochs, body.seeds)
-    base = dict(body.spec or {})
-    grid = dict(body.grid)
-    if body.epochs is not None:
-        base["epochs"] = body.epochs
-    if body.seeds is not None:
-        base.pop("seed", None)
-        grid["seed"] = body.seeds
-    try:
-        return dedupe(expand(base, grid))
-    except ValueError as e:
-        raise HTTPException(422, str(e)) from None
-
-
-def _matches(spec: dict[str, Any], only: dict[str, list[Any]]) -> bool:
-    """True when every field named in `only` has one of its values (numbers compared as numbers,
-    "none" matching an unset field such as a Plain network's gamma)."""
-    for key, values in only.items():
-        if key not in spec:
-            raise HTTPException(422, f"only.{key}: not a spec field")
-        have = spec[key]
-        if not any(
-            have == v
-            or (isinstance(have, (int, float)) and _number(v) == have)
-            or (have is None and str(v).lower() in ("none", "null"))
-            for v in values
-        ):
-            return False
-    return True
-
-
-def _number(v: Any) -> float | None:
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return None
 
 
 def _evaluate(body: SweepRequest) -> dict[str, Any] | None:
@@ -95,31 +43,22 @@ def _evaluate(body: SweepRequest) -> dict[str, Any] | None:
     status_code=201,
     response_model=SweepOut,
     dependencies=[Depends(require_json)],
-    responses=problem_responses(415, 422),
+    responses=problem_responses(415, 422, 429),
     summary="Start a sweep: one training job per grid point (and evaluations as they finish)",
 )
 def create_sweep(
     body: SweepRequest, request: Request, session: SessionDep, tenant: CurrentTenant, settings: SettingsDep
 ) -> SweepOut:
-    raw = _specs(body)
-    if len(raw) > MAX_JOBS:
-        raise HTTPException(422, f"grid: {len(raw)} jobs; a sweep holds at most {MAX_JOBS}")
-    resolved = []
-    for fields, point in raw:
-        try:
-            spec = ExperimentSpec.model_validate(fields)
-        except ValidationError as e:
-            where = ", ".join(f"{k}={v}" for k, v in point.items()) or "the base spec"
-            msg = validation_detail(e.errors()).removeprefix("body: ")
-            raise HTTPException(422, f"spec at {where}: {msg}") from None
-        done = _resolve_image_folder(spec, settings).model_dump(mode="json")
-        # the point as resolved (a Plain network has no gamma), so equal specs collapse to one job
-        resolved.append((done, {k: done.get(k, v) for k, v in point.items()}))
-    resolved = dedupe(resolved)
-    if body.only:
-        resolved = [(spec, point) for spec, point in resolved if _matches(spec, body.only)]
-        if not resolved:
-            raise HTTPException(422, f"only: no job of the sweep matches {body.only}")
+    ask = SweepAsk(
+        preset=body.preset,
+        spec=body.spec,
+        grid=body.grid,
+        epochs=body.epochs,
+        seeds=body.seeds,
+        overrides=body.overrides,
+        only=body.only,
+    )
+    resolved = plan_sweep(session, tenant, settings, ask)
     evaluate = _evaluate(body)
     sweep, made = sweeps.create_sweep(
         session,
@@ -166,11 +105,8 @@ TenantSweep = Annotated[Sweep, Depends(_tenant_sweep)]
 def get_sweep(
     sweep: TenantSweep,
     session: SessionDep,
-    request: Request,
     history: Annotated[bool, Query(description="include each training job's per-epoch metrics")] = False,
 ) -> SweepOut:
-    _advance(request, sweep)
-    session.expire_all()
     return _sweep_out(session, sweep, with_jobs=True, history=history)
 
 
@@ -183,21 +119,6 @@ def cancel_sweep(sweep: TenantSweep, session: SessionDep) -> SweepOut:
     sweep.evaluate = None
     session.commit()
     return _sweep_out(session, sweep, with_jobs=True)
-
-
-def _advance(request: Request, sweep: Sweep) -> None:
-    """Submit the evaluation jobs of newly succeeded training jobs (in their own transaction)."""
-    made = []
-    with transaction(request.app.state.sessions) as s:
-        current = s.get(Sweep, sweep.pk)
-        assert current is not None  # sweeps are never deleted
-        for link, trained in sweeps.pending_evaluations(s, current):
-            job = sweeps.add_evaluation(s, current, link, trained)
-            if job is not None:
-                made.append(job.id)
-    for job_id in made:
-        request.app.state.metrics.jobs_submitted.labels(JobKind.evaluate).inc()
-        send(request, job_id, JobKind.evaluate)
 
 
 def _status(counts: Counter[str], pending: bool) -> JobState:

@@ -176,19 +176,23 @@ def metrics_since(s: Session, job_id: str, since_epoch: int = 0) -> list[dict[st
 
 
 def request_cancel(s: Session, job: Job) -> Job:
-    """Cancel a queued job at once; flag a running one (its worker stops at the next step)."""
+    """Cancel a queued job at once; flag a running one (its worker stops at the next step, and it
+    ends `cancelled` even when it finishes first: leases.finish). Each step is a conditional UPDATE,
+    so a worker taking or finishing the job meanwhile is seen (the refreshed job tells which)."""
     now = utcnow()
-    if job.status == JobState.queued:
-        done = rows_changed(
-            s,
-            update(Job)
-            .where(Job.id == job.id, Job.status == JobState.queued)
-            .values(status=JobState.cancelled, finished_at=now, updated_at=now, cancel_requested=True),
-        )
-        if done:
-            add_event(s, job.id, EventKind.state, {"status": JobState.cancelled})
-    elif job.status == JobState.running and not job.cancel_requested:
-        s.execute(update(Job).where(Job.id == job.id).values(cancel_requested=True, updated_at=now))
+    if rows_changed(
+        s,
+        update(Job)
+        .where(Job.id == job.id, Job.status == JobState.queued)
+        .values(status=JobState.cancelled, finished_at=now, updated_at=now, cancel_requested=True),
+    ):
+        add_event(s, job.id, EventKind.state, {"status": JobState.cancelled})
+    elif rows_changed(
+        s,
+        update(Job)
+        .where(Job.id == job.id, Job.status == JobState.running, Job.cancel_requested.is_(False))
+        .values(cancel_requested=True, updated_at=now),
+    ):
         add_event(s, job.id, EventKind.state, {"status": JobState.running, "cancel_requested": True})
     s.refresh(job)
     return job

@@ -77,14 +77,23 @@ def update_owned(s: Session, job_id: str, owner: str, **values: Any) -> bool:
 
 
 def finish(s: Session, job_id: str, owner: str, status: JobState, **values: Any) -> bool:
-    """End a job that `owner` holds: succeeded, failed or cancelled. False if the lease was lost."""
+    """End a job that `owner` holds: succeeded, failed or cancelled. False if the lease was lost.
+
+    A job whose cancel was accepted (cancel_requested) never ends `succeeded`: when it finished its
+    last step before seeing the flag, it ends `cancelled` (result and artifacts kept), so an accepted
+    cancel has one outcome (README "Jobs: cancel and delete")."""
     now = utcnow()
-    done = rows_changed(
-        s,
-        update(Job)
-        .where(Job.id == job_id, Job.lease_owner == owner, Job.status == JobState.running)
-        .values(status=status, finished_at=now, updated_at=now, lease_owner=None, lease_expires_at=None, **values),
-    )
+    owned = (Job.id == job_id, Job.lease_owner == owner, Job.status == JobState.running)
+    ended = dict(finished_at=now, updated_at=now, lease_owner=None, lease_expires_at=None, **values)
+    if status == JobState.succeeded:  # two conditional UPDATEs: a cancel flagged in between is seen
+        done = rows_changed(
+            s, update(Job).where(*owned, Job.cancel_requested.is_(False)).values(status=status, **ended)
+        )
+        if not done and rows_changed(s, update(Job).where(*owned).values(status=JobState.cancelled, **ended)):
+            add_event(s, job_id, EventKind.state, {"status": JobState.cancelled, "after_last_step": True})
+            return True
+    else:
+        done = rows_changed(s, update(Job).where(*owned).values(status=status, **ended))
     if done:
         data: dict[str, Any] = {"status": status}
         if values.get("error"):

@@ -1,8 +1,8 @@
 """Repository functions of sweeps (groups of jobs from one grid or paper preset). Each takes a Session.
 
-A sweep's evaluation jobs are created lazily by `pending_evaluations` + `add_evaluation` when its
-training jobs have succeeded (the API does this whenever the sweep is read), so nothing in the
-worker needs to know about sweeps.
+A sweep's evaluation jobs are created by `pending_evaluations` + `add_evaluation` once its training
+jobs have succeeded: by the worker that finished one and by the reaper's passes
+(core.sweep_submit.advance_sweeps), never by a read.
 """
 
 from __future__ import annotations
@@ -101,16 +101,20 @@ def add_evaluation(s: Session, sweep: Sweep, link: SweepJob, trained: Job) -> Jo
     The job's idempotency key is derived from the trained job, so two API processes advancing the
     same sweep at once make one job between them.
     """
-    job, created = jobs.create_job(
-        s,
-        tenant=sweep.tenant,
-        kind=JobKind.evaluate,
-        spec=trained.spec,
-        params=sweep.evaluate,
-        model_id=trained.id,
-        idempotency_key=f"sweep-eval:{sweep.id}:{trained.id}",
-        req_hash=f"sweep-eval:{trained.id}",
-    )
+    try:
+        job, created = jobs.create_job(
+            s,
+            tenant=sweep.tenant,
+            kind=JobKind.evaluate,
+            spec=trained.spec,
+            params=sweep.evaluate,
+            model_id=trained.id,
+            # core.submit.INTERNAL_KEY_PREFIX: tenants' keys cannot start so (refused with a 422)
+            idempotency_key=f"sweep-eval:{sweep.id}:{trained.id}",
+            req_hash=f"sweep-eval:{trained.id}",
+        )
+    except jobs.IdempotencyConflict:  # a tenant's job took the key before the namespace was reserved
+        return None
     if not created:
         return None
     try:
