@@ -32,8 +32,8 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import Tensor
+from torch.multiprocessing.spawn import ProcessExitedException, ProcessRaisedException, start_processes
 
 from lipcore import train as T
 from lipcore.rundir import LOG, RunLog
@@ -102,15 +102,15 @@ def train_distributed(
     for attempt in range(max_restarts + 1):
         (run_dir / RESULT).unlink(missing_ok=True)
         cfg.init_method = f"tcp://127.0.0.1:{_free_port()}"
-        ctx = mp.start_processes(_rank_main, args=(cfg,), nprocs=len(devices), join=False, start_method="spawn")
+        ctx = start_processes(_rank_main, args=(cfg,), nprocs=len(devices), join=False, start_method="spawn")
         try:
             _join(ctx, should_stop)
-        except mp.ProcessExitedException as e:  # killed or crashed outside Python: the others are gone too
+        except ProcessExitedException as e:  # killed or crashed outside Python: the others are gone too
             if attempt == max_restarts:
                 raise DistributedError("exited", f"{e} (after {max_restarts} restarts)") from None
             cfg.resume = True
             continue
-        except mp.ProcessRaisedException as e:
+        except ProcessRaisedException as e:
             raise _rank_error(run_dir, e) from None
         with (run_dir / RESULT).open("rb") as f:
             result: T.TrainResult = pickle.load(f)

@@ -25,7 +25,7 @@ from api.schemas import (
 from api.views import job_out
 from core.settings import Settings
 from core.states import ACTIVE, FINISHED, JobKind, JobState
-from core.store import Job, jobs, leases
+from core.store import Job, jobs, leases, workers
 from lipcore.spec import IMAGE_FOLDER, ExperimentSpec
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=problem_responses(401, 413, 422))
@@ -102,6 +102,26 @@ def _check_cost(spec: ExperimentSpec, settings: Settings) -> None:
         )
 
 
+def check_devices(session: Session, settings: Settings, asked: int) -> None:
+    """422 when a job asks for more devices than any live worker owns (the store's worker registry,
+    core.store.workers: workers report what they own; the API imports no training code for it)."""
+    if asked <= 1:
+        return
+    largest = workers.most_devices(session, settings.worker_seen_s)
+    if largest is None or largest["devices"] < asked:
+        owned = (
+            f"the largest worker seen in the last {settings.worker_seen_s:g} s, {largest['name']}, owns "
+            f"{largest['devices']}"
+            if largest
+            else f"no worker has reported its devices in the last {settings.worker_seen_s:g} s"
+        )
+        raise HTTPException(
+            422,
+            f"resources.devices: {asked} devices asked for one job, but {owned}; ask for fewer or start a "
+            "worker with more (lbdn worker --devices, LBDN_WORKER_DEVICES)",
+        )
+
+
 def send(request: Request, job_id: str, kind: JobKind) -> None:
     """Send the job's message; if the broker is away the reaper sends it later (the DB has it)."""
     try:
@@ -129,6 +149,7 @@ def submit_job(
     settings: SettingsDep,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)] = None,
 ) -> JobOut:
+    resources = None
     if isinstance(body, EvaluateRequest):
         model = tenant_model(body.model_id, session, tenant)
         spec, params, model_id = model.spec, body.attack.model_dump(), model.id
@@ -143,6 +164,8 @@ def submit_job(
     else:
         resolved = _resolve_image_folder(body.spec, settings)
         _check_cost(resolved, settings)
+        resources = body.resources.model_dump() if body.resources else None
+        check_devices(session, settings, body.resources.devices if body.resources else 1)
         spec = resolved.model_dump(mode="json")
         params, model_id = None, None
     _check_active_jobs(session, tenant, settings, idempotency_key)
@@ -156,6 +179,7 @@ def submit_job(
             model_id=model_id,
             idempotency_key=idempotency_key,
             req_hash=jobs.request_hash(jsonable_encoder(body)),
+            resources=resources,
         )
     except jobs.IdempotencyConflict as e:
         raise HTTPException(422, str(e)) from None
