@@ -153,6 +153,7 @@ _TERM = threading.Event()
 
 def _rank_main(rank: int, cfg: RankConfig) -> None:
     """One rank's whole run (the target of mp.start_processes)."""
+    _die_with_parent()
     signal.signal(signal.SIGTERM, lambda *_: _TERM.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which stops the ranks
     set_torch_threads(cfg.threads)
@@ -174,6 +175,17 @@ def _rank_main(rank: int, cfg: RankConfig) -> None:
         raise
     finally:
         dist.destroy_process_group()
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGKILL this rank when the process that started it dies, even by SIGKILL (a worker's
+    pool process killed mid-job leaves no rank behind holding its device)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the parent's ProcessContext still ends the ranks
+        pass
 
 
 def _dump(path: Path, obj: Any) -> None:

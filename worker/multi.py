@@ -8,7 +8,8 @@ made by `RankReporter`, a picklable factory; this process keeps the lease's hear
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from core.settings import Settings
@@ -72,6 +73,25 @@ def train_on(
     return result
 
 
+@contextmanager
+def _may_have_children() -> Iterator[None]:
+    """Let this pool process start the ranks with multiprocessing (torch's launcher), in the
+    process state billiard left: billiard marks it daemonic, and multiprocessing refuses children to
+    daemonic processes (they could be orphaned; ours cannot: every rank asks the kernel to end it with
+    its parent, lipcore.distributed), and its authkey is billiard's type, which refuses to be pickled
+    to a spawned child (a stdlib copy of the same bytes is)."""
+    from multiprocessing import process
+
+    config = process.current_process()._config  # type: ignore[attr-defined]  # no public way
+    saved = dict(config)
+    config["daemon"] = False
+    config["authkey"] = process.AuthenticationString(bytes(config["authkey"]))  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        config.update(saved)
+
+
 def _train_ddp(
     slots: list[str],
     spec: ExperimentSpec,
@@ -86,17 +106,18 @@ def _train_ddp(
     from lipcore.distributed import DistributedError, train_distributed
 
     try:
-        return train_distributed(
-            spec,
-            settings.job_dir(job_id),
-            devices=[devices.torch_device(s) for s in slots],
-            hooks_factory=RankReporter(settings, job_id, reporter.owner),
-            timeout_s=settings.ddp_timeout_s,
-            max_restarts=settings.ddp_max_restarts,
-            threads=max(1, torch.get_num_threads() // len(slots)),
-            should_stop=stopping,
-            **common,
-        )
+        with _may_have_children():
+            return train_distributed(
+                spec,
+                settings.job_dir(job_id),
+                devices=[devices.torch_device(s) for s in slots],
+                hooks_factory=RankReporter(settings, job_id, reporter.owner),
+                timeout_s=settings.ddp_timeout_s,
+                max_restarts=settings.ddp_max_restarts,
+                threads=max(1, torch.get_num_threads() // len(slots)),
+                should_stop=stopping,
+                **common,
+            )
     except DistributedError as e:
         if e.kind == "LeaseLost":
             raise LeaseLost(str(e)) from None

@@ -1,0 +1,95 @@
+"""Devices owned by processes (issue 18), with real processes: a worker given `--devices cpu,cpu`
+runs two jobs at once in two pool processes on two distinct device slots and each job says where it
+ran; a job asking for 2 devices trains data-parallel there; one asking for more devices than any
+worker owns is refused at submission."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from tests.service.test_workers import wait_for
+from worker.devices import parse_devices, visible_gpus
+
+TOY = {"model": "Toy", "layer": "Sandwich", "gamma": 2.0, "epochs": 4}
+
+
+def test_device_lists() -> None:
+    assert parse_devices("cpu,cpu", 1) == ["cpu:0", "cpu:1"]
+    assert parse_devices("cpu", 3) == ["cpu:0", "cpu:1", "cpu:2"]
+    assert parse_devices("cuda:0,cuda:2", 1) == ["cuda:0", "cuda:2"]
+    assert parse_devices("auto", 2, gpus=4) == ["cuda:0", "cuda:1", "cuda:2", "cuda:3"]
+    assert parse_devices("auto", 2, gpus=0) == ["cpu:0", "cpu:1"]
+    with pytest.raises(ValueError, match="no visible GPU"):
+        parse_devices("all", 1, gpus=0)
+    with pytest.raises(ValueError, match="named twice"):
+        parse_devices("cuda:1,cuda:1", 1)
+    with pytest.raises(ValueError, match="tpu"):
+        parse_devices("tpu", 1)
+
+
+def test_auto_without_gpus_gives_cpu_processes() -> None:
+    if visible_gpus():
+        pytest.skip("this machine has GPUs")
+    assert parse_devices("auto", 2) == ["cpu:0", "cpu:1"]
+
+
+@pytest.fixture
+def two_cpu_worker(service_factory):
+    svc = service_factory("redis", "postgres")
+    w = svc._start(["worker", "--devices", "cpu,cpu"], "worker", stop_signal="SIGKILL")
+    w.wait_for(" ready.")
+    w.wait_for("owns cpu:0,cpu:1")
+    return svc, w
+
+
+@pytest.mark.slow
+def test_two_jobs_run_at_once_on_two_devices_and_say_where(two_cpu_worker) -> None:
+    svc, _ = two_cpu_worker
+    client = httpx.Client(base_url=svc.url, timeout=60)
+    ids = [client.post("/v1/jobs", json={"kind": "train", "spec": TOY}).json()["id"] for _ in range(2)]
+    done = [wait_for(client, i, lambda j: j["status"] == "succeeded", what="both jobs") for i in ids]
+    assert sorted(j["device"] for j in done) == ["cpu:0", "cpu:1"]
+    assert len({j["worker"] for j in done}) == 1 and all(j["host"] for j in done)
+    # both ran at once, each in its own pool process (the lease owner names the pid)
+    a, b = done
+    assert a["started_at"] < b["finished_at"] and b["started_at"] < a["finished_at"]
+    owners = {e["data"]["worker"].split(":")[1] for i in ids for e in _states(client, i) if "device" in e["data"]}
+    assert len(owners) == 2
+    for job in done:
+        summary = json.loads(client.get(f"/v1/jobs/{job['id']}/artifacts/summary.json").content)
+        assert summary["placement"] == {"device": job["device"], "host": job["host"], "worker": job["worker"]}
+
+
+def _states(client: httpx.Client, job_id: str) -> list[dict]:
+    """The state events of a finished job (its event stream ends at the job's end)."""
+    events, kind = [], None
+    for line in client.get(f"/v1/jobs/{job_id}/events").text.splitlines():
+        if line.startswith("event:"):
+            kind = line.split(":", 1)[1].strip()
+        elif line.startswith("data:") and kind == "state":
+            events.append({"data": json.loads(line.split(":", 1)[1])})
+    return events
+
+
+@pytest.mark.slow
+def test_a_two_device_job_trains_data_parallel_and_too_many_are_refused(two_cpu_worker) -> None:
+    svc, _ = two_cpu_worker
+    client = httpx.Client(base_url=svc.url, timeout=60)
+    too_many = client.post("/v1/jobs", json={"kind": "train", "spec": TOY, "resources": {"devices": 3}})
+    assert too_many.status_code == 422
+    assert "3 devices" in too_many.text and "owns 2" in too_many.text
+    r = client.post("/v1/jobs", json={"kind": "train", "spec": TOY, "resources": {"devices": 2}})
+    assert r.status_code == 201 and r.json()["resources"] == {"devices": 2}
+    job = wait_for(client, r.json()["id"], lambda j: j["status"] == "succeeded", what="the DDP job")
+    assert job["device"] == "cpu:0,cpu:1"
+    metrics = client.get(f"/v1/jobs/{job['id']}/metrics").json()["items"]
+    assert [m["epoch"] for m in metrics] == [1, 2, 3, 4]
+
+
+def test_a_multi_device_job_without_such_a_worker_is_refused(client) -> None:
+    r = client.post("/v1/jobs", json={"kind": "train", "spec": TOY, "resources": {"devices": 2}})
+    assert r.status_code == 422
+    assert "resources.devices" in r.text and "no worker has reported" in r.text
