@@ -21,6 +21,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -85,12 +86,21 @@ def torch_device(slot: str) -> str:
 
 
 def claim(index: int) -> None:
-    """In a pool process at start: take slot `index` and set the threads, before any torch work."""
+    """In a pool process at start: take slot `index` and set the threads, before any torch work
+    (torch is imported already: worker.app.plan_devices loaded it before the fork). Then load the
+    training code in the background, so the first job does not wait for its imports (Celery allows
+    a pool process's start-up a few seconds only)."""
     from lipcore.runtime import set_torch_threads
 
     _INDEX[0] = index if PLAN and index < len(PLAN[0].devices) else 0
     if PLAN:
         set_torch_threads(PLAN[0].threads)
+    threading.Thread(target=_preload, name="lbdn-preload", daemon=True).start()
+
+
+def _preload() -> None:
+    import lipcore.data
+    import lipcore.train  # noqa: F401
 
 
 def mine(count: int = 1, fallback: str = "auto") -> list[str]:
