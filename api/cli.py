@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from typing import Any
 
 from core.settings import Settings, get_settings
@@ -56,6 +57,7 @@ def run_api(settings: Settings, host: str, port: int) -> None:
     # switch interval was tried too: it halved the poll throughput on PostgreSQL (thread handoffs).
     gc.collect()
     gc.freeze()
+    threading.Thread(target=_warm_torch, name="lbdn-torch-warm", daemon=True).start()
     uvicorn.run(
         app,
         host=host,
@@ -67,6 +69,18 @@ def run_api(settings: Settings, host: str, port: int) -> None:
         # a kept-alive connection just as a client reuses it makes that request fail (ReadError)
         timeout_keep_alive=75,
     )
+
+
+def _warm_torch() -> None:
+    """The API runs torch for one thing, the memory estimate of a submitted spec (lipcore.cost,
+    imported on first use): set this process's torch threads by the rule first (1: its work is
+    small and the cores belong to the workers and certify processes), and import it in the
+    background now, so the first submission does not wait for torch's import (10 s measured on a
+    loaded 2-core machine, bench/threads.py)."""
+    from lipcore.runtime import set_torch_threads, torch_threads, usable_cores
+
+    set_torch_threads(torch_threads(sharing=usable_cores()))
+    import lipcore.cost  # noqa: F401
 
 
 def worker_argv(settings: Settings, queues: str, concurrency: int, pool: str, loglevel: str) -> list[str]:

@@ -50,6 +50,7 @@ def through_serve(spec: dict[str, object]) -> float:
         job = httpx.post(
             f"{serve.url}/v1/jobs", headers=serve.headers, json={"kind": "train", "spec": spec}, timeout=60
         ).json()
+        posted = time.monotonic() - t0
         while True:
             status = httpx.get(f"{serve.url}/v1/jobs/{job['id']}", headers=serve.headers, timeout=60).json()
             if status["status"] in ("succeeded", "failed", "cancelled"):
@@ -58,6 +59,7 @@ def through_serve(spec: dict[str, object]) -> float:
         took = time.monotonic() - t0
         if status["status"] != "succeeded":
             raise RuntimeError(f"the job {status['status']}: {status.get('error')}")
+        print(f"  serve: the submit request took {posted:.1f} s")
         _breakdown(serve, status)
         return took
     finally:
