@@ -6,6 +6,9 @@ worker owns is refused at submission."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+from pathlib import Path
 
 import httpx
 import pytest
@@ -93,3 +96,51 @@ def test_a_multi_device_job_without_such_a_worker_is_refused(client) -> None:
     r = client.post("/v1/jobs", json={"kind": "train", "spec": TOY, "resources": {"devices": 2}})
     assert r.status_code == 422
     assert "resources.devices" in r.text and "no worker has reported" in r.text
+
+
+def _ranks_under(pid: int) -> list[int]:
+    """DDP ranks (spawned `spawn_main` processes) anywhere below process `pid` (Linux /proc)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+
+    def below(p: int) -> bool:
+        while p > 1:
+            p = parents.get(p, 0)
+            if p == pid:
+                return True
+        return False
+
+    ranks = []
+    for p in parents:
+        try:
+            if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes() and below(p):
+                ranks.append(p)
+        except OSError:
+            continue
+    return sorted(ranks)
+
+
+@pytest.mark.slow
+def test_a_killed_rank_resumes_the_job_which_reports_every_epoch_once(two_cpu_worker) -> None:
+    svc, worker = two_cpu_worker
+    client = httpx.Client(base_url=svc.url, timeout=60)
+    spec = {**TOY, "epochs": 8}
+    r = client.post("/v1/jobs", json={"kind": "train", "spec": spec, "resources": {"devices": 2}})
+    job_id = r.json()["id"]
+    wait_for(client, job_id, lambda j: (j.get("metrics") or {}).get("epoch", 0) >= 2, what="epoch 2")
+    ranks = _ranks_under(worker.proc.pid)
+    assert len(ranks) == 2, ranks
+    os.kill(ranks[-1], signal.SIGKILL)
+    job = wait_for(client, job_id, lambda j: j["status"] == "succeeded", what="the resumed job")
+    assert job["resumed_from"] is not None and job["resumed_from"]["epoch"] >= 2
+    metrics = client.get(f"/v1/jobs/{job_id}/metrics").json()["items"]
+    assert [m["epoch"] for m in metrics] == list(range(1, 9))
+    metric_events = [
+        line for line in client.get(f"/v1/jobs/{job_id}/events").text.splitlines() if line == "event: metrics"
+    ]
+    assert len(metric_events) == 8  # every epoch reported once, the one repeated after the restart included
