@@ -33,7 +33,8 @@ def plan_devices(settings: Settings, text: str | None, concurrency: int, sharing
 
     text = text or settings.worker_devices
     if text.strip().lower() == "auto" and settings.device != "auto":
-        text = settings.device  # LBDN_DEVICE=cpu / cuda:1 of earlier releases pins every process
+        # LBDN_DEVICE of earlier releases: cpu or cuda:1 pins every process; cuda is every GPU
+        text = "all" if settings.device == "cuda" else settings.device
     names = devices.parse_devices(text, concurrency)
     cpu_processes = sum(d.startswith("cpu") for d in names)
     threads = settings.torch_threads or torch_threads(sharing=max(1, cpu_processes) + sharing)

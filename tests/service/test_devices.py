@@ -90,6 +90,17 @@ def test_a_two_device_job_trains_data_parallel_and_too_many_are_refused(two_cpu_
     assert job["device"] == "cpu:0,cpu:1"
     metrics = client.get(f"/v1/jobs/{job['id']}/metrics").json()["items"]
     assert [m["epoch"] for m in metrics] == [1, 2, 3, 4]
+    # a cancel reaches the ranks: they agree on a step, checkpoint and stop; the devices are free after
+    long = client.post("/v1/jobs", json={"kind": "train", "spec": {**TOY, "epochs": 200}, "resources": {"devices": 2}})
+    long_id = long.json()["id"]
+    wait_for(client, long_id, lambda j: (j.get("progress") or {}).get("epoch", 0) >= 2, what="a running DDP job")
+    assert client.post(f"/v1/jobs/{long_id}/cancel").status_code in (200, 202)
+    wait_for(client, long_id, lambda j: j["status"] == "cancelled", what="the cancel")
+    one = client.post("/v1/jobs", json={"kind": "train", "spec": TOY}).json()["id"]
+    assert wait_for(client, one, lambda j: j["status"] == "succeeded", what="a job after")["device"] in (
+        "cpu:0",
+        "cpu:1",
+    )
 
 
 def test_a_multi_device_job_without_such_a_worker_is_refused(client) -> None:
