@@ -91,6 +91,9 @@ def _init(nice: int, cache_size: int) -> None:
     from api.model_cache import ModelCache
 
     _cache = ModelCache(cache_size)
+    from lipcore.runtime import set_torch_threads, torch_threads
+
+    set_torch_threads(torch_threads(sharing=os.cpu_count() or 1))  # 1 (LBDN_TORCH_THREADS overrides): see the rule
     # SIGINT goes to the whole process group on Ctrl-C; the API shuts the pool down itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 

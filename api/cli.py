@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from typing import Any
 
 from core.settings import Settings, get_settings
@@ -57,6 +58,7 @@ def run_api(settings: Settings, host: str, port: int) -> None:
     # switch interval was tried too: it halved the poll throughput on PostgreSQL (thread handoffs).
     gc.collect()
     gc.freeze()
+    threading.Thread(target=_warm_torch, name="lbdn-torch-warm", daemon=True).start()
     uvicorn.run(
         app,
         host=host,
@@ -73,7 +75,20 @@ def run_api(settings: Settings, host: str, port: int) -> None:
     )
 
 
+def _warm_torch() -> None:
+    """The API runs torch for one thing, the memory estimate of a submitted spec (lipcore.cost,
+    imported on first use): set this process's torch threads by the rule first (1: its work is
+    small and the cores belong to the workers and certify processes), and import it in the
+    background now, so the first submission does not wait for torch's import (10 s measured on a
+    loaded 2-core machine, bench/threads.py)."""
+    from lipcore.runtime import set_torch_threads, torch_threads, usable_cores
+
+    set_torch_threads(torch_threads(sharing=usable_cores()))
+    import lipcore.cost  # noqa: F401
+
+
 def worker_argv(settings: Settings, queues: str, concurrency: int, pool: str, loglevel: str) -> list[str]:
+    """Celery's arguments; `-c` is the worker's number of devices (worker.devices: one process each)."""
     prefixed = ",".join(settings.queue_prefix + q.strip() for q in queues.split(",") if q.strip())
     return [
         "worker",
@@ -86,20 +101,40 @@ def worker_argv(settings: Settings, queues: str, concurrency: int, pool: str, lo
         "--loglevel",
         loglevel,
         "-n",
-        f"lbdn-{os.getpid()}@%h",
+        worker_name(),
         "--without-gossip",
         "--without-mingle",
         "--without-heartbeat",
     ]
 
 
-def run_worker(settings: Settings, queues: str, concurrency: int, pool: str, loglevel: str) -> None:
-    """A Celery worker whose tasks get `settings` (worker.app.WorkerApp carries them)."""
-    from worker.app import WorkerApp
+def worker_name() -> str:
+    import socket
 
+    return f"lbdn-{os.getpid()}@{socket.gethostname()}"
+
+
+def run_worker(
+    settings: Settings,
+    queues: str,
+    concurrency: int,
+    pool: str,
+    loglevel: str,
+    devices: str | None = None,
+    sharing: int = 0,
+) -> None:
+    """A Celery worker whose tasks get `settings` (worker.app.WorkerApp carries them), one pool
+    process per device (worker.devices). sharing: other processes computing on this machine at
+    once (`lbdn serve`'s API), counted by the threads rule."""
+    from worker.app import WorkerApp, plan_devices
+
+    try:
+        names = plan_devices(settings, devices, concurrency, sharing, worker_name())
+    except ValueError as e:
+        sys.exit(f"lbdn worker: {e}")
     settings.jobs_dir.mkdir(parents=True, exist_ok=True)
     init_db(make_engine(settings.db_url))
-    WorkerApp(settings).worker_main(argv=worker_argv(settings, queues, concurrency, pool, loglevel))
+    WorkerApp(settings).worker_main(argv=worker_argv(settings, queues, len(names), pool, loglevel))
 
 
 WORKER_STOP_S = 60.0  # Celery's warm shutdown: the running job checkpoints at its next step, then it exits
@@ -153,7 +188,8 @@ class WorkerSupervisor:
 
     def _spawn(self) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "api.cli", "worker"],
+            # the API computes beside the worker (certify): one more process in the threads rule
+            [sys.executable, "-m", "api.cli", "worker", "--sharing", "1"],
             start_new_session=True,  # Ctrl-C is ours to pass on; the group is the worker and its pool
         )
         print(f"lbdn: worker pid {self.proc.pid}", flush=True)
@@ -227,7 +263,14 @@ def parser(settings: Settings) -> argparse.ArgumentParser:
         sp.add_argument("--port", type=int, default=settings.port)
     w = sub.add_parser("worker", help="a Celery worker that runs jobs")
     w.add_argument("--queues", default="gpu,cpu", help="queue names, comma-separated (default gpu,cpu)")
-    w.add_argument("--concurrency", type=int, default=1, help="jobs at once (one per GPU)")
+    w.add_argument(
+        "--devices",
+        default=None,
+        help="auto (every GPU, else --concurrency CPU processes), cpu, all, or a list: cuda:0,cuda:2 / cpu,cpu "
+        f"(default LBDN_WORKER_DEVICES={settings.worker_devices}); one pool process per device",
+    )
+    w.add_argument("--concurrency", type=int, default=1, help="CPU processes of --devices auto (no GPU) or cpu")
+    w.add_argument("--sharing", type=int, default=0, help=argparse.SUPPRESS)  # lbdn serve: the API computes too
     w.add_argument("--pool", default="prefork", choices=["prefork", "solo", "threads"])
     w.add_argument("--loglevel", default="INFO")
     k = sub.add_parser("keys", help="API keys").add_subparsers(dest="keys_cmd", required=True)
@@ -266,7 +309,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.cmd == "api":
         run_api(settings, args.host, args.port)
     elif args.cmd == "worker":
-        run_worker(settings, args.queues, args.concurrency, args.pool, args.loglevel)
+        run_worker(settings, args.queues, args.concurrency, args.pool, args.loglevel, args.devices, args.sharing)
     else:
         keys_command(settings, args)
 

@@ -38,11 +38,20 @@ class AttackParams(BaseModel):
         return self
 
 
+class Resources(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    devices: int = Field(
+        1, ge=1, le=64, description="devices of one worker to train on at once (data-parallel when above 1)"
+    )
+
+
 class TrainRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: Literal["train"]
     spec: ExperimentSpec
+    resources: Resources | None = Field(None, description="what the job needs besides its spec; default 1 device")
 
 
 class EvaluateRequest(BaseModel):
@@ -84,6 +93,10 @@ class JobOut(BaseModel):
     attempt: int = Field(0, description="times a worker started this job")
     cancel_requested: bool = False
     resumed_from: dict[str, Any] | None = Field(None, description="checkpoint position of the last resume")
+    resources: dict[str, Any] | None = Field(None, description="what was asked for besides the spec: devices")
+    device: str | None = Field(None, description="where it runs or ran: cuda:1, cpu:0, or cpu:0,cpu:1 (several)")
+    host: str | None = Field(None, description="the host name of its worker")
+    worker: str | None = Field(None, description="the worker's name (Celery node name)")
 
 
 class JobPage(BaseModel):

@@ -27,6 +27,10 @@ def job_out(job: Job) -> JobOut:
         attempt=job.attempt,
         cancel_requested=job.cancel_requested,
         resumed_from=job.resumed_from,
+        resources=job.resources,
+        device=job.device,
+        host=job.host,
+        worker=job.worker,
     )
 
 

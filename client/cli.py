@@ -105,6 +105,10 @@ def cmd_submit(c: Client, ui: Ui, a: argparse.Namespace, rest: list[str]) -> int
             body = {"kind": "train", "spec": body}
     else:
         body = {"kind": "train", "spec": flags.spec_fields(a)}
+    if a.devices is not None:
+        if body.get("kind") != "train":
+            raise UsageError("--devices is for training jobs")
+        body["resources"] = {**body.get("resources", {}), "devices": a.devices}
     job = c.submit(body, a.idempotency_key)
     if not a.follow:
         ui.json(job) if ui.as_json else ui.out.print(
@@ -434,6 +438,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("spec_file", nargs="?", help="a JSON spec (ExperimentSpec fields), e.g. a run's spec.json")
     s.add_argument("--follow", "-f", action="store_true", help="show a live progress bar until the job ends")
     s.add_argument("--idempotency-key", default=None, help="retries with the same key return the same job")
+    s.add_argument(
+        "--devices", type=int, default=None, help="devices of one worker to train on, data-parallel (default 1)"
+    )
     flags.add_spec_flags(s)
     j = sub.add_parser("jobs", parents=[common], help="your jobs, newest first")
     j.add_argument("--status", choices=["queued", "running", "succeeded", "failed", "cancelled"])

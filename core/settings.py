@@ -148,6 +148,28 @@ class Settings(BaseSettings):
     )
     sse_poll_s: float = Field(0.25, gt=0, description="how often an event stream looks for new events")
 
+    # devices and threads (issue 18)
+    worker_devices: str = Field(
+        "auto",
+        description="devices of `lbdn worker`, one pool process each: auto (every visible GPU, else "
+        "--concurrency CPU processes), cpu, all (every GPU), or a list such as cuda:0,cuda:2 or cpu,cpu",
+    )
+    torch_threads: int | None = Field(
+        None,
+        ge=1,
+        description="torch intra-op threads of each torch process; unset: usable cores / processes computing "
+        "at once, at least 1 (lipcore.runtime.torch_threads)",
+    )
+    ddp_timeout_s: float = Field(
+        1800.0, gt=0, description="timeout of a multi-device job's collectives (a rank stuck this long fails it)"
+    )
+    ddp_max_restarts: int = Field(
+        2, ge=0, description="restarts of a multi-device job from its checkpoint after a rank died"
+    )
+    worker_seen_s: float = Field(
+        600.0, gt=0, description="a worker unseen this long no longer counts for the devices a job may ask for"
+    )
+
     @model_validator(mode="after")
     def _refuse_unsafe_defaults(self) -> Settings:
         if self.env == "production":

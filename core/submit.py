@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 
 from core.settings import Settings
 from core.states import ACTIVE, JobKind
-from core.store import Job, jobs
+from core.store import Job, jobs, workers
 from lipcore.spec import IMAGE_FOLDER, ExperimentSpec
 
 log = logging.getLogger("lbdn.submit")
@@ -122,6 +122,26 @@ def check_idempotency_key(key: str | None) -> None:
         raise Refused(422, f"Idempotency-Key: keys starting with {INTERNAL_KEY_PREFIX!r} are the service's own")
 
 
+def check_devices(session: Session, settings: Settings, asked: int) -> None:
+    """422 when a job asks for more devices than any live worker owns (the store's worker registry,
+    core.store.workers: workers report what they own; the API imports no training code for it)."""
+    if asked <= 1:
+        return
+    largest = workers.most_devices(session, settings.worker_seen_s)
+    if largest is None or largest["devices"] < asked:
+        owned = (
+            f"the largest worker seen in the last {settings.worker_seen_s:g} s, {largest['name']}, owns "
+            f"{largest['devices']}"
+            if largest
+            else f"no worker has reported its devices in the last {settings.worker_seen_s:g} s"
+        )
+        raise Refused(
+            422,
+            f"resources.devices: {asked} devices asked for one job, but {owned}; ask for fewer or start a "
+            "worker with more (lbdn worker --devices, LBDN_WORKER_DEVICES)",
+        )
+
+
 def prepare_training(spec: ExperimentSpec, settings: Settings, where: str = "spec") -> dict[str, Any]:
     """Rules 1-2 for a training spec: its data folder checked and resolved, its cost checked; the
     spec as stored (JSON)."""
@@ -142,6 +162,7 @@ def submit(
     idempotency_key: str | None = None,
     req_hash: str | None = None,
     internal: bool = False,
+    resources: dict[str, Any] | None = None,
 ) -> tuple[Job, bool]:
     """Insert one queued job after the quota and idempotency rules; (job, created), not committed.
 
@@ -166,6 +187,7 @@ def submit(
             model_id=model_id,
             idempotency_key=idempotency_key,
             req_hash=req_hash,
+            resources=resources,
         )
     except jobs.IdempotencyConflict as e:
         raise Refused(422, str(e)) from None

@@ -3,7 +3,7 @@
 Every command of the paper's README runs unchanged with `python main.py` replaced by
 `python -m lipcore`. Flags the paper has keep its names and defaults; `--layer`, `--scale` and
 `--loss` default to the model's own choice (for the paper's default model, Resnet, that is the
-paper's SLL / xlarge / xent). Our additions: --data_dir, --data_path, --device, --resume,
+paper's SLL / xlarge / xent). Our additions: --data_dir, --data_path, --device, --resume, --threads,
 --download, --checkpoint_every, --lip-restarts, and for eval --attack-version, --n-examples,
 --eps.
 """
@@ -58,6 +58,12 @@ def parser() -> argparse.ArgumentParser:
     ours.add_argument("--data_path", default=None, help="image_folder: folder holding train/ (and test/)")
     ours.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
     ours.add_argument("--resume", action="store_true", help="continue the run directory's checkpoint")
+    ours.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch intra-op threads (default $LBDN_TORCH_THREADS, $OMP_NUM_THREADS, else the usable cores)",
+    )
     ours.add_argument(
         "--download",
         action="store_true",
@@ -250,6 +256,9 @@ def main(argv: list[str] | None = None) -> int:
         msgs = "; ".join(err["msg"].removeprefix("Value error, ") for err in e.errors())
         print(f"error: invalid experiment: {msgs}", file=sys.stderr)
         return EXIT_USAGE
+    from lipcore.runtime import set_torch_threads, torch_threads
+
+    set_torch_threads(args.threads or torch_threads(1))  # before any torch work (lipcore.runtime)
     try:
         run_dir = Path(spec.train_dir(args.root_dir))
         return _train(spec, args, run_dir) if args.mode == "train" else _eval(spec, args, run_dir)

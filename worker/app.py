@@ -25,6 +25,23 @@ class WorkerApp(Celery):  # type: ignore[misc]  # celery ships no type informati
         self.context = TaskContext(settings)
 
 
+def plan_devices(settings: Settings, text: str | None, concurrency: int, sharing: int, name: str) -> list[str]:
+    """Fix this worker's devices and threads (worker.devices.PLAN) before Celery forks its pool;
+    returns the devices, one pool process each. ValueError for a device list that cannot be."""
+    from lipcore.runtime import torch_threads
+    from worker import devices
+
+    text = text or settings.worker_devices
+    if text.strip().lower() == "auto" and settings.device != "auto":
+        # LBDN_DEVICE of earlier releases: cpu or cuda:1 pins every process; cuda is every GPU
+        text = "all" if settings.device == "cuda" else settings.device
+    names = devices.parse_devices(text, concurrency)
+    cpu_processes = sum(d.startswith("cpu") for d in names)
+    threads = settings.torch_threads or torch_threads(sharing=max(1, cpu_processes) + sharing)
+    devices.PLAN[:] = [devices.Plan(names, threads, name)]
+    return names
+
+
 def context_of(app: Any) -> TaskContext:
     """The TaskContext of the app a task runs in; a clear error for any other app."""
     context = getattr(app, "context", None)

@@ -58,6 +58,7 @@ class Reporter:
         self._last_progress = 0.0
         self._last_cancel_check = 0.0
         self._cancel = False
+        self.slots: list[str] = ["cpu:0"]  # the devices the job runs on (worker.devices)
 
     def _owned(self, s: Session, **values: Any) -> None:
         if self.heartbeat.lost.is_set() or not leases.update_owned(s, self.job_id, self.owner, **values):

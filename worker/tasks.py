@@ -29,6 +29,7 @@ from core.states import JobKind, JobState
 from core.store import Job, init_db, jobs, leases, transaction
 from core.sweep_submit import advance_sweeps
 from lipcore.rundir import EVAL, MODEL, write_json
+from worker import devices, registry  # noqa: F401  (registry: signal handlers)
 from worker.app import context_of
 from worker.context import TaskContext
 from worker.reporting import LeaseLost, Reporter
@@ -73,18 +74,38 @@ def run_evaluate(context: TaskContext, job_id: str) -> str:
 
 
 def run_job(context: TaskContext, job_id: str, body: JobBody) -> str:
-    """Take the job's lease and run `body(context, job, reporter)`; returns the job's final state,
-    or why it did not run here: skipped, interrupted (queued again at shutdown), lease-lost."""
+    """Take the job's devices (worker.devices) and lease and run `body(context, job, reporter)`;
+    returns the job's final state, or why it did not run here: skipped, interrupted (queued again at
+    shutdown), lease-lost."""
     settings = context.settings
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     factory = context.sessions()
+    with factory() as s:
+        asked = jobs.get_job(s, None, job_id)
+        count = int((asked.resources or {}).get("devices", 1)) if asked is not None else 1
+    try:
+        slots = devices.mine(count, settings.device)
+    except ValueError as e:  # the API refuses such jobs while the registry knows; a worker may shrink
+        with transaction(factory) as s:
+            if leases.acquire(
+                s, job_id, owner, settings.lease_s, **devices.placement(devices.mine(1, settings.device))
+            ):
+                leases.finish(s, job_id, owner, JobState.failed, error=str(e))
+        return JobState.failed
+    with devices.holding(slots):
+        return _run_leased(context, job_id, body, owner, slots)
+
+
+def _run_leased(context: TaskContext, job_id: str, body: JobBody, owner: str, slots: list[str]) -> str:
+    settings, factory = context.settings, context.sessions()
     with transaction(factory) as s:
-        job = leases.acquire(s, job_id, owner, settings.lease_s)
+        job = leases.acquire(s, job_id, owner, settings.lease_s, **devices.placement(slots))
     if job is None:
         # finished, cancelled, deleted, or running under another worker's live lease (a duplicate)
         log.info("job %s is not runnable here; message dropped", job_id)
         return "skipped"
     reporter = Reporter(factory, job_id, owner, settings)
+    reporter.slots = slots
     reporter.heartbeat.start()
     try:
         with _sigterm_checkpoints():
@@ -145,27 +166,11 @@ def _release_for_shutdown(factory: sessionmaker[Session], job_id: str, owner: st
 
 def _train(context: TaskContext, job: Job, reporter: Reporter) -> tuple[JobState, dict[str, Any]]:
     from lipcore.spec import ExperimentSpec
-    from lipcore.train import TrainHooks, train
+    from worker.multi import train_on
 
     settings = context.settings
-    run_dir = settings.job_dir(job.id)
-    hooks = TrainHooks(
-        on_progress=reporter.progress,
-        on_epoch=reporter.epoch,
-        on_log=reporter.log,
-        should_stop=lambda: _stopping() or reporter.should_stop(),
-        on_resume=lambda position: reporter.update(resumed_from=position),  # visible while it runs
-    )
-    # resume=True: a job picked up again after its worker died continues from its checkpoint.
-    result = train(
-        ExperimentSpec.model_validate(job.spec),
-        run_dir,
-        data_dir=settings.datasets_dir,
-        device=settings.device,
-        hooks=hooks,
-        resume=True,
-        lipschitz_restarts=settings.lipschitz_restarts,
-    )
+    # resume=True inside: a job picked up again after its worker died continues from its checkpoint.
+    result = train_on(reporter.slots, ExperimentSpec.model_validate(job.spec), settings, job.id, reporter, _stopping)
     assert result.spec is not None
     values: dict[str, Any] = {"spec": result.spec.model_dump(mode="json")}  # resolved against the data
     if result.resumed_from is not None:
@@ -193,7 +198,7 @@ def _evaluate(context: TaskContext, job: Job, reporter: Reporter) -> tuple[JobSt
         eps=tuple(params.get("eps", (36, 72, 108))),
         version=params.get("version", "standard"),
         n_examples=params.get("n_examples", 1000),
-        device=settings.device,
+        device=devices.torch_device(reporter.slots[0]),
         on_log=reporter.log,
         should_stop=lambda: _stopping() or reporter.should_stop(),
         on_progress=reporter.progress,  # an "epoch" is one eps, a step one batch of inputs

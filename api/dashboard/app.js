@@ -549,6 +549,8 @@ function summaryTable(job, last) {
   add("started", when(job.started_at));
   add("finished", when(job.finished_at));
   if (job.attempt > 1) add("attempts", job.attempt);
+  if (job.device) add("ran on", `${job.device} · ${job.host || "?"} · ${job.worker || "?"}`);
+  if ((job.resources?.devices || 1) > 1) add("devices asked", job.resources.devices);
   const r = job.result || {};
   const src = Object.keys(r).length ? r : last || {};
   for (const [k, v] of Object.entries(src)) {

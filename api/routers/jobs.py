@@ -63,6 +63,7 @@ def submit_job(
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)] = None,
 ) -> JobOut:
     submit.check_idempotency_key(idempotency_key)
+    resources = None
     if isinstance(body, EvaluateRequest):
         model = tenant_model(body.model_id, session, tenant)
         spec, params, model_id = model.spec, body.attack.model_dump(), model.id
@@ -76,6 +77,8 @@ def submit_job(
             )
     else:
         spec = submit.prepare_training(body.spec, settings)
+        resources = body.resources.model_dump() if body.resources else None
+        submit.check_devices(session, settings, body.resources.devices if body.resources else 1)
         params, model_id = None, None
     job, created = submit.submit(
         session,
@@ -87,6 +90,7 @@ def submit_job(
         model_id=model_id,
         idempotency_key=idempotency_key,
         req_hash=jobs.request_hash(jsonable_encoder(body)),
+        resources=resources,
     )
     session.commit()
     if created:

@@ -4,7 +4,7 @@ Imported by the API and the worker alike (never by lipcore). SQLite by default, 
 """
 
 from core.states import FINISHED
-from core.store import jobs, keys, leases, sweeps
+from core.store import jobs, keys, leases, sweeps, workers
 from core.store.engine import (
     ReleasingSession,
     init_db,
@@ -14,7 +14,7 @@ from core.store.engine import (
     session_factory,
     transaction,
 )
-from core.store.tables import ApiKey, Job, JobEvent, JobMetric, Sweep, SweepJob, utcnow
+from core.store.tables import ApiKey, Job, JobEvent, JobMetric, Sweep, SweepJob, Worker, utcnow
 
 __all__ = [
     "FINISHED",
@@ -36,4 +36,6 @@ __all__ = [
     "session_factory",
     "transaction",
     "utcnow",
+    "Worker",
+    "workers",
 ]

@@ -42,6 +42,7 @@ def create_job(
     model_id: str | None = None,
     idempotency_key: str | None = None,
     req_hash: str | None = None,
+    resources: dict[str, Any] | None = None,
 ) -> tuple[Job, bool]:
     """Insert a queued job; with an idempotency key an earlier identical request's job is returned.
 
@@ -61,6 +62,7 @@ def create_job(
         model_id=model_id,
         idempotency_key=idempotency_key,
         request_hash=req_hash,
+        resources=resources,
         enqueued_at=utcnow(),  # the caller sends the message next; mark_unsent if that fails
     )
     try:

@@ -21,8 +21,9 @@ from core.store.jobs import add_event
 from core.store.tables import Job, utcnow
 
 
-def acquire(s: Session, job_id: str, owner: str, lease_s: float) -> Job | None:
-    """Take the job for `owner` if it is queued, or running under an expired lease; else None."""
+def acquire(s: Session, job_id: str, owner: str, lease_s: float, **placement: str) -> Job | None:
+    """Take the job for `owner` if it is queued, or running under an expired lease; else None.
+    `placement`: where it runs now (device, host, worker columns), recorded with the lease."""
     now = utcnow()
     taken = rows_changed(
         s,
@@ -41,13 +42,20 @@ def acquire(s: Session, job_id: str, owner: str, lease_s: float) -> Job | None:
             attempt=Job.attempt + 1,
             started_at=func.coalesce(Job.started_at, now),
             updated_at=now,
+            **placement,
         ),
     )
     if not taken:
         return None
     job = s.scalar(select(Job).where(Job.id == job_id).execution_options(populate_existing=True))
     assert job is not None  # taken just now in this transaction
-    add_event(s, job_id, EventKind.state, {"status": JobState.running, "attempt": job.attempt, "worker": owner})
+    data = {"status": JobState.running, "attempt": job.attempt, "worker": owner}
+    add_event(
+        s,
+        job_id,
+        EventKind.state,
+        {**data, **{("worker_name" if k == "worker" else k): v for k, v in placement.items()}},
+    )
     return job
 
 

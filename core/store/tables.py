@@ -17,7 +17,7 @@ from sqlalchemy.types import TypeDecorator
 
 from core.states import FINISHED, EventKind, JobKind, JobState, SweepRole
 
-__all__ = ["FINISHED", "ApiKey", "Base", "Job", "JobEvent", "JobMetric", "Sweep", "SweepJob", "utcnow"]
+__all__ = ["FINISHED", "ApiKey", "Base", "Job", "JobEvent", "JobMetric", "Sweep", "SweepJob", "Worker", "utcnow"]
 
 
 def utcnow() -> datetime:
@@ -107,6 +107,23 @@ class Job(Base):
     lease_expires_at: Mapped[datetime | None] = mapped_column(nullable=True)
     attempt: Mapped[int] = mapped_column(Integer, default=0)  # starts so far
     event_seq: Mapped[int] = mapped_column(Integer, default=0)  # last event number used
+    # where the job runs or ran (revision 0002): e.g. "cuda:1" or "cpu:0,cpu:1", the host, the worker
+    resources: Mapped[dict[str, Any] | None] = mapped_column(nullable=True)  # asked for: {"devices": 2}
+    device: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    host: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    worker: Mapped[str | None] = mapped_column(String(200), nullable=True)
+
+
+class Worker(Base):
+    """A running `lbdn worker` and the devices it owns (revision 0002), seen every reap interval:
+    the API refuses a job asking for more devices than any worker seen lately owns."""
+
+    __tablename__ = "lbdn_workers"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)  # Celery node name
+    host: Mapped[str] = mapped_column(String(200))
+    devices: Mapped[list[Any]] = mapped_column()  # ["cuda:0", "cuda:1"] or ["cpu:0", ...]
+    seen_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class JobEvent(Base):

@@ -138,6 +138,7 @@ def test_submit_flags_are_lipcores_flags() -> None:
         "download",
         "checkpoint_every",
         "lip_restarts",
+        "threads",
         "attack_version",
         "attacks",
         "n_examples",
