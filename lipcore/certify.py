@@ -29,8 +29,8 @@ import math
 import threading
 import weakref
 from collections.abc import Sequence
-from typing import Any
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from lipcore.layers.bounds import gamma_k
+from lipcore.layers.bounds import gamma_k, hermitian_response, spectral_norm
 
 U64 = 2.0**-53
 U32 = 2.0**-24
@@ -78,12 +78,14 @@ class Track:
             self.mc, self.md = s * self.mc, s * self.md
         return self
 
-    def linear(self, gain: float, k: int, bias: float = 0.0, extra_rel: float = 0.0) -> Track:
-        """v -> W v + b with k-term sums (plus `extra_rel` relative error, e.g. of FFTs)."""
+    def linear(self, gain: float, k: int, bias: float = 0.0, extra_rel: float = 0.0, lip: float | None = None) -> Track:
+        """v -> W v + b with k-term sums (plus `extra_rel` relative error, e.g. of FFTs); gain =
+        G(W) >= || |W| ||_2 for the local error, lip >= ||W||_2 (default gain) for propagation."""
+        lip = gain if lip is None else lip
         g = gam(k + 1, self.u) + extra_rel
         lc, ld = g * gain * self.mc, g * (gain * self.md + bias)
-        self.ec, self.ed = gain * self.ec + lc, gain * self.ed + ld
-        self.mc, self.md = gain * self.mc + lc, gain * self.md + bias + ld
+        self.ec, self.ed = lip * self.ec + lc, lip * self.ed + ld
+        self.mc, self.md = lip * self.mc + lc, lip * self.md + bias + ld
         return self
 
     def residual(self, branch: Track) -> Track:
@@ -109,7 +111,8 @@ def fft_conv(t: Track, m: Tensor, n: int, bias: Tensor | None) -> Track:
     # (half spectrum: conjugate columns count twice, at most sqrt2 on an error); the two FFTs add
     # r each; the bias enters as n^2 b at frequency 0, an image of norm n ||b||
     g = math.sqrt(2) * abs_gain(block_matrix(m.to(torch.complex128)))
-    return t.linear(g, 2 * m.shape[2], norm(bias) * n, extra_rel=2 * r)
+    lip = spectral_norm(hermitian_response(m, n)) * (1 + 2 * r)
+    return t.linear(g, 2 * m.shape[2], norm(bias) * n, extra_rel=2 * r, lip=lip)
 
 
 def _fourier_enter(layer: nn.Module, t: Track) -> Track:
