@@ -348,7 +348,7 @@ def _exported_bounds(loaded: LoadedModel, net: nn.Module) -> dict[str, Any]:
     parts = C.units(net)
     out: dict[str, Any] = {}
     if getattr(loaded.model, "lln_head", None) is not None:
-        head = parts[-1]
+        head: Any = parts[-1]
         out["lln_weight"] = head.weight.detach().double().cpu().tolist()
         out["verified_bound"] = C.exported_bound(parts[:-1])
     else:

@@ -20,7 +20,6 @@ the standard operators), so `certify_onnx` certifies the file's own network:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -28,8 +27,6 @@ from torch import Tensor, nn
 
 from lipcore.layers import bounds as B
 from lipcore.layers.rounding import U32, U64, Track, abs_gain, conv_gain, norm
-
-Rule = Callable[[nn.Module, Track, float], Track]
 
 
 def units(net: nn.Module) -> list[nn.Module]:
@@ -40,7 +37,7 @@ def units(net: nn.Module) -> list[nn.Module]:
     return [net]
 
 
-def _is_circular_conv(m: nn.Module) -> bool:
+def _is_circular_conv(m: Any) -> bool:
     return isinstance(m, nn.Sequential) and len(m) == 2 and isinstance(m[0], nn.CircularPad2d)
 
 
@@ -49,7 +46,7 @@ def _f64(t: Tensor) -> Tensor:
 
 
 # ---- bounds ---------------------------------------------------------------------------------------
-def _dft_stages(m: nn.Module) -> list[Tensor]:
+def _dft_stages(m: Any) -> list[Tensor]:
     """The five real matrices of a CircularDFT (as float64), each the operator of one stage."""
     cat = torch.cat
     fwd_w = cat((_f64(m.cw), _f64(m.sw)), 1)  # x -> (x cw, x sw)
@@ -60,7 +57,7 @@ def _dft_stages(m: nn.Module) -> list[Tensor]:
     return [fwd_w, fwd_h, inv_h, inv_w]
 
 
-def _exact_dft_stages(m: nn.Module) -> list[Tensor]:
+def _exact_dft_stages(m: Any) -> list[Tensor]:
     from lipcore.export import CircularDFT
 
     exact = CircularDFT.__new__(CircularDFT)
@@ -85,12 +82,12 @@ def _exact_dft_stages(m: nn.Module) -> list[Tensor]:
     return _dft_stages(exact)
 
 
-def _dft_response(m: nn.Module) -> Tensor:
+def _dft_response(m: Any) -> Tensor:
     """The per-frequency complex maps (F, out, in) of a CircularDFT's rounded weights."""
     return torch.complex(_f64(m.mr), _f64(m.mi)).transpose(1, 2)
 
 
-def _dft_deviation(m: nn.Module, inner: float) -> float:
+def _dft_deviation(m: Any, inner: float) -> float:
     """Upper bound on ||CircularDFT with its float32 DFT matrices - the same with exact ones||,
     given `inner` >= the norm of its per-frequency stage."""
     got, exact = _dft_stages(m), _exact_dft_stages(m)
@@ -105,7 +102,7 @@ def _dft_deviation(m: nn.Module, inner: float) -> float:
     return total
 
 
-def _circular_maps(m: nn.Module) -> tuple[Tensor, float]:
+def _circular_maps(m: Any) -> tuple[Tensor, float]:
     """(per-frequency maps, deviation) of a circular convolution unit, or a 1x1 conv's matrix."""
     from lipcore.export import CircularDFT
     from lipcore.layers.fourier import kernel_fft
@@ -124,7 +121,7 @@ def _circular_maps(m: nn.Module) -> tuple[Tensor, float]:
     raise TypeError(f"not a circular convolution: {type(m).__name__}")
 
 
-def unit_bound(m: nn.Module) -> float:
+def unit_bound(m: Any) -> float:
     """Verified l2 Lipschitz bound (float64) of one exported unit, from its stored weights."""
     from lipcore import export as X
 
@@ -150,7 +147,8 @@ def unit_bound(m: nn.Module) -> float:
     if isinstance(m, X.SLLFc):
         return B.sll_bound(m.weight, m.t, torch.tensor(m.schur_q), conv=False)
     if isinstance(m, X.Residual):
-        conv, _, up = m.f
+        f: Any = m.f
+        conv, up = f[0], f[2]
         k, t = _f64(conv.weight), torch.tensor(m.sll_t, dtype=torch.float64)
         folded = _f64(up.weight) - k * t[:, None, None, None]
         dev = (conv_gain(folded) + 4 * U64 * conv_gain(_f64(up.weight))) * conv_gain(k)
@@ -158,7 +156,7 @@ def unit_bound(m: nn.Module) -> float:
     raise TypeError(f"no verified bound for exported {type(m).__name__}")
 
 
-def _sandwich_bound(m: nn.Module) -> float:
+def _sandwich_bound(m: Any) -> float:
     """|s| * sandwich_bound(M, N / s) of the rounded halves, plus the rounding of N / s and of the
     DFT matrices (a sandwich core computes a(relu(b(x))), b holding s N)."""
     s, psi = m.scale, torch.tensor(m.psi, dtype=torch.float64)
@@ -183,7 +181,7 @@ def exported_bound(unit_list: list[nn.Module]) -> float:
 
 
 # ---- float32 rounding ------------------------------------------------------------------------------
-def _track(m: nn.Module, t: Track, side: float) -> Track:
+def _track(m: Any, t: Track, side: float) -> Track:
     """Continue `t` through unit m run in float arithmetic at t.u (inputs of spatial side `side`)."""
     from lipcore import export as X
 
@@ -212,7 +210,8 @@ def _track(m: nn.Module, t: Track, side: float) -> Track:
         branch = branch.scale(float(m.t.abs().max())).linear(g, m.weight.shape[0])
         return _sub(t, branch)
     if isinstance(m, X.Residual):
-        conv, _, up = m.f
+        f: Any = m.f
+        conv, up = f[0], f[2]
         branch = _track(conv, Track(t.u, t.ec, t.ed, t.mc, t.md), side)
         branch = branch.linear(conv_gain(up.weight), up.in_channels * up.kernel_size[0] * up.kernel_size[1])
         return _sub(t, branch)
@@ -227,7 +226,7 @@ def _sub(t: Track, branch: Track) -> Track:
     return t
 
 
-def _track_dft(m: nn.Module, t: Track) -> Track:
+def _track_dft(m: Any, t: Track) -> Track:
     """The five stages, each with its own G (local error) and spectral norm (propagation)."""
     n, half = m.n, m.bins
     stages = _dft_stages(m)
@@ -245,7 +244,7 @@ class InputCast(nn.Identity):
     """The cast of a float64 input to the file's float32: relative error u."""
 
 
-def unit_error(m: nn.Module, u: float, in_shape: tuple[int, ...]) -> tuple[float, float]:
+def unit_error(m: Any, u: float, in_shape: tuple[int, ...]) -> tuple[float, float]:
     """(c, d) of one exported unit at roundoff u (see lipcore.layers.rounding.local_error)."""
     if isinstance(m, InputCast):
         return u, 0.0

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -115,39 +116,39 @@ def fft_conv(t: Track, m: Tensor, n: int, bias: Tensor | None) -> Track:
     return t.linear(g, 2 * m.shape[2], norm(bias) * n, extra_rel=2 * r, lip=lip)
 
 
-def _fourier_enter(layer: nn.Module, t: Track) -> Track:
+def _fourier_enter(layer: Any, t: Track) -> Track:
     return t.scale(layer.scale)  # pixel_unshuffle is a permutation
 
 
-def _sandwich_fc(layer: nn.Module, u: float, side: float = 1.0) -> tuple[float, float]:
+def _sandwich_fc(layer: Any, u: float, side: float = 1.0) -> tuple[float, float]:
     a_out, b_in = layer.effective()
     t = Track(u).scale(layer.scale).linear(abs_gain(b_in), b_in.shape[1], norm(layer.bias))
     return t.linear(abs_gain(a_out), a_out.shape[0]).affine
 
 
-def _linear(layer: nn.Module, u: float, side: float = 1.0) -> tuple[float, float]:
+def _linear(layer: Any, u: float, side: float = 1.0) -> tuple[float, float]:
     (w,) = layer.effective()
     return Track(u).scale(layer.scale).linear(abs_gain(w), w.shape[1], norm(layer.bias)).affine
 
 
-def _sandwich_conv(layer: nn.Module, u: float, side: float = 1.0) -> tuple[float, float]:
+def _sandwich_conv(layer: Any, u: float, side: float = 1.0) -> tuple[float, float]:
     a_out, b_in = layer.effective()
     t = fft_conv(_fourier_enter(layer, Track(u)), b_in, layer.n, layer.bias)
     return fft_conv(t, a_out, layer.n, None).affine
 
 
-def _fourier_lin(layer: nn.Module, u: float, side: float = 1.0) -> tuple[float, float]:
+def _fourier_lin(layer: Any, u: float, side: float = 1.0) -> tuple[float, float]:
     (m,) = layer.effective()
     return fft_conv(_fourier_enter(layer, Track(u)), m, layer.n, layer.bias).affine
 
 
-def _aol_conv(layer: nn.Module, u: float, side: float) -> tuple[float, float]:
+def _aol_conv(layer: Any, u: float, side: float) -> tuple[float, float]:
     (k,) = layer.effective()
     terms = k.shape[1] * k.shape[2] * k.shape[3]
     return Track(u).scale(layer.scale).linear(conv_gain(k), terms, norm(layer.bias) * side).affine
 
 
-def _sll(layer: nn.Module, u: float, side: float, conv: bool) -> tuple[float, float]:
+def _sll(layer: Any, u: float, side: float, conv: bool) -> tuple[float, float]:
     w, b, tt = layer.effective()
     gain = conv_gain(w) if conv else abs_gain(w)
     terms = w[0].numel()
@@ -157,13 +158,13 @@ def _sll(layer: nn.Module, u: float, side: float, conv: bool) -> tuple[float, fl
     return Track(u).residual(branch).affine
 
 
-def _pool(layer: nn.Module, u: float, side: float = 1.0) -> tuple[float, float]:
+def _pool(layer: Any, u: float, side: float = 1.0) -> tuple[float, float]:
     k = layer.kernel_size if isinstance(layer.kernel_size, int) else layer.kernel_size[0]
     divisor = layer.divisor_override or k * k
     return Track(u).linear(k / divisor, k * k).affine
 
 
-def _scaled(layer: nn.Module, u: float, side: float = 1.0) -> tuple[float, float]:
+def _scaled(layer: Any, u: float, side: float = 1.0) -> tuple[float, float]:
     return Track(u).scale(layer.scale).affine
 
 
