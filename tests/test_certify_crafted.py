@@ -228,13 +228,13 @@ def test_kwl_orthogon_export_weights_do_not_exceed_their_bound(tmp_path) -> None
 FAMILIES = ("Sandwich", "Orthogon", "Aol", "SLL")
 
 
-def crafted_toy(seed: int) -> Toy:
-    """A multi-class Toy (4 inputs, 3 classes) with extreme weights: alphas x 10^U(0, 5), psi
+def crafted_toy(seed: int, in_f: int = 4, out_f: int = 3) -> Toy:
+    """A Toy (default: 4 inputs, 3 classes) with extreme weights: alphas x 10^U(0, 5), psi
     ~ U(-20, 20), biases x 10^U(-1, 2), weights x 10^U(-3, 3)."""
     g = torch.Generator().manual_seed(seed)
     u = lambda lo, hi: lo + (hi - lo) * torch.rand((), generator=g).item()  # noqa: E731
     family = FAMILIES[seed % len(FAMILIES)]
-    model = _toy(family, 10 ** u(-1, 1), 4, 3, seed=seed)
+    model = _toy(family, 10 ** u(-1, 1), in_f, out_f, seed=seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("alpha"):
