@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lipcore.layers.bounds import gamma_k, hermitian_response, spectral_norm
+from lipcore.layers.bounds import gamma_k, hermitian_response
 
 U64 = 2.0**-53
 U32 = 2.0**-24
@@ -45,6 +45,18 @@ def abs_gain(m: Tensor) -> float:
     rows = a.sum(-1).amax()
     cols = a.sum(-2).amax()
     return math.sqrt(float(rows) * float(cols)) * (1 + gamma_k(max(a.shape[-1], a.shape[-2]) + 2))
+
+
+def gram_norm(m: Tensor) -> float:
+    """Upper bound on max ||m_i||_2 over a batch of matrices: sqrt of Gershgorin's max row sum of
+    |m m^H| (with the Gram's rounding), no eigensolver (bounds.spectral_norm may call eigvalsh)."""
+    m = m.detach().to(torch.complex128 if m.is_complex() else torch.float64)
+    if m.shape[-2] > m.shape[-1]:
+        m = m.mH
+    gram = (m @ m.mH).abs().sum(-1).amax()
+    a = m.abs()
+    err = gamma_k(m.shape[-1]) * (a @ a.mT).sum(-1).amax()
+    return math.sqrt(float(gram + err)) * (1 + 4 * U64)
 
 
 def conv_gain(k: Tensor) -> float:
@@ -112,7 +124,7 @@ def fft_conv(t: Track, m: Tensor, n: int, bias: Tensor | None) -> Track:
     # (half spectrum: conjugate columns count twice, at most sqrt2 on an error); the two FFTs add
     # r each; the bias enters as n^2 b at frequency 0, an image of norm n ||b||
     g = math.sqrt(2) * abs_gain(block_matrix(m.to(torch.complex128)))
-    lip = spectral_norm(hermitian_response(m, n)) * (1 + 2 * r)
+    lip = gram_norm(hermitian_response(m, n)) * (1 + 2 * r)
     return t.linear(g, 2 * m.shape[2], norm(bias) * n, extra_rel=2 * r, lip=lip)
 
 
