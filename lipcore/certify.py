@@ -13,13 +13,16 @@ certificate uses. Certification (`certify_model`, `model_certificate`, training-
 accuracy, --mode eval, the API) runs the network itself in float64: a float64 copy of the model
 whose reparameterisations (Cayley transforms, rescalings) are computed in float64, so float32
 rounding of the factors (||W||_2 up to 1 + 2e-3 for large alphas) never enters a certificate.
-The float64 forward's own rounding (~1e-15 relative per layer) is not folded in.
+The float64 forward's own rounding is bounded a priori (`rounding_model`, rules in
+lipcore.layers.rounding) and taken off every margin, so near-ties get radius 0; a NaN or infinite
+bound certifies nothing (radius 0, never gamma in its place).
 
 All radii here are in **model-input space** (after the dataset normalisation). To express one in
 [0, 1] pixel space multiply by min(std) of the normalisation (see `pixel_radius`).
 
 Margins and radii are computed in float64 from the logits. Ties (top-1 == runner-up) give radius 0;
-rows with NaN or infinite logits are not certifiable: predicted class -1, radius 0.
+rows with NaN or infinite logits are not certifiable: predicted class -1, radius 0. For LLN models
+the bound includes the head's |scale| (Resnet: sqrt(gamma)), the factor in front of its rows.
 """
 
 from __future__ import annotations
@@ -30,14 +33,14 @@ import threading
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from lipcore.estimate import empirical_lipschitz  # noqa: F401  (its home before; kept importable here)
+from lipcore.layers.rounding import RoundingModel, rounding_model
 from lipcore.models.base import body_of
 from lipcore.precision import full_precision
-from lipcore.runtime import flush_denormals
 
 SQRT2 = math.sqrt(2.0)
 PAPER_RADII = (36 / 255, 72 / 255, 108 / 255)
@@ -336,54 +339,6 @@ def _certified_modules(m64: nn.Module) -> list[nn.Module]:
     return modules
 
 
-@dataclass(frozen=True)
-class RoundingModel:
-    """||computed logits - exact logits|| <= e0 + e1 ||x|| for every input x (model-input space),
-    for the forward run at unit roundoff `unit`; see `rounding_model`."""
-
-    unit: float
-    e0: float
-    e1: float
-
-    def error(self, x: Tensor) -> Tensor:
-        """(batch,) float64 error bounds at the inputs x (batch, ...)."""
-        xn = x.detach().to(torch.float64).flatten(1).norm(dim=1)
-        return self.e0 + self.e1 * xn
-
-    def as_dict(self) -> dict[str, float]:
-        return {"unit": self.unit, "abs": self.e0, "per_input_norm": self.e1}
-
-
-def rounding_model(
-    modules: Sequence[nn.Module], bounds: Sequence[float], x0: Tensor, unit: float, local: Any = None
-) -> RoundingModel:
-    """A-priori bound on the rounding error of the forward through `modules` (run in sequence).
-
-    bounds: verified Lipschitz bounds L_k of the modules (exact maps); x0: one zero input (1, ...)
-    in the modules' dtype; local(module, unit, shape) -> (c, d): the module's own rounding error
-    c ||input|| + d (default lipcore.layers.rounding.local_error). With o_k = ||module_k-1(..(0))||
-    computed, the computed input of module k has norm <= Lambda_<k ||x|| + o_k + 2 E_k-1 (E the
-    error so far, which also bounds the rounding in o_k), so E_k = L_k E_k-1 + c_k (Lambda_<k ||x||
-    + o_k + 2 E_k-1) + d_k, an affine recursion in ||x|| with non-negative coefficients.
-    """
-    from lipcore.layers.rounding import local_error
-
-    local = local or local_error
-    e0 = e1 = 0.0
-    lam = 1.0
-    x = x0
-    with torch.no_grad():
-        for module, lip in zip(modules, bounds):
-            c, d = local(module, unit, tuple(x.shape[1:]))
-            o = float(x.detach().to(torch.float64).norm())
-            e1 = (lip + 2 * c) * e1 + c * lam
-            e0 = (lip + 2 * c) * e0 + c * o + d
-            lam *= lip
-            x = module(x)
-    grow = 1 + 8 * len(bounds) * unit  # rounding of this float64 recursion itself
-    return RoundingModel(unit, e0 * grow, e1 * grow)
-
-
 def forward_rounding(model: nn.Module, x: Tensor) -> RoundingModel:
     """The RoundingModel of `model`'s float64 forward (`float64_model`) for inputs shaped like x
     (cached with the float64 copy). TypeError for a module without a rounding rule."""
@@ -467,75 +422,3 @@ def pixel_radius(radius: Tensor | float, std: Sequence[float] | None) -> Tensor 
     """
     factor = 1.0 if not std else float(min(std))
     return radius * factor
-
-
-def empirical_lipschitz(
-    model: nn.Module,
-    x: Tensor,
-    *,
-    eps: float = 0.05,
-    restarts: int = 10,
-    lr: float = 0.1,
-    max_steps: int = 1000,
-    generator: torch.Generator | None = None,
-    max_batch: int = 1024,
-) -> float:
-    """Lower bound on the l2 Lipschitz constant of `model` near the points `x` (batch, ...).
-
-    The paper's estimator: maximise ||f(x + d) - f(x)||^2 / ||d||^2 over both x and d with Adam
-    (lr 0.1; after 5 steps at a learning rate, divided by 10 whenever a step gains less than
-    1e-3; it ends at lr 1e-5 or after 50 steps at one rate; `max_steps` caps it), from `restarts`
-    random starts d ~ U(-eps, eps). Restarts run side by side as one batch (up to `max_batch`
-    rows at a time), which is what makes the estimate cheap for small models. Returns the largest
-    sqrt(||f(x+d)-f(x)||^2 / (||d||^2 + 1e-6)) evaluated at any step: below every true difference
-    quotient, and the 1e-6 keeps float32 rounding of tiny steps from inflating it. The model runs
-    in eval mode at full precision; its parameters and their .grad are left untouched.
-    """
-    flush_denormals()
-    was_training = model.training
-    model.eval()
-    best = 0.0
-    per_group = max(1, min(restarts, max_batch // max(len(x), 1)))
-    try:
-        with full_precision():
-            done = 0
-            while done < restarts:
-                group = min(per_group, restarts - done)
-                best = max(
-                    best,
-                    _ascend(model, x.detach().repeat(group, *([1] * (x.dim() - 1))), eps, lr, max_steps, generator),
-                )
-                done += group
-    finally:
-        model.train(was_training)
-    return best
-
-
-def _ascend(
-    model: nn.Module, x: Tensor, eps: float, lr: float, max_steps: int, generator: torch.Generator | None
-) -> float:
-    """One run of the estimator's gradient ascent on the rows of x; the best quotient seen."""
-    sq = lambda t: t.flatten(1).pow(2).sum(1)  # noqa: E731
-    x0 = x.clone().requires_grad_(True)
-    noise = torch.empty(x0.shape, dtype=x0.dtype).uniform_(-eps, eps, generator=generator)
-    d = noise.to(x0.device).requires_grad_(True)
-    opt = torch.optim.Adam([x0, d], lr=lr)
-    best, last, since = 0.0, 0.0, 0
-    for _ in range(max_steps):
-        if since >= 50:  # 50 steps at one learning rate: converged (as the paper)
-            break
-        dy = model(x0 + d) - model(x0)
-        ratio = sq(dy) / (sq(d) + 1e-6)
-        x0.grad, d.grad = torch.autograd.grad(-ratio.sum(), [x0, d])
-        opt.step()
-        current = float(ratio.detach().max())
-        best = max(best, current)
-        since += 1
-        if since >= 5:
-            if current < last + 1e-3:
-                opt.param_groups[0]["lr"] /= 10.0
-                since = 0
-            if opt.param_groups[0]["lr"] <= 1e-5:
-                break
-        last = current
-    return math.sqrt(best)

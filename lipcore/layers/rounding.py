@@ -19,7 +19,7 @@ the network uses the modules' verified Lipschitz bounds (lipcore.certify.roundin
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -223,3 +223,49 @@ def local_error(module: nn.Module, u: float, in_shape: tuple[int, ...]) -> tuple
             raise TypeError(f"no rounding-error rule for {type(module).__name__}")
         side = math.sqrt(in_shape[-1] * in_shape[-2]) if len(in_shape) >= 3 else 1.0
         return rule(module, u, side)
+
+
+@dataclass(frozen=True)
+class RoundingModel:
+    """||computed logits - exact logits|| <= e0 + e1 ||x|| for every input x (model-input space),
+    for the forward run at unit roundoff `unit`; see `rounding_model`."""
+
+    unit: float
+    e0: float
+    e1: float
+
+    def error(self, x: Tensor) -> Tensor:
+        """(batch,) float64 error bounds at the inputs x (batch, ...)."""
+        xn = x.detach().to(torch.float64).flatten(1).norm(dim=1)
+        return self.e0 + self.e1 * xn
+
+    def as_dict(self) -> dict[str, float]:
+        return {"unit": self.unit, "abs": self.e0, "per_input_norm": self.e1}
+
+
+def rounding_model(
+    modules: Sequence[nn.Module], bounds: Sequence[float], x0: Tensor, unit: float, local: Any = None
+) -> RoundingModel:
+    """A-priori bound on the rounding error of the forward through `modules` (run in sequence).
+
+    bounds: verified Lipschitz bounds L_k of the modules (exact maps); x0: one zero input (1, ...)
+    in the modules' dtype; local(module, unit, shape) -> (c, d): the module's own rounding error
+    c ||input|| + d (default lipcore.layers.rounding.local_error). With o_k = ||module_k-1(..(0))||
+    computed, the computed input of module k has norm <= Lambda_<k ||x|| + o_k + 2 E_k-1 (E the
+    error so far, which also bounds the rounding in o_k), so E_k = L_k E_k-1 + c_k (Lambda_<k ||x||
+    + o_k + 2 E_k-1) + d_k, an affine recursion in ||x|| with non-negative coefficients.
+    """
+    local = local or local_error
+    e0 = e1 = 0.0
+    lam = 1.0
+    x = x0
+    with torch.no_grad():
+        for module, lip in zip(modules, bounds):
+            c, d = local(module, unit, tuple(x.shape[1:]))
+            o = float(x.detach().to(torch.float64).norm())
+            e1 = (lip + 2 * c) * e1 + c * lam
+            e0 = (lip + 2 * c) * e0 + c * o + d
+            lam *= lip
+            x = module(x)
+    grow = 1 + 8 * len(bounds) * unit  # rounding of this float64 recursion itself
+    return RoundingModel(unit, e0 * grow, e1 * grow)
