@@ -262,7 +262,7 @@ def rounding_model(
     with torch.no_grad():
         for module, lip in zip(modules, bounds):
             c, d = local(module, unit, tuple(x.shape[1:]))
-            o = float(x.detach().to(torch.float64).norm())
+            o = float(x.detach().to(torch.float64).norm()) * (1 + gamma_k(x.numel() + 2))  # (its own rounding)
             e1 = (lip + 2 * c) * e1 + c * lam
             e0 = (lip + 2 * c) * e0 + c * o + d
             lam *= lip
