@@ -224,7 +224,8 @@ def check_metadata(
 ) -> tuple[list[str], tuple[float, ...], tuple[float, ...]]:
     """(classes, mean, std) checked against the model's spec, or CheckpointError naming the field.
 
-    classes: a list of strings, empty (no names) or one per class (spec.num_classes); mean, std:
+    classes: a list of strings, at most one per class (spec.num_classes; 2 for a single-output
+    decision); mean, std:
     non-empty lists of finite numbers, one value or one per input channel (spec.in_channels, 1 for
     vector data), std > 0 (x_model = (x_pixel - mean) / std must exist, and a pixel radius is a
     model-space radius times min(std)).
@@ -232,10 +233,12 @@ def check_metadata(
     n_classes = spec.num_classes
     if not isinstance(classes, (list, tuple)) or not all(isinstance(c, str) for c in classes):
         raise CheckpointError(f"{where}: 'classes' must be a list of strings (class names), got {_show(classes)}")
-    if classes and n_classes is not None and len(classes) != n_classes:
+    # (fewer names than outputs is accepted: a dataset folder may name only the classes it holds,
+    # and an unnamed class is shown without a name; more names than outputs cannot be right)
+    if n_classes is not None and len(classes) > max(n_classes, 2):
         raise CheckpointError(
             f"{where}: 'classes' has {len(classes)} names but the model has {n_classes} outputs "
-            "(give one name per class, or an empty list)"
+            "(give at most one name per class, or an empty list)"
         )
     channels = spec.in_channels or 1
     out = []

@@ -104,7 +104,7 @@ def test_metadata_std_must_be_positive_finite_and_fit_the_input(tmp_path) -> Non
         (5, [0], "classes"),
         ([1, 2], [0], "classes"),
         ([None], [0], "classes"),
-        (["a", "b"], [0], "classes"),
+        (["a", "b", "c"], [0], "classes"),
         ([], 5, "mean"),
         ([], [math.inf], "mean"),
         ([], [0, 0], "mean"),
