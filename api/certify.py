@@ -1,9 +1,10 @@
 """Certified radii of a trained model for a batch of inputs (torch; runs in the threadpool).
 
 Radii are computed in model-input space (after the dataset normalisation) by lipcore.certify, from
-the float64 copy of the model with the bound max(gamma, verified), and
-also reported in [0,1] pixel space: radius * min(std) is a pixel-space ball that normalisation maps
-inside the certified one. The optional attack gives the other side of the bracket: the smallest
+the float64 copy of the model with the bound max(gamma, verified) and the forward's rounding bound,
+and for image models also reported in [0,1] pixel space: (radius - normalisation rounding) * min(std)
+is a pixel-space ball that normalisation maps inside the certified one. Vector models (the Toy) take
+their inputs as given, unnormalised: their radius_pixel is the radius. The optional attack gives the other side of the bracket: the smallest
 adversarial perturbation found (model-input space), an upper bound on the true distance.
 """
 
@@ -115,14 +116,15 @@ def certify_batch(
     from lipcore.certify import certify_model, pixel_radius
 
     model, spec = loaded.model, loaded.spec
+    pixels = bool(spec.img_size)  # only image models take normalised pixels; vector inputs are used as given
     # normalised in float64: the certificate is for exactly the pixel input given
-    xt = torch.from_numpy(x).to(torch.float64)
-    if scale == "pixel" and spec.img_size:
+    xt = torch.from_numpy(np.asarray(x, dtype=np.float64))
+    if scale == "pixel" and pixels:
         view = (1, -1) + (1,) * (xt.dim() - 2)
         mean = torch.tensor(loaded.mean, dtype=xt.dtype).view(view)
         std = torch.tensor(loaded.std, dtype=xt.dtype).view(view)
         xt = (xt - mean) / std
-    # float64 copy of the model (cached per loaded model), bound max(gamma, verified)
+    # float64 copy of the model (cached per loaded model), bound max(gamma, verified), rounding off
     cert, logits, bounds = certify_model(model, xt)
     finite = torch.isfinite(logits).all(dim=1)
     if not bool(finite.all()):  # a certificate needs finite logits; never answer with nulls
@@ -134,7 +136,13 @@ def certify_batch(
     adversarial = minimal_adversarial_l2(model, x_attack, steps=attack_steps, should_stop=budget) if attack else None
     if adversarial is not None:
         attacked = adversarial.radius.tolist()
-        attacked_pixel = adversarial.pixel_radius(loaded.std if spec.img_size else None).tolist()
+        attacked_pixel = adversarial.pixel_radius(loaded.std if pixels else None).tolist()
+    # A pixel ball maps into the model-space ball about the *exact* normalisation of the pixel
+    # input; the float64 normalisation of x and of x + delta are each off by <= 2.01 u ||x_model||
+    # (one subtraction, one division), so that slack comes off the radius before the conversion.
+    u = 2.0**-53
+    slack = 2.01 * u * (2 * xt.flatten(1).norm(dim=1) + cert.radius) * (1 + 4 * u)
+    pixel_radii = (cert.radius - slack).clamp_min(0.0) if pixels and scale == "pixel" else cert.radius
     results = []
     for i in range(len(x)):
         pred = int(cert.predicted[i])
@@ -147,7 +155,7 @@ def certify_batch(
             logits=logits[i].double().tolist(),
             margin=_finite(margin),
             radius=radius,
-            radius_pixel=float(pixel_radius(radius, loaded.std)),
+            radius_pixel=float(pixel_radius(float(pixel_radii[i]), loaded.std)) if pixels else radius,
         )
         if adversarial is not None:
             # the same adversarial perturbation measured in both spaces (pixel step = model step * std)
@@ -163,5 +171,5 @@ def certify_batch(
             cut_short=cut,
             reason=(budget.reason if budget is not None else None) if cut else None,
         )
-    bound = LipschitzBound(gamma=bounds.gamma, verified=bounds.verified, used=bounds.used, kind=kind)
+    bound = LipschitzBound(gamma=bounds.gamma, verified=_finite(bounds.verified), used=_finite(bounds.used), kind=kind)
     return bound, results, report

@@ -152,11 +152,14 @@ class LipschitzBound(BaseModel):
         description="the l2 Lipschitz bound the network is built to have, model-input space; for LLN "
         "models a bound of the map from the input to the LLN head's input (not of the logits)"
     )
-    verified: float = Field(
+    verified: float | None = Field(
         description="an upper bound on the same map verified layer by layer in float64 from the weights "
-        "the certificate uses (lipcore.certify.verified_bound); ~gamma for a sound model"
+        "the certificate uses (lipcore.certify.verified_bound); ~gamma for a sound model; null when it is "
+        "not a finite number (weights that overflow): then nothing is certified, every radius is 0"
     )
-    used: float = Field(description="max(gamma, verified): the bound the radii use")
+    used: float | None = Field(
+        description="max(gamma, verified): the bound the radii use; null (every radius 0) when either is not finite"
+    )
     kind: Literal["sqrt2*gamma", "lln", "gamma (single output)"] = Field(
         description="how each logit gap is bounded: sqrt2*used; lln: used * ||w_i - w_j|| (head rows); "
         "single output: used"
@@ -170,7 +173,10 @@ class CertifiedInput(BaseModel):
     logits: list[float]
     margin: float | None = Field(description="logit gap to the runner-up (single output: |f(x) - 0.5|)")
     radius: float = Field(description="certified l2 radius in model-input space (after normalisation)")
-    radius_pixel: float = Field(description="certified l2 radius in [0,1] pixel space (radius * min(std))")
+    radius_pixel: float = Field(
+        description="certified l2 radius in [0,1] pixel space ((radius - input rounding) * min(std)) for image "
+        "models, whose inputs are normalised pixels; for vector models (no normalisation) equal to radius"
+    )
     attack_radius: float | None = Field(
         None, description="?attack=true: smallest adversarial l2 perturbation found, model-input space"
     )

@@ -108,7 +108,8 @@ def certify_table(answer: dict[str, Any], names: list[str]) -> Table:
         "certified radius (/255)",
         "attacked radius (/255)",
         title=f"model {answer.get('model_id')}: l2 radii in [0,1] pixel space x 255 "
-        f"(bound: gamma={bound.get('gamma')}, {bound.get('kind')})",
+        f"(bound: gamma={bound.get('gamma')}, {bound.get('kind')})"
+        + ("" if bound.get("used") is not None else " NO CERTIFICATE: the verified bound is not a finite number"),
     )
     for r in answer["results"]:
         name = names[r["index"]] if r["index"] < len(names) else str(r["index"])

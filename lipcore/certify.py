@@ -13,13 +13,16 @@ certificate uses. Certification (`certify_model`, `model_certificate`, training-
 accuracy, --mode eval, the API) runs the network itself in float64: a float64 copy of the model
 whose reparameterisations (Cayley transforms, rescalings) are computed in float64, so float32
 rounding of the factors (||W||_2 up to 1 + 2e-3 for large alphas) never enters a certificate.
-The float64 forward's own rounding (~1e-15 relative per layer) is not folded in.
+The float64 forward's own rounding is bounded a priori (`rounding_model`, rules in
+lipcore.layers.rounding) and taken off every margin, so near-ties get radius 0; a NaN or infinite
+bound certifies nothing (radius 0, never gamma in its place).
 
 All radii here are in **model-input space** (after the dataset normalisation). To express one in
 [0, 1] pixel space multiply by min(std) of the normalisation (see `pixel_radius`).
 
 Margins and radii are computed in float64 from the logits. Ties (top-1 == runner-up) give radius 0;
-rows with NaN or infinite logits are not certifiable: predicted class -1, radius 0.
+rows with NaN or infinite logits are not certifiable: predicted class -1, radius 0. For LLN models
+the bound includes the head's |scale| (Resnet: sqrt(gamma)), the factor in front of its rows.
 """
 
 from __future__ import annotations
@@ -34,9 +37,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from lipcore.estimate import empirical_lipschitz  # noqa: F401  (its home before; kept importable here)
+from lipcore.layers.rounding import RoundingModel, rounding_model
 from lipcore.models.base import body_of
 from lipcore.precision import full_precision
-from lipcore.runtime import flush_denormals
 
 SQRT2 = math.sqrt(2.0)
 PAPER_RADII = (36 / 255, 72 / 255, 108 / 255)
@@ -55,14 +59,22 @@ class Certificate:
 def _check(logits: Tensor, gamma: float | None) -> float:
     if gamma is None:
         raise ValueError("this model has no Lipschitz bound (Plain layers), so it cannot be certified")
-    if not (gamma > 0 and math.isfinite(gamma)):
-        raise ValueError(f"gamma must be a finite number > 0, got {gamma}")
+    if math.isfinite(gamma) and gamma <= 0:
+        raise ValueError(f"gamma must be > 0, got {gamma}")  # (NaN/inf: no certificate, see certify)
     if logits.dim() != 2 or logits.shape[1] < 1:
         raise ValueError(f"certificates need (batch, outputs) logits, got shape {tuple(logits.shape)}")
     return float(gamma)
 
 
-def certify(logits: Tensor, gamma: float | None, *, lln_weight: Tensor | None, threshold: float = 0.5) -> Certificate:
+def certify(
+    logits: Tensor,
+    gamma: float | None,
+    *,
+    lln_weight: Tensor | None,
+    threshold: float = 0.5,
+    error: Tensor | None = None,
+    error_slope: float = 0.0,
+) -> Certificate:
     """Certified l2 radius (model-input space) of each prediction of a gamma-Lipschitz classifier.
 
     Prefer `certify_model(model, x)`, which takes the head and the bound from the model. Here
@@ -73,13 +85,26 @@ def certify(logits: Tensor, gamma: float | None, *, lln_weight: Tensor | None, t
     A single output (batch, 1), such as the Toy regression, is certified as the decision
     f(x) > threshold: predicted 1 or 0, margin |f - threshold|, radius margin / gamma (one output
     moves by at most gamma * ||delta||; there is no pair of logits, hence no sqrt 2).
+
+    Rounding: `error` (batch,) bounds ||computed logits - exact logits|| at each input and
+    `error_slope` how fast that bound grows with the distance from it (`RoundingModel`); a pair's
+    radius is then (gap - 2 sqrt2 error) / (L_ij + sqrt2 error_slope), 0 where the gap does not
+    exceed the error (so identical LLN rows give 0, not infinity, once a slope is given). A
+    non-finite or non-positive bound (a NaN `verified`) certifies nothing: radius 0 everywhere.
     """
     gamma = _check(logits, gamma)
     z = logits.detach().to(torch.float64)
     finite = torch.isfinite(z).all(dim=1)
-    z = torch.where(finite[:, None], z, torch.zeros_like(z))
+    err = torch.zeros(len(z), dtype=torch.float64, device=z.device) if error is None else error.to(z)
+    slope = float(error_slope)
+    if not (math.isfinite(gamma) and math.isfinite(slope) and slope >= 0):
+        finite = torch.zeros_like(finite)  # no usable bound: no certificate, predictions still given
+        gamma, slope = 1.0, 0.0
+    finite = finite & torch.isfinite(err)
+    z = torch.where(torch.isfinite(z).all(dim=1)[:, None], z, torch.zeros_like(z))
+    err = torch.where(finite, err, torch.zeros_like(err))
     if z.shape[1] == 1:
-        return _certify_threshold(z[:, 0], finite, gamma, threshold)
+        return _certify_threshold(z[:, 0], finite, gamma, threshold, err, slope)
     pred = z.argmax(dim=1)  # first maximal index on ties, on every device
     top = z.gather(1, pred[:, None])
     gaps = top - z  # (b, c) >= 0
@@ -90,35 +115,48 @@ def certify(logits: Tensor, gamma: float | None, *, lln_weight: Tensor | None, t
         if w.shape[0] != z.shape[1]:
             raise ValueError(f"lln_weight has {w.shape[0]} rows for {z.shape[1]} classes")
         pair_lip = gamma * lln_distances(w)[pred]
-    # A pair whose gap cannot move (identical LLN rows) never flips: infinite radius unless tied.
+    pair_lip = pair_lip + SQRT2 * slope
+    gaps_left = gaps - 2 * SQRT2 * err[:, None]  # what rounding at x and at x + delta cannot eat
+    # A pair whose gap cannot move (identical LLN rows, no rounding slope given) never flips:
+    # infinite radius unless tied.
     ratio = torch.where(
-        pair_lip > 0,
-        gaps / pair_lip.clamp_min(torch.finfo(torch.float64).tiny),
-        torch.where(gaps > 0, torch.full_like(gaps, math.inf), torch.zeros_like(gaps)),
+        gaps_left > 0,
+        torch.where(
+            pair_lip > 0,
+            gaps_left / pair_lip.clamp_min(torch.finfo(torch.float64).tiny),
+            torch.full_like(gaps, math.inf),
+        ),
+        torch.zeros_like(gaps),
     )
     ratio.scatter_(1, pred[:, None], math.inf)  # the predicted class is not its own competitor
     radius, runner = ratio.min(dim=1)
     margin = gaps.gather(1, runner[:, None]).squeeze(1)
     radius = torch.where(finite, radius, torch.zeros_like(radius))
-    margin = torch.where(finite, margin, torch.full_like(margin, math.nan))
+    shown = torch.isfinite(logits.detach()).all(dim=1).to(finite.device)
+    margin = torch.where(shown, margin, torch.full_like(margin, math.nan))
     minus1 = torch.full_like(pred, -1)
     return Certificate(
-        predicted=torch.where(finite, pred, minus1),
-        runner_up=torch.where(finite, runner, minus1),
+        predicted=torch.where(shown, pred, minus1),
+        runner_up=torch.where(shown, runner, minus1),
         margin=margin,
         radius=radius,
     )
 
 
-def _certify_threshold(f: Tensor, finite: Tensor, gamma: float, threshold: float) -> Certificate:
+def _certify_threshold(
+    f: Tensor, finite: Tensor, gamma: float, threshold: float, err: Tensor, slope: float
+) -> Certificate:
+    shown = torch.isfinite(f)
     pred = (f > threshold).long()
     margin = (f - threshold).abs()
+    left = margin - 2 * err
+    radius = torch.where(finite & (left > 0), left / (gamma + slope), torch.zeros_like(margin))
     minus1 = torch.full_like(pred, -1)
     return Certificate(
-        predicted=torch.where(finite, pred, minus1),
-        runner_up=torch.where(finite, 1 - pred, minus1),
-        margin=torch.where(finite, margin, torch.full_like(margin, math.nan)),
-        radius=torch.where(finite, margin / gamma, torch.zeros_like(margin)),
+        predicted=torch.where(shown, pred, minus1),
+        runner_up=torch.where(shown, 1 - pred, minus1),
+        margin=torch.where(shown, margin, torch.full_like(margin, math.nan)),
+        radius=radius,
     )
 
 
@@ -183,21 +221,42 @@ def float64_model(model: nn.Module) -> nn.Module:
 
     Its reparameterisations run in float64, so the effective weights a certificate uses are the
     float64 ones (the float32 model's factors are not orthogonal to better than ~1e-6..1e-3).
-    The cache is checked by exact comparison with the model's parameters and buffers on every
-    call, so a model trained further gets a fresh copy. Thread-safe (the API certifies from
-    several threads).
+    The cache is checked by exact comparison with the model's parameters and buffers, and with
+    every plain attribute of every submodule (`scale`, `gamma`, strides: whatever a forward
+    reads), on every call, so a model trained or edited further gets a fresh copy. Thread-safe
+    (the API certifies from several threads).
     """
     tensors = [t.detach() for t in list(model.parameters()) + list(model.buffers())]
+    key = _attributes(model)
     with _F64_LOCK:
         entry = _F64.get(model)
-        if entry is not None and _same(entry["source"], tensors):
+        if entry is not None and entry["key"] == key and _same(entry["source"], tensors):
             return entry["model"]
         copy64 = copy.deepcopy(model).to(torch.float64).eval()
         for p in copy64.parameters():
             p.grad = None  # deepcopy carries a training model's gradients; the copy needs none
             p.requires_grad_(False)
-        _F64[model] = {"source": [t.clone() for t in tensors], "model": copy64, "verified": None}
+        _F64[model] = {
+            "source": [t.clone() for t in tensors],
+            "key": key,
+            "model": copy64,
+            "verified": None,
+            "rounding": {},
+        }
         return copy64
+
+
+def _attributes(model: nn.Module) -> list[tuple[str, str]]:
+    """repr of every non-tensor, non-module attribute of every submodule (except `training`)."""
+    out = []
+    for name, m in model.named_modules():
+        plain = {
+            k: v
+            for k, v in vars(m).items()
+            if k != "training" and not k.startswith("_") and isinstance(v, (int, float, bool, str, tuple, type(None)))
+        }
+        out.append((name, repr(sorted(plain.items()))))
+    return out
 
 
 def release_float64_model(model: nn.Module) -> None:
@@ -242,14 +301,18 @@ def verified_bound(model: nn.Module) -> float:
     The bound is the product of per-layer bounds (`lipschitz_bound()` of each layer, see
     lipcore.layers.bounds) computed from the float64 effective weights that `certify_model` runs,
     so it is a bound for exactly the network that produces the certified logits. For an LLN model
-    it bounds the map from the input to the LLN head's input, as gamma does (the head enters the
-    certificate through its row distances). Sandwich layers are checked through their defining
-    inequality: the measured orthogonality residual eps of [A B] enters as sqrt(1 + 4 eps ||B||^2);
-    SLL and AOL layers through Schur's test on their Gram sums; orthogonal and linear layers
-    through exact singular values (per frequency for circular convolutions). Each product carries
-    float64 rounding allowances (~1e-13 relative). A model whose layers are all 1-Lipschitz by
+    it bounds the map from the input to the LLN head's input *times the head's |scale|* (Resnet's
+    head carries sqrt(gamma)), the factor that multiplies the head's row distances, as gamma does
+    (the head enters the certificate through its row distances). Sandwich layers are checked
+    through their defining inequality: the measured orthogonality residual eps of [A B] enters as
+    sqrt(1 + 4 eps ||B||^2), with lambda_max bounded by Gershgorin's row sums; SLL and AOL layers
+    through Schur's test on their Gram sums; orthogonal and linear layers through an upper bound on
+    the spectral norm (Gershgorin on the Gram matrix, or its largest eigenvalue from eigvalsh plus
+    a backward-error slack; per frequency for circular convolutions). Each product carries float64
+    rounding allowances (~1e-13 relative). A model whose layers are all 1-Lipschitz by
     construction gets verified ~ gamma * (1 + 1e-13); a value far above gamma exposes a layer
-    whose construction failed. Raises ValueError for models without a bound (Plain layers).
+    whose construction failed; NaN (a layer whose weights overflow) certifies nothing. Raises
+    ValueError for models without a bound (Plain layers).
     """
     if getattr(model, "gamma", 0.0) is None:
         raise ValueError("this model has no Lipschitz bound (Plain layers), so it cannot be certified")
@@ -257,17 +320,39 @@ def verified_bound(model: nn.Module) -> float:
     entry = _F64.get(model)
     if entry is not None and entry["model"] is m64 and entry["verified"] is not None:
         return entry["verified"]
-    modules = list(body_of(m64)) if hasattr(m64, "body") else [m64]
-    if getattr(m64, "lln_head", None) is not None:
-        modules = modules[:-1]
     with torch.no_grad(), full_precision():
-        bound = 1.0
-        for m in modules:
-            bound *= _module_bound(m)
-    bound *= 1 + 4 * len(modules) * 2.0**-53
+        bounds = [_module_bound(m) for m in _certified_modules(m64)]
+        bound = math.prod(bounds) * (1 + 4 * len(bounds) * 2.0**-53)
+        head = getattr(m64, "lln_head", None)
+        if head is not None:
+            bound *= abs(head.scale)
     if entry is not None and entry["model"] is m64:
         entry["verified"] = bound
     return bound
+
+
+def _certified_modules(m64: nn.Module) -> list[nn.Module]:
+    """The modules whose bounds multiply into `verified_bound` (an LLN head is left out)."""
+    modules = list(body_of(m64)) if hasattr(m64, "body") else [m64]
+    if getattr(m64, "lln_head", None) is not None:
+        modules = modules[:-1]
+    return modules
+
+
+def forward_rounding(model: nn.Module, x: Tensor) -> RoundingModel:
+    """The RoundingModel of `model`'s float64 forward (`float64_model`) for inputs shaped like x
+    (cached with the float64 copy). TypeError for a module without a rounding rule."""
+    m64 = float64_model(model)
+    shape = tuple(x.shape[1:])
+    entry = _F64.get(model)
+    cache = entry["rounding"] if entry is not None and entry["model"] is m64 else {}
+    if shape not in cache:
+        modules = list(body_of(m64)) if hasattr(m64, "body") else [m64]
+        with torch.no_grad(), full_precision():
+            bounds = [_module_bound(m) for m in modules]
+            x0 = torch.zeros((1, *shape), dtype=torch.float64, device=x.device)
+            cache[shape] = rounding_model(modules, bounds, x0, 2.0**-53)
+    return cache[shape]
 
 
 @dataclass(frozen=True)
@@ -279,7 +364,10 @@ class BoundReport:
 
     @property
     def used(self) -> float:
-        """The bound the radius uses: max(gamma, verified)."""
+        """The bound the radius uses: max(gamma, verified); NaN (no certificate) when either is not
+        a finite positive number (Python's max(gamma, nan) would silently be gamma)."""
+        if not all(math.isfinite(v) and v > 0 for v in (self.gamma, self.verified)):
+            return math.nan
         return max(self.gamma, self.verified)
 
     def as_dict(self) -> dict[str, float]:
@@ -299,6 +387,8 @@ def certify_model(model: nn.Module, x: Tensor, batch_size: int = 1024) -> tuple[
 
     Runs the float64 copy of the model (eval mode, full precision) and certifies its float64
     logits with the bound max(gamma, verified) and, for LLN models, the head's float64 rows.
+    The float64 forward's rounding error (`rounding_model`) is taken off each margin and added
+    to each pair's Lipschitz constant (see `certify`), so near-ties get radius 0.
     Returns (certificate, logits (batch, classes) float64, bounds); radii in model-input space.
     """
     report = bound_report(model)
@@ -308,7 +398,15 @@ def certify_model(model: nn.Module, x: Tensor, batch_size: int = 1024) -> tuple[
         x64 = x.detach().to(torch.float64)
         logits = torch.cat([m64(xb) for xb in x64.split(batch_size)]) if len(x64) else m64(x64)
         w = head.normalized_weight() if head is not None else None
-    return certify(logits, report.used, lln_weight=w), logits, report
+        used = report.used
+        try:
+            rnd = forward_rounding(model, x64)
+        except (TypeError, ValueError):
+            used = math.nan  # a module without a rounding rule: no certificate
+            rnd = RoundingModel(2.0**-53, 0.0, 0.0)
+        # (an LLN pair's constant is used * ||w_i - w_j||: `used` holds the head's |scale|)
+        cert = certify(logits, used, lln_weight=w, error=rnd.error(x64), error_slope=rnd.e1)
+    return cert, logits, report
 
 
 def model_certificate(model: nn.Module, x: Tensor) -> Certificate:
@@ -324,75 +422,3 @@ def pixel_radius(radius: Tensor | float, std: Sequence[float] | None) -> Tensor 
     """
     factor = 1.0 if not std else float(min(std))
     return radius * factor
-
-
-def empirical_lipschitz(
-    model: nn.Module,
-    x: Tensor,
-    *,
-    eps: float = 0.05,
-    restarts: int = 10,
-    lr: float = 0.1,
-    max_steps: int = 1000,
-    generator: torch.Generator | None = None,
-    max_batch: int = 1024,
-) -> float:
-    """Lower bound on the l2 Lipschitz constant of `model` near the points `x` (batch, ...).
-
-    The paper's estimator: maximise ||f(x + d) - f(x)||^2 / ||d||^2 over both x and d with Adam
-    (lr 0.1; after 5 steps at a learning rate, divided by 10 whenever a step gains less than
-    1e-3; it ends at lr 1e-5 or after 50 steps at one rate; `max_steps` caps it), from `restarts`
-    random starts d ~ U(-eps, eps). Restarts run side by side as one batch (up to `max_batch`
-    rows at a time), which is what makes the estimate cheap for small models. Returns the largest
-    sqrt(||f(x+d)-f(x)||^2 / (||d||^2 + 1e-6)) evaluated at any step: below every true difference
-    quotient, and the 1e-6 keeps float32 rounding of tiny steps from inflating it. The model runs
-    in eval mode at full precision; its parameters and their .grad are left untouched.
-    """
-    flush_denormals()
-    was_training = model.training
-    model.eval()
-    best = 0.0
-    per_group = max(1, min(restarts, max_batch // max(len(x), 1)))
-    try:
-        with full_precision():
-            done = 0
-            while done < restarts:
-                group = min(per_group, restarts - done)
-                best = max(
-                    best,
-                    _ascend(model, x.detach().repeat(group, *([1] * (x.dim() - 1))), eps, lr, max_steps, generator),
-                )
-                done += group
-    finally:
-        model.train(was_training)
-    return best
-
-
-def _ascend(
-    model: nn.Module, x: Tensor, eps: float, lr: float, max_steps: int, generator: torch.Generator | None
-) -> float:
-    """One run of the estimator's gradient ascent on the rows of x; the best quotient seen."""
-    sq = lambda t: t.flatten(1).pow(2).sum(1)  # noqa: E731
-    x0 = x.clone().requires_grad_(True)
-    noise = torch.empty(x0.shape, dtype=x0.dtype).uniform_(-eps, eps, generator=generator)
-    d = noise.to(x0.device).requires_grad_(True)
-    opt = torch.optim.Adam([x0, d], lr=lr)
-    best, last, since = 0.0, 0.0, 0
-    for _ in range(max_steps):
-        if since >= 50:  # 50 steps at one learning rate: converged (as the paper)
-            break
-        dy = model(x0 + d) - model(x0)
-        ratio = sq(dy) / (sq(d) + 1e-6)
-        x0.grad, d.grad = torch.autograd.grad(-ratio.sum(), [x0, d])
-        opt.step()
-        current = float(ratio.detach().max())
-        best = max(best, current)
-        since += 1
-        if since >= 5:
-            if current < last + 1e-3:
-                opt.param_groups[0]["lr"] /= 10.0
-                since = 0
-            if opt.param_groups[0]["lr"] <= 1e-5:
-                break
-        last = current
-    return math.sqrt(best)

@@ -15,6 +15,7 @@ state dict), only through `torch.load(weights_only=True)`; see lipcore.paper_che
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -172,14 +173,16 @@ def load_paper_model(
     gamma = getattr(model, "gamma", None)
     if gamma is not None:
         model.gamma = gamma * factor
-    mean, std = pc.input_normalisation(spec)
+    classes, mean, std = check_metadata(
+        spec, pc.class_names(spec), *pc.input_normalisation(spec), where=f"{path.name} (spec)"
+    )
     model = model.to(device).eval()
     return LoadedModel(
         model,
         spec,
-        pc.class_names(spec),
-        tuple(mean),
-        tuple(std),
+        classes,
+        mean,
+        std,
         source="paper",
         sll_reference_epsilon=True,
         bound_factor=factor,
@@ -195,6 +198,7 @@ def _load_safetensors_model(path: Path, device: str | torch.device) -> LoadedMod
         classes, mean, std = (json.loads(meta[k]) for k in ("classes", "mean", "std"))
     except (KeyError, ValueError) as e:
         raise CheckpointError(f"{path} has invalid metadata: {e}") from None
+    classes, mean, std = check_metadata(spec, classes, mean, std, where=f"{path.name} metadata")
     with torch.device("meta"):
         model = build(spec)
     model = model.to_empty(device="cpu")
@@ -212,9 +216,49 @@ def _load_safetensors_model(path: Path, device: str | torch.device) -> LoadedMod
         if gamma is not None:
             model.gamma = gamma * factor
     model = model.to(device).eval()
-    return LoadedModel(
-        model, spec, list(classes), tuple(mean), tuple(std), sll_reference_epsilon=reference, bound_factor=factor
-    )
+    return LoadedModel(model, spec, classes, mean, std, sll_reference_epsilon=reference, bound_factor=factor)
+
+
+def check_metadata(
+    spec: ExperimentSpec, classes: Any, mean: Any, std: Any, where: str = "metadata"
+) -> tuple[list[str], tuple[float, ...], tuple[float, ...]]:
+    """(classes, mean, std) checked against the model's spec, or CheckpointError naming the field.
+
+    classes: a list of strings, at most one per class (spec.num_classes; 2 for a single-output
+    decision); mean, std:
+    non-empty lists of finite numbers, one value or one per input channel (spec.in_channels, 1 for
+    vector data), std > 0 (x_model = (x_pixel - mean) / std must exist, and a pixel radius is a
+    model-space radius times min(std)).
+    """
+    n_classes = spec.num_classes
+    if not isinstance(classes, (list, tuple)) or not all(isinstance(c, str) for c in classes):
+        raise CheckpointError(f"{where}: 'classes' must be a list of strings (class names), got {_show(classes)}")
+    # (fewer names than outputs is accepted: a dataset folder may name only the classes it holds,
+    # and an unnamed class is shown without a name; more names than outputs cannot be right)
+    if n_classes is not None and len(classes) > max(n_classes, 2):
+        raise CheckpointError(
+            f"{where}: 'classes' has {len(classes)} names but the model has {n_classes} outputs "
+            "(give at most one name per class, or an empty list)"
+        )
+    channels = spec.in_channels or 1
+    out = []
+    for field, values in (("mean", mean), ("std", std)):
+        ok = isinstance(values, (list, tuple)) and len(values) in {1, channels}
+        ok = ok and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)
+        if not ok:
+            raise CheckpointError(
+                f"{where}: '{field}' must be a list of 1 or {channels} (input channels) finite numbers, "
+                f"got {_show(values)}"
+            )
+        out.append(tuple(float(v) for v in values))
+    if not all(v > 0 for v in out[1]):
+        raise CheckpointError(f"{where}: 'std' must be > 0 for every channel, got {_show(std)}")
+    return list(classes), out[0], out[1]
+
+
+def _show(value: Any) -> str:
+    text = json.dumps(value) if not isinstance(value, tuple) else json.dumps(list(value))
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 @dataclass

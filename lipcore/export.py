@@ -48,23 +48,27 @@ METADATA_KEY = "lbdn"  # ONNX metadata_props key / torch extra file "lbdn.json"
 
 # ---- glue modules: only standard operators inside -----------------------------------------------
 class Residual(nn.Module):
-    """x - f(x): the SLL block's residual form."""
+    """x - f(x): the SLL block's residual form (`sll_t`, `schur_q`: the block's t and SLL weights,
+    for verifying the rounded block in lipcore.export_check)."""
 
-    def __init__(self, f: nn.Module) -> None:
+    def __init__(self, f: nn.Module, t: tuple[float, ...] = (), q: tuple[float, ...] = ()) -> None:
         super().__init__()
         self.f = f
+        self.sll_t, self.schur_q = tuple(t), tuple(q)
 
     def forward(self, x: Tensor) -> Tensor:
         return x - self.f(x)
 
 
 class SLLFc(nn.Module):
-    """x - (t * relu(x W^T + b)) W: one stored copy of W (Gemm, Relu, Mul, MatMul, Sub)."""
+    """x - (t * relu(x W^T + b)) W: one stored copy of W (Gemm, Relu, Mul, MatMul, Sub).
+    `schur_q`: the layer's SLL weights, for verifying the rounded block (lipcore.export_check)."""
 
     t: Tensor
 
-    def __init__(self, w: Tensor, b: Tensor, t: Tensor) -> None:
+    def __init__(self, w: Tensor, b: Tensor, t: Tensor, q: tuple[float, ...] = ()) -> None:
         super().__init__()
+        self.schur_q = tuple(q) or (1.0,) * len(t)
         self.weight = nn.Parameter(w.clone(), requires_grad=False)
         self.bias = nn.Parameter(b.clone(), requires_grad=False)
         self.register_buffer("t", t.clone())
@@ -85,11 +89,13 @@ class Mul(nn.Module):
 
 
 class SandwichCore(nn.Module):
-    """Linear/conv B, bias, ReLU, then linear/conv A (no bias): the sandwich layer's two halves."""
+    """Linear/conv B, bias, ReLU, then linear/conv A (no bias): the sandwich layer's two halves.
+    `scale` (folded into B) and `psi` are kept to verify the rounded halves (lipcore.export_check)."""
 
-    def __init__(self, b: nn.Module, a: nn.Module) -> None:
+    def __init__(self, b: nn.Module, a: nn.Module, scale: float = 1.0, psi: tuple[float, ...] = ()) -> None:
         super().__init__()
         self.b, self.a = b, a
+        self.scale, self.psi = float(scale), tuple(psi)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.a(F.relu(self.b(x)))
@@ -250,13 +256,15 @@ def standard_layer(layer: nn.Module, circular: str = "dft") -> nn.Module:
 
 def standard_model(loaded: LoadedModel, circular: str = "dft") -> nn.Sequential:
     """The whole network as standard torch modules, float32, eval mode, parameters frozen
-    (`circular`: see `standard_layer`)."""
+    (`circular`: see `standard_layer`). The effective weights are those of the float64 copy
+    (lipcore.certify.float64_model: Cayley transforms in float64), rounded once to float32."""
+    from lipcore.certify import float64_model
     from lipcore.layers import FirstChannel
     from lipcore.models.base import body_of
 
-    model = loaded.model.eval()
+    model = float64_model(loaded.model) if getattr(loaded.model, "body", None) is not None else loaded.model
     mods: list[nn.Module] = []
-    x = example_input(loaded, 1).to(next(model.parameters()).device)
+    x = example_input(loaded, 1).to(next(model.parameters()).device, next(model.parameters()).dtype)
     with torch.no_grad():
         for layer in body_of(model):
             if isinstance(layer, FirstChannel):  # a scaled 0/1 read-out matrix of the input width
@@ -309,13 +317,21 @@ def bound_metadata(model: nn.Module) -> dict[str, Any]:
     return out
 
 
-def export_metadata(loaded: LoadedModel) -> dict[str, Any]:
-    """bound_metadata plus input normalisation, classes, spec and the radius units."""
+def export_metadata(loaded: LoadedModel, net: nn.Module | None = None) -> dict[str, Any]:
+    """bound_metadata plus input normalisation, classes, spec and the radius units.
+
+    With the exported network `net` (standard_model's float32 modules), the recorded bound is
+    verified on exactly those rounded weights (lipcore.export_check: `verified_bound`, the LLN
+    rows `lln_weight` as stored) and `rounding` bounds the error of running it in float32
+    ({"unit", "abs", "per_input_norm"}: ||logits - exact|| <= abs + per_input_norm ||x||)."""
     spec = loaded.spec
     shape = list(example_input(loaded).shape[1:])
+    bounds = bound_metadata(loaded.model)
+    if net is not None and bounds["gamma"] is not None:
+        bounds.update(_exported_bounds(loaded, net))
     return {
         "format": "lbdn-export/1",
-        **bound_metadata(loaded.model),
+        **bounds,
         "mean": list(loaded.mean),
         "std": list(loaded.std),
         "classes": list(loaded.classes),
@@ -324,6 +340,22 @@ def export_metadata(loaded: LoadedModel) -> dict[str, Any]:
         "radius_units": "l2 in model-input space; pixel space = radius * min(std)",
         "spec": json.loads(spec.model_dump_json()),
     }
+
+
+def _exported_bounds(loaded: LoadedModel, net: nn.Module) -> dict[str, Any]:
+    from lipcore import export_check as C
+
+    parts = C.units(net)
+    out: dict[str, Any] = {}
+    if getattr(loaded.model, "lln_head", None) is not None:
+        head: Any = parts[-1]
+        out["lln_weight"] = head.weight.detach().double().cpu().tolist()
+        out["verified_bound"] = C.exported_bound(parts[:-1])
+    else:
+        out["verified_bound"] = C.exported_bound(parts)
+    x0 = example_input(loaded, 1)
+    out["rounding"] = C.exported_rounding(parts, x0).as_dict()
+    return out
 
 
 def to_onnx(loaded: LoadedModel, path: str | Path, opset: int = 17, circular: str = "dft") -> Path:
@@ -353,7 +385,7 @@ def to_onnx(loaded: LoadedModel, path: str | Path, opset: int = 17, circular: st
         )
         proto = onnx.load(str(tmp))
         entry = proto.metadata_props.add()
-        entry.key, entry.value = METADATA_KEY, json.dumps(export_metadata(loaded))
+        entry.key, entry.value = METADATA_KEY, json.dumps(export_metadata(loaded, net))
         proto.doc_string = "lbdn-service export: Lipschitz-bounded network, effective weights frozen"
         onnx.save(proto, str(tmp))
         tmp.replace(path)
@@ -379,7 +411,8 @@ def to_torch(loaded: LoadedModel, path: str | Path, circular: str = "dft") -> Pa
     program = torch.export.export(net, (x,), dynamic_shapes={"input": {0: batch}})
     tmp = _tmp_name(path)
     try:
-        torch.export.save(program, str(tmp), extra_files={f"{METADATA_KEY}.json": json.dumps(export_metadata(loaded))})
+        meta = json.dumps(export_metadata(loaded, net))
+        torch.export.save(program, str(tmp), extra_files={f"{METADATA_KEY}.json": meta})
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -398,19 +431,30 @@ def read_onnx_metadata(path: str | Path) -> dict[str, Any]:
 
 
 def certify_onnx(path: str | Path, x: Tensor | Any) -> Any:
-    """Certificates (lipcore.certify.Certificate) of inputs x (model-input space) from an ONNX export
-    alone: onnxruntime gives the logits, the file's metadata gives gamma and the head."""
+    """Certificates (lipcore.certify.Certificate) of inputs x (model-input space, as given, any
+    float dtype) from an ONNX export alone: onnxruntime gives the float32 logits, the file's
+    metadata gives gamma, the bound verified on the file's weights, the head and the float32
+    forward's rounding bound (which, with the cast of x to float32, comes off each margin)."""
     import numpy as np
     import onnxruntime as ort  # type: ignore[import-untyped]
 
-    from lipcore.certify import certify
+    from lipcore.certify import BoundReport, RoundingModel, certify
 
     meta = read_onnx_metadata(path)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    logits = session.run(["logits"], {"x": np.asarray(x, dtype=np.float32)})[0]
+    x64 = torch.as_tensor(np.asarray(x, dtype=np.float64))
+    logits = session.run(["logits"], {"x": x64.numpy().astype(np.float32)})[0]
     w = torch.tensor(meta["lln_weight"], dtype=torch.float64) if meta.get("head") == "lln" else None
-    bound = max(meta["gamma"], meta.get("verified_bound") or 0.0)  # as lipcore.certify.certify_model
-    return certify(torch.from_numpy(logits), bound, lln_weight=w)
+    verified = meta.get("verified_bound")
+    rnd = meta.get("rounding")
+    if meta["gamma"] is None or verified is None or rnd is None:
+        used = math.nan  # an export without a verified bound and rounding model certifies nothing
+        model = RoundingModel(0.0, 0.0, 0.0)
+    else:
+        used = BoundReport(float(meta["gamma"]), float(verified)).used  # as lipcore.certify.certify_model
+        model = RoundingModel(float(rnd["unit"]), float(rnd["abs"]), float(rnd["per_input_norm"]))
+    err = model.error(x64) if len(x64) else torch.zeros(0, dtype=torch.float64)
+    return certify(torch.from_numpy(logits), used, lln_weight=w, error=err, error_slope=model.e1)
 
 
 __all__ = [

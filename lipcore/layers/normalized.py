@@ -41,12 +41,14 @@ class LinearNormalized(Reparameterized):
         return abs(self.scale) * spectral_norm(self.effective()[0])
 
     def export(self, circular: str = "dft") -> nn.Module:
-        """Linear(scale * unit rows, b)."""
+        """[x * scale /] Linear(unit rows, b): the rows stay separate from the scale, so the file's
+        rows are the ones its certificate's pair distances are measured on (lipcore.export)."""
         from lipcore import export as X
 
         with torch.no_grad():
             (w,) = self.effective()
-            return X.linear_op((self.scale * X.as_float64(w)).float(), self.bias)
+            head = X.linear_op(X.as_float64(w).float(), self.bias)
+            return head if self.scale == 1.0 else nn.Sequential(X.Mul(self.scale), head)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, scale={self.scale:g}"

@@ -81,7 +81,8 @@ class SandwichFc(_SandwichLinearBase):
         with torch.no_grad():
             a_out, b_in = (X.as_float64(t) for t in self.effective())
             b = X.linear_op((self.scale * b_in).float(), self.bias)
-            return X.SandwichCore(b, X.linear_op(a_out.T.float(), None))
+            psi = tuple(self.psi.double().tolist())
+            return X.SandwichCore(b, X.linear_op(a_out.T.float(), None), self.scale, psi)
 
     def paper_weight(self, previous: Any = None) -> tuple[Tensor | None, Any]:
         """W_k = 2 Psi_k^-1 B_k A_{k-1}^T Psi_{k-1}, the weight of the equivalent feed-forward form
@@ -220,7 +221,8 @@ class SandwichConv(_SandwichConvBase):
             a_out, b_in = (X.as_float64(t) for t in self.effective())
             b = X.circular_op(b_in, self.n, self.fft_in_channels, self.bias, self.scale, circular)
             a = X.circular_op(a_out, self.n, self.out_channels, None, 1.0, circular)
-            return X.strided_op(self, X.SandwichCore(b, a))
+            psi = tuple(self.psi.double().tolist())
+            return X.strided_op(self, X.SandwichCore(b, a, self.scale, psi))
 
 
 class SandwichConvLin(_SandwichConvBase):

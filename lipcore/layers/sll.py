@@ -98,7 +98,8 @@ class SLLBlockFc(Reparameterized):
 
         with torch.no_grad():
             w, b, t = self.effective()
-            return X.SLLFc(w.detach().float(), b.detach().float(), t.detach().float())
+            q = self.q.detach().double().abs() + (0.0 if self.reference_epsilon else self.epsilon)
+            return X.SLLFc(w.detach().float(), b.detach().float(), t.detach().float(), tuple(q.tolist()))
 
     def extra_repr(self) -> str:
         return f"features={self.features}, inner={self.inner}"
@@ -146,7 +147,8 @@ class SLLBlockConv(Reparameterized):
             inner, channels, ks = k.shape[0], k.shape[1], k.shape[-1]
             up = nn.ConvTranspose2d(inner, channels, ks, padding=self.padding, bias=False)
             up.weight.copy_((k * t[:, None, None, None]).float())
-            return X.Residual(nn.Sequential(X.conv_op(k.float(), b.float(), self.padding), nn.ReLU(), up))
+            branch = nn.Sequential(X.conv_op(k.float(), b.float(), self.padding), nn.ReLU(), up)
+            return X.Residual(branch, tuple(t.tolist()), tuple(self.q.detach().double().abs().tolist()))
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, inner={self.inner}, kernel_size={self.kernel.shape[-1]}"

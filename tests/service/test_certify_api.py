@@ -55,7 +55,9 @@ def test_png_json_and_npy_agree_with_lipcore(client, kwl):
             top2 = np.sort(r["logits"])[-2:]
             assert r["predicted"] == int(np.argmax(r["logits"])) and r["class_name"] == CLASSES[r["predicted"]]
             assert math.isclose(r["margin"], top2[1] - top2[0], rel_tol=1e-6)
-            assert math.isclose(r["radius"], r["margin"] / (math.sqrt(2) * bound["used"]), rel_tol=1e-9)
+            # the float64 forward's rounding bound (~1e-8 here) comes off the margin (lipcore.certify)
+            plain = r["margin"] / (math.sqrt(2) * bound["used"])
+            assert plain * (1 - 1e-4) <= r["radius"] <= plain
             assert math.isclose(r["radius_pixel"], r["radius"] * min(STD), rel_tol=1e-9)
             assert r["attack_radius"] is None
     # loaded once per certify process at most, then served from its LRU

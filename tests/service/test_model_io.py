@@ -139,9 +139,9 @@ def test_export_onnx_certifies_like_the_service(client):
     radii = np.array([item["radius"] for item in served["results"]])
     cert = certify_onnx(path, x)
     logit_scale = np.abs(np.load(folder / "io.npz")["y"]).max()
-    assert (
-        np.abs(cert.radius.numpy() - radii).max() <= 4e-5 * logit_scale / 2.0
-    )  # float64 certificate vs float32 ONNX logits (test_export)
+    # float64 certificate vs float32 ONNX logits (test_export): ONNX takes its float32 forward's
+    # worst-case rounding bound off each margin, so it never claims more than the service
+    assert (cert.radius.numpy() - radii).max() <= 4e-5 * logit_scale / 2.0
     assert (cert.predicted.numpy() == [item["predicted"] for item in served["results"]]).all()
     assert client.get(f"/v1/models/{mid}/export", params={"format": "tf"}).status_code == 422
     r = client.get(f"/v1/models/{mid}/export", params={"format": "torch"})
