@@ -182,13 +182,16 @@ def certified_correct(
     *,
     lln_weight: Tensor | None,
     std: Sequence[float] | None = None,
+    error: Tensor | None = None,
+    error_slope: float = 0.0,
 ) -> dict[float, int]:
     """Number of inputs classified correctly *and* certified at radius > eps, for each eps.
 
     Without `std` the radii eps are in model-input space; with the dataset's `std` they are in
-    [0, 1] pixel space (each certified radius is converted with `pixel_radius` first).
+    [0, 1] pixel space (each certified radius is converted with `pixel_radius` first). `error`,
+    `error_slope`: the float64 forward's rounding bound (`forward_rounding`), as in `certify`.
     """
-    cert = certify(logits, gamma, lln_weight=lln_weight)
+    cert = certify(logits, gamma, lln_weight=lln_weight, error=error, error_slope=error_slope)
     correct = cert.predicted == labels.to(cert.predicted.device)
     radius = pixel_radius(cert.radius, std)
     return {float(eps): int((correct & (radius > eps)).sum()) for eps in radii}

@@ -34,6 +34,7 @@ from lipcore.certify import (
     certified_correct,
     empirical_lipschitz,
     float64_model,
+    forward_rounding,
     release_float64_model,
 )
 from lipcore.checkpoint import load_train_state, save_model, save_train_state
@@ -427,8 +428,19 @@ def _test_pass(
             if classify:
                 correct += int((out.argmax(1) == y).sum())
                 if certifying:
-                    logits64 = m64(x.to(torch.float64))
-                    counts = certified_correct(logits64, y, bound, PAPER_RADII, lln_weight=w, std=data.std)
+                    x64 = x.to(torch.float64)
+                    logits64 = m64(x64)
+                    rnd = forward_rounding(model, x64)  # the rounding allowance of every certificate
+                    counts = certified_correct(
+                        logits64,
+                        y,
+                        bound,
+                        PAPER_RADII,
+                        lln_weight=w,
+                        std=data.std,
+                        error=rnd.error(x64),
+                        error_slope=rnd.e1,
+                    )
                     for eps, c in counts.items():
                         certified[eps] += c
     row: dict[str, Any] = {
