@@ -17,7 +17,7 @@ forward needs (weights included) from `effective()` (or `derived()` of those), n
 parameters.
 
 The price is one extra copy of each reparameterised layer's parameters while it is in eval mode,
-and the pass over them per forward: for a served float64 model that pass is a fifth of a 1-image
+and the pass over them per forward: for a served float64 model that pass is a third of a 1-image
 forward (bench/certify_forward.py). `check_caches_by_version(model)` is for a model nobody writes
 to except through versioned paths (a certify process's private float64 copy): its caches are
 checked by parameter identity, storage pointer and autograd version counter instead, O(1) per
