@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -128,9 +129,9 @@ def test_eval_cache_is_detached_and_reused() -> None:
     layer = L.SandwichConv(2, 2, 3, input_size=8).eval()
     x = torch.randn(1, 2, 8, 8)
     layer(x)
-    first = layer._cache[1]
+    first = layer._cache.value
     layer(x)
-    assert layer._cache[1] is first
+    assert layer._cache.value is first
     assert all(not t.requires_grad for t in first)
 
 
@@ -168,7 +169,8 @@ def fresh_copy(layer: torch.nn.Module) -> torch.nn.Module:
 
 def _fused_adam(layer: torch.nn.Module, x: torch.Tensor) -> None:
     # gradients from a training forward, then the fused step while the layer is in eval mode
-    # with a filled cache: fused Adam writes without bumping the version counter
+    # with a filled cache: fused Adam's kernel writes without bumping the version counter (the
+    # value check sees it anyway; lipcore.layers.reparam's post-step hook bumps the counters)
     opt = torch.optim.Adam(layer.parameters(), lr=0.3, fused=True)
     layer.train()
     layer(x).square().sum().backward()
@@ -176,7 +178,7 @@ def _fused_adam(layer: torch.nn.Module, x: torch.Tensor) -> None:
     layer(x)
     versions = [p._version for p in layer.parameters()]
     opt.step()
-    assert any(p._version == v for p, v in zip(layer.parameters(), versions)), "fused step bumped every version"
+    assert all(p._version > v for p, v in zip(layer.parameters(), versions)), "a fused step went unversioned"
 
 
 def _numpy_write(layer: torch.nn.Module, x: torch.Tensor) -> None:
@@ -222,6 +224,106 @@ def test_sll_forward_uses_one_reparameterisation() -> None:
     block = L.SLLBlockFc(4, 5).eval()
     x = torch.randn(3, 4)
     block(x)
-    w, b, t = block._cache[1]
+    w, b, t = block._cache.value
     expected = x - torch.nn.functional.linear(t * torch.relu(torch.nn.functional.linear(x, w, b)), w.T)
     assert torch.equal(block(x), expected)
+
+
+# ---- what an eval forward derives from the weights alone, and checks by version (issue 20) -----
+
+CONV_FAMILIES = ["SandwichConv", "SandwichConvLin", "OrthogonConv"]
+
+
+@pytest.mark.parametrize("family", CONV_FAMILIES, ids=str)
+def test_cached_block_matrices_give_bit_identical_outputs(family) -> None:
+    """The block matrices kept beside the eval cache are those the uncached path builds."""
+    from lipcore.layers.fourier import block_matrix
+
+    torch.manual_seed(1)
+    layer = FAMILIES[family]().double().eval()
+    x = family_input(layer).double()
+    first = layer(x)  # fills the cache and its block matrices
+    assert layer._cache.derived, "no block matrix was kept"
+    for (i, fn), blk in layer._cache.derived.items():
+        assert fn is block_matrix and torch.equal(blk, block_matrix(layer._cache.value[i]))
+    again = layer(x)
+    layer.train()
+    with torch.no_grad():
+        uncached = layer(x)
+    assert torch.equal(first, again) and torch.equal(again, uncached)
+
+
+def _state_dict_load(layer: torch.nn.Module, x: torch.Tensor) -> None:
+    gen = torch.Generator().manual_seed(3)
+    layer.load_state_dict({k: torch.randn(v.shape, generator=gen).abs() + 0.1 for k, v in layer.state_dict().items()})
+
+
+def _optimizer_step(fused: bool, sgd: bool = False) -> Callable[[torch.nn.Module, torch.Tensor], None]:
+    def write(layer: torch.nn.Module, x: torch.Tensor) -> None:
+        if sgd:
+            opt: torch.optim.Optimizer = torch.optim.SGD(layer.parameters(), lr=0.3)
+        else:
+            opt = torch.optim.Adam(layer.parameters(), lr=0.3, fused=fused)
+        layer.train()
+        layer(x).square().sum().backward()
+        layer.eval()
+        opt.step()
+
+    return write
+
+
+def _reassign(layer: torch.nn.Module, x: torch.Tensor) -> None:
+    layer.bias = torch.nn.Parameter(layer.bias.detach() * -1.0 + 0.1)
+
+
+def _move(layer: torch.nn.Module, x: torch.Tensor) -> None:
+    # to float32 and back: new storage holding the float32-rounded values
+    layer.float()
+    layer.double()
+
+
+VERSIONED_WRITES = {
+    "load_state_dict": _state_dict_load,
+    "adam": _optimizer_step(fused=False),
+    "fused_adam": _optimizer_step(fused=True),
+    "sgd": _optimizer_step(fused=False, sgd=True),
+    "copy_no_grad": _copy_no_grad,
+    "reassign": _reassign,
+    "to": _move,
+}
+
+
+@pytest.mark.parametrize("write", list(VERSIONED_WRITES), ids=str)
+@pytest.mark.parametrize("family", ["SandwichFc", *CONV_FAMILIES, "SLLBlockConv"], ids=str)
+def test_version_checked_cache_sees_every_versioned_write(family, write) -> None:
+    torch.manual_seed(0)
+    layer = FAMILIES[family]().double().eval()
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.add_(1e-12)  # values a float32 round trip changes
+    L.check_caches_by_version(layer)
+    x = family_input(layer).double()
+    before = layer(x)
+    assert layer._cache.snapshot is None  # no copy of the parameters is kept
+    cache = layer._cache
+    assert torch.equal(layer(x), before) and layer._cache is cache  # and the cache is reused
+    VERSIONED_WRITES[write](layer, x)
+    layer.eval()
+    after = layer(x)
+    expected = fresh_copy(layer)(x)
+    assert torch.equal(after, expected), (after - expected).abs().max()
+    assert not torch.equal(before, after)
+
+
+def test_version_checking_is_not_copied() -> None:
+    """A copy goes to a new owner, who may write through .data: it checks values again."""
+    layer = L.SandwichConv(2, 3, 3, input_size=6).eval()
+    L.check_caches_by_version(layer)
+    x = torch.randn(2, 2, 6, 6)
+    layer(x)
+    clone = copy.deepcopy(layer)
+    clone(x)
+    clone.weight.data.mul_(-1.0)
+    expected = fresh_copy(clone)(x)
+    assert torch.equal(clone(x), expected)
+    assert clone._cache.snapshot is not None

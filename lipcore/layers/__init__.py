@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from lipcore.layers.normalized import LinearNormalized
     from lipcore.layers.orthogon import OrthogonConv, OrthogonConvLin, OrthogonFc, OrthogonLin
     from lipcore.layers.plain import PlainConv
-    from lipcore.layers.reparam import Reparameterized, invalidate_caches
+    from lipcore.layers.reparam import Reparameterized, check_caches_by_version, invalidate_caches
     from lipcore.layers.sandwich import SandwichConv, SandwichConvLin, SandwichFc, SandwichLin
     from lipcore.layers.sll import SLLBlockConv, SLLBlockFc
 
@@ -47,6 +47,7 @@ _WHERE = {
     "PlainConv": "plain",
     "Reparameterized": "reparam",
     "invalidate_caches": "reparam",
+    "check_caches_by_version": "reparam",
     "SandwichConv": "sandwich",
     "SandwichConvLin": "sandwich",
     "SandwichFc": "sandwich",
@@ -104,4 +105,5 @@ __all__ = [
     "SandwichFc",
     "SandwichLin",
     "invalidate_caches",
+    "check_caches_by_version",
 ]

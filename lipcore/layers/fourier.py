@@ -53,17 +53,19 @@ def normalized_response(weight: Tensor, n: int, alpha: Tensor) -> Tensor:
     return wfft * (alpha / wfft.norm())  # (one pass over the response, not two)
 
 
-def apply_response(m: Tensor, x: Tensor, n: int, bias: Tensor | None = None) -> Tensor:
+def apply_response(m: Tensor, x: Tensor, n: int, bias: Tensor | None = None, block: Tensor | None = None) -> Tensor:
     """Apply per-frequency maps m (F, o, i) complex, or one pointwise map m (o, i) real, to x.
 
     x: (b, i, n, n) real -> (b, o, n, n) real, plus `bias` (o,) per output channel if given. The
     per-frequency product runs as ONE real batched matmul on the real-block form of m
     (`block_matrix`): PyTorch's CPU complex bmm loops over the F matrices (thousands of small aten
-    ops per step), and complex bmm has no bf16 autocast.
+    ops per step), and complex bmm has no bf16 autocast. `block`, if given, is `block_matrix(m)`
+    already computed (an eval-mode layer keeps it beside its cached weights: it was most of a
+    1-image forward).
     """
     if m.dim() == 2:
         return F.conv2d(x, m[:, :, None, None].to(x.dtype), _bias(bias, x))
-    blk = block_matrix(m)
+    blk = block_matrix(m) if block is None else block
     xf = to_freq(x)
     yf = torch.bmm(xf, blk.to(xf.dtype))
     if bias is None:
@@ -212,7 +214,11 @@ class FourierConv(Reparameterized):
             if self.scale != 1.0:
                 w = self.scale * w
             return F.conv2d(x, w.to(x.dtype), _bias(bias, x), stride=2)
-        return apply_response(m, self._enter(x), self.n, bias)
+        return apply_response(m, self._enter(x), self.n, bias, self._block(m))
+
+    def _block(self, m: Tensor) -> Tensor | None:
+        """`block_matrix(m)` of a per-frequency response, computed once per eval cache (`derived`)."""
+        return None if m.dim() == 2 else self.derived(m, block_matrix)
 
     def extra_repr(self) -> str:
         return (

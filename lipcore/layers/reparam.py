@@ -2,7 +2,9 @@
 
 Sandwich, orthogonal, AOL, SLL and LLN layers never store the weights they apply; they derive them
 (Cayley transforms, rescalings) from free parameters. In training mode that derivation runs on every
-forward so gradients reach the parameters. In eval mode it runs once and is reused.
+forward so gradients reach the parameters. In eval mode it runs once and is reused, together with
+what a forward derives from those weights alone (`derived`: the real-block form of each circular
+layer's per-frequency response), so an eval forward spends its time on the input only.
 
 Why the eval cache cannot be stale: it keeps an exact copy of the raw parameters it was computed
 from, and every eval-mode forward compares the live parameters with that copy (`torch.equal`, one
@@ -11,18 +13,46 @@ it). Any write is seen, whatever path it took: optimizer steps (including fused 
 bump the autograd version counter), writes through `param.data`, numpy views, `load_state_dict`,
 `.to()` / `.double()`. A forward therefore always uses tensors of *one* reparameterisation, computed
 from exactly the parameters the layer holds at that moment; layers must take every tensor their
-forward needs (weights included) from `effective()`, never mix in live parameters.
+forward needs (weights included) from `effective()` (or `derived()` of those), never mix in live
+parameters.
 
-The price is one extra copy of each reparameterised layer's parameters while it is in eval mode.
+The price is one extra copy of each reparameterised layer's parameters while it is in eval mode,
+and the pass over them per forward: for a served float64 model that pass is a third of a 1-image
+forward (bench/certify_forward.py). `check_caches_by_version(model)` is for a model nobody writes
+to except through versioned paths (a certify process's private float64 copy): its caches are
+checked by parameter identity, storage pointer and autograd version counter instead, O(1) per
+parameter, and keep no copy. Ordinary in-place ops and `copy_` (also under `torch.no_grad`, as
+`load_state_dict` does), optimizer steps (fused ones included: a global post-step hook bumps the
+version counters they skip), `.to()` and parameter reassignment are all seen; writes through
+`param.data` or numpy views are not, which is why this is opt-in.
 `invalidate_caches(model)` frees the caches (never needed for correctness).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
+
+
+class _Cache:
+    """One eval-mode reparameterisation and everything keyed to it (dropped together)."""
+
+    __slots__ = ("params", "stamps", "snapshot", "value", "derived")
+
+    def __init__(self, params: tuple[Tensor, ...], snapshot: tuple[Tensor, ...] | None, value: tuple[Tensor, ...]):
+        self.params = params
+        self.stamps = _stamps(params)
+        self.snapshot = snapshot  # exact copies of the parameters (None: checked by version only)
+        self.value = value
+        self.derived: dict[tuple[int, Callable[[Tensor], Tensor]], Tensor] = {}
+
+
+def _stamps(params: tuple[Tensor, ...]) -> tuple[tuple[int, int], ...]:
+    return tuple((p.data_ptr(), p._version) for p in params)
 
 
 class Reparameterized(nn.Module):
@@ -30,8 +60,8 @@ class Reparameterized(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        # (exact copy of the raw parameters, effective weights computed from them) or None
-        self._cache: tuple[tuple[Tensor, ...], tuple[Tensor, ...]] | None = None
+        self._cache: _Cache | None = None
+        self._check_versions = False  # see check_caches_by_version
 
     def reparameterize(self) -> tuple[Tensor, ...]:
         """Effective weights from the free parameters (differentiable)."""
@@ -63,19 +93,39 @@ class Reparameterized(nn.Module):
         params = tuple(self.parameters(recurse=False))
         cache = self._cache
         if cache is not None and self._cache_valid(cache, params):
-            return cache[1]
+            return cache.value
         with torch.no_grad():
-            snapshot = tuple(p.detach().clone() for p in params)
+            snapshot = None if self._check_versions else tuple(p.detach().clone() for p in params)
             value = self.reparameterize()
-        self._cache = (snapshot, value)
+        self._cache = _Cache(params, snapshot, value)
         return value
 
-    @staticmethod
-    def _cache_valid(cache: Any, params: tuple[Tensor, ...]) -> bool:
-        snapshot, _ = cache
-        if len(snapshot) != len(params):
+    def derived(self, m: Tensor, fn: Callable[[Tensor], Tensor]) -> Tensor:
+        """fn(m). When m is one of the tensors the eval cache serves, fn(m) is computed once and kept
+        beside it (dropped with it): the very tensor an uncached call would compute, so outputs are
+        bit-identical. `fn` must be a pure function of m (a module-level function: it is the key)."""
+        cache = self._cache
+        if cache is None or self.training:
+            return fn(m)
+        for i, v in enumerate(cache.value):
+            if v is m:
+                out = cache.derived.get((i, fn))
+                if out is None:
+                    with torch.no_grad():
+                        out = fn(m)
+                    # (two threads may both compute it: equal values, either one is kept)
+                    cache.derived[(i, fn)] = out
+                return out
+        return fn(m)
+
+    def _cache_valid(self, cache: _Cache, params: tuple[Tensor, ...]) -> bool:
+        if len(cache.params) != len(params) or any(a is not b for a, b in zip(cache.params, params)):
             return False
-        for ref, p in zip(snapshot, params):
+        if self._check_versions:
+            return cache.stamps == _stamps(params)
+        if cache.snapshot is None:
+            return False
+        for ref, p in zip(cache.snapshot, params):
             if ref.dtype != p.dtype or ref.device != p.device or ref.shape != p.shape:
                 return False
             # torch.equal is False where either side holds NaN: a NaN parameter recomputes every
@@ -100,7 +150,13 @@ class Reparameterized(nn.Module):
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_cache"] = None  # deepcopy/pickle need not carry the cache (it is recomputed on demand)
+        # a copy goes to a new owner, who has promised nothing about how it writes the parameters
+        state["_check_versions"] = False
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state.setdefault("_check_versions", False)  # (pickles of before the flag)
+        super().__setstate__(state)
 
 
 def invalidate_caches(model: nn.Module) -> None:
@@ -108,3 +164,25 @@ def invalidate_caches(model: nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, Reparameterized):
             module.invalidate()
+
+
+def check_caches_by_version(model: nn.Module, enabled: bool = True) -> None:
+    """Check `model`'s eval caches by parameter identity, storage pointer and version counter
+    instead of by value (see the module docstring): for a model whose owner writes its parameters
+    only through versioned paths, never `param.data` or numpy views. Not carried by copies."""
+    for module in model.modules():
+        if isinstance(module, Reparameterized):
+            module._check_versions = enabled
+            module._cache = None
+
+
+def _bump_versions(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    # Fused optimizer kernels write the parameters without bumping their autograd version counters;
+    # bumping them here makes those steps visible like every other in-place write.
+    for group in optimizer.param_groups:
+        if group.get("fused"):
+            for p in group["params"]:
+                torch.autograd.graph.increment_version(p)
+
+
+register_optimizer_step_post_hook(_bump_versions)

@@ -205,7 +205,7 @@ class SandwichConv(_SandwichConvBase):
         z = self._enter_response(b_in, x, self.bias)
         # (z is this forward's own fresh tensor and nothing saved it for backward: relu in place
         # saves allocating, and page-faulting, another activation-sized buffer)
-        return apply_response(a_out, F.relu(z, inplace=True), self.n)
+        return apply_response(a_out, F.relu(z, inplace=True), self.n, block=self._block(a_out))
 
     def lipschitz_bound(self) -> float:
         """|scale| * the sandwich inequality per frequency of the served real operators."""

@@ -1,0 +1,86 @@
+"""Cost of one float64 certify forward of KWL-Sandwich-small, per eval-cache variant (issue 20).
+
+    python bench/certify_forward.py [--min-time 2] [--threads 1]
+
+Loads ../shared/paper-checkpoints/cifar10/KWL-Sandwich-small-gamma2.0 (lipcore.checkpoint.load_model),
+takes its float64 copy (lipcore.certify.float64_model, what a certificate runs) and times, in one
+process, no-grad forwards of 1 and 16 images under three variants of the reparameterised layers'
+eval caches:
+
+- rebuilt:  the real-block form of each circular layer's response rebuilt on every forward and the
+            cache checked by value (the code before issue 20; `derived` is bypassed here);
+- values:   block forms kept beside the cache, cache checked by value (the default now);
+- versions: block forms kept, cache checked by version counters (`check_caches_by_version`).
+
+It prints ms per forward, the speed-up against `rebuilt`, and checks that every variant's logits
+are bit-identical to `rebuilt`'s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from lipcore.certify import float64_model
+from lipcore.checkpoint import load_model
+from lipcore.layers import check_caches_by_version
+from lipcore.layers.reparam import Reparameterized
+
+KWL = Path(__file__).resolve().parents[1] / "../shared/paper-checkpoints/cifar10/KWL-Sandwich-small-gamma2.0"
+
+
+def timed(fn: Callable[[], object], min_time: float) -> float:
+    fn()
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < min_time or n < 3:
+        fn()
+        n += 1
+    return (time.perf_counter() - start) / n * 1e3
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--min-time", type=float, default=2.0, help="seconds of forwards per measurement")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (a certify process uses 1)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    model = load_model(KWL).model
+    m64 = float64_model(model)
+    torch.manual_seed(0)
+    xs = {b: torch.rand(b, 3, 32, 32, dtype=torch.float64) for b in (1, 16)}
+    cached = Reparameterized.derived
+
+    def rebuilt(self: Reparameterized, m: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        return fn(m)
+
+    variants = {"rebuilt": (rebuilt, False), "values": (cached, False), "versions": (cached, True)}
+    ms: dict[str, dict[int, float]] = {}
+    reference: dict[int, torch.Tensor] = {}
+    print(f"torch threads {args.threads}, load average {os.getloadavg()[0]:.2f}")
+    for name, (derived, by_version) in variants.items():
+        Reparameterized.derived = derived  # type: ignore[method-assign]
+        check_caches_by_version(m64, by_version)
+        ms[name] = {}
+        with torch.no_grad():
+            for b, x in xs.items():
+                out = m64(x)
+                reference.setdefault(b, out)
+                assert torch.equal(out, reference[b]), f"{name}: logits differ from rebuilt's"
+                ms[name][b] = timed(lambda: m64(x), args.min_time)
+    Reparameterized.derived = cached  # type: ignore[method-assign]
+    print(f"{'variant':10} {'1 image ms':>11} {'x':>6} {'16 images ms':>13} {'x':>6} {'img/s at 16':>12}")
+    for name, row in ms.items():
+        s1, s16 = ms["rebuilt"][1] / row[1], ms["rebuilt"][16] / row[16]
+        print(f"{name:10} {row[1]:11.2f} {s1:6.2f} {row[16]:13.2f} {s16:6.2f} {16e3 / row[16]:12.1f}")
+    print("logits bit-identical across variants: yes")
+
+
+if __name__ == "__main__":
+    main()
