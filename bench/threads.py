@@ -77,7 +77,9 @@ def _breakdown(serve: Serve, job: dict[str, object]) -> None:
     epochs = sum(r["train_time_s"] + r["test_time_s"] for r in rows)
     run = (at("finished_at") - at("started_at")).total_seconds()
     queued = (at("started_at") - at("created_at")).total_seconds()
-    print(f"  serve: queued {queued:.1f} s, ran {run:.1f} s of which epochs {epochs:.1f} s (on {job.get('device', '?')})")
+    print(
+        f"  serve: queued {queued:.1f} s, ran {run:.1f} s of which epochs {epochs:.1f} s (on {job.get('device', '?')})"
+    )
 
 
 def main() -> None:

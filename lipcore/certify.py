@@ -38,6 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from lipcore.estimate import empirical_lipschitz  # noqa: F401  (its home before; kept importable here)
+from lipcore.layers.reparam import check_caches_by_version
 from lipcore.layers.rounding import RoundingModel, rounding_model
 from lipcore.models.base import body_of
 from lipcore.precision import full_precision
@@ -239,6 +240,10 @@ def float64_model(model: nn.Module) -> nn.Module:
         for p in copy64.parameters():
             p.grad = None  # deepcopy carries a training model's gradients; the copy needs none
             p.requires_grad_(False)
+        # The copy is private and written only through versioned paths (never param.data), so its
+        # eval caches may be checked by version counter instead of by value (a third of a KWL
+        # 1-image certificate's time).
+        check_caches_by_version(copy64)
         _F64[model] = {
             "source": [t.clone() for t in tensors],
             "key": key,
