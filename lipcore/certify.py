@@ -324,7 +324,11 @@ def verified_bound(model: nn.Module) -> float:
     """
     if getattr(model, "gamma", 0.0) is None:
         raise ValueError("this model has no Lipschitz bound (Plain layers), so it cannot be certified")
-    m64 = float64_model(model)
+    return _verified(model, float64_model(model))
+
+
+def _verified(model: nn.Module, m64: nn.Module) -> float:
+    """verified_bound of `model` whose float64 copy `m64` was just checked (cached with it)."""
     entry = _F64.get(model)
     if entry is not None and entry["model"] is m64 and entry["verified"] is not None:
         return entry["verified"]
@@ -350,7 +354,11 @@ def _certified_modules(m64: nn.Module) -> list[nn.Module]:
 def forward_rounding(model: nn.Module, x: Tensor) -> RoundingModel:
     """The RoundingModel of `model`'s float64 forward (`float64_model`) for inputs shaped like x
     (cached with the float64 copy). TypeError for a module without a rounding rule."""
-    m64 = float64_model(model)
+    return _rounding(model, float64_model(model), x)
+
+
+def _rounding(model: nn.Module, m64: nn.Module, x: Tensor) -> RoundingModel:
+    """forward_rounding of `model` whose float64 copy `m64` was just checked (cached with it)."""
     shape = tuple(x.shape[1:])
     entry = _F64.get(model)
     cache = entry["rounding"] if entry is not None and entry["model"] is m64 else {}
@@ -399,8 +407,11 @@ def certify_model(model: nn.Module, x: Tensor, batch_size: int = 1024) -> tuple[
     to each pair's Lipschitz constant (see `certify`), so near-ties get radius 0.
     Returns (certificate, logits (batch, classes) float64, bounds); radii in model-input space.
     """
-    report = bound_report(model)
-    m64 = float64_model(model)
+    gamma = getattr(model, "gamma", None)
+    if gamma is None:
+        raise ValueError("this model has no Lipschitz bound (Plain layers), so it cannot be certified")
+    m64 = float64_model(model)  # the source's parameters compared once per call, not three times
+    report = BoundReport(float(gamma), _verified(model, m64))
     head = getattr(m64, "lln_head", None)
     with torch.no_grad(), full_precision():
         x64 = x.detach().to(torch.float64)
@@ -408,7 +419,7 @@ def certify_model(model: nn.Module, x: Tensor, batch_size: int = 1024) -> tuple[
         w = head.normalized_weight() if head is not None else None
         used = report.used
         try:
-            rnd = forward_rounding(model, x64)
+            rnd = _rounding(model, m64, x64)
         except (TypeError, ValueError):
             used = math.nan  # a module without a rounding rule: no certificate
             rnd = RoundingModel(2.0**-53, 0.0, 0.0)
