@@ -124,7 +124,9 @@ def test_end_to_end(service_factory, tmp_path, broker, db, with_kwl):
     assert (bound["gamma"], bound["kind"]) == (2.0, "gamma (single output)")
     assert bound["verified"] <= 2.0 * (1 + 1e-9) and bound["used"] == max(2.0, bound["verified"])
     for r in cert["results"]:
-        assert math.isclose(r["radius"], r["margin"] / bound["used"], rel_tol=1e-9)
+        # margin / used, less the float64 forward's rounding allowance (lipcore.certify: ~1e-11
+        # absolute here, a few 1e-9 relative at small margins), never more than the plain ratio
+        assert 0 <= r["margin"] / bound["used"] - r["radius"] <= 1e-6
 
     assert client.get("/readyz").json()["checks"] == {"database": "ok", "broker": "ok"}
     if not with_kwl:
@@ -144,7 +146,8 @@ def test_end_to_end(service_factory, tmp_path, broker, db, with_kwl):
     assert bound["verified"] <= 1.0 + 1e-9 and bound["used"] == max(1.0, bound["verified"])
     for r in cert.json()["results"]:
         assert r["class_name"] in model["classes"]
-        assert math.isclose(r["radius"], r["margin"] / (math.sqrt(2) * bound["used"]), rel_tol=1e-9)
+        # less the rounding allowance, as for the Toy above (~1e-8 absolute for a KWL)
+        assert 0 <= r["margin"] / (math.sqrt(2) * bound["used"]) - r["radius"] <= 1e-6
     assert {m["id"] for m in client.get("/v1/models").json()["items"]} == {toy_id, kwl_id}
 
 
