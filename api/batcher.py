@@ -176,6 +176,11 @@ class CertifyBatcher:
         if len(self._recent) > 4096:  # keys of models and tenants no longer certified
             self._recent.popitem(last=False)
 
+    def _live(self, key: BatchKey) -> int:
+        # requests whose clients are still there: a gone one must not count towards a batch's size,
+        # or the batch would start short and leave a live request waiting for companions
+        return sum(not w.future.done() for w in self._queues.get(key, ()))
+
     def _oldest(self) -> BatchKey | None:
         live = [(q[0].since, i, k) for i, (k, q) in enumerate(self._queues.items()) if q and k not in self._gathering]
         return min(live)[2] if live else None
@@ -188,9 +193,7 @@ class CertifyBatcher:
             self._gathering.add(key)  # one process gathers a key's batch; the other serves other keys
             try:
                 started = time.monotonic()  # wait_s is read each time round: wake() can end the wait early
-                while len(self._queues.get(key, ())) < self._target(key) and (
-                    (left := started + self.wait_s - time.monotonic()) > 0
-                ):
+                while self._live(key) < self._target(key) and ((left := started + self.wait_s - time.monotonic()) > 0):
                     assert self._arrived is not None
                     self._arrived.clear()
                     try:

@@ -67,6 +67,10 @@ class Served:
     def queued(self) -> int:
         return sum(len(q) for q in list(self.batcher._queues.values()))
 
+    def live(self) -> int:
+        """Queued requests whose clients are still connected (as far as the batcher has seen)."""
+        return sum(not w.future.done() for q in list(self.batcher._queues.values()) for w in q)
+
 
 def _body(kw: dict) -> dict:
     return {k: v for k, v in kw.items() if k != "headers"}
@@ -217,7 +221,9 @@ def test_a_disconnect_leaves_the_others_answers_intact(served):
     # one client sends its whole request, waits until it is queued, and hangs up before its batch forms
     gone = _raw_post(served, "a1", json.dumps({"inputs": [[0.25]], "scale": "model"}).encode())
     _wait("the request queued", lambda: served.queued() > queued)
+    live = served.live()
     gone.close()
+    _wait("the hang-up seen by the batcher", lambda: served.live() < live)
     served.batching(3)  # the 3 that remain make the batch; the gone one is found gone and dropped
     got = served.concurrently([("a", "a1", kw) for kw in good])
     assert served.batcher.dropped == dropped + 1
