@@ -272,7 +272,7 @@ class Service:
         self.url = f"http://127.0.0.1:{port}"
         self.procs: list[Proc] = []
         self.api = self._start(["api", "--host", "127.0.0.1", "--port", str(port)], "api")
-        self.api.wait_for("Application startup complete")
+        self.api.wait_for("Uvicorn running on")  # (bound: uvicorn logs "startup complete" before it listens)
 
     def _start(self, args: list[str], name: str, stop_signal: str = "SIGTERM") -> Proc:
         proc = Proc(args, self.env, self.logs / f"{name}-{len(self.procs)}.log", stop_signal)

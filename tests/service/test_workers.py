@@ -236,7 +236,7 @@ def test_jobs_lost_by_the_broker_are_resent_when_the_api_restarts(service_factor
     r.delete(svc.settings.gpu_queue)  # what a Redis restart without persistence does to it
     svc.api.stop()
     svc.api = svc._start(["api", "--host", "127.0.0.1", "--port", svc.url.rsplit(":", 1)[1]], "api")
-    svc.api.wait_for("Application startup complete")
+    svc.api.wait_for("Uvicorn running on")  # (bound: uvicorn logs "startup complete" before it listens)
     svc.worker()
     job = wait_for(client, job_id, lambda j: j["status"] == "succeeded", what="the re-sent job")
     assert job["attempt"] == 1
