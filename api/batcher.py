@@ -28,17 +28,15 @@ not computed); one that goes while its batch computes only loses its answer.
 from __future__ import annotations
 
 import asyncio
-import math
-import threading
 import time
-from collections import Counter, OrderedDict, deque
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from fastapi import HTTPException
 
+from api.certify import TenantSlots
 from api.uploads import RawInputs
 
 if TYPE_CHECKING:
@@ -65,45 +63,13 @@ class _Waiting:
     since: float = field(default_factory=time.monotonic)
 
 
-class CertifySlots:
-    """Certify requests being read, queued or computed, per tenant and in all: `hold(tenant)`
-    answers 429 with Retry-After beyond either limit, so bodies held in memory and queued work stay
-    bounded whatever the clients do."""
+class CertifySlots(TenantSlots):
+    """Certify requests being read, queued or computed, per tenant and in all, so bodies held in
+    memory and queued work stay bounded whatever the clients do."""
 
-    def __init__(self, per_tenant: int, total: int, retry_after_s: float = 1.0) -> None:
-        self.per_tenant, self.total, self.retry_after_s = per_tenant, total, retry_after_s
-        self._lock = threading.Lock()
-        self._by_tenant: Counter[str] = Counter()
-
-    @property
-    def active(self) -> int:
-        return sum(self._by_tenant.values())
-
-    @contextmanager
-    def hold(self, tenant: str) -> Iterator[None]:
-        with self._lock:
-            if self._by_tenant[tenant] >= self.per_tenant:
-                limit = (
-                    f"LBDN_CERTIFY_SLOTS_PER_TENANT ({self.per_tenant}) certify requests of your tenant are in progress"
-                )
-            elif self.active >= self.total:
-                limit = f"LBDN_CERTIFY_SLOTS_TOTAL ({self.total}) certify requests are in progress on this server"
-            else:
-                limit = None
-                self._by_tenant[tenant] += 1
-        if limit is not None:
-            raise HTTPException(
-                429,
-                f"certify: {limit}; retry later, or send several inputs per request",
-                headers={"Retry-After": str(max(1, math.ceil(self.retry_after_s)))},
-            )
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._by_tenant[tenant] -= 1
-                if self._by_tenant[tenant] <= 0:
-                    del self._by_tenant[tenant]
+    tenant_full = "LBDN_CERTIFY_SLOTS_PER_TENANT ({n}) certify requests of your tenant are in progress"
+    all_full = "LBDN_CERTIFY_SLOTS_TOTAL ({n}) certify requests are in progress on this server"
+    what, hint = "certify", "retry later, or send several inputs per request"
 
 
 class CertifyBatcher:

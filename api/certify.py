@@ -35,14 +35,16 @@ def _finite(v: float) -> float | None:
     return v if math.isfinite(v) else None
 
 
-class AttackSlots:
-    """Concurrent ?attack=true searches, per tenant and in all (a CPU-heavy search each).
+class TenantSlots:
+    """Work in progress per tenant and in all: `hold(tenant)` answers 429 with Retry-After when
+    either limit is reached, instead of queueing work that would then outlive its clients.
+    Subclasses name the work and its settings (the messages' templates)."""
 
-    `hold(tenant)` answers 429 with Retry-After when either limit is reached, instead of queueing
-    work behind the threadpool that would then outlive its clients.
-    """
+    tenant_full = "{n} of your tenant's requests are in progress"
+    all_full = "{n} requests are in progress on this server"
+    what, hint = "request", "retry later"
 
-    def __init__(self, per_tenant: int, total: int, retry_after_s: float) -> None:
+    def __init__(self, per_tenant: int, total: int, retry_after_s: float = 1.0) -> None:
         self.per_tenant, self.total, self.retry_after_s = per_tenant, total, retry_after_s
         self._lock = threading.Lock()
         self._by_tenant: Counter[str] = Counter()
@@ -55,16 +57,16 @@ class AttackSlots:
     def hold(self, tenant: str) -> Iterator[None]:
         with self._lock:
             if self._by_tenant[tenant] >= self.per_tenant:
-                limit = f"LBDN_CERTIFY_ATTACKS_PER_TENANT ({self.per_tenant}) attacks of your tenant are running"
+                limit: str | None = self.tenant_full.format(n=self.per_tenant)
             elif self.active >= self.total:
-                limit = f"LBDN_CERTIFY_ATTACKS_TOTAL ({self.total}) attacks are running on this server"
+                limit = self.all_full.format(n=self.total)
             else:
                 limit = None
                 self._by_tenant[tenant] += 1
         if limit is not None:
             raise HTTPException(
                 429,
-                f"attack: {limit}; retry later, or certify without ?attack=true (no limit)",
+                f"{self.what}: {limit}; {self.hint}",
                 headers={"Retry-After": str(max(1, math.ceil(self.retry_after_s)))},
             )
         try:
@@ -74,6 +76,14 @@ class AttackSlots:
                 self._by_tenant[tenant] -= 1
                 if self._by_tenant[tenant] <= 0:
                     del self._by_tenant[tenant]
+
+
+class AttackSlots(TenantSlots):
+    """Concurrent ?attack=true searches, per tenant and in all (a CPU-heavy search each)."""
+
+    tenant_full = "LBDN_CERTIFY_ATTACKS_PER_TENANT ({n}) attacks of your tenant are running"
+    all_full = "LBDN_CERTIFY_ATTACKS_TOTAL ({n}) attacks are running on this server"
+    what, hint = "attack", "retry later, or certify without ?attack=true"
 
 
 class AttackBudget:
