@@ -25,10 +25,8 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import json
 import multiprocessing as mp
 import os
-import random
 import subprocess
 import sys
 import tempfile
@@ -41,25 +39,21 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.scale_bulk import SPEC, TENANT, bulk_load, time_reaper_at  # noqa: E402
+from bench.scale_reads import explain_reads, gather_clients, pct, print_reads, start_clients, targets_of  # noqa: E402
 from bench.service import PgDatabase, free_port  # noqa: E402
 from core.reaper import reap_and_resend  # noqa: E402
 from core.settings import Settings  # noqa: E402
 from core.states import JobKind, JobState  # noqa: E402
 from core.store import (  # noqa: E402
     init_db,
-    jobs,
     keys,
     make_engine,
-    releasing_session_factory,
     session_factory,
     transaction,
 )
 from core.store import sweeps as sweep_store  # noqa: E402
 from worker.context import TaskContext  # noqa: E402
-
-TENANT = "scale"
-SPEC = {"model": "Toy", "layer": "Sandwich", "gamma": 1.0, "epochs": 100, "dataset": "square_wave"}
-OPS = (("poll", 0.6), ("list first", 0.1), ("list deep", 0.1), ("metrics", 0.1), ("sweep", 0.1))
 
 
 class PooledContext(TaskContext):
@@ -161,188 +155,6 @@ def reaper_loop(settings: Settings, stop: Any, passes: list[float]) -> None:
 
 
 # ---- clients ---------------------------------------------------------------------------------
-class StoreClient:
-    """The reads of the API's routes, through the store functions they call (and their answers)."""
-
-    def __init__(self, sessions: Any) -> None:
-        self.sessions = sessions
-
-    def __call__(self, op: str, target: Any) -> None:
-        from api.routers.sweeps import _sweep_out
-        from api.views import job_out
-
-        with self.sessions() as s:
-            if op == "poll":
-                job_out(jobs.get_job(s, TENANT, target))
-            elif op.startswith("list"):
-                [job_out(j) for j in jobs.list_jobs(s, TENANT, limit=50, before_pk=target)]
-            elif op == "metrics":
-                jobs.metrics_since(s, target)
-            else:
-                _sweep_out(s, sweep_store.get_sweep(s, TENANT, target), with_jobs=True).model_dump_json()
-
-
-class HttpClient:
-    """The same reads through the real API, on one kept-alive connection."""
-
-    def __init__(self, port: int, key: str) -> None:
-        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-        self.headers = {"Authorization": f"Bearer {key}"}
-
-    def __call__(self, op: str, target: Any) -> None:
-        path = {"poll": f"/v1/jobs/{target}", "metrics": f"/v1/jobs/{target}/metrics", "sweep": f"/v1/sweeps/{target}"}
-        url = path.get(op) or ("/v1/jobs?limit=50" + (f"&cursor={target}" if target else ""))
-        self.conn.request("GET", url, headers=self.headers)
-        r = self.conn.getresponse()
-        r.read()
-        if r.status != 200:
-            raise RuntimeError(f"{url}: {r.status}")
-
-
-def client_proc(
-    settings: Settings, n: int, pool: int, via: Any, targets: dict[str, list[Any]], stop: Any, out: Any
-) -> None:
-    """`n` clients, each starting one read a second (a slow answer delays its next read)."""
-    sessions = releasing_session_factory(make_engine(settings.db_url, pool_size=pool, max_overflow=0, pool_timeout=120))
-    lat: dict[str, list[float]] = defaultdict(list)
-    errors: list[str] = []
-
-    def one(seed: int) -> None:
-        rng = random.Random(seed)
-        call = StoreClient(sessions) if via is None else HttpClient(*via)
-        stop.wait(rng.uniform(0, 1))
-        while not stop.is_set():
-            op = rng.choices([o for o, _ in OPS], [w for _, w in OPS])[0]
-            target = rng.choice(targets[op]) if targets[op] else None
-            t0 = time.perf_counter()
-            try:
-                call(op, target)
-            except Exception as e:
-                errors.append(f"{op}: {type(e).__name__}: {e}"[:300])
-            took = time.perf_counter() - t0
-            lat[op].append(took)
-            stop.wait(max(0.0, 1.0 - took))
-
-    ts = [threading.Thread(target=one, args=(os.getpid() * 1000 + i,), daemon=True) for i in range(n)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
-    out.put((dict(lat), errors[:5], len(errors)))
-
-
-def targets_of(settings: Settings) -> dict[str, list[Any]]:
-    """What the clients read: job ids, sweep ids, the first page (None) and deep cursors (oldest 10 %)."""
-    engine = make_engine(settings.db_url)
-    with engine.connect() as c:
-        ids = [r[0] for r in c.exec_driver_sql("SELECT id FROM lbdn_jobs ORDER BY random() LIMIT 20000")]
-        swp = [r[0] for r in c.exec_driver_sql("SELECT id FROM lbdn_sweeps ORDER BY random() LIMIT 2000")]
-        lo, hi = c.exec_driver_sql("SELECT min(pk), max(pk) FROM lbdn_jobs").one()
-    engine.dispose()
-    deep = list(range(lo, lo + max(2, (hi - lo) // 10)))
-    return {"poll": ids, "metrics": ids, "sweep": swp, "list first": [None], "list deep": deep}
-
-
-def start_clients(settings: Settings, args: argparse.Namespace, via: Any, stop: Any) -> tuple[list[Any], Any]:
-    ctx, out = mp.get_context("fork"), mp.get_context("fork").Queue()
-    targets = targets_of(settings)
-    per = [args.clients // args.client_procs + (i < args.clients % args.client_procs) for i in range(args.client_procs)]
-    procs = [ctx.Process(target=client_proc, args=(settings, n, args.pool, via, targets, stop, out)) for n in per]
-    for p in procs:
-        p.start()
-    return procs, out
-
-
-def gather_clients(procs: list[Any], out: Any) -> tuple[dict[str, list[float]], list[str], int]:
-    lat: dict[str, list[float]] = defaultdict(list)
-    samples, errors = [], 0
-    for _ in procs:
-        got, sample, n = out.get(timeout=300)
-        for k, v in got.items():
-            lat[k] += v
-        samples += sample
-        errors += n
-    for p in procs:
-        p.join()
-    return lat, samples, errors
-
-
-def pct(xs: list[float], q: float) -> float:
-    xs = sorted(xs)
-    return 1000 * xs[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
-
-
-def print_reads(title: str, lat: dict[str, list[float]], samples: list[str], errors: int, seconds: float) -> None:
-    print(f"-- {title}")
-    print(f"   {'read':12s} {'count':>7s} {'req/s':>6s} {'p50 ms':>7s} {'p99 ms':>7s} {'max ms':>7s}")
-    for op, _ in OPS:
-        xs = lat.get(op, [])
-        print(
-            f"   {op:12s} {len(xs):7d} {len(xs) / seconds:6.1f} {pct(xs, 0.5):7.1f} {pct(xs, 0.99):7.1f} {pct(xs, 1):7.1f}"
-        )
-    print(f"   errors: {errors}" + "".join(f"\n     {s}" for s in samples))
-
-
-# ---- phase 2: bulk load, reaper at 10,000 running ------------------------------------------------
-def bulk_load(settings: Settings, finished: int, metric_rows: int) -> None:
-    """COPY finished jobs and metric rows until the tables hold `finished` jobs and `metric_rows` rows."""
-    import psycopg
-
-    url = settings.db_url.replace("postgresql+psycopg://", "postgresql://")
-    with psycopg.connect(url) as c:
-        have_jobs = c.execute("SELECT count(*) FROM lbdn_jobs").fetchone()[0]
-        have_rows = c.execute("SELECT count(*) FROM lbdn_job_metrics").fetchone()[0]
-        add, rows = max(0, finished - have_jobs), max(0, metric_rows - have_rows)
-        if not add:
-            return
-        run = os.urandom(3).hex()
-        ids = [f"job_bulk{run}{i:09d}" for i in range(add)]
-        spec, result = json.dumps(SPEC), json.dumps({"loss": 0.1})
-        cols = "id, tenant, kind, status, spec, created_at, updated_at, started_at, finished_at, result, cancel_requested, attempt, event_seq"
-        with c.cursor().copy(f"COPY lbdn_jobs ({cols}) FROM STDIN") as cp:
-            for i in ids:
-                cp.write_row((i, TENANT, "train", "succeeded", spec, "now", "now", "now", "now", result, False, 1, 0))
-        per, extra = divmod(rows, add)
-        with c.cursor().copy("COPY lbdn_job_metrics (job_id, epoch, data) FROM STDIN") as cp:
-            for n, i in enumerate(ids):
-                for e in range(1, per + (n < extra) + 1):
-                    cp.write_row((i, e, f'{{"epoch": {e}, "loss": 0.1, "acc": 0.9}}'))
-        c.execute("ANALYZE")
-
-
-def time_reaper_at(settings: Settings, n: int) -> tuple[float, float, int]:
-    """Seconds of one reaper pass over `n` running jobs with live leases, then with all expired."""
-    from core.queue import CeleryQueue
-
-    engine = make_engine(settings.db_url)
-    sessions, queue = session_factory(engine), CeleryQueue(settings)
-    ahead = f"now() + interval '{int(settings.lease_s)} seconds'"
-    with engine.begin() as c:
-        c.exec_driver_sql(
-            "UPDATE lbdn_jobs SET status='running', lease_owner='gone', lease_expires_at=" + ahead
-            + " WHERE pk IN (SELECT pk FROM lbdn_jobs ORDER BY pk DESC LIMIT %(n)s)", {"n": n}
-        )  # fmt: skip
-        c.exec_driver_sql("ANALYZE lbdn_jobs")
-    times = []
-    for expire in (False, True):
-        if expire:
-            with engine.begin() as c:
-                c.exec_driver_sql(
-                    "UPDATE lbdn_jobs SET lease_expires_at = now() - interval '1 s' WHERE status='running'"
-                )
-        t0 = time.perf_counter()
-        sent = reap_and_resend(sessions, queue, settings)
-        times.append(time.perf_counter() - t0)
-    with engine.begin() as c:
-        c.exec_driver_sql(
-            "UPDATE lbdn_jobs SET status='succeeded', enqueued_at=NULL WHERE status IN ('queued', 'running')"
-        )
-    queue.app.connection_for_write().default_channel.client.delete(settings.gpu_queue)
-    queue.close()
-    engine.dispose()
-    return times[0], times[1], len(sent)
-
-
 # ---- the run -------------------------------------------------------------------------------------
 def start_api(settings: Settings) -> tuple[subprocess.Popen[bytes], tuple[int, str]]:
     """`lbdn api` on this run's store and broker, with a key of TENANT; waits until it answers."""
@@ -426,7 +238,7 @@ def drain(settings: Settings, args: argparse.Namespace, via: Any) -> None:
 def at_rest(settings: Settings, args: argparse.Namespace, via: Any) -> None:
     """Phase 2: the clients and the reaper against --finished jobs and --metric-rows metric rows."""
     t0 = time.perf_counter()
-    bulk_load(settings, args.finished, args.metric_rows)
+    bulk_load(settings, args.finished, args.metric_rows, args.sweep_size)
     engine = make_engine(settings.db_url)
     with engine.connect() as c:
         njobs = c.exec_driver_sql("SELECT count(*) FROM lbdn_jobs").scalar_one()
@@ -440,9 +252,11 @@ def at_rest(settings: Settings, args: argparse.Namespace, via: Any) -> None:
     lat, samples, errors = gather_clients(clients, out)
     print_reads(f"{args.clients} clients for {args.duration:.0f} s (via {'store' if via is None else 'API'})",
                 lat, samples, errors, args.duration)  # fmt: skip
-    live, expired, sent = time_reaper_at(settings, args.running)
-    print(f"   reaper pass over {args.running} running jobs: leases live {1000 * live:.1f} ms; "
-          f"all expired {1000 * expired:.1f} ms ({sent} re-queued)")  # fmt: skip
+    explain_reads(settings, targets_of(settings))
+    live, expired, sending, sent = time_reaper_at(settings, args.running)
+    print(f"   reaper pass over {args.running} running jobs: leases live {1000 * live:.1f} ms; all expired "
+          f"{1000 * expired:.0f} ms ({sent} re-queued; store {1000 * (expired - sending):.0f} ms, "
+          f"sending {1000 * sending:.0f} ms)")  # fmt: skip
 
 
 def main() -> None:
