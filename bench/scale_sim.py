@@ -116,6 +116,7 @@ def worker_proc(settings: Settings, threads: int, pool: int, epochs: int, stop: 
     from worker.tasks import run_job
 
     context = PooledContext(settings, pool)
+    context.sessions()  # the engine, made once before the threads share it
     results: dict[str, int] = defaultdict(int)
     body = fake_body(epochs)
 
@@ -275,7 +276,7 @@ def main() -> None:
     ap.add_argument("--running", type=int, default=10_000, help="running jobs of the reaper measurement")
     ap.add_argument("--duration", type=float, default=30.0, help="seconds of phase 2's reads")
     ap.add_argument("--max-drain-s", type=float, default=900.0)
-    ap.add_argument("--lease-s", type=float, default=6.0, help="lease; heartbeats every lease/3")
+    ap.add_argument("--lease-s", type=float, default=30.0, help="lease; heartbeats every lease/3")
     ap.add_argument("--redis-db", type=int, default=11)
     ap.add_argument("--skip-drain", action="store_true")
     args = ap.parse_args()
