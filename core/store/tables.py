@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -71,12 +71,18 @@ class Base(DeclarativeBase):
     }
 
 
+_RUNNING, _QUEUED = text("status = 'running'"), text("status = 'queued'")
+
+
 class Job(Base):
     __tablename__ = "lbdn_jobs"
     __table_args__ = (
         UniqueConstraint("tenant", "idempotency_key", name="uq_lbdn_jobs_idempotency"),
         Index("ix_lbdn_jobs_tenant_pk", "tenant", "pk"),
         Index("ix_lbdn_jobs_status", "status"),
+        # the reaper's scans (revision 0003): only unfinished rows, so finished jobs cost them nothing
+        Index("ix_lbdn_jobs_running_lease", "lease_expires_at", postgresql_where=_RUNNING, sqlite_where=_RUNNING),
+        Index("ix_lbdn_jobs_queued_sent", "enqueued_at", postgresql_where=_QUEUED, sqlite_where=_QUEUED),
     )
 
     pk: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)  # list order
