@@ -39,7 +39,7 @@ def cmd_sweeps(c: Client, ui: Ui, a: argparse.Namespace) -> int:
 
 
 def _wait_sweep(c: Client, ui: Ui, sweep_id: str, poll: float) -> dict[str, Any]:
-    """Poll the sweep (which also submits its evaluation jobs) until no job is left to run."""
+    """Poll the sweep until no job is left to run (workers make its evaluation jobs; a read makes none)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     sw = c.sweep(sweep_id)
