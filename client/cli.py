@@ -2,11 +2,9 @@
 certify, export, sweeps and paper (list / run / report).
 
 Each command is a plain function registered with `@command` beside its arguments (client.commands:
-jobs, models, paper); this module builds the parser from the registry and runs the chosen one.
-Exit codes (client.ui) follow the server's problem+json status: 0 ok, 1 job failed or server error,
-2 bad request (400/413/415/422) or bad local input, 3 not found (404), 4 conflict (409),
-5 authentication (401/403), 6 service unreachable, 130 detached with Ctrl-C (the job keeps
-running). With --json, answers (and problems) are printed as JSON on stdout for scripts.
+jobs, models, paper); this module builds the parser from the registry and runs the chosen one. Its
+exit code follows the server's problem+json status (the table is in client.ui). With --json,
+answers (and problems) are printed as JSON on stdout for scripts.
 """
 
 from __future__ import annotations
