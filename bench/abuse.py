@@ -23,12 +23,14 @@ import zipfile
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.abuse_payloads import npy, png_bad_chunk, with_metadata
 from bench.service import PgDatabase, Serve
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -107,31 +109,6 @@ def zip_bomb(declared: int = 2 * 2**30) -> bytes:
     return buf.getvalue()
 
 
-def with_metadata(path: Path, **changes: str) -> bytes:
-    """A saved model.safetensors with some of its metadata fields replaced."""
-    raw = path.read_bytes()
-    n = struct.unpack("<Q", raw[:8])[0]
-    header = json.loads(raw[8 : 8 + n])
-    header["__metadata__"].update(changes)
-    new = json.dumps(header).encode()
-    return struct.pack("<Q", len(new)) + new + raw[8 + n :]
-
-
-def npy(header: bytes) -> bytes:
-    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header
-
-
-def png_bad_chunk() -> bytes:
-    import zlib
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", 32, 32, 8, 2, 0, 0, 0)
-    idat = zlib.compress(b"".join(b"\x00" + bytes(96) for _ in range(32)))
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"\x00\x01\x02\x03", b"x") + chunk(b"IDAT", idat)
-
-
 def plant_model(svc: Serve) -> tuple[str, Path]:
     """A succeeded KWL CIFAR-10 training job with random weights, made in the store directly."""
     import torch
@@ -171,14 +148,24 @@ def raw_status(url: str, request: bytes, timeout: float = 30.0) -> tuple[socket.
     return sock, int(line.split()[1])
 
 
+def _status(c: httpx.Client, path: str, **kw: Any) -> int:
+    return c.post(path, **kw).status_code
+
+
 def run(svc: Serve, probe: Probe, args: argparse.Namespace) -> None:
     c = httpx.Client(base_url=svc.url, headers=svc.headers, timeout=120)
     model_id, weights = plant_model(svc)
+    run_submissions(c, probe)
+    run_imports(c, probe, weights)
+    run_certify(c, svc, probe, model_id)
+    run_cancel_and_host(c, probe, model_id)
+    run_connections(svc, probe, args)
 
-    def post(path: str, **kw: Any) -> int:
-        return c.post(path, **kw).status_code
 
-    # sweeps and the submission path (findings 2, 3)
+def run_submissions(c: httpx.Client, probe: Probe) -> None:
+    """Sweeps and the submission path (findings 2, 3)."""
+    post = partial(_status, c)
+
     def grid_3x100() -> tuple[list[int], str]:
         r = c.post("/v1/sweeps", json={"spec": TOY, "grid": {k: list(range(100)) for k in ("gamma", "seed", "scale")}})
         return [r.status_code], r.json().get("detail", "")[:60]
@@ -204,9 +191,12 @@ def run(svc: Serve, probe: Probe, args: argparse.Namespace) -> None:
         "internal idempotency key", lambda: ([post("/v1/jobs", json={"kind": "train", "spec": TOY}, headers=key)], "")
     )
 
-    # imports (findings 1, 4, 5 and the metadata 500s)
+
+def run_imports(c: httpx.Client, probe: Probe, weights: Path) -> None:
+    """Imports (findings 1, 4, 5 and the metadata 500s); `weights`: a saved model.safetensors."""
+
     def upload(data: bytes, name: str, spec: str) -> int:
-        return post("/v1/models/import", files={"checkpoint": (name, data)}, data={"spec": spec})
+        return _status(c, "/v1/models/import", files={"checkpoint": (name, data)}, data={"spec": spec})
 
     bomb = zip_bomb()
     probe(
@@ -246,7 +236,10 @@ def run(svc: Serve, probe: Probe, args: argparse.Namespace) -> None:
 
     probe("import rate", import_rate)
 
-    # certify bodies and parsers (finding 6 and the parser 500s)
+
+def run_certify(c: httpx.Client, svc: Serve, probe: Probe, model_id: str) -> None:
+    """Certify bodies and parsers (finding 6 and the parser 500s), and a model deleted mid-certify."""
+    post = partial(_status, c)
     certify = f"/v1/models/{model_id}/certify"
     big = json.dumps({"inputs": [[[[0.5] * 32] * 32] * 3] * 200}).encode()
     big = big + b" " * max(0, 16 * 2**20 - 1024 - len(big))
@@ -268,29 +261,33 @@ def run(svc: Serve, probe: Probe, args: argparse.Namespace) -> None:
         probe(f"certify .npy {label}", lambda h=header: ([post(certify, content=npy(h), headers=npy_ctype)], ""))
     png = png_bad_chunk()
     probe("certify PNG bad chunk type", lambda: ([post(certify, files={"file": ("x.png", png, "image/png")})], ""))
+    probe("certify while the model is deleted", lambda: _certify_then_delete(c, svc))
 
-    def certify_then_delete() -> tuple[list[int], str]:
-        mid, _ = plant_model(svc)
-        body = json.dumps({"inputs": [[[[0.5] * 32] * 32] * 3]}).encode()
 
-        def one() -> int | str:
-            try:
-                return post(f"/v1/models/{mid}/certify", content=body, headers=_JSON)
-            except httpx.HTTPError as e:  # a connection the server dropped
-                return type(e).__name__
+def _certify_then_delete(c: httpx.Client, svc: Serve) -> tuple[list[int], str]:
+    """60 certify requests of a fresh model from 20 clients, and a DELETE of it among them."""
+    mid, _ = plant_model(svc)
+    body = json.dumps({"inputs": [[[[0.5] * 32] * 32] * 3]}).encode()
 
-        with ThreadPoolExecutor(20) as pool:
-            futures = [pool.submit(one) for _ in range(60)]
-            time.sleep(0.2)
-            deleted = c.delete(f"/v1/jobs/{mid}").status_code
-            got = [f.result() for f in futures]
-        dropped = [g for g in got if isinstance(g, str)]
-        note = f"60 certify, then DELETE; {len(dropped)} connections dropped" if dropped else "60 certify, then DELETE"
-        return [g for g in got if isinstance(g, int)] + [deleted], ("FAIL: " if dropped else "") + note
+    def one() -> int | str:
+        try:
+            return _status(c, f"/v1/models/{mid}/certify", content=body, headers=_JSON)
+        except httpx.HTTPError as e:  # a connection the server dropped
+            return type(e).__name__
 
-    probe("certify while the model is deleted", certify_then_delete)
+    with ThreadPoolExecutor(20) as pool:
+        futures = [pool.submit(one) for _ in range(60)]
+        time.sleep(0.2)
+        deleted = c.delete(f"/v1/jobs/{mid}").status_code
+        got = [f.result() for f in futures]
+    dropped = [g for g in got if isinstance(g, str)]
+    note = f"60 certify, then DELETE; {len(dropped)} connections dropped" if dropped else "60 certify, then DELETE"
+    return [g for g in got if isinstance(g, int)] + [deleted], ("FAIL: " if dropped else "") + note
 
-    # cancel and Host (findings 10, 11)
+
+def run_cancel_and_host(c: httpx.Client, probe: Probe, model_id: str) -> None:
+    """Cancel and Host (findings 10, 11)."""
+
     def cancel() -> tuple[list[int], str]:
         job = c.post("/v1/jobs", json={"kind": "train", "spec": TOY}).json()
         codes = [c.post(f"/v1/jobs/{job['id']}/cancel").status_code, c.post(f"/v1/jobs/{job['id']}/cancel").status_code]
@@ -305,7 +302,6 @@ def run(svc: Serve, probe: Probe, args: argparse.Namespace) -> None:
         return [r.status_code], ("FAIL: Host in url " if any("evil" in u for u in urls) else "") + (urls or ["-"])[0]
 
     probe("artifact url with Host: evil.example", host_header)
-    run_connections(svc, probe, args)
 
 
 def run_connections(svc: Serve, probe: Probe, args: argparse.Namespace) -> None:

@@ -1,4 +1,4 @@
-"""Hostile uploads for bench/abuse.py and the tests (tests/service/test_import_limits.py).
+"""Hostile uploads and bodies for bench/abuse.py and the tests (tests/service/test_import_limits.py).
 
     from bench.abuse_payloads import zip_bomb
     body = zip_bomb(2 * 2**30)   # about 2 MB: a torch.save zip whose data/0 entry inflates to 2 GiB
@@ -12,9 +12,11 @@ compressor, so every further MiB deflates to the same bytes) and that block is r
 from __future__ import annotations
 
 import io
+import json
 import struct
 import zipfile
 import zlib
+from pathlib import Path
 
 CHUNK = 2**20
 
@@ -85,3 +87,27 @@ def zip_bomb(size: int = 2 * 2**30, state_key: str = "body.0.weight") -> bytes:
     cd = central.getvalue()
     out.write(cd + struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, n, n, len(cd), out.tell(), 0))
     return out.getvalue()
+
+
+# ---- bodies of bench/abuse.py's probes ----------------------------------------------------------------
+def with_metadata(path: Path, **changes: str) -> bytes:
+    """A saved model.safetensors with some of its metadata fields replaced."""
+    raw = path.read_bytes()
+    n = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8 : 8 + n])
+    header["__metadata__"].update(changes)
+    new = json.dumps(header).encode()
+    return struct.pack("<Q", len(new)) + new + raw[8 + n :]
+
+
+def npy(header: bytes) -> bytes:
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header
+
+
+def png_bad_chunk() -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", 32, 32, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"".join(b"\x00" + bytes(96) for _ in range(32)))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"\x00\x01\x02\x03", b"x") + chunk(b"IDAT", idat)

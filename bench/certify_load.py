@@ -123,25 +123,12 @@ async def run_phase(url: str, key: str, model: str, bodies: list[bytes], phase: 
         phase.seconds = time.monotonic() - t0
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--duration", type=float, default=15.0, help="seconds per phase")
-    ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="an LBDN_ setting of the API")
-    args = ap.parse_args()
-    extra = dict(kv.split("=", 1) for kv in args.set)
+def measure(phases: list[Phase], duration: float, extra: dict[str, str]) -> None:
+    """Run the phases one after the other against a fresh `lbdn serve` with LBDN_ settings `extra`."""
     io_kwl = np.load(KWL_DIR / "io.npz")["x"].astype(np.float32)  # (16, 3, 32, 32) in [0, 1]
     io_toy = np.load(TOY_DIR / "io.npz")["x"].astype(np.float32)
     singles = {"kwl": [npy(io_kwl[i : i + 1]) for i in range(16)], "toy": [npy(io_toy[i : i + 1]) for i in range(16)]}
     sixteen = {"kwl": [npy(io_kwl[:16])], "toy": [npy(io_toy[:16])]}
-    phases = [
-        Phase("kwl", 1, 1),
-        Phase("kwl", 1, 16),
-        Phase("kwl", 8, 1),
-        Phase("kwl", 32, 1),
-        Phase("toy", 1, 1),
-        Phase("toy", 1, 16),
-        Phase("toy", 20, 1),
-    ]
     svc = Serve(**extra)
     try:
         models = {"kwl": import_model(svc, KWL_DIR, KWL_SPEC), "toy": import_model(svc, TOY_DIR, TOY_SPEC)}
@@ -151,7 +138,7 @@ def main() -> None:
                 asyncio.run(run_phase(svc.url, svc.key, models[name], singles[name], warm, 3.0))
         for p in phases:
             bodies = sixteen[p.model] if p.per_request == 16 else singles[p.model]
-            asyncio.run(run_phase(svc.url, svc.key, models[p.model], bodies, p, args.duration))
+            asyncio.run(run_phase(svc.url, svc.key, models[p.model], bodies, p, duration))
             print(
                 f"{p.model:4s} {p.clients:3d} clients x {p.per_request:2d} inputs: {p.rate:7.1f} inputs/s, "
                 f"p50 {p.q(0.5):7.1f} ms, p99 {p.q(0.99):7.1f} ms, errors {p.errors}, "
@@ -162,6 +149,10 @@ def main() -> None:
                 print("   ", s)
     finally:
         svc.stop()
+
+
+def report(phases: list[Phase], extra: dict[str, str]) -> bool:
+    """Print the phases as a Markdown table and the issue's ratios; whether the targets are met."""
     load = os.getloadavg()
     settings = " ".join(f"{k}={v}" for k, v in extra.items()) or "defaults"
     print(f"\nload average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; {os.cpu_count()} CPUs; settings: {settings}")
@@ -184,7 +175,26 @@ def main() -> None:
     ok &= toy20.q(0.99) <= 100 and toy20.errors == 0
     print(f"Toy 20 clients: p99 {toy20.q(0.99):.1f} ms (<= 100), errors {toy20.errors} (0)")
     print("targets met" if ok else "targets NOT met")
-    sys.exit(0 if ok else 1)
+    return ok
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--duration", type=float, default=15.0, help="seconds per phase")
+    ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="an LBDN_ setting of the API")
+    args = ap.parse_args()
+    extra = dict(kv.split("=", 1) for kv in args.set)
+    phases = [
+        Phase("kwl", 1, 1),
+        Phase("kwl", 1, 16),
+        Phase("kwl", 8, 1),
+        Phase("kwl", 32, 1),
+        Phase("toy", 1, 1),
+        Phase("toy", 1, 16),
+        Phase("toy", 20, 1),
+    ]
+    measure(phases, args.duration, extra)
+    sys.exit(0 if report(phases, extra) else 1)
 
 
 if __name__ == "__main__":

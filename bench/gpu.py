@@ -197,7 +197,7 @@ def full_command_epoch(args: argparse.Namespace) -> dict:
     }
 
 
-def main() -> None:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default=",".join(ROWS), help="comma-separated labels (see --list)")
     ap.add_argument("--list", action="store_true")
@@ -210,7 +210,35 @@ def main() -> None:
     ap.add_argument("--data-dir", default=None, help="folder holding cifar10 for the full command")
     ap.add_argument("--no-full", action="store_true", help="skip the full-command epoch")
     ap.add_argument("--json", default=None, help="also write the results to this file")
-    args = ap.parse_args()
+    return ap
+
+
+def compare_with_baseline(label: str, args: argparse.Namespace) -> dict:
+    """One row's step time at args.baseline against the working tree (bench/step.py's compare)."""
+    import step as step_bench  # bench/step.py
+
+    f = {"dataset": "cifar100", **ROWS[label]}
+    extra = {k: v for k, v in f.items() if k not in ("model", "layer", "scale", "dataset")}
+    ns = argparse.Namespace(
+        baseline=args.baseline,
+        model=f["model"],
+        layer=f.get("layer", "Sandwich"),
+        scale=f.get("scale", "small"),
+        dataset=f["dataset"],
+        loss=loss_of(f),
+        batch=args.batch,
+        device="cuda",
+        rounds=5,
+        steps=args.steps // 2 or 1,
+        spec_extra=json.dumps(extra),
+        threads=0,
+        compile_current=False,
+    )
+    return step_bench.compare(ns)
+
+
+def main() -> None:
+    args = _parser().parse_args()
     if args.list:
         print("\n".join(ROWS))
         return
@@ -236,37 +264,15 @@ def main() -> None:
             f"{r['peak_gib']:8.2f} {busy:>5s}",
             flush=True,
         )
-    if args.baseline:
-        import step as step_bench  # bench/step.py
-
-        for label in args.models.split(","):
-            f = {"dataset": "cifar100", **ROWS[label]}
-            extra = {k: v for k, v in f.items() if k not in ("model", "layer", "scale", "dataset")}
-            ns = argparse.Namespace(
-                baseline=args.baseline,
-                model=f["model"],
-                layer=f.get("layer", "Sandwich"),
-                scale=f.get("scale", "small"),
-                dataset=f["dataset"],
-                loss=loss_of(f),
-                batch=args.batch,
-                device="cuda",
-                rounds=5,
-                steps=args.steps // 2 or 1,
-                spec_extra=json.dumps(extra),
-                threads=0,
-                compile_current=False,
-            )
-            c = step_bench.compare(ns)
-            results["compare"][label] = c
-            print(
-                f"{label:24s} baseline {c['baseline_ms']:.2f} ms, current {c['current_ms']:.2f} ms, "
-                f"ratio {c['ms_ratio']:.3f}; aten ops {c['baseline_ops']} -> {c['current_ops']}",
-                flush=True,
-            )
+    for label in args.models.split(",") if args.baseline else []:
+        c = results["compare"][label] = compare_with_baseline(label, args)
+        print(
+            f"{label:24s} baseline {c['baseline_ms']:.2f} ms, current {c['current_ms']:.2f} ms, "
+            f"ratio {c['ms_ratio']:.3f}; aten ops {c['baseline_ops']} -> {c['current_ops']}",
+            flush=True,
+        )
     if not args.no_full:
-        full = full_command_epoch(args)
-        results["full_command"] = full
+        full = results["full_command"] = full_command_epoch(args)
         print(
             f"full command, epoch 2: train {full['train_s']:.2f} s, test {full['test_s']:.2f} s "
             f"(2 epochs wall {full['wall_2_epochs_s']:.1f} s; test acc {full['test_acc']}, "

@@ -73,6 +73,52 @@ def timed(model: torch.nn.Module, x: torch.Tensor):
     return out, (time.perf_counter() - t) / len(x)
 
 
+def certify_with_tf32(model: torch.nn.Module, x: torch.Tensor, dev: torch.device):
+    """certify_model on `dev` with TF32 and the 'high' matmul precision on, as a training run leaves them."""
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    torch.set_float32_matmul_precision("high")
+    try:
+        return certify_model(copy.deepcopy(model).to(dev), x.to(dev))
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        torch.set_float32_matmul_precision("highest")
+
+
+def compare(label: str, fields: dict, n: int, dev: torch.device) -> dict:
+    """One model's certificates of the same n inputs on the CPU, on `dev`, and on `dev` with TF32 on."""
+    model, spec = perturbed_model(fields)
+    torch.manual_seed(1)
+    x = torch.rand(n, spec.in_channels, spec.img_size, spec.img_size)
+    (c_cpu, l_cpu, b_cpu), t_cpu = timed(model, x)
+    gpu_model = copy.deepcopy(model).to(dev)
+    (c_gpu, l_gpu, b_gpu), t_gpu = timed(gpu_model, x.to(dev))
+    c_tf32, _, b_tf32 = certify_with_tf32(model, x, dev)
+    r_cpu, r_gpu = c_cpu.radius, c_gpu.radius.cpu()
+    row = {
+        "model": label,
+        "verified_cpu": b_cpu.verified,
+        "verified_gpu": b_gpu.verified,
+        "verified_rel": abs(b_gpu.verified - b_cpu.verified) / b_cpu.verified,
+        "logit_rel": float((l_gpu.cpu() - l_cpu).abs().max() / l_cpu.abs().max()),
+        "radius_abs": float((r_gpu - r_cpu).abs().max()),
+        "radius_rel": float(((r_gpu - r_cpu).abs() / r_cpu.abs().clamp_min(1e-300)).max()),
+        "predicted_differ": int((c_gpu.predicted.cpu() != c_cpu.predicted).sum()),
+        "tf32_on_same": bool(torch.equal(c_tf32.radius, c_gpu.radius)) and b_tf32 == b_gpu,
+        "us_per_input_cpu": 1e6 * t_cpu,
+        "us_per_input_gpu": 1e6 * t_gpu,
+    }
+    row["ok"] = (
+        row["verified_rel"] <= TOLERANCE
+        and row["logit_rel"] <= TOLERANCE
+        and row["radius_rel"] <= TOLERANCE
+        and row["predicted_differ"] == 0
+        and row["tf32_on_same"]
+    )
+    return row
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=256, help="inputs per model")
@@ -85,60 +131,19 @@ def main() -> None:
         return
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu (dry run)"
     print(f"{name}, torch {torch.__version__}, {args.n} inputs per model", flush=True)
-    rows, failed = [], 0
+    rows = []
     for label, fields in MODELS.items():
-        model, spec = perturbed_model(fields)
-        torch.manual_seed(1)
-        x = torch.rand(args.n, spec.in_channels, spec.img_size, spec.img_size)
-        (c_cpu, l_cpu, b_cpu), t_cpu = timed(model, x)
-        gpu_model = copy.deepcopy(model).to(dev)
-        (c_gpu, l_gpu, b_gpu), t_gpu = timed(gpu_model, x.to(dev))
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-        torch.set_float32_matmul_precision("high")
-        try:
-            tf32_model = copy.deepcopy(model).to(dev)
-            c_tf32, _, b_tf32 = certify_model(tf32_model, x.to(dev))
-        finally:
-            torch.backends.cuda.matmul.allow_tf32 = False
-            torch.backends.cudnn.allow_tf32 = False
-            torch.set_float32_matmul_precision("highest")
-        logit_rel = float((l_gpu.cpu() - l_cpu).abs().max() / l_cpu.abs().max())
-        r_cpu, r_gpu = c_cpu.radius, c_gpu.radius.cpu()
-        radius_abs = float((r_gpu - r_cpu).abs().max())
-        radius_rel = float(((r_gpu - r_cpu).abs() / r_cpu.abs().clamp_min(1e-300)).max())
-        tf32_same = bool(torch.equal(c_tf32.radius, c_gpu.radius)) and b_tf32 == b_gpu
-        row = {
-            "model": label,
-            "verified_cpu": b_cpu.verified,
-            "verified_gpu": b_gpu.verified,
-            "verified_rel": abs(b_gpu.verified - b_cpu.verified) / b_cpu.verified,
-            "logit_rel": logit_rel,
-            "radius_abs": radius_abs,
-            "radius_rel": radius_rel,
-            "predicted_differ": int((c_gpu.predicted.cpu() != c_cpu.predicted).sum()),
-            "tf32_on_same": tf32_same,
-            "us_per_input_cpu": 1e6 * t_cpu,
-            "us_per_input_gpu": 1e6 * t_gpu,
-        }
-        ok = (
-            row["verified_rel"] <= TOLERANCE
-            and row["logit_rel"] <= TOLERANCE
-            and row["radius_rel"] <= TOLERANCE
-            and row["predicted_differ"] == 0
-            and tf32_same
-        )
-        failed += not ok
-        row["ok"] = ok
+        row = compare(label, fields, args.n, dev)
         rows.append(row)
         print(
-            f"{label:28s} verified cpu {b_cpu.verified:.15f} gpu {b_gpu.verified:.15f} | "
-            f"logits rel {logit_rel:.1e} | radius rel {radius_rel:.1e} abs {radius_abs:.1e} | "
-            f"pred differ {row['predicted_differ']} | tf32-on same {tf32_same} | "
+            f"{label:28s} verified cpu {row['verified_cpu']:.15f} gpu {row['verified_gpu']:.15f} | "
+            f"logits rel {row['logit_rel']:.1e} | radius rel {row['radius_rel']:.1e} abs {row['radius_abs']:.1e} | "
+            f"pred differ {row['predicted_differ']} | tf32-on same {row['tf32_on_same']} | "
             f"us/input cpu {row['us_per_input_cpu']:.0f} gpu {row['us_per_input_gpu']:.0f} | "
-            f"{'ok' if ok else 'FAIL'}",
+            f"{'ok' if row['ok'] else 'FAIL'}",
             flush=True,
         )
+    failed = sum(not r["ok"] for r in rows)
     print(f"{len(rows) - failed} of {len(rows)} models: GPU certificates equal the CPU's within {TOLERANCE:g} relative")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))

@@ -30,9 +30,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 # ---- worker side ------------------------------------------------------------------------------
-def _worker(args: argparse.Namespace) -> None:
-    """Build the model from the lipcore under args.worker and answer commands on stdin."""
-    sys.path.insert(0, args.worker)
+def _train_step(args: argparse.Namespace):
+    """(step, sync): one train step of the args' model on a fixed random batch, and a device sync.
+    Imports the `lipcore` first on sys.path (the worker puts the one it measures there)."""
     import torch
 
     from lipcore.losses import build_loss
@@ -72,6 +72,13 @@ def _worker(args: argparse.Namespace) -> None:
             torch.cuda.synchronize(dev)
 
     model.train()
+    return step, sync
+
+
+def _worker(args: argparse.Namespace) -> None:
+    """Build the model from the lipcore under args.worker and answer commands on stdin."""
+    sys.path.insert(0, args.worker)
+    step, sync = _train_step(args)
     for line in sys.stdin:
         cmd, *rest = line.split()
         if cmd == "time":

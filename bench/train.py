@@ -166,11 +166,28 @@ def _spread(values: list[float]) -> tuple[float, float, float, float]:
     return m, sd, min(values), max(values)
 
 
-def toy(args: argparse.Namespace) -> None:
-    import json
-
+def _toy_run(layer: str, g: str, seed: int, args: argparse.Namespace, folder: Path) -> dict:
+    """Train one Toy network into `folder`: its tightness (%), final test MSE and seconds taken."""
     from lipcore.evaluate import evaluate_toy
     from lipcore.train import train
+
+    spec = ExperimentSpec(model="Toy", layer=layer, gamma=float(g), epochs=args.epochs, seed=seed)
+    t0 = time.monotonic()
+    run = train(spec, folder, device=args.device, lipschitz_restarts=0)
+    result = evaluate_toy(run.run_dir / "model.safetensors", device=args.device, restarts=10)
+    return {
+        "layer": layer,
+        "gamma": g,
+        "seed": seed,
+        "epochs": args.epochs,
+        "tightness": 100 * result["tightness"],
+        "test_mse": run.metrics[-1]["test_loss"],
+        "seconds": time.monotonic() - t0,
+    }
+
+
+def toy(args: argparse.Namespace) -> None:
+    import json
 
     paper = paper_table1(SHARED / "paper-results.md")
     gammas, layers = args.gammas.split(","), args.layers.split(",")
@@ -184,19 +201,7 @@ def toy(args: argparse.Namespace) -> None:
                     key = f"{layer}|{g}|{seed}|{args.epochs}"
                     if key in done or args.report_only:
                         continue
-                    spec = ExperimentSpec(model="Toy", layer=layer, gamma=float(g), epochs=args.epochs, seed=seed)
-                    t0 = time.monotonic()
-                    run = train(spec, Path(tmp) / f"{layer}-{g}-{seed}", device=args.device, lipschitz_restarts=0)
-                    result = evaluate_toy(run.run_dir / "model.safetensors", device=args.device, restarts=10)
-                    done[key] = {
-                        "layer": layer,
-                        "gamma": g,
-                        "seed": seed,
-                        "epochs": args.epochs,
-                        "tightness": 100 * result["tightness"],
-                        "test_mse": run.metrics[-1]["test_loss"],
-                        "seconds": time.monotonic() - t0,
-                    }
+                    done[key] = _toy_run(layer, g, seed, args, Path(tmp) / f"{layer}-{g}-{seed}")
                     if out:
                         out.write_text(json.dumps(done, indent=1))
                     console.print(
@@ -204,8 +209,20 @@ def toy(args: argparse.Namespace) -> None:
                         f"{done[key]['tightness']:6.2f}% (paper {paper.get((layer, g), float('nan')):.1f}%), "
                         f"test mse {done[key]['test_mse']:.4f}, {done[key]['seconds']:.0f} s"
                     )
+    _toy_table(done, paper, args.epochs, gammas, layers, seeds)
+
+
+def _toy_table(
+    done: dict[str, dict],
+    paper: dict[tuple[str, str], float],
+    epochs: int,
+    gammas: list[str],
+    layers: list[str],
+    seeds: list[int],
+) -> None:
+    """Print the tightness table (rich, then Markdown for the README): ours over seeds, the paper's."""
     table = Table(
-        title=f"Table 1: Lipschitz tightness (%), Toy, {args.epochs} epochs, "
+        title=f"Table 1: Lipschitz tightness (%), Toy, {epochs} epochs, "
         f"mean +- std [min, max] over seeds {','.join(map(str, seeds))}"
     )
     table.add_column("layer")
@@ -216,7 +233,7 @@ def toy(args: argparse.Namespace) -> None:
     for layer in layers:
         row = [layer]
         for g in gammas:
-            vals = [done[k]["tightness"] for s in seeds if (k := f"{layer}|{g}|{s}|{args.epochs}") in done]
+            vals = [done[k]["tightness"] for s in seeds if (k := f"{layer}|{g}|{s}|{epochs}") in done]
             cell = "-"
             if vals:
                 m, sd, lo, hi = _spread(vals)

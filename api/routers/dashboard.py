@@ -22,6 +22,10 @@ router = APIRouter(include_in_schema=False)
 ROOT = Path(__file__).resolve().parents[1] / "dashboard"
 # The only files served, by URL name: a fixed list, so nothing else in the package can be read.
 ASSETS: dict[str, tuple[str, str]] = {
+    "core.js": ("core.js", "text/javascript; charset=utf-8"),
+    "jobs.js": ("jobs.js", "text/javascript; charset=utf-8"),
+    "job.js": ("job.js", "text/javascript; charset=utf-8"),
+    "models.js": ("models.js", "text/javascript; charset=utf-8"),
     "app.js": ("app.js", "text/javascript; charset=utf-8"),
     "style.css": ("style.css", "text/css; charset=utf-8"),
     "uPlot.iife.min.js": ("vendor/uplot/uPlot.iife.min.js", "text/javascript; charset=utf-8"),
