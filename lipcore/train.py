@@ -240,16 +240,7 @@ class _Trainer:
                 self.checkpoint(epoch, step + 1, acc.read())
                 self.log(f"Stopped at epoch {epoch + 1} step {step + 1}; checkpoint kept")
                 self.save_model()
-                return TrainResult(
-                    "stopped",
-                    self.run_dir,
-                    epoch,
-                    self.history,
-                    {},
-                    self.resumed_from,
-                    spec,
-                    self.data.classes,
-                )
+                return self._result("stopped", epoch, {})
         self._end_epoch(epoch, acc.read(), lr, time.monotonic() - t0)
         return None
 
@@ -295,15 +286,13 @@ class _Trainer:
                 + (f" / gamma {spec.gamma:.2f} = {100 * tight:.2f}%" if tight is not None else " (no bound)")
             )
         write_json(self.run_dir / SUMMARY, summary)
+        return self._result("completed", spec.epochs, summary)
+
+    def _result(
+        self, status: Literal["completed", "stopped"], epochs_done: int, summary: dict[str, Any]
+    ) -> TrainResult:
         return TrainResult(
-            "completed",
-            self.run_dir,
-            spec.epochs,
-            self.history,
-            summary,
-            self.resumed_from,
-            spec,
-            self.data.classes,
+            status, self.run_dir, epochs_done, self.history, summary, self.resumed_from, self.spec, self.data.classes
         )
 
 
