@@ -5,7 +5,7 @@
 For each model: lipcore's eval forward (cached effective weights; circular convolutions by FFT),
 the exported standard-operator network run by torch eager (default form), and onnxruntime on the
 ONNX file in both forms of the circular convolutions: "dft" (the default: DFT as matrix products,
-`lipcore.export.CircularDFT`) and "conv" (CircularPad2d + Conv2d with the full n x n kernel).
+`lipcore.layers.ops.CircularDFT`) and "conv" (CircularPad2d + Conv2d with the full n x n kernel).
 Medians in ms; the ratio column is onnxruntime (dft) over lipcore measured in the same process
 (below 1: the export is faster). Random weights: latency does not depend on their values.
 """

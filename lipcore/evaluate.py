@@ -95,46 +95,14 @@ def evaluate_robustness(
     flush_denormals()
     dev = resolve_device(device)
     loaded = _classifier(model_path, dev)
-    model, spec = loaded.model, loaded.spec
-    data = load_data(spec, data_dir, device=dev)
-    x, y = data.test_pixels(n_examples)
-    wrapped = Normalized(model, loaded.mean, loaded.std).eval()
-    version_used, attacks = attacks_for(version, spec.num_classes or 0, attacks)
+    x, y = load_data(loaded.spec, data_dir, device=dev).test_pixels(n_examples)
+    wrapped = Normalized(loaded.model, loaded.mean, loaded.std).eval()
+    version_used, attacks = attacks_for(version, loaded.spec.num_classes or 0, attacks)
     t0 = time.monotonic()
-    with torch.no_grad(), full_precision():
-        logits = torch.cat([wrapped(xb) for xb in x.split(batch_size)])
-    cert, bounds = _certificates(loaded, x, batch_size)
-    correct = logits.argmax(1) == y
-    n = len(y)
-    result: dict[str, Any] = {
-        "n": n,
-        "clean_acc": 100.0 * correct.float().mean().item(),
-        "certified_acc": {},
-        "autoattack_acc": {},
-        "certificate_violations": {},
-        "eps": list(eps),
-        "version": version_used,
-        "attacks": attacks,
-        "units": "l2 eps/255 in [0,1] pixel space",
-    }
-    if bounds is not None:
-        # certified_acc uses max(gamma, verified); for LLN models both bound the map to the head input
-        result["lipschitz_bound"] = bounds.as_dict()
-    log(f"clean accuracy {result['clean_acc']:.2f}% on {n} test inputs")
+    result, cert = _clean_result(loaded, wrapped, x, y, batch_size, eps, version_used, attacks)
+    log(f"clean accuracy {result['clean_acc']:.2f}% on {result['n']} test inputs")
     batches = _AttackBatches(
-        wrapped,
-        x,
-        y,
-        dev,
-        seed,
-        batch_size,
-        version_used,
-        attacks,
-        state_dir,
-        should_stop,
-        on_progress,
-        len(eps),
-        t0,
+        wrapped, x, y, dev, seed, batch_size, version_used, attacks, state_dir, should_stop, on_progress, len(eps), t0
     )
     for i, e in enumerate(eps):
         robust = batches.attack(i, e)
@@ -148,6 +116,39 @@ def evaluate_robustness(
         )
     result["seconds"] = time.monotonic() - t0
     return result
+
+
+def _clean_result(
+    loaded: LoadedModel,
+    wrapped: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    batch_size: int,
+    eps: Sequence[float],
+    version: str,
+    attacks: list[str] | None,
+) -> tuple[dict[str, Any], Any]:
+    """(`evaluate_robustness`'s result before any attack, certificate) of pixel inputs x (n, c, h, w)
+    with labels y (n,): the clean accuracy of `wrapped` and the float64 certificates and bounds."""
+    with torch.no_grad(), full_precision():
+        logits = torch.cat([wrapped(xb) for xb in x.split(batch_size)])
+    cert, bounds = _certificates(loaded, x, batch_size)
+    correct = logits.argmax(1) == y
+    result: dict[str, Any] = {
+        "n": len(y),
+        "clean_acc": 100.0 * correct.float().mean().item(),
+        "certified_acc": {},
+        "autoattack_acc": {},
+        "certificate_violations": {},
+        "eps": list(eps),
+        "version": version,
+        "attacks": attacks,
+        "units": "l2 eps/255 in [0,1] pixel space",
+    }
+    if bounds is not None:
+        # certified_acc uses max(gamma, verified); for LLN models both bound the map to the head input
+        result["lipschitz_bound"] = bounds.as_dict()
+    return result, cert
 
 
 def _classifier(model_path: str | Path | LoadedModel, dev: torch.device) -> LoadedModel:

@@ -25,7 +25,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lipcore.certify import _module_bound, rounding_model
 from lipcore.layers import bounds as B
+from lipcore.layers.fourier import kernel_fft
+from lipcore.layers.ops import CircularDFT, Mul, Residual, SandwichCore, SLLFc, dft_matrices
 from lipcore.layers.rounding import U32, U64, Track, abs_gain, conv_gain, norm
 
 
@@ -58,26 +61,9 @@ def _dft_stages(m: Any) -> list[Tensor]:
 
 
 def _exact_dft_stages(m: Any) -> list[Tensor]:
-    from lipcore.export import CircularDFT
-
     exact = CircularDFT.__new__(CircularDFT)
     nn.Module.__init__(exact)
-    n, half = m.n, m.bins
-    k = torch.arange(n, dtype=torch.float64)
-    ang_w = 2 * math.pi * torch.outer(k, k[:half]) / n
-    ang_h = 2 * math.pi * torch.outer(k, k) / n
-    weights = torch.full((half,), 2.0, dtype=torch.float64)
-    weights[0] = 1.0
-    if n % 2 == 0:
-        weights[-1] = 1.0
-    for name, value in (
-        ("cw", torch.cos(ang_w)),
-        ("sw", -torch.sin(ang_w)),
-        ("ch", torch.cos(ang_h)),
-        ("sh", torch.sin(ang_h)),
-        ("ar", weights[:, None] * torch.cos(ang_w.T) / n**2),
-        ("ai", -weights[:, None] * torch.sin(ang_w.T) / n**2),
-    ):
+    for name, value in dft_matrices(m.n).items():
         setattr(exact, name, value)
     return _dft_stages(exact)
 
@@ -104,9 +90,6 @@ def _dft_deviation(m: Any, inner: float) -> float:
 
 def _circular_maps(m: Any) -> tuple[Tensor, float]:
     """(per-frequency maps, deviation) of a circular convolution unit, or a 1x1 conv's matrix."""
-    from lipcore.export import CircularDFT
-    from lipcore.layers.fourier import kernel_fft
-
     if isinstance(m, CircularDFT):
         resp = B.hermitian_response(_dft_response(m), m.n)
         return resp, _dft_deviation(m, B.spectral_norm(_dft_response(m)))
@@ -123,15 +106,11 @@ def _circular_maps(m: Any) -> tuple[Tensor, float]:
 
 def unit_bound(m: Any) -> float:
     """Verified l2 Lipschitz bound (float64) of one exported unit, from its stored weights."""
-    from lipcore import export as X
-
     if isinstance(m, (nn.ReLU, nn.Flatten, nn.Identity, nn.PixelUnshuffle)):
         return 1.0
-    if isinstance(m, X.Mul):
+    if isinstance(m, Mul):
         return abs(m.c)
     if isinstance(m, nn.AvgPool2d):
-        from lipcore.certify import _module_bound
-
         return _module_bound(m)
     if isinstance(m, nn.Linear):
         return B.spectral_norm(m.weight)
@@ -139,14 +118,14 @@ def unit_bound(m: Any) -> float:
         if m.kernel_size == (1, 1):
             return B.spectral_norm(m.weight[:, :, 0, 0])
         return B.aol_conv_bound(m.weight, m.weight)
-    if isinstance(m, X.CircularDFT) or _is_circular_conv(m):
+    if isinstance(m, CircularDFT) or _is_circular_conv(m):
         resp, dev = _circular_maps(m)
         return B.spectral_norm(resp) + dev
-    if isinstance(m, X.SandwichCore):
+    if isinstance(m, SandwichCore):
         return _sandwich_bound(m)
-    if isinstance(m, X.SLLFc):
+    if isinstance(m, SLLFc):
         return B.sll_bound(m.weight, m.t, torch.tensor(m.schur_q), conv=False)
-    if isinstance(m, X.Residual):
+    if isinstance(m, Residual):
         f: Any = m.f
         conv, up = f[0], f[2]
         k, t = _f64(conv.weight), torch.tensor(m.sll_t, dtype=torch.float64)
@@ -183,11 +162,9 @@ def exported_bound(unit_list: list[nn.Module]) -> float:
 # ---- float32 rounding ------------------------------------------------------------------------------
 def _track(m: Any, t: Track, side: float) -> Track:
     """Continue `t` through unit m run in float arithmetic at t.u (inputs of spatial side `side`)."""
-    from lipcore import export as X
-
     if isinstance(m, (nn.ReLU, nn.Flatten, nn.Identity, nn.PixelUnshuffle)):
         return t
-    if isinstance(m, X.Mul):
+    if isinstance(m, Mul):
         return t.scale(m.c)
     if isinstance(m, nn.AvgPool2d):
         k = m.kernel_size if isinstance(m.kernel_size, int) else m.kernel_size[0]
@@ -200,16 +177,16 @@ def _track(m: Any, t: Track, side: float) -> Track:
     if _is_circular_conv(m):
         t.ec, t.ed, t.mc, t.md = 2 * t.ec, 2 * t.ed, 2 * t.mc, 2 * t.md  # each pixel copied <= 4 times
         return _track(m[1], t, 2 * side)
-    if isinstance(m, X.CircularDFT):
+    if isinstance(m, CircularDFT):
         return _track_dft(m, t)
-    if isinstance(m, X.SandwichCore):
+    if isinstance(m, SandwichCore):
         return _track(m.a, _track(m.b, t, side), side)
-    if isinstance(m, X.SLLFc):
+    if isinstance(m, SLLFc):
         g = abs_gain(m.weight)
         branch = Track(t.u, t.ec, t.ed, t.mc, t.md).linear(g, m.weight.shape[1], norm(m.bias))
         branch = branch.scale(float(m.t.abs().max())).linear(g, m.weight.shape[0])
         return _sub(t, branch)
-    if isinstance(m, X.Residual):
+    if isinstance(m, Residual):
         f: Any = m.f
         conv, up = f[0], f[2]
         branch = _track(conv, Track(t.u, t.ec, t.ed, t.mc, t.md), side)
@@ -256,8 +233,6 @@ def unit_error(m: Any, u: float, in_shape: tuple[int, ...]) -> tuple[float, floa
 
 def exported_rounding(unit_list: list[nn.Module], x0: Tensor) -> Any:
     """lipcore.certify.RoundingModel of the exported network run in float32 (input cast included)."""
-    from lipcore.certify import rounding_model
-
     with torch.no_grad():
         mods = [InputCast(), *unit_list]
         lips = [1.0] + [unit_bound(m) for m in unit_list]

@@ -19,8 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lipcore.layers.bounds import aol_conv_bound, spectral_norm
+from lipcore.layers.bounds import aol_conv_bound
 from lipcore.layers.init import xavier_
+from lipcore.layers.linear import ScaledLinear
+from lipcore.layers.ops import as_float64, conv_op
 from lipcore.layers.reparam import Reparameterized
 
 
@@ -66,13 +68,12 @@ def gram_abs_rowsum(w: Tensor, block: int = 2048) -> Tensor:
     return torch.cat(sums)
 
 
-class _AolLinearBase(Reparameterized):
-    activation: bool = False
+class _AolLinearBase(ScaledLinear):
+    """W D (see the module doc) applied to `scale * x`: forward, bound and export are ScaledLinear's."""
 
     def __init__(self, in_features: int, out_features: int, scale: float = 1.0, device=None, dtype=None) -> None:
-        super().__init__()
+        super().__init__(in_features, out_features, scale)
         kw = {"device": device, "dtype": dtype}
-        self.in_features, self.out_features, self.scale = in_features, out_features, float(scale)
         self.weights = nn.Parameter(torch.empty(out_features, in_features, **kw))
         self.bias = nn.Parameter(torch.empty(out_features, **kw))
         xavier_(self.weights, self.bias)
@@ -81,30 +82,9 @@ class _AolLinearBase(Reparameterized):
         w = normalized(self.weights)
         return (w * safe_rsqrt(gram_abs_rowsum(w), w.shape[0] * w.shape[1])[None, :],)
 
-    def forward(self, x: Tensor) -> Tensor:
-        (w,) = self.effective()
-        y = F.linear(self.scale * x, w, self.bias)
-        return F.relu(y) if self.activation else y
-
-    def lipschitz_bound(self) -> float:
-        """|scale| * ||W D||_2 (exact SVD in float64 of the served weight)."""
-        return abs(self.scale) * spectral_norm(self.effective()[0])
-
-    def export(self, circular: str = "dft") -> nn.Module:
-        """Linear(scale W D, b) [/ ReLU]."""
-        from lipcore import export as X
-
-        with torch.no_grad():
-            (w,) = self.effective()
-            lin = X.linear_op((self.scale * X.as_float64(w)).float(), self.bias)
-            return nn.Sequential(lin, nn.ReLU()) if self.activation else lin
-
     def paper_weight(self, previous: Any = None) -> tuple[Tensor | None, Any]:
         """scale * W D, the rescaled weight applied to the layer's input."""
         return (self.scale * self.effective()[0]).detach(), None
-
-    def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, scale={self.scale:g}"
 
 
 class AolFc(_AolLinearBase):
@@ -162,11 +142,9 @@ class _AolConvBase(Reparameterized):
 
     def export(self, circular: str = "dft") -> nn.Module:
         """Conv2d(scale K, b), zero padding k // 2 [/ ReLU]."""
-        from lipcore import export as X
-
         with torch.no_grad():
             (k,) = self.effective()
-            conv = X.conv_op((self.scale * X.as_float64(k)).float(), self.bias, self.padding)
+            conv = conv_op((self.scale * as_float64(k)).float(), self.bias, self.padding)
             return nn.Sequential(conv, nn.ReLU()) if self.activation else conv
 
     def extra_repr(self) -> str:

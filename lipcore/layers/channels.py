@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lipcore.layers.ops import conv_op, linear_op
+
 
 class PaddingChannels(nn.Module):
     """(b, c_in, H, W) -> (b, c_out, H, W): scale, then zero channels c_in..c_out-1."""
@@ -29,11 +31,9 @@ class PaddingChannels(nn.Module):
 
     def export(self, circular: str = "dft") -> nn.Module:
         """A 1x1 Conv2d with a scaled 0/1 matrix."""
-        from lipcore import export as X
-
         w = torch.zeros(self.out_channels, self.in_channels, 1, 1)
         w[torch.arange(self.in_channels), torch.arange(self.in_channels)] = self.scale
-        return X.conv_op(w, None)
+        return conv_op(w, None)
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}, scale={self.scale:g}"
@@ -57,11 +57,9 @@ class PaddingFeatures(nn.Module):
 
     def export(self, circular: str = "dft") -> nn.Module:
         """A Linear with a scaled 0/1 matrix."""
-        from lipcore import export as X
-
         w = torch.zeros(self.out_features, self.in_features)
         w[torch.arange(self.in_features), torch.arange(self.in_features)] = self.scale
-        return X.linear_op(w, None)
+        return linear_op(w, None)
 
     def extra_repr(self) -> str:
         return f"{self.in_features}, {self.out_features}, scale={self.scale:g}"

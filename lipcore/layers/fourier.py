@@ -13,8 +13,9 @@ import math
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from torch import Tensor
+from torch import Tensor, nn
 
+from lipcore.layers.init import torch_default_
 from lipcore.layers.reparam import Reparameterized
 
 
@@ -225,3 +226,33 @@ class FourierConv(Reparameterized):
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
             f"stride={self.stride}, scale={self.scale:g}, input_size={self.input_size}"
         )
+
+
+class CayleyConv(FourierConv):
+    """A circular convolution whose kernel feeds one Cayley transform per frequency (Orthogon,
+    Sandwich): `weight` (out, fft_in + extra_columns(), k_eff, k_eff), `bias` (out), torch's default
+    initialisation, and `alpha` = ||W(f)||_F, so the first transform is of the kernel's own response.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        scale: float = 1.0,
+        *,
+        input_size: int,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride, scale, input_size)
+        k, cin = self.kernel_size, self.fft_in_channels + self.extra_columns()
+        self.weight = nn.Parameter(torch.empty(out_channels, cin, k, k, device=device, dtype=dtype))
+        self.bias = nn.Parameter(torch.empty(out_channels, device=device, dtype=dtype))
+        torch_default_(self.weight, self.bias)
+        self.alpha = nn.Parameter(kernel_fft(self.weight.detach(), self.n).norm().clone())
+
+    def extra_columns(self) -> int:
+        """Kernel input channels beyond the layer's own: 0 (an orthogonal Q(f) of the input)."""
+        return 0

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from lipcore.layers.bounds import spectral_norm
 from lipcore.layers.init import torch_default_
+from lipcore.layers.ops import Mul, as_float64, linear_op
 from lipcore.layers.reparam import Reparameterized
 
 
@@ -43,12 +44,10 @@ class LinearNormalized(Reparameterized):
     def export(self, circular: str = "dft") -> nn.Module:
         """[x * scale /] Linear(unit rows, b): the rows stay separate from the scale, so the file's
         rows are the ones its certificate's pair distances are measured on (lipcore.export)."""
-        from lipcore import export as X
-
         with torch.no_grad():
             (w,) = self.effective()
-            head = X.linear_op(X.as_float64(w).float(), self.bias)
-            return head if self.scale == 1.0 else nn.Sequential(X.Mul(self.scale), head)
+            head = linear_op(as_float64(w).float(), self.bias)
+            return head if self.scale == 1.0 else nn.Sequential(Mul(self.scale), head)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, scale={self.scale:g}"

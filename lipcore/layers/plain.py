@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from lipcore.layers.ops import conv_op
+
 
 class PlainConv(nn.Conv2d):
     """nn.Conv2d with zero 'same' padding (k - 1) // 2, as the reference `PlainConv` for odd kernels."""
@@ -32,11 +34,9 @@ class PlainConv(nn.Conv2d):
 
     def export(self, circular: str = "dft") -> nn.Module:
         """A plain Conv2d with copies of the weights (no parameter shared with this layer)."""
-        from lipcore import export as X
-
         with torch.no_grad():
             pad = (self.kernel_size[0] - 1) // 2  # as __init__ set it
-            return X.conv_op(self.weight, self.bias, pad, self.stride[0])
+            return conv_op(self.weight, self.bias, pad, self.stride[0])
 
 
 def _no_scale(scale: float) -> None:

@@ -75,7 +75,8 @@ class Reparameterized(nn.Module):
 
     def export(self, circular: str = "dft") -> nn.Module:
         """This layer as standard torch operators with its effective weights frozen (float32), an
-        exact rewrite of `forward` (lipcore.export; `circular`: "dft" or "conv" for FFT convolutions)."""
+        exact rewrite of `forward` built from lipcore.layers.ops (`circular`: "dft" or "conv" for FFT
+        convolutions)."""
         raise TypeError(f"no standard-operator form for {type(self).__name__}")
 
     def paper_weight(self, previous: Any = None) -> tuple[Tensor | None, Any]:

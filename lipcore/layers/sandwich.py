@@ -21,8 +21,9 @@ from torch import Tensor, nn
 
 from lipcore.layers.bounds import hermitian_response, sandwich_bound, spectral_norm
 from lipcore.layers.cayley import cayley, matmul
-from lipcore.layers.fourier import FourierConv, apply_response, kernel_fft, normalized_response
+from lipcore.layers.fourier import CayleyConv, apply_response, normalized_response
 from lipcore.layers.init import torch_default_
+from lipcore.layers.ops import SandwichCore, as_float64, circular_op, linear_op, strided_op
 from lipcore.layers.reparam import Reparameterized
 
 SQRT2 = math.sqrt(2.0)
@@ -75,14 +76,12 @@ class SandwichFc(_SandwichLinearBase):
         return abs(self.scale) * sandwich_bound(a_out.mT, b_in, self.psi)
 
     def export(self, circular: str = "dft") -> nn.Module:
-        """Linear(sqrt2 Psi^-1 B scale, b) / ReLU / Linear(sqrt2 A^T Psi) (lipcore.export.SandwichCore)."""
-        from lipcore import export as X
-
+        """Linear(sqrt2 Psi^-1 B scale, b) / ReLU / Linear(sqrt2 A^T Psi) (lipcore.layers.ops.SandwichCore)."""
         with torch.no_grad():
-            a_out, b_in = (X.as_float64(t) for t in self.effective())
-            b = X.linear_op((self.scale * b_in).float(), self.bias)
+            a_out, b_in = (as_float64(t) for t in self.effective())
+            b = linear_op((self.scale * b_in).float(), self.bias)
             psi = tuple(self.psi.double().tolist())
-            return X.SandwichCore(b, X.linear_op(a_out.T.float(), None), self.scale, psi)
+            return SandwichCore(b, linear_op(a_out.T.float(), None), self.scale, psi)
 
     def paper_weight(self, previous: Any = None) -> tuple[Tensor | None, Any]:
         """W_k = 2 Psi_k^-1 B_k A_{k-1}^T Psi_{k-1}, the weight of the equivalent feed-forward form
@@ -113,11 +112,9 @@ class SandwichLin(_SandwichLinearBase):
 
     def export(self, circular: str = "dft") -> nn.Module:
         """One Linear (the input `scale` folded into the weight)."""
-        from lipcore import export as X
-
         with torch.no_grad():
             (w,) = self.effective()
-            return X.linear_op((self.scale * X.as_float64(w)).float(), self.bias)
+            return linear_op((self.scale * as_float64(w)).float(), self.bias)
 
     def paper_weight(self, previous: Any = None) -> tuple[Tensor | None, Any]:
         """As SandwichFc's, with Psi = 2 I: the last layer acts as if it had psi = log 2."""
@@ -138,26 +135,12 @@ def _feedforward_weight(layer: _SandwichLinearBase, psi: Tensor, previous: Any) 
     return w, (a, psi)
 
 
-class _SandwichConvBase(FourierConv):
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: int = 3,
-        stride: int = 1,
-        scale: float = 1.0,
-        *,
-        input_size: int,
-        device=None,
-        dtype=None,
-    ) -> None:
-        super().__init__(in_channels, out_channels, kernel_size, stride, scale, input_size)
-        kw = {"device": device, "dtype": dtype}
-        k, cin = self.kernel_size, self.fft_in_channels
-        self.weight = nn.Parameter(torch.empty(out_channels, cin + out_channels, k, k, **kw))
-        self.bias = nn.Parameter(torch.empty(out_channels, **kw))
-        torch_default_(self.weight, self.bias)
-        self.alpha = nn.Parameter(kernel_fft(self.weight.detach(), self.n).norm().clone())
+class _SandwichConvBase(CayleyConv):
+    """The circular sandwich's [A B] per frequency (parameters: see CayleyConv)."""
+
+    def extra_columns(self) -> int:
+        """A's out_channels columns beside B's input ones."""
+        return self.out_channels
 
     def _factors(self) -> tuple[Tensor, Tensor]:
         """(A, B), rows of unitary matrices: per frequency, A (F, out, out) and B (F, out, in_eff),
@@ -169,28 +152,9 @@ class _SandwichConvBase(FourierConv):
 class SandwichConv(_SandwichConvBase):
     """Convolutional sandwich layer with ReLU (circular, FFT): (b, in, N, N) -> (b, out, N/s, N/s)."""
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: int = 3,
-        stride: int = 1,
-        scale: float = 1.0,
-        *,
-        input_size: int,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        super().__init__(
-            in_channels,
-            out_channels,
-            kernel_size,
-            stride,
-            scale,
-            input_size=input_size,
-            device=device,
-            dtype=dtype,
-        )
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """CayleyConv's arguments; adds `psi` (out,), zeros."""
+        super().__init__(*args, **kwargs)
         dev, dt = self.weight.device, self.weight.dtype
         self.psi = nn.Parameter(torch.zeros(self.out_channels, device=dev, dtype=dt))
 
@@ -215,14 +179,12 @@ class SandwichConv(_SandwichConvBase):
 
     def export(self, circular: str = "dft") -> nn.Module:
         """[PixelUnshuffle] / circular conv B (scale folded in) / ReLU / circular conv A."""
-        from lipcore import export as X
-
         with torch.no_grad():
-            a_out, b_in = (X.as_float64(t) for t in self.effective())
-            b = X.circular_op(b_in, self.n, self.fft_in_channels, self.bias, self.scale, circular)
-            a = X.circular_op(a_out, self.n, self.out_channels, None, 1.0, circular)
+            a_out, b_in = (as_float64(t) for t in self.effective())
+            b = circular_op(b_in, self.n, self.fft_in_channels, self.bias, self.scale, circular)
+            a = circular_op(a_out, self.n, self.out_channels, None, 1.0, circular)
             psi = tuple(self.psi.double().tolist())
-            return X.strided_op(self, X.SandwichCore(b, a, self.scale, psi))
+            return strided_op(self, SandwichCore(b, a, self.scale, psi))
 
 
 class SandwichConvLin(_SandwichConvBase):
@@ -242,8 +204,6 @@ class SandwichConvLin(_SandwichConvBase):
 
     def export(self, circular: str = "dft") -> nn.Module:
         """[PixelUnshuffle] / one circular convolution 2 A^H B (scale folded in)."""
-        from lipcore import export as X
-
         with torch.no_grad():
-            (m,) = (X.as_float64(t) for t in self.effective())
-            return X.strided_op(self, X.circular_op(m, self.n, self.fft_in_channels, self.bias, self.scale, circular))
+            (m,) = (as_float64(t) for t in self.effective())
+            return strided_op(self, circular_op(m, self.n, self.fft_in_channels, self.bias, self.scale, circular))

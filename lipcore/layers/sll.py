@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from lipcore.layers.aol import underflow_floor
 from lipcore.layers.bounds import sll_bound
 from lipcore.layers.init import xavier_
+from lipcore.layers.ops import Residual, SLLFc, as_float64, conv_op
 from lipcore.layers.reparam import Reparameterized
 
 
@@ -93,13 +94,11 @@ class SLLBlockFc(Reparameterized):
         return sll_bound(w, t, q, conv=False)
 
     def export(self, circular: str = "dft") -> nn.Module:
-        """x - T relu(x W^T + b) W with the W, b and t of one reparameterisation (lipcore.export.SLLFc)."""
-        from lipcore import export as X
-
+        """x - T relu(x W^T + b) W with the W, b and t of one reparameterisation (lipcore.layers.ops.SLLFc)."""
         with torch.no_grad():
             w, b, t = self.effective()
             q = self.q.detach().double().abs() + (0.0 if self.reference_epsilon else self.epsilon)
-            return X.SLLFc(w.detach().float(), b.detach().float(), t.detach().float(), tuple(q.tolist()))
+            return SLLFc(w.detach().float(), b.detach().float(), t.detach().float(), tuple(q.tolist()))
 
     def extra_repr(self) -> str:
         return f"features={self.features}, inner={self.inner}"
@@ -140,15 +139,13 @@ class SLLBlockConv(Reparameterized):
 
     def export(self, circular: str = "dft") -> nn.Module:
         """x - ConvTranspose2d(T relu(Conv2d(x))) with the K, b and t of one reparameterisation."""
-        from lipcore import export as X
-
         with torch.no_grad():
-            k, b, t = (X.as_float64(v) for v in self.effective())
+            k, b, t = (as_float64(v) for v in self.effective())
             inner, channels, ks = k.shape[0], k.shape[1], k.shape[-1]
             up = nn.ConvTranspose2d(inner, channels, ks, padding=self.padding, bias=False)
             up.weight.copy_((k * t[:, None, None, None]).float())
-            branch = nn.Sequential(X.conv_op(k.float(), b.float(), self.padding), nn.ReLU(), up)
-            return X.Residual(branch, tuple(t.tolist()), tuple(self.q.detach().double().abs().tolist()))
+            branch = nn.Sequential(conv_op(k.float(), b.float(), self.padding), nn.ReLU(), up)
+            return Residual(branch, tuple(t.tolist()), tuple(self.q.detach().double().abs().tolist()))
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, inner={self.inner}, kernel_size={self.kernel.shape[-1]}"
