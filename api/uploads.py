@@ -25,6 +25,8 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
 
+from api.services import services_of
+
 Scale = Literal["pixel", "model"]
 NPY_TYPES = ("application/x-npy", "application/octet-stream", "application/npy")
 IMAGE_FORMATS = {"PNG", "JPEG"}
@@ -56,7 +58,7 @@ def _scale(value: Any) -> Scale:
 
 async def read_certify_body(request: Request) -> RawInputs:
     """Read the body by content type: JSON, multipart/form-data, or a raw .npy array; else 415."""
-    settings = request.app.state.settings
+    settings = services_of(request).settings
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype == "application/json":
         # not parsed here: parse_json runs where the inputs are certified, off the event loop
