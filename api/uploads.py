@@ -35,7 +35,8 @@ F32_MAX = float(np.finfo(np.float32).max)  # the model computes in float32
 
 @dataclass
 class RawInputs:
-    """The request body, read but not yet decoded (decoding runs in the threadpool)."""
+    """The request body, read but not yet decoded (decoded where it is certified: in a certify
+    process, api.certify_pool, or on an attack thread)."""
 
     scale: Scale = "pixel"
     json_body: bytes | None = None  # a JSON body as sent; parse_json turns it into json_inputs + scale

@@ -5,14 +5,15 @@ their training jobs with `submit_all`, and their evaluation jobs with `submit`; 
 
 1. the spec is valid (ExperimentSpec; finite numbers only) and its image folder, if any, lies inside
    the server's data dir (`resolve_image_folder`: the folder checked is the folder read);
-2. training it fits a worker (`check_cost`: lipcore.cost's estimate against LBDN_MAX_JOB_MEMORY_GB);
+2. training it fits a worker (`check_cost`: lipcore.cost's estimate against LBDN_MAX_JOB_MEMORY_GB;
+   `check_devices`: some live worker owns the devices it asks for);
 3. the tenant stays within LBDN_MAX_ACTIVE_JOBS_PER_TENANT queued + running jobs (`check_quota`,
    counting every job a request would add, so a sweep is refused whole);
 4. the Idempotency-Key is the tenant's own (`check_idempotency_key`: keys under INTERNAL_KEY_PREFIX
    are the service's) and replays the job it made before (`submit`).
 
 Nothing here knows HTTP: a refusal is a `Refused` (status, detail, headers) that the API turns into a
-problem document, so these rules are tested without a server (tests/service/test_limits.py).
+problem document, so these rules are tested without a server (tests/service/test_submit.py, test_limits.py).
 """
 
 from __future__ import annotations

@@ -189,8 +189,6 @@ def import_model(
     tenant: CurrentTenant,
     services: Services,
 ) -> ModelOut:
-    from lipcore.checkpoint import CheckpointError, load_model, save_model
-
     settings = services.settings
     try:
         found = archive.declared(upload.data, upload.name)
@@ -200,40 +198,46 @@ def import_model(
         raise HTTPException(e.status, str(e)) from None
     settings.jobs_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=settings.jobs_dir, prefix=".import-") as tmp:
-        path = os.path.join(tmp, "upload")
-        with open(path, "wb") as f:
-            f.write(upload.data)
-        try:
-            loaded = load_model(path, spec, device="cpu")
-        except CheckpointError as e:
-            raise HTTPException(
-                422, f"checkpoint: {e}".replace(path, upload.name).replace("upload", upload.name)
-            ) from None
-        staged = os.path.join(tmp, MODEL)
-        save_model(
-            staged,
-            loaded.model,
-            spec,
-            classes=loaded.classes,
-            mean=loaded.mean,
-            std=loaded.std,
-            sll_reference_epsilon=loaded.sll_reference_epsilon,
-        )
-        size = os.path.getsize(staged)
-        import_limits.check_bytes(session, tenant, settings, adding=size)
-        result = {
-            "source": loaded.source,
-            "file": upload.name,
-            "classes": loaded.classes,
-            "gamma_used": loaded.model.gamma,
-            "bound_factor": loaded.bound_factor,
-            "stored_bytes": size,
-        }
+        staged, result = _convert(upload, spec, tmp)
+        import_limits.check_bytes(session, tenant, settings, adding=result["stored_bytes"])
         job_id = _commit_import(services, tenant, spec, result, staged)
     services.recent_imports.add(tenant)
     made = jobs.get_job(session, tenant, job_id)
     assert made is not None  # committed above
     return model_out(made)
+
+
+def _convert(upload: ImportUpload, spec: ExperimentSpec, tmp: str) -> tuple[str, dict[str, Any]]:
+    """The upload loaded (weights only, checked) and saved as our model.safetensors in `tmp`: its
+    path and the import's result (what was read, the bound's factor, the bytes it keeps)."""
+    from lipcore.checkpoint import CheckpointError, load_model, save_model
+
+    path = os.path.join(tmp, "upload")
+    with open(path, "wb") as f:
+        f.write(upload.data)
+    try:
+        loaded = load_model(path, spec, device="cpu")
+    except CheckpointError as e:
+        raise HTTPException(422, f"checkpoint: {e}".replace(path, upload.name).replace("upload", upload.name)) from None
+    staged = os.path.join(tmp, MODEL)
+    save_model(
+        staged,
+        loaded.model,
+        spec,
+        classes=loaded.classes,
+        mean=loaded.mean,
+        std=loaded.std,
+        sll_reference_epsilon=loaded.sll_reference_epsilon,
+    )
+    result = {
+        "source": loaded.source,
+        "file": upload.name,
+        "classes": loaded.classes,
+        "gamma_used": loaded.model.gamma,
+        "bound_factor": loaded.bound_factor,
+        "stored_bytes": os.path.getsize(staged),
+    }
+    return staged, result
 
 
 def _commit_import(

@@ -163,7 +163,7 @@ async def _disconnected(request: Request) -> None:
 
 
 def _disconnect_probe(request: Request) -> Callable[[], bool]:
-    """A blocking 'has the client gone?' for code in the threadpool (asks the event loop)."""
+    """A blocking 'has the client gone?' for the attack on its API thread (asks the event loop)."""
 
     def probe() -> bool:
         try:

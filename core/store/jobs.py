@@ -84,16 +84,8 @@ def create_succeeded_job(
     """Insert a job that is born succeeded (an import: there is nothing to run, so it is never
     queued, leased or sent); not committed."""
     now = utcnow()
-    job = Job(
-        id=new_job_id(),
-        tenant=tenant,
-        kind=kind,
-        status=JobState.succeeded,
-        spec=spec,
-        result=result,
-        started_at=now,
-        finished_at=now,
-    )
+    ended = {"status": JobState.succeeded, "result": result, "started_at": now, "finished_at": now}
+    job = Job(id=new_job_id(), tenant=tenant, kind=kind, spec=spec, **ended)
     s.add(job)
     s.flush()
     add_event(s, job.id, EventKind.state, {"status": JobState.succeeded})

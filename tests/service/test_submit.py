@@ -4,6 +4,7 @@ the worker that finishes its training job and by the reaper's passes, with no re
 
 from __future__ import annotations
 
+import ast
 import secrets
 from pathlib import Path
 
@@ -20,6 +21,19 @@ from tests.service.test_tasks import _write_folder
 from tests.waiting import wait_until
 
 EVALUATE = {"n_examples": 2}
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_jobs_are_inserted_by_core_submit_only() -> None:
+    """No other module of the service calls the store's job inserts: the rules cannot be skipped."""
+    inserts = {"create_job", "create_succeeded_job"}
+    callers = set()
+    for package in ("api", "core", "worker"):
+        for path in (ROOT / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in inserts:
+                    callers.add(str(path.relative_to(ROOT)))
+    assert callers == {"core/submit.py"}, callers
 
 
 def _roles(sessions, sweep_id: str) -> list[str]:
