@@ -37,8 +37,8 @@ __all__ = [  # OPEN_TENANT, CurrentTenant and current_tenant: api.auth's, re-exp
 ]
 
 
-def get_settings(request: Request) -> Settings:
-    """The app's Settings (given to create_app)."""
+async def get_settings(request: Request) -> Settings:
+    """The app's Settings (given to create_app); async, so that reading it costs no thread hop."""
     return services_of(request).settings
 
 

@@ -93,7 +93,8 @@ def services_of(where: HTTPConnection | FastAPI) -> AppServices:
     return services
 
 
-def get_services(request: Request) -> AppServices:
+async def get_services(request: Request) -> AppServices:
+    # async: a plain def dependency would cost every request a thread-pool hop for an attribute read
     return services_of(request)
 
 
