@@ -27,6 +27,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.problems import problem
+from api.services import services_of
 from core.settings import Settings
 from core.store import keys
 from core.store.tables import ApiKey
@@ -68,11 +69,11 @@ def listen_problem(settings: Settings) -> str | None:
 
 def _keys_ever_created(request: Request) -> bool:
     """Whether any key (active or revoked) exists; remembered once true, since keys are never deleted."""
-    state = request.app.state
-    if not getattr(state, "keys_seen", False):
-        with state.sessions() as session:
-            state.keys_seen = session.scalar(select(ApiKey.id).limit(1)) is not None
-    return bool(state.keys_seen)
+    services = services_of(request)
+    if not services.keys_seen:
+        with services.sessions() as session:
+            services.keys_seen = session.scalar(select(ApiKey.id).limit(1)) is not None
+    return services.keys_seen
 
 
 def key_cache(ttl_s: float) -> TTLCache[str, str]:
@@ -126,25 +127,26 @@ async def current_tenant(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> str:
     """The tenant of the bearer key; the open tenant only in the open mode (see the module doc)."""
+    services = services_of(request)
     if credentials is not None:
-        cache: TTLCache[str, str] = request.app.state.key_cache
+        cache = services.key_cache
         digest = keys.digest(credentials.credentials)
         tenant = cache.get(digest)
         if tenant is None:
-            failures: AuthFailures = request.app.state.auth_failures
+            failures = services.auth_failures
             address = request.client.host if request.client else "unknown"
             failures.check(address)
             # a short session of its own, on a thread: a request never holds a connection for its life
-            tenant = await run_in_threadpool(_lookup, request.app.state.sessions, digest)
+            tenant = await run_in_threadpool(_lookup, services.sessions, digest)
             if tenant is None:
                 failures.record(address)
                 raise HTTPException(401, "Authorization: unknown or revoked API key", headers=_CHALLENGE)
             cache[digest] = tenant
         return tenant
-    mode = request.app.state.auth_mode
-    if mode == "auto" and not getattr(request.app.state, "keys_seen", False):
+    mode = services.auth_mode
+    if mode == "auto" and not services.keys_seen:
         await run_in_threadpool(_keys_ever_created, request)
-    if mode == "none" or (mode == "auto" and not request.app.state.keys_seen):
+    if mode == "none" or (mode == "auto" and not services.keys_seen):
         return OPEN_TENANT
     raise HTTPException(
         401,

@@ -1,4 +1,5 @@
-"""Certified radii of a trained model for a batch of inputs (torch; runs in the threadpool).
+"""Certified radii of a trained model for a batch of inputs (torch): run in the certify processes
+(api.certify_pool) and, for `?attack=true`, on the API's attack threads (api.routers.models).
 
 Radii are computed in model-input space (after the dataset normalisation) by lipcore.certify, from
 the float64 copy of the model with the bound max(gamma, verified) and the forward's rounding bound,
@@ -120,23 +121,15 @@ def certify_batch(
 
     422 if the model's outputs are not finite for some input (inputs too large for float32); the
     attack, if asked for, runs under `budget` and reports whether it was cut short."""
-    import torch
-
     from lipcore.attack import minimal_adversarial_l2
-    from lipcore.certify import certify_model, pixel_radius
+    from lipcore.certify import certify_model
 
-    model, spec = loaded.model, loaded.spec
-    pixels = bool(spec.img_size)  # only image models take normalised pixels; vector inputs are used as given
-    # normalised in float64: the certificate is for exactly the pixel input given
-    xt = torch.from_numpy(np.asarray(x, dtype=np.float64))
-    if scale == "pixel" and pixels:
-        view = (1, -1) + (1,) * (xt.dim() - 2)
-        mean = torch.tensor(loaded.mean, dtype=xt.dtype).view(view)
-        std = torch.tensor(loaded.std, dtype=xt.dtype).view(view)
-        xt = (xt - mean) / std
+    model = loaded.model
+    pixels = bool(loaded.spec.img_size)  # only image models take normalised pixels; vector inputs are used as given
+    xt = _model_input(loaded, x, scale == "pixel" and pixels)
     # float64 copy of the model (cached per loaded model), bound max(gamma, verified), rounding off
     cert, logits, bounds = certify_model(model, xt)
-    finite = torch.isfinite(logits).all(dim=1)
+    finite = logits.isfinite().all(dim=1)
     if not bool(finite.all()):  # a certificate needs finite logits; never answer with nulls
         first = int((~finite).nonzero()[0, 0])
         raise HTTPException(422, f"input {first}: the model's outputs overflow for this input; send smaller values")
@@ -144,36 +137,10 @@ def certify_batch(
     kind = "gamma (single output)" if logits.shape[1] == 1 else ("lln" if lln else "sqrt2*gamma")
     x_attack = xt.to(next(model.parameters()).dtype)
     adversarial = minimal_adversarial_l2(model, x_attack, steps=attack_steps, should_stop=budget) if attack else None
-    if adversarial is not None:
-        attacked = adversarial.radius.tolist()
-        attacked_pixel = adversarial.pixel_radius(loaded.std if pixels else None).tolist()
-    # A pixel ball maps into the model-space ball about the *exact* normalisation of the pixel
-    # input; the float64 normalisation of x and of x + delta are each off by <= 2.01 u ||x_model||
-    # (one subtraction, one division), so that slack comes off the radius before the conversion.
-    u = 2.0**-53
-    slack = 2.01 * u * (2 * xt.flatten(1).norm(dim=1) + cert.radius) * (1 + 4 * u)
-    pixel_radii = (cert.radius - slack).clamp_min(0.0) if pixels and scale == "pixel" else cert.radius
-    results = []
-    for i in range(len(x)):
-        pred = int(cert.predicted[i])
-        radius = float(cert.radius[i])
-        margin = float(cert.margin[i])
-        item = CertifiedInput(
-            index=i,
-            predicted=pred,
-            class_name=loaded.classes[pred] if 0 <= pred < len(loaded.classes) else None,
-            logits=logits[i].double().tolist(),
-            margin=_finite(margin),
-            radius=radius,
-            radius_pixel=float(pixel_radius(float(pixel_radii[i]), loaded.std)) if pixels else radius,
-        )
-        if adversarial is not None:
-            # the same adversarial perturbation measured in both spaces (pixel step = model step * std)
-            item.attack_radius = _finite(attacked[i])
-            item.attack_radius_pixel = _finite(attacked_pixel[i])
-        results.append(item)
+    results = _results(loaded, cert, logits, _pixel_radii(xt, cert.radius, pixels and scale == "pixel"))
     report = None
     if adversarial is not None:
+        _add_attack(results, adversarial, loaded.std if pixels else None)
         cut = adversarial.steps_run < attack_steps
         report = AttackReport(
             steps=attack_steps,
@@ -183,3 +150,61 @@ def certify_batch(
         )
     bound = LipschitzBound(gamma=bounds.gamma, verified=_finite(bounds.verified), used=_finite(bounds.used), kind=kind)
     return bound, results, report
+
+
+def _model_input(loaded: Any, x: np.ndarray, normalise: bool) -> Any:
+    """`x` as a float64 tensor of model inputs: normalised by the model's mean and std when given
+    in pixels, in float64 so that the certificate is for exactly the pixel input given."""
+    import torch
+
+    xt = torch.from_numpy(np.asarray(x, dtype=np.float64))
+    if normalise:
+        view = (1, -1) + (1,) * (xt.dim() - 2)
+        mean = torch.tensor(loaded.mean, dtype=xt.dtype).view(view)
+        std = torch.tensor(loaded.std, dtype=xt.dtype).view(view)
+        xt = (xt - mean) / std
+    return xt
+
+
+def _pixel_radii(xt: Any, radius: Any, from_pixels: bool) -> Any:
+    """The model-space radii that a pixel-space ball may use (`radius` as is for model inputs).
+
+    A pixel ball maps into the model-space ball about the *exact* normalisation of the pixel input;
+    the float64 normalisation of x and of x + delta are each off by <= 2.01 u ||x_model|| (one
+    subtraction, one division), so that slack comes off the radius before the conversion."""
+    if not from_pixels:
+        return radius
+    u = 2.0**-53
+    slack = 2.01 * u * (2 * xt.flatten(1).norm(dim=1) + radius) * (1 + 4 * u)
+    return (radius - slack).clamp_min(0.0)
+
+
+def _results(loaded: Any, cert: Any, logits: Any, pixel_radii: Any) -> list[CertifiedInput]:
+    """One CertifiedInput per row of the certificate (radius_pixel in [0,1] units for image models)."""
+    from lipcore.certify import pixel_radius
+
+    pixels = bool(loaded.spec.img_size)
+    results = []
+    for i in range(len(cert.radius)):
+        pred, radius = int(cert.predicted[i]), float(cert.radius[i])
+        results.append(
+            CertifiedInput(
+                index=i,
+                predicted=pred,
+                class_name=loaded.classes[pred] if 0 <= pred < len(loaded.classes) else None,
+                logits=logits[i].double().tolist(),
+                margin=_finite(float(cert.margin[i])),
+                radius=radius,
+                radius_pixel=float(pixel_radius(float(pixel_radii[i]), loaded.std)) if pixels else radius,
+            )
+        )
+    return results
+
+
+def _add_attack(results: list[CertifiedInput], adversarial: Any, std: Any) -> None:
+    """The same adversarial perturbation of each input measured in both spaces (pixel step =
+    model step * std; `std` None for vector models, whose two spaces are one)."""
+    attacked, attacked_pixel = adversarial.radius.tolist(), adversarial.pixel_radius(std).tolist()
+    for item in results:
+        item.attack_radius = _finite(attacked[item.index])
+        item.attack_radius_pixel = _finite(attacked_pixel[item.index])

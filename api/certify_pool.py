@@ -17,8 +17,8 @@ and if that forward refuses the batch (an input overflowing float32) each reques
 alone so only the offending one gets the 422. A model deleted while requests for it wait answers
 404. The process returns each answer already serialised (JSON bytes): building
 and serialising the response models is most of a small request's cost, and done in the API it
-would take the CPU (and the GIL) that polls and /healthz need (measured: 5.2 -> see README ms of API CPU
-per certify request). A request waiting for a process holds no thread and no DB connection; if
+would take the CPU (and the GIL) that polls and /healthz need (measured: it was half of a certify
+request's API CPU; README "Concurrency"). A request waiting for a process holds no thread and no DB connection; if
 its client goes away before a process takes it, it is dropped. The `?attack=true` search stays on
 threads of the API process (at most LBDN_CERTIFY_ATTACKS_TOTAL at once): it must notice a client's
 disconnect while it runs.

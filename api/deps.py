@@ -11,6 +11,7 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session
 
 from api.auth import OPEN_TENANT, CurrentTenant, current_tenant
+from api.services import services_of
 from core.settings import Settings
 from core.states import MODEL_KINDS, JobState
 from core.store import Job, jobs
@@ -29,31 +30,38 @@ __all__ = [  # OPEN_TENANT, CurrentTenant and current_tenant: api.auth's, re-exp
     "get_session",
     "get_settings",
     "known_models",
+    "require_json",
     "tenant_job",
     "tenant_model",
     "tenant_model_id",
 ]
 
 
-def get_settings(request: Request) -> Settings:
-    """The app's Settings (given to create_app)."""
-    settings: Settings = request.app.state.settings
-    return settings
+async def get_settings(request: Request) -> Settings:
+    """The app's Settings (given to create_app); async, so that reading it costs no thread hop."""
+    return services_of(request).settings
 
 
 async def get_session(request: Request) -> AsyncIterator[Session]:
     """A session per request that holds a DB connection only while a statement or a write is in
     flight (core.store.ReleasingSession); routes that write commit themselves before they answer.
 
-    `async def` on purpose: making the session takes no I/O, and its teardown (FastAPI 0.165 runs
-    request-scoped teardown after the response is sent) needs no thread-pool thread; it finds the
-    connection already given back, except after a write that failed, which close() rolls back.
+    `async def` on purpose: making the session takes no I/O, and its teardown (after the response is
+    sent from FastAPI 0.118 on, just before it in earlier releases) needs no thread-pool thread; it
+    finds the connection already given back, except after a write that failed, which close() rolls back.
     """
-    session = request.app.state.request_sessions()
+    session = services_of(request).request_sessions()
     try:
         yield session
     finally:
         session.close()
+
+
+def require_json(request: Request) -> None:
+    """415 for a body that is not JSON (a route dependency of the routes that take one)."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype != "application/json" and not ctype.endswith("+json"):
+        raise HTTPException(415, f"send the job as application/json, not {ctype or 'no content type'}")
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
@@ -98,13 +106,13 @@ def known_models(ttl_s: float) -> TTLCache[tuple[str, str], bool]:
 
 def forget_model(request: Request, model_id: str) -> None:
     """Drop `model_id` from the app's known_models (it was deleted)."""
-    known: TTLCache[tuple[str, str], bool] = request.app.state.known_models
+    known = services_of(request).known_models
     for key in [k for k in list(known.keys()) if k[1] == model_id]:
         known.pop(key, None)
 
 
 def _model_exists(request: Request, tenant: str, model_id: str) -> None:
-    with request.app.state.sessions() as session:
+    with services_of(request).sessions() as session:
         tenant_model(model_id, session, tenant)  # 404 if not a model of this tenant
 
 
@@ -113,7 +121,7 @@ async def tenant_model_id(
 ) -> str:
     """The id of the caller's model `model_id` (as tenant_model; 404 else), looked up at most once
     per LBDN_KEY_CACHE_S per model and tenant (known_models)."""
-    known: TTLCache[tuple[str, str], bool] = request.app.state.known_models
+    known = services_of(request).known_models
     if (tenant, model_id) not in known:
         await run_in_threadpool(_model_exists, request, tenant, model_id)
         known[(tenant, model_id)] = True

@@ -22,6 +22,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api.deps import CurrentTenant, SessionDep, SettingsDep
+from api.services import services_of
 from core.settings import Settings
 from core.states import JobKind
 from core.store import Job
@@ -54,14 +55,6 @@ class RecentImports:
             return [now - t for t in times or ()]
 
 
-def recent_imports(request: Request) -> RecentImports:
-    state = request.app.state
-    if not hasattr(state, "recent_imports"):
-        state.recent_imports = RecentImports()
-    found: RecentImports = state.recent_imports
-    return found
-
-
 def _too_many(settings: Settings, count: int, oldest_age_s: float) -> HTTPException:
     wait = max(1, math.ceil(WINDOW_S - oldest_age_s))
     return HTTPException(
@@ -80,7 +73,7 @@ def check_rate(request: Request, session: Session, tenant: str, settings: Settin
         .where(Job.tenant == tenant, Job.kind == JobKind.import_, Job.created_at > since)
         .order_by(Job.created_at)
     ).all()
-    local = recent_imports(request).in_window(tenant)
+    local = services_of(request).recent_imports.in_window(tenant)
     limit = settings.imports_per_minute
     if len(stored) >= limit and len(stored) >= len(local):
         raise _too_many(settings, len(stored), (utcnow() - stored[-limit]).total_seconds())

@@ -17,11 +17,13 @@ from api.batcher import CertifyBatcher, CertifySlots
 from api.certify import AttackSlots
 from api.certify_pool import CertifyLimits, CertifyPool
 from api.deps import known_models
+from api.import_limits import RecentImports
 from api.metrics import ServiceMetrics
 from api.middleware import LimitAndMeasure
 from api.model_cache import ModelCache
 from api.routers import artifacts, catalog, dashboard, events, health, jobs, model_io, models, paper, sweeps
 from api.routers.events import StreamCount
+from api.services import AppServices, Limiters, services_of
 from core.queue import CeleryQueue
 from core.reaper import reap_and_resend
 from core.settings import Settings, get_settings
@@ -48,33 +50,79 @@ certified l2 radii of your own inputs. Errors are application/problem+json."""
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    settings: Settings = app.state.settings
-    settings.jobs_dir.mkdir(parents=True, exist_ok=True)
+    services = services_of(app)
+    services.settings.jobs_dir.mkdir(parents=True, exist_ok=True)
     # Thread and connection budgets, sized together (see pool_sizes): sync routes and dependencies
     # share anyio's default limiter; attack searches, event-stream polls and readiness checks get
     # limiters of their own, so neither CPU work nor streams can take the threads pollers need.
-    anyio.to_thread.current_default_thread_limiter().total_tokens = settings.api_threads
-    app.state.attack_limiter = anyio.CapacityLimiter(settings.certify_attacks_total)
-    app.state.stream_limiter = anyio.CapacityLimiter(STREAM_THREADS)
-    app.state.health_limiter = anyio.CapacityLimiter(HEALTH_THREADS)
-    init_db(app.state.engine)
+    anyio.to_thread.current_default_thread_limiter().total_tokens = services.settings.api_threads
+    services.started = Limiters(
+        attacks=anyio.CapacityLimiter(services.settings.certify_attacks_total),
+        streams=anyio.CapacityLimiter(STREAM_THREADS),
+        health=anyio.CapacityLimiter(HEALTH_THREADS),
+    )
+    init_db(services.engine)
     # Jobs queued before a restart may have lost their messages (a broker without persistence):
     # re-send them, off the start-up path so a slow broker does not delay serving.
-    threading.Thread(target=_resend_at_startup, args=(app,), name="lbdn-resend", daemon=True).start()
+    threading.Thread(target=_resend_at_startup, args=(services,), name="lbdn-resend", daemon=True).start()
     yield
-    app.state.certify_pool.shutdown()
-    app.state.engine.dispose()
-    app.state.queue.close()
+    services.certify_pool.shutdown()
+    services.engine.dispose()
+    services.queue.close()
 
 
-def _resend_at_startup(app: FastAPI) -> None:
+def _resend_at_startup(services: AppServices) -> None:
     # This pass re-sends everything anyway; setting the broker's marker spares the workers a second.
     with suppress(Exception):
-        app.state.queue.broker_lost_messages()
+        services.queue.broker_lost_messages()
     try:
-        reap_and_resend(app.state.sessions, app.state.queue, app.state.settings, everything_queued=True)
+        reap_and_resend(services.sessions, services.queue, services.settings, everything_queued=True)
     except Exception:
         log.exception("re-sending queued jobs at start-up failed")
+
+
+def build_services(settings: Settings) -> AppServices:
+    """Everything the routes share, made once per app (the limiters wait for the lifespan)."""
+    engine = make_engine(settings.db_url, **pool_sizes(settings))
+    sessions = session_factory(engine)
+    certify_pool = CertifyPool(
+        settings.certify_concurrency,
+        settings.certify_nice,
+        CertifyLimits(
+            settings.max_certify_inputs,
+            settings.max_image_pixels,
+            settings.model_cache_size,
+            batch_inputs=settings.certify_batch_max_inputs,
+            json_depth=settings.certify_json_max_depth,
+        ),
+    )
+    return AppServices(
+        settings=settings,
+        engine=engine,
+        sessions=sessions,
+        request_sessions=releasing_session_factory(engine),
+        queue=CeleryQueue(settings),  # core.queue.JobQueue: enqueue by task name, ping
+        metrics=ServiceMetrics(sessions),
+        auth_mode=auth_mode(settings),  # api.auth: open only by choice, or on loopback before any key
+        key_cache=key_cache(settings.key_cache_s),
+        known_models=known_models(settings.key_cache_s),  # certify's model lookups (api.deps)
+        auth_failures=AuthFailures(settings.auth_failures_per_window, settings.auth_failure_window_s),
+        model_cache=ModelCache(settings.model_cache_size),  # the attack's models (api.certify_pool)
+        certify_pool=certify_pool,
+        # api.batcher: concurrent requests of a model in one forward
+        certify_batcher=CertifyBatcher(
+            certify_pool,
+            processes=settings.certify_concurrency,
+            max_requests=settings.certify_batch_max_requests,
+            wait_s=settings.certify_batch_wait_ms / 1000,
+        ),
+        certify_slots=CertifySlots(settings.certify_slots_per_tenant, settings.certify_slots_total),
+        attack_slots=AttackSlots(
+            settings.certify_attacks_per_tenant, settings.certify_attacks_total, settings.certify_attack_timeout_s
+        ),
+        stream_count=StreamCount(settings.max_streams_per_tenant),  # api.routers.events
+        recent_imports=RecentImports(),  # api.import_limits
+    )
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -92,39 +140,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             {"name": "sweeps", "description": "grids of jobs and the paper's experiments as presets"},
         ],
     )
-    app.state.settings = settings
-    app.state.key_cache = key_cache(settings.key_cache_s)
-    app.state.known_models = known_models(settings.key_cache_s)  # certify's model lookups (api.deps)
-    app.state.auth_mode = auth_mode(settings)  # api.auth: open only by choice, or on loopback before any key
-    app.state.engine = make_engine(settings.db_url, **pool_sizes(settings))
-    app.state.sessions = session_factory(app.state.engine)
-    app.state.request_sessions = releasing_session_factory(app.state.engine)
-    app.state.queue = CeleryQueue(settings)  # core.queue.JobQueue: enqueue by task name, ping
-    app.state.model_cache = ModelCache(settings.model_cache_size)  # the attack's models (api.certify_pool)
-    app.state.certify_pool = CertifyPool(
-        settings.certify_concurrency,
-        settings.certify_nice,
-        CertifyLimits(
-            settings.max_certify_inputs,
-            settings.max_image_pixels,
-            settings.model_cache_size,
-            batch_inputs=settings.certify_batch_max_inputs,
-            json_depth=settings.certify_json_max_depth,
-        ),
-    )
-    app.state.certify_batcher = CertifyBatcher(  # api.batcher: concurrent requests of a model in one forward
-        app.state.certify_pool,
-        processes=settings.certify_concurrency,
-        max_requests=settings.certify_batch_max_requests,
-        wait_s=settings.certify_batch_wait_ms / 1000,
-    )
-    app.state.certify_slots = CertifySlots(settings.certify_slots_per_tenant, settings.certify_slots_total)
-    app.state.metrics = ServiceMetrics(app.state.sessions)
-    app.state.stream_count = StreamCount(settings.max_streams_per_tenant)  # api.routers.events
-    app.state.auth_failures = AuthFailures(settings.auth_failures_per_window, settings.auth_failure_window_s)
-    app.state.attack_slots = AttackSlots(
-        settings.certify_attacks_per_tenant, settings.certify_attacks_total, settings.certify_attack_timeout_s
-    )
+    app.state.services = services = build_services(settings)
     problems.install(app)
     for router in (jobs.router, events.router, artifacts.router, models.router, health.router):
         app.include_router(router)
@@ -132,7 +148,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router)
     app.include_router(catalog.router)  # /v1/catalog: model cards and layer families
     app.include_router(model_io.router)  # /v1/models/import, /v1/models/{id}/export
-    app.add_middleware(LimitAndMeasure, max_bytes=settings.max_upload_bytes, metrics=app.state.metrics)
+    app.add_middleware(LimitAndMeasure, max_bytes=settings.max_upload_bytes, metrics=services.metrics)
     app.add_middleware(OpsGuard, token=settings.metrics_token)  # /metrics, /readyz: token or loopback
     app.include_router(dashboard.router)  # the browser UI at / (no key needed to load the page)
     return app

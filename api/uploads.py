@@ -25,6 +25,8 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
 
+from api.services import services_of
+
 Scale = Literal["pixel", "model"]
 NPY_TYPES = ("application/x-npy", "application/octet-stream", "application/npy")
 IMAGE_FORMATS = {"PNG", "JPEG"}
@@ -33,7 +35,8 @@ F32_MAX = float(np.finfo(np.float32).max)  # the model computes in float32
 
 @dataclass
 class RawInputs:
-    """The request body, read but not yet decoded (decoding runs in the threadpool)."""
+    """The request body, read but not yet decoded (decoded where it is certified: in a certify
+    process, api.certify_pool, or on an attack thread)."""
 
     scale: Scale = "pixel"
     json_body: bytes | None = None  # a JSON body as sent; parse_json turns it into json_inputs + scale
@@ -56,7 +59,7 @@ def _scale(value: Any) -> Scale:
 
 async def read_certify_body(request: Request) -> RawInputs:
     """Read the body by content type: JSON, multipart/form-data, or a raw .npy array; else 415."""
-    settings = request.app.state.settings
+    settings = services_of(request).settings
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype == "application/json":
         # not parsed here: parse_json runs where the inputs are certified, off the event loop

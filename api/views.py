@@ -7,30 +7,19 @@ from typing import Any
 from api.schemas import JobOut, ModelOut, ProgressOut
 from core.store import Job
 
+# JobOut fields read from the job's column of the same name
+_JOB_COLUMNS = (
+    "id kind status created_at started_at finished_at updated_at spec model_id result error attempt "
+    "cancel_requested resumed_from resources device host worker"
+).split()
+
 
 def job_out(job: Job) -> JobOut:
     return JobOut(
-        id=job.id,
-        kind=job.kind,
-        status=job.status,
-        created_at=job.created_at,
-        started_at=job.started_at,
-        finished_at=job.finished_at,
-        updated_at=job.updated_at,
-        spec=job.spec,
-        model_id=job.model_id,
+        **{name: getattr(job, name) for name in _JOB_COLUMNS},
         attack=job.params,
         progress=ProgressOut(**job.progress) if job.progress else None,
         metrics=job.latest_metrics,
-        result=job.result,
-        error=job.error,
-        attempt=job.attempt,
-        cancel_requested=job.cancel_requested,
-        resumed_from=job.resumed_from,
-        resources=job.resources,
-        device=job.device,
-        host=job.host,
-        worker=job.worker,
     )
 
 

@@ -2,8 +2,8 @@
 messages go out by task name, so no task (and no training code) is imported here.
 
 Broker messages only carry work ("run job X"); the job store holds everything else, so a message
-may be lost or delivered twice without harm (see core.store.leases). Settings follow
-shared/notes/service-facts.md for long GPU jobs. The Celery app that consumes these messages, and
+may be lost or delivered twice without harm (see core.store.leases). The Celery settings are those
+of long GPU jobs, each explained where `configure_celery` sets it. The Celery app that consumes these messages, and
 its tasks, are the worker's (worker.app, worker.tasks); both sides configure Celery with
 `configure_celery`, so producer and consumer agree on queues and routes.
 
@@ -16,13 +16,19 @@ here: crash recovery comes from our leases and reaper, and cancellation from the
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
 from typing import Protocol
 
 from celery import Celery
 from kombu import Queue
+from sqlalchemy.orm import Session, sessionmaker
 
 from core.settings import Settings
 from core.states import JobKind
+from core.store import leases, transaction
+
+log = logging.getLogger("lbdn.queue")
 
 TASKS = {JobKind.train: "lbdn.train", JobKind.evaluate: "lbdn.evaluate"}  # job kind -> task name
 
@@ -68,6 +74,26 @@ class JobQueue(Protocol):
     def ping(self, timeout: float = 3.0) -> None: ...
 
     def broker_lost_messages(self) -> bool: ...
+
+
+def send_jobs(queue: JobQueue, sessions: sessionmaker[Session], todo: Sequence[tuple[str, JobKind]]) -> list[str]:
+    """Send the messages of committed queued jobs (id, kind), in order; returns the ids sent.
+
+    The job store already holds each job, so a broker that refuses one is no error for the caller:
+    that job and the rest are marked unsent (enqueued_at NULL) and the next reaper pass sends them.
+    """
+    sent: list[str] = []
+    for i, (job_id, kind) in enumerate(todo):
+        try:
+            queue.enqueue(job_id, kind)
+        except Exception as e:
+            log.warning("could not send %d job(s) to the broker (%s); the reaper will send them", len(todo) - i, e)
+            with transaction(sessions) as s:
+                for rest, _ in todo[i:]:
+                    leases.mark_unsent(s, rest)
+            break
+        sent.append(job_id)
+    return sent
 
 
 class CeleryQueue:

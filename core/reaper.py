@@ -16,7 +16,7 @@ import threading
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.queue import JobQueue
+from core.queue import JobQueue, send_jobs
 from core.settings import Settings
 from core.store import leases, transaction
 
@@ -37,17 +37,7 @@ def reap_and_resend(
             max_attempts=settings.max_attempts,
             resend_queued_after_s=None if everything_queued else settings.resend_queued_after_s,
         )
-    sent: list[str] = []
-    for i, item in enumerate(todo):
-        try:
-            queue.enqueue(item.job_id, item.kind)
-            sent.append(item.job_id)
-        except Exception as e:
-            log.warning("broker unreachable while re-sending jobs (%s); will retry", e)
-            with transaction(sessions) as s:
-                for rest in todo[i:]:
-                    leases.mark_unsent(s, rest.job_id)
-            break
+    sent = send_jobs(queue, sessions, [(item.job_id, item.kind) for item in todo])
     if sent:
         log.info("re-sent %d job(s): %s", len(sent), ", ".join(sent))
     return sent

@@ -1,22 +1,26 @@
-"""The one way jobs are made: every path that creates a job (POST /v1/jobs, sweeps, a sweep's
-evaluation jobs, the paper's presets, imports) goes through these checks, in this order:
+"""The one way jobs are made: every job row is inserted here, after these checks, in this order.
+`submit_job` is POST /v1/jobs; sweeps and the paper's presets (core.sweep_submit.submit_sweep) insert
+their training jobs with `submit_all`, and their evaluation jobs with `submit`; an import is
+`record_import` (born succeeded: nothing to queue, so no quota; its spec passes rule 1).
 
 1. the spec is valid (ExperimentSpec; finite numbers only) and its image folder, if any, lies inside
    the server's data dir (`resolve_image_folder`: the folder checked is the folder read);
-2. training it fits a worker (`check_cost`: lipcore.cost's estimate against LBDN_MAX_JOB_MEMORY_GB);
+2. training it fits a worker (`check_cost`: lipcore.cost's estimate against LBDN_MAX_JOB_MEMORY_GB;
+   `check_devices`: some live worker owns the devices it asks for);
 3. the tenant stays within LBDN_MAX_ACTIVE_JOBS_PER_TENANT queued + running jobs (`check_quota`,
    counting every job a request would add, so a sweep is refused whole);
 4. the Idempotency-Key is the tenant's own (`check_idempotency_key`: keys under INTERNAL_KEY_PREFIX
    are the service's) and replays the job it made before (`submit`).
 
 Nothing here knows HTTP: a refusal is a `Refused` (status, detail, headers) that the API turns into a
-problem document, so these rules are tested without a server (tests/service/test_limits.py).
+problem document, so these rules are tested without a server (tests/service/test_submit.py, test_limits.py).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import func, select
@@ -191,3 +195,66 @@ def submit(
         )
     except jobs.IdempotencyConflict as e:
         raise Refused(422, str(e)) from None
+
+
+def submit_all(session: Session, *, tenant: str, settings: Settings, specs: Sequence[dict[str, Any]]) -> list[Job]:
+    """Insert one queued training job per stored spec (from `prepare_training`) after the quota for
+    all of them, so a sweep is refused whole; not committed."""
+    check_quota(session, tenant, settings, adding=len(specs))
+    return [jobs.create_job(session, tenant=tenant, kind=JobKind.train, spec=spec)[0] for spec in specs]
+
+
+@dataclass(frozen=True)
+class JobAsk:
+    """One job as a tenant asks for it (api.schemas.JobRequest without HTTP): a training `spec`, or
+    the evaluation (attack `params`) of `model`, a model of the tenant's (a succeeded training job
+    or an import, found by the caller)."""
+
+    spec: ExperimentSpec | None = None
+    model: Job | None = None
+    params: dict[str, Any] | None = None
+    resources: dict[str, Any] | None = None
+    idempotency_key: str | None = None
+    req_hash: str | None = None
+
+
+def submit_job(session: Session, *, tenant: str, settings: Settings, ask: JobAsk) -> tuple[Job, bool]:
+    """POST /v1/jobs without HTTP: every rule (see the module's docstring), then `submit`;
+    (job, created), not committed."""
+    check_idempotency_key(ask.idempotency_key)
+    if ask.model is not None:
+        spec, kind = ask.model.spec, JobKind.evaluate
+        # torch-free: a model's task is on its card
+        from lipcore.models.cards import get_card
+
+        if get_card(str(spec.get("model"))).task != "classifier":
+            raise Refused(
+                422,
+                f"model_id: the {spec.get('model')} regression has no classes to attack; evaluate an image classifier",
+            )
+    elif ask.spec is not None:
+        spec, kind = prepare_training(ask.spec, settings), JobKind.train
+        check_devices(session, settings, int((ask.resources or {}).get("devices", 1)))
+    else:
+        raise ValueError("a JobAsk names a training spec or a model to evaluate")
+    return submit(
+        session,
+        tenant=tenant,
+        settings=settings,
+        kind=kind,
+        spec=spec,
+        params=ask.params,
+        model_id=ask.model.id if ask.model is not None else None,
+        idempotency_key=ask.idempotency_key,
+        req_hash=ask.req_hash,
+        resources=ask.resources if kind == JobKind.train else None,
+    )
+
+
+def record_import(session: Session, *, tenant: str, spec: ExperimentSpec, result: dict[str, Any]) -> Job:
+    """An imported model's job, born succeeded (`spec` from `resolve_image_folder`: the data-path
+    rule); not committed. Imports have limits of their own (api.import_limits: rate, stored bytes)
+    and never take a place in the active-jobs quota: they never run."""
+    return jobs.create_succeeded_job(
+        session, tenant=tenant, kind=JobKind.import_, spec=spec.model_dump(mode="json"), result=result
+    )

@@ -15,11 +15,11 @@ from pydantic import ValidationError
 from sqlalchemy import Text, and_, cast, select
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
-from core.queue import JobQueue
+from core.queue import JobQueue, send_jobs
 from core.settings import Settings
 from core.states import JobKind, JobState, SweepRole
 from core.store import Job, Sweep, SweepJob, sweeps, transaction
-from core.submit import Refused, check_cost, check_quota, errors_text, resolve_image_folder
+from core.submit import Refused, check_cost, check_quota, errors_text, resolve_image_folder, submit, submit_all
 from lipcore.spec import ExperimentSpec
 
 log = logging.getLogger("lbdn.sweeps")
@@ -175,36 +175,72 @@ def sweeps_to_advance(s: Session, job_id: str | None = None) -> list[int]:
     return list(s.scalars(q))
 
 
+def submit_sweep(
+    session: Session,
+    *,
+    tenant: str,
+    settings: Settings,
+    ask: SweepAsk,
+    name: str,
+    request: dict[str, Any],
+    evaluate: dict[str, Any] | None,
+) -> tuple[Sweep, list[Job]]:
+    """POST /v1/sweeps without HTTP: the sweep planned under every rule (`plan_sweep`), then its
+    training jobs made (core.submit.submit_all) and recorded in grid order; not committed.
+    `request` is stored as asked; `evaluate` holds the attack settings of its evaluation jobs."""
+    planned = plan_sweep(session, tenant, settings, ask)
+    made = submit_all(session, tenant=tenant, settings=settings, specs=[spec for spec, _ in planned])
+    sweep = sweeps.create_sweep(
+        session,
+        tenant=tenant,
+        name=name,
+        preset=ask.preset,
+        request=request,
+        evaluate=evaluate,
+        trained=[(job, point) for job, (_, point) in zip(made, planned, strict=True)],
+    )
+    return sweep, made
+
+
+def _add_evaluations(s: Session, settings: Settings, sweep: Sweep) -> list[str]:
+    """Ids of the sweep's evaluation jobs made now (core.submit.submit, under the tenant's quota:
+    those it has no room for wait for a later pass)."""
+    made = []
+    for link, trained in sweeps.pending_evaluations(s, sweep):
+        try:
+            job, created = submit(
+                s,
+                tenant=sweep.tenant,
+                settings=settings,
+                kind=JobKind.evaluate,
+                spec=trained.spec,
+                params=sweep.evaluate,
+                model_id=trained.id,
+                idempotency_key=sweeps.evaluation_key(sweep, trained),
+                req_hash=f"sweep-eval:{trained.id}",
+                internal=True,
+            )
+        except Refused as e:
+            if e.status == 429:
+                log.info("sweep %s: tenant %s is at its job quota; evaluations wait", sweep.id, sweep.tenant)
+                break
+            continue  # the key held by a tenant's job from before the namespace was reserved
+        if created and sweeps.link_evaluation(s, sweep, link, job):
+            made.append(job.id)
+    return made
+
+
 def advance_sweeps(
     sessions: sessionmaker[Session], queue: JobQueue, settings: Settings, job_id: str | None = None
 ) -> list[str]:
     """Make and send the evaluation jobs of succeeded training jobs (of `job_id` only, or of every
     sweep); idempotent (each evaluation's key derives from its trained job). An evaluation the
     tenant's quota has no room for now waits for a later pass. Returns the ids of the jobs made."""
-    made: list[tuple[str, JobKind]] = []
+    made: list[str] = []
     with transaction(sessions) as s:
         for pk in sweeps_to_advance(s, job_id):
             sweep = s.get(Sweep, pk)
-            if sweep is None:
-                continue
-            for link, trained in sweeps.pending_evaluations(s, sweep):
-                try:
-                    check_quota(s, sweep.tenant, settings)
-                except Refused:
-                    log.info("sweep %s: tenant %s is at its job quota; evaluations wait", sweep.id, sweep.tenant)
-                    break
-                job = sweeps.add_evaluation(s, sweep, link, trained)
-                if job is not None:
-                    made.append((job.id, JobKind.evaluate))
-    for i, (made_id, kind) in enumerate(made):
-        try:
-            queue.enqueue(made_id, kind)
-        except Exception as e:  # the reaper re-sends unsent jobs
-            log.warning("could not send evaluation jobs (%s); the reaper will re-send them", e)
-            from core.store import leases
-
-            with transaction(sessions) as s:
-                for rest, _ in made[i:]:
-                    leases.mark_unsent(s, rest)
-            break
-    return [m for m, _ in made]
+            if sweep is not None:
+                made += _add_evaluations(s, settings, sweep)
+    send_jobs(queue, sessions, [(m, JobKind.evaluate) for m in made])
+    return made

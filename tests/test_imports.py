@@ -51,7 +51,7 @@ def test_core_needs_only_torch_einops_numpy() -> None:
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-# ---- the service's arrows: api -> core <- worker, core -> lipcore.spec only ------------------------
+# ---- the service's arrows: api -> core <- worker, core -> lipcore's descriptions (CORE_MAY_USE) --
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -21,6 +21,7 @@ from starlette.types import Receive, Scope, Send
 from api.deps import CurrentTenant, SessionDep, TenantJob
 from api.problems import problem_responses
 from api.schemas import MAX_QUERY_INT, LogsOut
+from api.services import services_of
 from core.store import FINISHED, JobEvent, jobs
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -28,17 +29,18 @@ BATCH = 500
 
 
 def _poll(request: Request, job_id: str, after: int) -> tuple[str | None, list[JobEvent]]:
-    with request.app.state.sessions() as s:
+    with services_of(request).sessions() as s:
         job = jobs.get_job(s, None, job_id)  # the status first: events after it include its final state
         return (job.status if job else None), jobs.events_after(s, job_id, after, limit=BATCH)
 
 
 async def _stream(request: Request, job_id: str, after: int) -> AsyncIterator[dict[str, str]]:
-    pause = request.app.state.settings.sse_poll_s
+    services = services_of(request)
+    pause = services.settings.sse_poll_s
     while True:
-        # on the stream threads (app.state.stream_limiter): open streams cannot starve the pollers
+        # on the stream threads (AppServices.limiters.streams): open streams cannot starve the pollers
         status, events = await anyio.to_thread.run_sync(
-            _poll, request, job_id, after, limiter=request.app.state.stream_limiter
+            _poll, request, job_id, after, limiter=services.limiters.streams
         )
         for e in events:
             yield {"id": str(e.seq), "event": e.kind, "data": json.dumps(e.data)}
@@ -108,7 +110,7 @@ async def job_events(
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", pattern=r"^[0-9]{1,18}$")] = None,
 ) -> EventSourceResponse:
     start = after if after is not None else int(last_event_id or 0)
-    count: StreamCount = request.app.state.stream_count
+    count = services_of(request).stream_count
     count.take(tenant)
     return CountedStream(_stream(request, job.id, start), count, tenant, ping=15, send_timeout=30)
 

@@ -2,7 +2,7 @@
 
 /healthz is `async def` with no dependency: it runs on the event loop, so it answers while every
 thread and every DB connection is busy (a liveness probe must not fail because of load). /readyz
-runs its checks on threads of its own (app.state.health_limiter) under a short deadline, and says
+runs its checks on threads of its own (AppServices.limiters.health) under a short deadline, and says
 only which dependency failed: the error text is logged, never sent (it can hold host names, users).
 Access rules (who may call /readyz and /metrics) are added as route dependencies.
 """
@@ -20,6 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from api.problems import problem
 from api.schemas import Health
+from api.services import services_of
 from core.store import ping
 
 router = APIRouter(tags=["health"])
@@ -35,7 +36,7 @@ async def healthz() -> Health:
 async def _check(request: Request, name: str, check: Callable[[], None]) -> str:
     try:
         with anyio.fail_after(READY_TIMEOUT_S):
-            await anyio.to_thread.run_sync(check, limiter=request.app.state.health_limiter, abandon_on_cancel=True)
+            await anyio.to_thread.run_sync(check, limiter=services_of(request).limiters.health, abandon_on_cancel=True)
         return "ok"
     except TimeoutError:
         log.warning("readiness: %s did not answer within %.0f s", name, READY_TIMEOUT_S)
@@ -52,10 +53,10 @@ async def _check(request: Request, name: str, check: Callable[[], None]) -> str:
     responses={503: {"description": "a dependency is unreachable (problem+json)"}},
 )
 async def readyz(request: Request) -> Health | JSONResponse:
-    state = request.app.state
+    services = services_of(request)
     checks = {
-        "database": await _check(request, "database", lambda: ping(state.engine)),
-        "broker": await _check(request, "broker", lambda: state.queue.ping(timeout=READY_TIMEOUT_S)),
+        "database": await _check(request, "database", lambda: ping(services.engine)),
+        "broker": await _check(request, "broker", lambda: services.queue.ping(timeout=READY_TIMEOUT_S)),
     }
     if all(v == "ok" for v in checks.values()):
         return Health(status="ready", checks=checks)
@@ -65,4 +66,4 @@ async def readyz(request: Request) -> Health | JSONResponse:
 
 @router.get("/metrics", response_class=Response, summary="Prometheus metrics", include_in_schema=True)
 def metrics(request: Request) -> Response:
-    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(services_of(request).metrics.registry), media_type=CONTENT_TYPE_LATEST)

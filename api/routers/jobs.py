@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import shutil
 from pathlib import Path
 from typing import Annotated
@@ -10,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response
 from fastapi.encoders import jsonable_encoder
 
-from api.deps import CurrentTenant, SessionDep, SettingsDep, TenantJob, forget_model, tenant_model
+from api.deps import CurrentTenant, SessionDep, TenantJob, forget_model, require_json, tenant_model
 from api.problems import problem_responses
 from api.schemas import (
     MAX_QUERY_INT,
@@ -20,29 +19,13 @@ from api.schemas import (
     JobRequest,
     MetricsOut,
 )
+from api.services import Services
 from api.views import job_out
 from core import submit
 from core.states import FINISHED, JobKind, JobState
-from core.store import jobs, leases
+from core.store import jobs
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=problem_responses(401, 413, 422))
-log = logging.getLogger("lbdn.api")
-
-
-def require_json(request: Request) -> None:
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if ctype != "application/json" and not ctype.endswith("+json"):
-        raise HTTPException(415, f"send the job as application/json, not {ctype or 'no content type'}")
-
-
-def send(request: Request, job_id: str, kind: JobKind) -> None:
-    """Send the job's message; if the broker is away the reaper sends it later (the DB has it)."""
-    try:
-        request.app.state.queue.enqueue(job_id, kind)
-    except Exception as e:
-        log.warning("could not send job %s to the broker (%s); the reaper will re-send it", job_id, e)
-        with request.app.state.sessions() as s, s.begin():
-            leases.mark_unsent(s, job_id)
 
 
 @router.post(
@@ -55,47 +38,26 @@ def send(request: Request, job_id: str, kind: JobKind) -> None:
 )
 def submit_job(
     body: JobRequest,
-    request: Request,
     response: Response,
     session: SessionDep,
     tenant: CurrentTenant,
-    settings: SettingsDep,
+    services: Services,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)] = None,
 ) -> JobOut:
-    submit.check_idempotency_key(idempotency_key)
-    resources = None
+    req_hash = jobs.request_hash(jsonable_encoder(body))
     if isinstance(body, EvaluateRequest):
+        submit.check_idempotency_key(idempotency_key)  # before the model's lookup, as for training
         model = tenant_model(body.model_id, session, tenant)
-        spec, params, model_id = model.spec, body.attack.model_dump(), model.id
-        # torch-free: a model's task is on its card
-        from lipcore.models.cards import get_card
-
-        if get_card(str(spec.get("model"))).task != "classifier":
-            raise HTTPException(
-                422,
-                f"model_id: the {spec.get('model')} regression has no classes to attack; evaluate an image classifier",
-            )
+        ask = submit.JobAsk(
+            model=model, params=body.attack.model_dump(), idempotency_key=idempotency_key, req_hash=req_hash
+        )
     else:
-        spec = submit.prepare_training(body.spec, settings)
         resources = body.resources.model_dump() if body.resources else None
-        submit.check_devices(session, settings, body.resources.devices if body.resources else 1)
-        params, model_id = None, None
-    job, created = submit.submit(
-        session,
-        tenant=tenant,
-        settings=settings,
-        kind=JobKind(body.kind),
-        spec=spec,
-        params=params,
-        model_id=model_id,
-        idempotency_key=idempotency_key,
-        req_hash=jobs.request_hash(jsonable_encoder(body)),
-        resources=resources,
-    )
+        ask = submit.JobAsk(spec=body.spec, resources=resources, idempotency_key=idempotency_key, req_hash=req_hash)
+    job, created = submit.submit_job(session, tenant=tenant, settings=services.settings, ask=ask)
     session.commit()
     if created:
-        request.app.state.metrics.jobs_submitted.labels(job.kind).inc()
-        send(request, job.id, job.kind)
+        services.send([(job.id, job.kind)])
     else:
         response.headers["Idempotent-Replayed"] = "true"
     return job_out(job)
@@ -156,12 +118,13 @@ def cancel_job(job: TenantJob, session: SessionDep) -> JobOut:
     summary="Remove a finished job and its artifacts",
     responses=problem_responses(409),
 )
-def delete_job(job: TenantJob, session: SessionDep, request: Request, settings: SettingsDep) -> Response:
+def delete_job(job: TenantJob, session: SessionDep, request: Request, services: Services) -> Response:
     if job.status not in FINISHED:
         raise HTTPException(409, f"job {job.id} is {job.status}; cancel it and wait until it has stopped")
     jobs.delete_job(session, job)
     session.commit()
-    request.app.state.model_cache.forget(settings.job_dir(job.id))
+    folder = services.settings.job_dir(job.id)
+    services.model_cache.forget(folder)
     forget_model(request, job.id)
-    shutil.rmtree(Path(settings.job_dir(job.id)), ignore_errors=True)
+    shutil.rmtree(Path(folder), ignore_errors=True)
     return Response(status_code=204)

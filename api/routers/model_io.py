@@ -1,6 +1,6 @@
 """/v1/models/import and /v1/models/{id}/export: models in (the paper's checkpoints) and out (ONNX, torch).
 
-An import is a job of kind "import" that is born succeeded: its folder holds the converted
+An import is a job of kind "import" that is born succeeded (core.submit.record_import): its folder holds the converted
 `model.safetensors`, so the certify route, evaluate jobs, artifacts and delete treat it exactly
 like a trained model. The upload is read with `torch.load(weights_only=True)` only (lipcore.
 paper_checkpoint): a pickle that is not a plain {name: tensor} state dict is refused with 422 and
@@ -33,14 +33,14 @@ from starlette.requests import ClientDisconnect
 
 from api import archive, import_limits
 from api.auth import current_tenant
-from api.deps import CurrentTenant, SessionDep, SettingsDep, TenantModel
+from api.deps import CurrentTenant, SessionDep, TenantModel
 from api.problems import problem_responses
 from api.schemas import ModelOut
+from api.services import AppServices, Services, services_of
 from api.views import model_out
 from core.settings import Settings
-from core.states import JobKind, JobState
-from core.store import jobs, leases, transaction
-from core.submit import resolve_image_folder
+from core.store import jobs, transaction
+from core.submit import record_import, resolve_image_folder
 from lipcore.rundir import MODEL
 from lipcore.spec import ExperimentSpec
 
@@ -81,7 +81,7 @@ class ImportUpload:
 
 async def read_import_body(request: Request) -> ImportUpload:
     """The multipart body: one file part `checkpoint` and a text part `spec` (JSON)."""
-    settings = request.app.state.settings
+    settings = services_of(request).settings
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype != "multipart/form-data":
         raise HTTPException(
@@ -185,13 +185,11 @@ def _checked_spec(upload: ImportUpload, found: archive.Declared, settings: Setti
 )
 def import_model(
     upload: Annotated[ImportUpload, Depends(read_import_body)],
-    request: Request,
     session: SessionDep,
     tenant: CurrentTenant,
-    settings: SettingsDep,
+    services: Services,
 ) -> ModelOut:
-    from lipcore.checkpoint import CheckpointError, load_model, save_model
-
+    settings = services.settings
     try:
         found = archive.declared(upload.data, upload.name)
         spec = _checked_spec(upload, found, settings)
@@ -200,56 +198,59 @@ def import_model(
         raise HTTPException(e.status, str(e)) from None
     settings.jobs_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=settings.jobs_dir, prefix=".import-") as tmp:
-        path = os.path.join(tmp, "upload")
-        with open(path, "wb") as f:
-            f.write(upload.data)
-        try:
-            loaded = load_model(path, spec, device="cpu")
-        except CheckpointError as e:
-            raise HTTPException(
-                422, f"checkpoint: {e}".replace(path, upload.name).replace("upload", upload.name)
-            ) from None
-        staged = os.path.join(tmp, MODEL)
-        save_model(
-            staged,
-            loaded.model,
-            spec,
-            classes=loaded.classes,
-            mean=loaded.mean,
-            std=loaded.std,
-            sll_reference_epsilon=loaded.sll_reference_epsilon,
-        )
-        size = os.path.getsize(staged)
-        import_limits.check_bytes(session, tenant, settings, adding=size)
-        result = {
-            "source": loaded.source,
-            "file": upload.name,
-            "classes": loaded.classes,
-            "gamma_used": loaded.model.gamma,
-            "bound_factor": loaded.bound_factor,
-            "stored_bytes": size,
-        }
-        job_id = _commit_import(request, tenant, spec, result, staged, settings)
-    import_limits.recent_imports(request).add(tenant)
+        staged, result = _convert(upload, spec, tmp)
+        import_limits.check_bytes(session, tenant, settings, adding=result["stored_bytes"])
+        job_id = _commit_import(services, tenant, spec, result, staged)
+    services.recent_imports.add(tenant)
     made = jobs.get_job(session, tenant, job_id)
     assert made is not None  # committed above
     return model_out(made)
 
 
+def _convert(upload: ImportUpload, spec: ExperimentSpec, tmp: str) -> tuple[str, dict[str, Any]]:
+    """The upload loaded (weights only, checked) and saved as our model.safetensors in `tmp`: its
+    path and the import's result (what was read, the bound's factor, the bytes it keeps)."""
+    from lipcore.checkpoint import CheckpointError, load_model, save_model
+
+    path = os.path.join(tmp, "upload")
+    with open(path, "wb") as f:
+        f.write(upload.data)
+    try:
+        loaded = load_model(path, spec, device="cpu")
+    except CheckpointError as e:
+        raise HTTPException(422, f"checkpoint: {e}".replace(path, upload.name).replace("upload", upload.name)) from None
+    staged = os.path.join(tmp, MODEL)
+    save_model(
+        staged,
+        loaded.model,
+        spec,
+        classes=loaded.classes,
+        mean=loaded.mean,
+        std=loaded.std,
+        sll_reference_epsilon=loaded.sll_reference_epsilon,
+    )
+    result = {
+        "source": loaded.source,
+        "file": upload.name,
+        "classes": loaded.classes,
+        "gamma_used": loaded.model.gamma,
+        "bound_factor": loaded.bound_factor,
+        "stored_bytes": os.path.getsize(staged),
+    }
+    return staged, result
+
+
 def _commit_import(
-    request: Request, tenant: str, spec: ExperimentSpec, result: dict[str, Any], staged: str, settings: Settings
+    services: AppServices, tenant: str, spec: ExperimentSpec, result: dict[str, Any], staged: str
 ) -> str:
-    """Make the import's job, born succeeded, with its model in place before the row is committed: a
-    stop at any point leaves either no job or a whole one (at worst a folder no job names)."""
+    """Make the import's job (core.submit.record_import: born succeeded, never queued, so no worker
+    sees it) with its model in place before the row is committed: a stop at any point leaves either
+    no job or a whole one (at worst a folder no job names)."""
     folder = None
     try:
-        # One transaction: the job is never seen queued (no worker task exists for kind "import").
-        with transaction(request.app.state.sessions) as s:
-            job, _ = jobs.create_job(s, tenant=tenant, kind=JobKind.import_, spec=spec.model_dump(mode="json"))
-            job_id = job.id
-            leases.acquire(s, job_id, "import", 60)
-            leases.finish(s, job_id, "import", JobState.succeeded, result=result)
-            folder = settings.job_dir(job_id)
+        with transaction(services.sessions) as s:
+            job_id = record_import(s, tenant=tenant, spec=spec, result=result).id
+            folder = services.settings.job_dir(job_id)
             folder.mkdir(parents=True, exist_ok=True)
             os.replace(staged, folder / MODEL)  # same file system (jobs dir): atomic
     except BaseException:
@@ -267,13 +268,12 @@ def _commit_import(
 )
 def export_model(
     model: TenantModel,
-    request: Request,
-    settings: SettingsDep,
+    services: Services,
     format: Annotated[
         Literal["onnx", "torch"], Query(description="onnx (onnxruntime) or torch (torch.export .pt2)")
     ] = "onnx",
 ) -> FileResponse:
-    folder = settings.job_dir(model.id)
+    folder = services.settings.job_dir(model.id)
     weights = folder / MODEL
     if not weights.is_file():
         raise HTTPException(404, f"model {model.id} has no weights file (was it removed?)")
@@ -285,7 +285,7 @@ def export_model(
             from lipcore import export
         except ImportError as e:  # the `export` extra is not installed
             raise HTTPException(501, f"export needs the 'export' extra (onnx, onnxruntime): {e}") from None
-        loaded = request.app.state.model_cache.get(weights)
+        loaded = services.model_cache.get(weights)
         try:
             (export.to_onnx if format == "onnx" else export.to_torch)(loaded, out)
         except ImportError as e:

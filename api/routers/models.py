@@ -13,14 +13,14 @@ import anyio.to_thread
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from sqlalchemy import select
 
-from api.batcher import BatchKey, CertifySlots, ClientGone
-from api.certify import AttackBudget, AttackSlots, certify_batch, input_shape
-from api.deps import CurrentTenant, SessionDep, SettingsDep, TenantModel, TenantModelId
+from api.batcher import BatchKey, ClientGone
+from api.certify import AttackBudget, certify_batch, input_shape
+from api.deps import CurrentTenant, SessionDep, TenantModel, TenantModelId
 from api.problems import problem_responses
 from api.schemas import AttackReport, CertifiedInput, CertifyOut, LipschitzBound, ModelOut, ModelPage
+from api.services import AppServices, Services
 from api.uploads import RawInputs, decode, parse_json, read_certify_body
 from api.views import model_out
-from core.settings import Settings
 from core.states import MODEL_KINDS, JobState
 from core.store import Job
 from lipcore.rundir import MODEL
@@ -80,30 +80,29 @@ def get_model(model: TenantModel) -> ModelOut:
 async def certify_inputs(
     model: TenantModelId,
     request: Request,
-    settings: SettingsDep,
+    services: Services,
     tenant: CurrentTenant,
     attack: Annotated[bool, Query(description="also search adversarial examples")] = False,
 ) -> Response:
     t0 = time.perf_counter()
-    metrics = request.app.state.metrics
-    path = settings.job_dir(model) / MODEL
+    metrics = services.metrics
+    path = services.settings.job_dir(model) / MODEL
     if not path.is_file():
         raise HTTPException(404, f"model {model} has no weights file (was it removed?)")
     # Every certify request holds a slot (api.batcher.CertifySlots: 429 beyond the per-tenant and total
     # limits) from before its body is read until it is answered: bodies in memory and queued work are
     # bounded whatever the clients send. The body is read here, not as a dependency, to be inside it.
-    certify_slots: CertifySlots = request.app.state.certify_slots
-    with certify_slots.hold(tenant):
+    with services.certify_slots.hold(tenant):
         raw = await read_certify_body(request)
         if attack:
-            body, n = await _attack(model, raw, request, settings, tenant)
+            body, n = await _attack(model, raw, request, services, tenant)
         else:
             # batched with concurrent requests of this model and tenant (api.batcher), computed and
             # serialised in a certify process: never on the API's threads or its GIL; the bytes are the
             # CertifyOut of response_model, passed through as they are
             key = BatchKey(str(path), tenant, model)
             try:
-                out = await request.app.state.certify_batcher.certify(key, raw, partial(_disconnected, request))
+                out = await services.certify_batcher.certify(key, raw, partial(_disconnected, request))
             except ClientGone:  # nobody reads this answer; 499 (nginx's "client closed") in the metrics
                 return Response(status_code=499)
             body, n = out.body, out.inputs
@@ -112,18 +111,19 @@ async def certify_inputs(
     return Response(body, media_type="application/json")
 
 
-async def _attack(model: str, raw: RawInputs, request: Request, settings: Settings, tenant: str) -> tuple[bytes, int]:
+async def _attack(
+    model: str, raw: RawInputs, request: Request, services: AppServices, tenant: str
+) -> tuple[bytes, int]:
     # The attack runs on the API's attack threads (it polls for the client's disconnect). Its slot
     # (api.certify.AttackSlots: 429 beyond the limits) is taken here, before a thread: the threads
     # are as many as the slots, so a request that gets a slot never waits for a thread, and one that
     # gets none is answered at once instead of queueing behind running attacks.
-    metrics = request.app.state.metrics
-    slots: AttackSlots = request.app.state.attack_slots
-    with slots.hold(tenant):
+    metrics = services.metrics
+    with services.attack_slots.hold(tenant):
         metrics.certify_attacks_active.inc()
         try:
             bound, results, report, shape = await anyio.to_thread.run_sync(
-                _certify_and_attack, model, raw, request, settings, limiter=request.app.state.attack_limiter
+                _certify_and_attack, model, raw, request, services, limiter=services.limiters.attacks
             )
         finally:
             metrics.certify_attacks_active.dec()
@@ -132,10 +132,10 @@ async def _attack(model: str, raw: RawInputs, request: Request, settings: Settin
 
 
 def _certify_and_attack(
-    model: str, raw: RawInputs, request: Request, settings: Settings
+    model: str, raw: RawInputs, request: Request, services: AppServices
 ) -> tuple[LipschitzBound, list[CertifiedInput], AttackReport | None, tuple[int, ...]]:
-    path = settings.job_dir(model) / MODEL
-    loaded = request.app.state.model_cache.get(path)
+    settings = services.settings
+    loaded = services.model_cache.get(settings.job_dir(model) / MODEL)
     if loaded.model.gamma is None:
         raise HTTPException(422, f"model {model} has no Lipschitz bound (Plain layers), so nothing can be certified")
     shape = input_shape(loaded.spec)
@@ -163,7 +163,7 @@ async def _disconnected(request: Request) -> None:
 
 
 def _disconnect_probe(request: Request) -> Callable[[], bool]:
-    """A blocking 'has the client gone?' for code in the threadpool (asks the event loop)."""
+    """A blocking 'has the client gone?' for the attack on its API thread (asks the event loop)."""
 
     def probe() -> bool:
         try:

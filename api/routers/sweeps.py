@@ -1,6 +1,6 @@
 """/v1/sweeps: a grid of training jobs (a base spec with a grid, or a paper preset) as one object.
 
-A sweep passes the submission rules whole (core.sweep_submit.plan_sweep) before any job is made.
+A sweep passes the submission rules whole (core.sweep_submit.submit_sweep) before any job is made.
 Reads never create jobs: a sweep's evaluation jobs are made by the worker that finishes a training
 job, and by the reaper's passes (core.sweep_submit.advance_sweeps).
 """
@@ -10,11 +10,10 @@ from __future__ import annotations
 from collections import Counter
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query
 
-from api.deps import CurrentTenant, SessionDep, SettingsDep
+from api.deps import CurrentTenant, SessionDep, require_json
 from api.problems import problem_responses
-from api.routers.jobs import require_json, send
 from api.schemas import (
     AttackParams,
     ProgressOut,
@@ -23,18 +22,22 @@ from api.schemas import (
     SweepPage,
     SweepRequest,
 )
+from api.services import Services
 from core.states import FINISHED, JobKind, JobState, SweepRole
 from core.store import Sweep, jobs, sweeps
-from core.sweep_submit import SweepAsk, plan_sweep
+from core.sweep_submit import SweepAsk, submit_sweep
 from lipcore.paper import PRESETS
 
 router = APIRouter(prefix="/v1/sweeps", tags=["sweeps"])
 
 
 def _evaluate(body: SweepRequest) -> dict[str, Any] | None:
+    """The attack settings of the sweep's evaluation jobs; None for none (an unknown preset is
+    refused by the submission rules)."""
     if isinstance(body.evaluate, AttackParams):
         return body.evaluate.model_dump()
-    wanted = body.evaluate if body.evaluate is not None else (body.preset is not None and PRESETS[body.preset].evaluate)
+    preset = PRESETS.get(body.preset) if body.preset is not None else None
+    wanted = body.evaluate if body.evaluate is not None else (preset is not None and preset.evaluate)
     return AttackParams().model_dump() if wanted else None
 
 
@@ -46,9 +49,7 @@ def _evaluate(body: SweepRequest) -> dict[str, Any] | None:
     responses=problem_responses(415, 422, 429),
     summary="Start a sweep: one training job per grid point (and evaluations as they finish)",
 )
-def create_sweep(
-    body: SweepRequest, request: Request, session: SessionDep, tenant: CurrentTenant, settings: SettingsDep
-) -> SweepOut:
+def create_sweep(body: SweepRequest, session: SessionDep, tenant: CurrentTenant, services: Services) -> SweepOut:
     ask = SweepAsk(
         preset=body.preset,
         spec=body.spec,
@@ -58,21 +59,17 @@ def create_sweep(
         overrides=body.overrides,
         only=body.only,
     )
-    resolved = plan_sweep(session, tenant, settings, ask)
-    evaluate = _evaluate(body)
-    sweep, made = sweeps.create_sweep(
+    sweep, made = submit_sweep(
         session,
         tenant=tenant,
+        settings=services.settings,
+        ask=ask,
         name=body.name or body.preset or "sweep",
-        preset=body.preset,
         request=body.model_dump(mode="json", exclude_none=True),
-        evaluate=evaluate,
-        specs=resolved,
+        evaluate=_evaluate(body),
     )
     session.commit()
-    for job in made:
-        request.app.state.metrics.jobs_submitted.labels(JobKind.train).inc()
-        send(request, job.id, JobKind.train)
+    services.send([(job.id, JobKind.train) for job in made])
     return _sweep_out(session, sweep, with_jobs=True)
 
 

@@ -78,6 +78,20 @@ def create_job(
     return job, True
 
 
+def create_succeeded_job(
+    s: Session, *, tenant: str, kind: JobKind, spec: dict[str, Any], result: dict[str, Any]
+) -> Job:
+    """Insert a job that is born succeeded (an import: there is nothing to run, so it is never
+    queued, leased or sent); not committed."""
+    now = utcnow()
+    ended = {"status": JobState.succeeded, "result": result, "started_at": now, "finished_at": now}
+    job = Job(id=new_job_id(), tenant=tenant, kind=kind, spec=spec, **ended)
+    s.add(job)
+    s.flush()
+    add_event(s, job.id, EventKind.state, {"status": JobState.succeeded})
+    return job
+
+
 def _by_idempotency_key(s: Session, tenant: str, key: str) -> Job | None:
     return s.scalar(select(Job).where(Job.tenant == tenant, Job.idempotency_key == key))
 

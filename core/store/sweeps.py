@@ -1,8 +1,9 @@
 """Repository functions of sweeps (groups of jobs from one grid or paper preset). Each takes a Session.
 
-A sweep's evaluation jobs are created by `pending_evaluations` + `add_evaluation` once its training
-jobs have succeeded: by the worker that finished one and by the reaper's passes
-(core.sweep_submit.advance_sweeps), never by a read.
+Jobs are made by the submission path (core.submit); these functions only record which jobs belong
+to a sweep. A sweep's evaluation jobs are made once its training jobs have succeeded
+(`pending_evaluations`, then `link_evaluation`): by the worker that finished one and by the
+reaper's passes (core.sweep_submit.advance_sweeps), never by a read.
 """
 
 from __future__ import annotations
@@ -14,8 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from core.states import JobKind, JobState, SweepRole
-from core.store import jobs
+from core.states import JobState, SweepRole
 from core.store.tables import Job, Sweep, SweepJob
 
 
@@ -31,19 +31,16 @@ def create_sweep(
     preset: str | None,
     request: dict[str, Any],
     evaluate: dict[str, Any] | None,
-    specs: list[tuple[dict[str, Any], dict[str, Any]]],
-) -> tuple[Sweep, list[Job]]:
-    """Insert a sweep and one queued training job per (resolved spec, grid point); not committed."""
+    trained: list[tuple[Job, dict[str, Any]]],
+) -> Sweep:
+    """Insert a sweep holding its training jobs (job, grid point), in grid order; not committed."""
     sweep = Sweep(id=new_sweep_id(), tenant=tenant, name=name, preset=preset, request=request, evaluate=evaluate)
     s.add(sweep)
     s.flush()
-    made = []
-    for i, (spec, point) in enumerate(specs):
-        job, _ = jobs.create_job(s, tenant=tenant, kind=JobKind.train, spec=spec)
+    for i, (job, point) in enumerate(trained):
         s.add(SweepJob(sweep_id=sweep.id, job_id=job.id, role=SweepRole.train, position=i, point=point))
-        made.append(job)
     s.flush()
-    return sweep, made
+    return sweep
 
 
 def get_sweep(s: Session, tenant: str, sweep_id: str) -> Sweep | None:
@@ -95,28 +92,16 @@ def pending_evaluations(s: Session, sweep: Sweep) -> list[tuple[SweepJob, Job]]:
     ]
 
 
-def add_evaluation(s: Session, sweep: Sweep, link: SweepJob, trained: Job) -> Job | None:
-    """Create the evaluation job of one trained model; None if a concurrent reader already did.
+def evaluation_key(sweep: Sweep, trained: Job) -> str:
+    """The idempotency key of a trained job's evaluation: derived from both, so two processes
+    advancing the same sweep at once make one job between them (core.submit.INTERNAL_KEY_PREFIX:
+    tenants' keys cannot start so)."""
+    return f"sweep-eval:{sweep.id}:{trained.id}"
 
-    The job's idempotency key is derived from the trained job, so two API processes advancing the
-    same sweep at once make one job between them.
-    """
-    try:
-        job, created = jobs.create_job(
-            s,
-            tenant=sweep.tenant,
-            kind=JobKind.evaluate,
-            spec=trained.spec,
-            params=sweep.evaluate,
-            model_id=trained.id,
-            # core.submit.INTERNAL_KEY_PREFIX: tenants' keys cannot start so (refused with a 422)
-            idempotency_key=f"sweep-eval:{sweep.id}:{trained.id}",
-            req_hash=f"sweep-eval:{trained.id}",
-        )
-    except jobs.IdempotencyConflict:  # a tenant's job took the key before the namespace was reserved
-        return None
-    if not created:
-        return None
+
+def link_evaluation(s: Session, sweep: Sweep, link: SweepJob, job: Job) -> bool:
+    """Record `job` as the evaluation of the training job of `link`; False if a concurrent pass
+    already recorded one."""
     try:
         with s.begin_nested():
             s.add(
@@ -126,9 +111,9 @@ def add_evaluation(s: Session, sweep: Sweep, link: SweepJob, trained: Job) -> Jo
                     role=SweepRole.evaluate,
                     position=link.position,
                     point=link.point,
-                    train_job_id=trained.id,
+                    train_job_id=link.job_id,
                 )
             )
     except IntegrityError:
-        return None
-    return job
+        return False
+    return True

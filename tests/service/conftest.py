@@ -18,6 +18,7 @@ import pytest
 
 from core.settings import Settings
 from core.store import init_db, make_engine, session_factory
+from tests.waiting import wait_until
 
 PG_ADMIN = os.environ.get("LBDN_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("LBDN_TEST_REDIS", "redis://127.0.0.1:6379/0")
@@ -155,7 +156,7 @@ def add_key():
     from core.store import keys, transaction
 
     def add(app, tenant: str) -> str:
-        with transaction(app.state.sessions) as s:
+        with transaction(app.state.services.sessions) as s:
             return keys.create_key(s, tenant)[1]
 
     return add
@@ -177,13 +178,13 @@ def save_trained_model(app, tenant: str, spec: dict, *, classes=None, mean=(0.0,
     from lipcore.spec import ExperimentSpec
 
     es = ExperimentSpec.model_validate(spec)
-    with transaction(app.state.sessions) as s:
+    with transaction(app.state.services.sessions) as s:
         job, _ = jobs.create_job(s, tenant=tenant, kind="train", spec=es.model_dump(mode="json"))
         leases.acquire(s, job.id, "test", 60)
         leases.finish(s, job.id, "test", "succeeded", result={"test_acc": 12.5, "cert_acc_36": 3.0})
     torch.manual_seed(0)
     save_model(
-        app.state.settings.job_dir(job.id) / "model.safetensors",
+        app.state.services.settings.job_dir(job.id) / "model.safetensors",
         build(es),
         es,
         classes=classes,
@@ -218,16 +219,13 @@ class Proc:
     def wait_for(self, needle: str, timeout: float = 300.0) -> None:
         """Wait for `needle` in the log; `timeout` only guards against a hang (a loaded machine
         can take a minute to start a Celery worker)."""
-        import time
 
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if needle in self.text():
-                return
-            if self.proc.poll() is not None:
+        def seen() -> bool:
+            if self.proc.poll() is not None and needle not in self.text():
                 raise AssertionError(f"process exited ({self.proc.returncode}):\n{self.text()[-3000:]}")
-            time.sleep(0.1)
-        raise AssertionError(f"{needle!r} not seen in {timeout}s:\n{self.text()[-3000:]}")
+            return needle in self.text()
+
+        wait_until(repr(needle), seen, bound=timeout, details=lambda: self.text()[-3000:])
 
     def kill9(self) -> None:
         import signal

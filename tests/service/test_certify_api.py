@@ -45,7 +45,7 @@ def test_png_json_and_npy_agree_with_lipcore(client, kwl):
     bound = by_png["lipschitz_bound"]
     assert (bound["gamma"], bound["kind"]) == (2.0, "sqrt2*gamma")
     assert 0 < bound["verified"] <= 2.0 * (1 + 1e-9) and bound["used"] == max(2.0, bound["verified"])
-    loaded = load_model(client.app.state.settings.job_dir(kwl) / "model.safetensors")
+    loaded = load_model(client.app.state.services.settings.job_dir(kwl) / "model.safetensors")
     xm = (torch.from_numpy(x) - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
     with torch.no_grad():
         logits = loaded.model(xm).double()
@@ -61,11 +61,15 @@ def test_png_json_and_npy_agree_with_lipcore(client, kwl):
             assert math.isclose(r["radius_pixel"], r["radius"] * min(STD), rel_tol=1e-9)
             assert r["attack_radius"] is None
     # loaded once per certify process at most, then served from its LRU
-    assert 1 <= client.app.state.certify_pool.model_loads <= client.app.state.settings.certify_concurrency
+    assert (
+        1
+        <= client.app.state.services.certify_pool.model_loads
+        <= client.app.state.services.settings.certify_concurrency
+    )
 
 
 def test_attack_brackets_the_certificate(client, kwl):
-    client.app.state.settings.certify_attack_steps = 20  # enough for a bracket, cheap on a CPU
+    client.app.state.services.settings.certify_attack_steps = 20  # enough for a bracket, cheap on a CPU
     x = np.random.default_rng(1).random((2, 3, 32, 32)).tolist()
     res = client.post(f"/v1/models/{kwl}/certify", params={"attack": "true"}, json={"inputs": x}).json()
     for r in res["results"]:

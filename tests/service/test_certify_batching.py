@@ -14,7 +14,6 @@ import json
 import socket
 import struct
 import threading
-import time
 
 import httpx
 import numpy as np
@@ -22,6 +21,7 @@ import pytest
 
 from tests.service.conftest import make_settings, save_trained_model
 from tests.test_upload_fuzz import split_idat_png
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 TOY = {"model": "Toy", "layer": "Sandwich", "gamma": 1.0, "epochs": 1}
@@ -33,7 +33,7 @@ FOREVER = 600.0  # a batch wait that never ends by itself within a test
 class Served:
     def __init__(self, app, url: str, keys: dict[str, str], models: dict[str, str]) -> None:
         self.app, self.url, self.keys, self.models = app, url, keys, models
-        self.batcher = app.state.certify_batcher
+        self.batcher = app.state.services.certify_batcher
 
     def post(self, tenant: str, model: str, **kw) -> httpx.Response:
         return httpx.post(self._cert(model), headers=self._auth(tenant, kw), timeout=120, **kw)
@@ -76,15 +76,6 @@ def _body(kw: dict) -> dict:
     return {k: v for k, v in kw.items() if k != "headers"}
 
 
-def _wait(what: str, check, bound: float = 120.0):
-    end = time.monotonic() + bound  # only a guard against a hang
-    while time.monotonic() < end:
-        if value := check():
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"{what}: not seen within {bound:.0f} s")
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     import uvicorn
@@ -102,7 +93,7 @@ def served(tmp_path_factory):
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
-    _wait("the server up", lambda: _healthy(url))  # (its lifespan made the tables)
+    wait_until("the server up", lambda: _healthy(url))  # (its lifespan made the tables)
     models = {
         "a1": save_trained_model(app, "a", TOY),
         "a2": save_trained_model(app, "a", TOY2),
@@ -110,7 +101,7 @@ def served(tmp_path_factory):
         "kwl": save_trained_model(app, "a", KWL, mean=(0.5, 0.4, 0.3), std=(0.25, 0.2, 0.3)),
         "gone": save_trained_model(app, "a", TOY),
     }
-    with transaction(app.state.sessions) as s:
+    with transaction(app.state.services.sessions) as s:
         secrets = {t: keys.create_key(s, t)[1] for t in ("a", "b")}
     yield Served(app, url, secrets, models)
     server.should_exit = True
@@ -220,10 +211,10 @@ def test_a_disconnect_leaves_the_others_answers_intact(served):
     queued = served.queued()
     # one client sends its whole request, waits until it is queued, and hangs up before its batch forms
     gone = _raw_post(served, "a1", json.dumps({"inputs": [[0.25]], "scale": "model"}).encode())
-    _wait("the request queued", lambda: served.queued() > queued)
+    wait_until("the request queued", lambda: served.queued() > queued)
     live = served.live()
     gone.close()
-    _wait("the hang-up seen by the batcher", lambda: served.live() < live)
+    wait_until("the hang-up seen by the batcher", lambda: served.live() < live)
     served.batching(3)  # the 3 that remain make the batch; the gone one is found gone and dropped
     got = served.concurrently([("a", "a1", kw) for kw in good])
     assert served.batcher.dropped == dropped + 1
@@ -235,7 +226,7 @@ def test_a_disconnect_leaves_the_others_answers_intact(served):
     before = len(served.batcher.batches)
     served.batching(4)
     late = _raw_post(served, "a1", json.dumps({"inputs": [[0.75]], "scale": "model"}).encode())
-    _wait("the request queued", lambda: served.queued() >= 1)
+    wait_until("the request queued", lambda: served.queued() >= 1)
 
     async def run_and_hang_up() -> list[httpx.Response]:
         async with httpx.AsyncClient(timeout=120) as c:
@@ -270,25 +261,25 @@ def _raw_post(served: Served, model: str, body: bytes, tenant: str = "a") -> soc
 
 # ---- issue 22: limits and the 500s found by abuse ----------------------------------------------------
 def test_every_certify_request_holds_a_slot(served):
-    slots = served.app.state.certify_slots
+    slots = served.app.state.services.certify_slots
     limit = slots.per_tenant
     slots.per_tenant = 2
     try:
         served.batching(3)  # the two that get slots wait for a third that never comes
         first = [_raw_post(served, "a1", json.dumps({"inputs": [[0.1]], "scale": "model"}).encode()) for _ in "xy"]
-        _wait("both queued", lambda: served.queued() >= 2)
+        wait_until("both queued", lambda: served.queued() >= 2)
         refused = served.post("a", "a1", **_toy_inputs(1, 1))
         assert refused.status_code == 429, refused.text
         assert int(refused.headers["retry-after"]) >= 1 and "LBDN_CERTIFY_SLOTS_PER_TENANT" in refused.text
         other = _raw_post(served, "b1", json.dumps({"inputs": [[0.1]], "scale": "model"}).encode(), tenant="b")
-        _wait("another tenant's request queued, not refused", lambda: served.queued() >= 3)
+        wait_until("another tenant's request queued, not refused", lambda: served.queued() >= 3)
         served.unbatched()
         for sock in [*first, other]:  # their answers come, their slots are freed
             assert sock.recv(64).startswith(b"HTTP/1.1 200"), "queued request not answered"
             sock.close()
     finally:
         slots.per_tenant = limit
-    _wait("slots freed", lambda: slots.active == 0)
+    wait_until("slots freed", lambda: slots.active == 0)
     assert served.post("a", "a1", **_toy_inputs(1, 1)).status_code == 200
 
 

@@ -7,12 +7,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 
 from tests.service.conftest import make_settings, save_trained_model, settings_env
+from tests.waiting import wait_until
 
 TOY = {"model": "Toy", "layer": "Sandwich", "gamma": 1.0, "epochs": 1}
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,29 +39,20 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def _wait(what: str, check, bound: float = 120.0):
-    end = time.monotonic() + bound  # only a guard against a hang
-    while time.monotonic() < end:
-        if value := check():
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"{what}: not seen within {bound:.0f} s")
-
-
 def test_certify_processes_are_niced_and_replaced_when_killed(client, trained_model):
     model = trained_model(client.app, "local", TOY)
     body = {"inputs": [[0.5], [-1.0]], "scale": "model"}
     first = client.post(f"/v1/models/{model}/certify", json=body)
     assert first.status_code == 200, first.text
-    pool = client.app.state.certify_pool
+    pool = client.app.state.services.certify_pool
     pids = set(pool._executor._processes)
-    assert 1 <= len(pids) <= client.app.state.settings.certify_concurrency  # started on demand
+    assert 1 <= len(pids) <= client.app.state.services.settings.certify_concurrency  # started on demand
     for pid in pids:
         assert os.getpriority(os.PRIO_PROCESS, pid) >= os.getpriority(os.PRIO_PROCESS, 0) + pool.nice
 
     victim = next(iter(pids))
     os.kill(victim, signal.SIGKILL)  # as the OOM killer would
-    _wait("the killed certify process reaped", lambda: not _alive(victim))
+    wait_until("the killed certify process reaped", lambda: not _alive(victim))
     again = client.post(f"/v1/models/{model}/certify", json=body)
     assert again.status_code == 200, again.text  # replaced, and the request tried once more
     assert again.json()["results"] == first.json()["results"]
@@ -88,15 +79,15 @@ def test_certify_processes_exit_with_the_api_even_on_kill9(tmp_path):
             stderr=subprocess.STDOUT,
         )
     try:
-        url = _wait("the API's address in its log", lambda: _listening(log))
-        r = _wait(
+        url = wait_until("the API's address in its log", lambda: _listening(log))
+        r = wait_until(
             "a certificate", lambda: _post(f"{url}/v1/models/{model}/certify", {"inputs": [[0.5]], "scale": "model"})
         )
         assert r.status_code == 200, r.text
-        pool = _wait("the certify processes", lambda: _children(api.pid))
+        pool = wait_until("the certify processes", lambda: _children(api.pid))
         api.kill()  # SIGKILL: no shutdown code runs; the parent-death signal ends them
         api.wait()
-        _wait("every certify process gone", lambda: not any(_alive(p) for p in pool))
+        wait_until("every certify process gone", lambda: not any(_alive(p) for p in pool))
     finally:
         if api.poll() is None:
             api.kill()

@@ -9,11 +9,12 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -163,14 +164,14 @@ def _sigint_default() -> None:
 
 
 def _wait_output(proc: subprocess.Popen, path: Path, needle: str, timeout: float = 300) -> str:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
+    def text_if_seen() -> str | None:
         text = path.read_text(errors="replace")
         if needle in text:
             return text
         assert proc.poll() is None, f"exited early ({proc.returncode}):\n{text[-3000:]}"
-        time.sleep(0.2)
-    raise AssertionError(f"{needle!r} not seen:\n{path.read_text(errors='replace')[-3000:]}")
+        return None
+
+    return wait_until(repr(needle), text_if_seen, bound=timeout, every=0.2, details=lambda: path.read_text()[-3000:])
 
 
 @pytest.mark.slow
@@ -275,10 +276,11 @@ def test_every_client_command_against_a_real_service(service_factory, tmp_path: 
         assert cancelled.returncode == 0 and first["id"] in cancelled.stdout
         assert tail.wait(timeout=300) == 0
     assert tail_log.read_text().splitlines() == lbdn(url, "logs", first["id"]).stdout.splitlines()
-    deadline = time.monotonic() + 300
-    while json.loads(lbdn(url, "show", first["id"], "--json").stdout)["status"] != "cancelled":
-        assert time.monotonic() < deadline, "the cancelled job never stopped"
-        time.sleep(0.5)
+    wait_until(
+        "the cancelled job stopped",
+        lambda: json.loads(lbdn(url, "show", first["id"], "--json").stdout)["status"] == "cancelled",
+        every=0.5,
+    )
     again = lbdn(url, "cancel", first["id"])
     assert again.returncode == 4 and "409 Conflict" in again.stderr and "nothing to cancel" in again.stderr
     bad = lbdn(url, "submit", "--model", "Toy", "--layer", "Aol", "--gamma", "-1")

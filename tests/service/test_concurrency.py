@@ -100,10 +100,10 @@ def test_pollers_and_certify_beyond_the_pools_get_no_error(service_factory, stac
     svc = service_factory(broker, db, api_threads=4, certify_concurrency=1)
     app, engine = _store_app(svc.settings)
     try:
-        with transaction(app.state.sessions) as s:
+        with transaction(app.state.services.sessions) as s:
             secret = keys.create_key(s, "acme")[1]
         model = save_trained_model(app, "acme", TOY)
-        with transaction(app.state.sessions) as s:
+        with transaction(app.state.services.sessions) as s:
             queued = jobs.create_job(s, tenant="acme", kind="train", spec=TOY)[0].id
     finally:
         engine.dispose()
@@ -144,7 +144,7 @@ def test_one_db_connection_serves_many_threads_without_deadlock(tmp_path, settin
 
     async def run() -> tuple[list[str], list[int]]:
         async with app.router.lifespan_context(app):
-            with transaction(app.state.sessions) as s:
+            with transaction(app.state.services.sessions) as s:
                 secret = keys.create_key(s, "acme")[1]
             model = save_trained_model(app, "acme", TOY)
             transport = httpx.ASGITransport(app=app)

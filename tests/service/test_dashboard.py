@@ -248,6 +248,6 @@ def test_dashboard_in_a_browser(service_factory, add_key, trained_model, tmp_pat
             print("browser:", entry.get("level"), entry.get("message"))
         raise
     finally:
-        store_app.state.engine.dispose()
+        store_app.state.services.engine.dispose()
         driver.quit()
         shutil.rmtree(tmp_path / "chromium-profile", ignore_errors=True)

@@ -18,6 +18,7 @@ from api.main import create_app
 from bench.abuse_payloads import zip_bomb
 from tests.conftest import SHARED
 from tests.fakedata import write_folder
+from tests.waiting import wait_until
 
 TOY_DIR = SHARED / "paper-checkpoints" / "square_wave" / "Toy-Aol-small-gamma5.0"
 TOY = {"model": "Toy", "layer": "Aol", "gamma": 5.0}
@@ -90,7 +91,7 @@ def test_import_spec_is_the_forms_and_keeps_the_data_path_rule(client, tmp_path)
     assert "contradicts the spec embedded" in r.json()["detail"] and "dataset" in r.json()["detail"]
     assert client.get("/v1/models").json()["items"] == []
     # the same weights with the data in the server's data dir: the form's data_path is the one kept
-    data_dir = client.app.state.settings.datasets_dir
+    data_dir = client.app.state.services.settings.datasets_dir
     write_folder(data_dir / "mine", {f"c{i}": 1 for i in range(10)}, test={f"c{i}": 1 for i in range(10)})
     r = _import(client, data, {**KWL, "dataset": "image_folder", "data_path": "mine"}, name="model.safetensors")
     assert r.status_code == 201, r.text
@@ -156,7 +157,6 @@ def test_deeply_nested_spec_is_a_422_naming_spec(client):
 
 @pytest.mark.slow
 def test_sigterm_with_an_upload_in_flight_stops_cleanly(service_factory):
-    from tests.service.test_shutdown import _wait
 
     svc = service_factory("embedded", "sqlite")
     port = int(svc.url.rsplit(":", 1)[1])
@@ -182,7 +182,7 @@ def test_sigterm_with_an_upload_in_flight_stops_cleanly(service_factory):
         # headers have been read and its request is being handled (an event, not a delay)
         assert httpx.get(f"{svc.url}/healthz", timeout=60).status_code == 200
         svc.api.proc.send_signal(signal.SIGTERM)
-        _wait("the API to stop", lambda: svc.api.proc.poll() is not None, bound=120)
+        wait_until("the API to stop", lambda: svc.api.proc.poll() is not None, bound=120)
         answer = sock.recv(65536).decode(errors="replace")
     log = svc.api.text()
     assert "Finished server process" in log, log[-3000:]

@@ -128,14 +128,14 @@ def test_reading_a_sweep_creates_no_job(client) -> None:
     )
     assert forged.status_code == 422 and "the service's own" in forged.json()["detail"]
     app = client.app
-    _finish(app.state.sessions, trained)
+    _finish(app.state.services.sessions, trained)
     for _ in range(2):
         got = client.get(f"/v1/sweeps/{sw['id']}")
         assert got.status_code == 200 and [j["role"] for j in got.json()["jobs"]] == ["train"]
     queue = _Queue()
-    made = advance_sweeps(app.state.sessions, queue, app.state.settings)
+    made = advance_sweeps(app.state.services.sessions, queue, app.state.services.settings)
     assert len(made) == 1 and queue.sent == [(made[0], JobKind.evaluate)]
-    assert advance_sweeps(app.state.sessions, queue, app.state.settings) == []  # idempotent
+    assert advance_sweeps(app.state.services.sessions, queue, app.state.services.settings) == []  # idempotent
     roles = [(j["role"], j["job_id"]) for j in client.get(f"/v1/sweeps/{sw['id']}").json()["jobs"]]
     assert roles == [("train", trained), ("evaluate", made[0])]
 
@@ -143,7 +143,7 @@ def test_reading_a_sweep_creates_no_job(client) -> None:
 # ---- cancel, URLs, numbers -------------------------------------------------------------------------
 def test_an_accepted_cancel_always_ends_cancelled(client) -> None:
     job = client.post("/v1/jobs", json={"kind": "train", "spec": TOY}).json()
-    sessions = client.app.state.sessions
+    sessions = client.app.state.services.sessions
     with transaction(sessions) as s:
         leases.acquire(s, job["id"], "w", 60)
     r = client.post(f"/v1/jobs/{job['id']}/cancel")
@@ -164,7 +164,7 @@ def test_urls_never_come_from_the_host_header(tmp_path: Path, settings_for) -> N
     for public in (None, "https://lbdn.example.org/base"):
         with _app(settings_for(tmp_path / str(bool(public)), public_url=public)) as c:
             job = c.post("/v1/jobs", json={"kind": "train", "spec": TOY}).json()
-            folder = c.app.state.settings.job_dir(job["id"])
+            folder = c.app.state.services.settings.job_dir(job["id"])
             folder.mkdir(parents=True)
             (folder / "spec.json").write_text("{}")
             items = c.get(f"/v1/jobs/{job['id']}/artifacts", headers={"Host": "evil.example"}).json()["items"]

@@ -130,7 +130,7 @@ def test_export_onnx_certifies_like_the_service(client):
     mid = _import(client, (folder / "model.ckpt").read_bytes(), _spec(entry)).json()["id"]
     r = client.get(f"/v1/models/{mid}/export", params={"format": "onnx"})
     assert r.status_code == 200
-    path = Path(client.app.state.settings.home) / "exported.onnx"
+    path = Path(client.app.state.services.settings.home) / "exported.onnx"
     path.write_bytes(r.content)
     meta = read_onnx_metadata(path)
     assert meta["gamma"] == 2.0 and meta["head"] == "sqrt2" and meta["classes"][0] == "airplane"

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import re
 import socket
-import time
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+
+from tests.waiting import wait_until
 
 TOY = {"model": "Toy", "layer": "Sandwich", "epochs": 2}
 JOBS = "/v1/jobs"
@@ -93,14 +94,6 @@ def _attacks_active(url: str) -> float:
     return float(re.search(r"^lbdn_certify_attacks_active (\S+)$", text, re.MULTILINE).group(1))
 
 
-def _wait(predicate, what: str, timeout: float = 300.0) -> None:
-    """Wait for an event; the timeout only bounds a broken run, it is not a speed requirement."""
-    end = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < end, f"never happened: {what}"
-        time.sleep(0.1)
-
-
 @pytest.mark.slow
 def test_attack_slots_and_cancel_on_disconnect(service_factory, add_key):
     from api.main import create_app
@@ -118,7 +111,7 @@ def test_attack_slots_and_cancel_on_disconnect(service_factory, add_key):
     acme, globex = add_key(app, "acme"), add_key(app, "globex")
     toy = save_trained_model(app, "acme", TOY)
     toy_g = save_trained_model(app, "globex", TOY)
-    app.state.engine.dispose()
+    app.state.services.engine.dispose()
     host, port = svc.url.removeprefix("http://").split(":")
     body = b'{"inputs": [[0.3]], "scale": "model"}'
     raw = (
@@ -128,7 +121,7 @@ def test_attack_slots_and_cancel_on_disconnect(service_factory, add_key):
     sock = socket.create_connection((host, int(port)))
     try:
         sock.sendall(raw)
-        _wait(lambda: _attacks_active(svc.url) == 1, "the first attack running")
+        wait_until("the first attack running", lambda: _attacks_active(svc.url) == 1)
         url = f"{svc.url}/v1/models/{toy}/certify"
         again = httpx.post(
             f"{url}?attack=true",
@@ -151,6 +144,6 @@ def test_attack_slots_and_cancel_on_disconnect(service_factory, add_key):
         assert no_attack.status_code == 200 and no_attack.json()["attack"] is None  # certify is not limited
     finally:
         sock.close()  # the client goes away: the attack must stop and give its slot back
-    _wait(lambda: _attacks_active(svc.url) == 0, "the attack cancelled after its client disconnected")
+    wait_until("the attack cancelled after its client disconnected", lambda: _attacks_active(svc.url) == 0)
     log = svc.api.text()
     assert "Traceback" not in log, log[-3000:]

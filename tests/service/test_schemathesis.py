@@ -26,7 +26,7 @@ def test_schemathesis_finds_nothing(service_factory, add_key, tmp_path):
     app = create_app(svc.settings)  # not served: its store handles add a key and a model to certify
     secret = add_key(app, "fuzz")
     save_trained_model(app, "fuzz", TOY)
-    app.state.engine.dispose()
+    app.state.services.engine.dispose()
     st = shutil.which("schemathesis", path=str(Path(sys.executable).parent)) or "schemathesis"
     cmd = [
         st,

@@ -11,13 +11,13 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 
 from core.store import jobs, make_engine, session_factory
 from tests.service.conftest import make_settings, settings_env
+from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 LONG_TOY = {"model": "Toy", "layer": "Sandwich", "gamma": 1.0, "epochs": 100000}  # never ends by itself
@@ -54,14 +54,8 @@ def _alive(pids: set[int]) -> set[int]:
 
 
 def _wait(what: str, check, bound: float = 300.0, log: Path | None = None):
-    """Poll `check()` until it returns something truthy; `bound` only guards against a hang."""
-    end = time.monotonic() + bound
-    while time.monotonic() < end:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"{what}: not seen within {bound:.0f} s\n{log.read_text()[-4000:] if log else ''}")
+    """wait_until, with the end of the service's log in the message."""
+    return wait_until(what, check, bound=bound, every=0.2, details=(lambda: log.read_text()[-4000:]) if log else None)
 
 
 class Serve:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 from pathlib import Path
 
 import pytest
@@ -262,34 +263,48 @@ def test_figure_presets_make_their_plots(service_factory, tmp_path: Path) -> Non
     assert "| SLL Small (paper only) | 0 | - (26.6) | - (19.5) |" in t3
 
 
-def test_sweep_store_on_sqlite_and_postgres(store) -> None:
-    """Evaluation jobs are made once per trained model, even when two readers advance a sweep."""
+def test_sweep_store_on_sqlite_and_postgres(store, settings) -> None:
+    """Evaluation jobs are made once per trained model, even when two passes advance a sweep."""
     from core.store import leases, sweeps, transaction
+    from core.submit import submit, submit_all
 
     toy = {"model": "Toy", "layer": "Sandwich", "dataset": "square_wave", "gamma": 1.0}
     kwl = {"model": "KWL", "layer": "Sandwich", "dataset": "cifar10", "gamma": 1.0}
+    tenant = f"t1-{secrets.token_hex(4)}"  # PostgreSQL's rows are shared by the session's tests
     with transaction(store) as s:
-        sweep, made = sweeps.create_sweep(
+        made = submit_all(s, tenant=tenant, settings=settings, specs=[toy, kwl])
+        trained_points = [(job, {"gamma": 1.0}) for job in made]
+        sweep = sweeps.create_sweep(
             s,
-            tenant="t1",
+            tenant=tenant,
             name="mix",
             preset=None,
             request={},
             evaluate={"eps": [36], "n_examples": 2},
-            specs=[(toy, {"gamma": 1.0}), (kwl, {"gamma": 1.0})],
+            trained=trained_points,
         )
     for job in made:
         with transaction(store) as s:
             leases.acquire(s, job.id, "w", 60)
             leases.finish(s, job.id, "w", "succeeded", result={"test_acc": 10.0})
+
+    def evaluate(s, link, trained):  # what core.sweep_submit.advance_sweeps does for one model
+        key = sweeps.evaluation_key(sweep, trained)
+        job, created = submit(
+            s, tenant=tenant, settings=settings, kind="evaluate", spec=trained.spec, params=sweep.evaluate,
+            model_id=trained.id, idempotency_key=key, req_hash=key, internal=True,
+        )  # fmt: skip
+        return job, created and sweeps.link_evaluation(s, sweep, link, job)
+
     with transaction(store) as s:
-        pending = sweeps.pending_evaluations(s, sweeps.get_sweep(s, "t1", sweep.id))
+        pending = sweeps.pending_evaluations(s, sweeps.get_sweep(s, tenant, sweep.id))
         assert [job.id for _, job in pending] == [made[1].id]  # the Toy regression is never attacked
         link, trained = pending[0]
-        first = sweeps.add_evaluation(s, sweep, link, trained)
-        assert first is not None and first.kind == "evaluate" and first.model_id == made[1].id
-    with transaction(store) as s:  # a second reader that saw the same pending list
-        assert sweeps.add_evaluation(s, sweep, link, trained) is None
+        first, linked = evaluate(s, link, trained)
+        assert linked and first.kind == "evaluate" and first.model_id == made[1].id
+    with transaction(store) as s:  # a second pass that saw the same pending list
+        again, linked = evaluate(s, link, trained)
+        assert again.id == first.id and not linked
         assert sweeps.pending_evaluations(s, sweep) == []
         rows = sweeps.sweep_jobs(s, sweep.id)
         assert [(link.role, job.kind) for link, job in rows] == [
@@ -298,4 +313,4 @@ def test_sweep_store_on_sqlite_and_postgres(store) -> None:
             ("evaluate", "evaluate"),
         ]
         assert sweeps.get_sweep(s, "t2", sweep.id) is None
-        assert [sw.id for sw in sweeps.list_sweeps(s, "t1")][:1] == [sweep.id]
+        assert [sw.id for sw in sweeps.list_sweeps(s, tenant)][:1] == [sweep.id]

@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.waiting import wait_until
+
 TOY = {"model": "Toy", "layer": "Sandwich", "gamma": 2.0, "epochs": 5}
 
 
@@ -43,15 +45,17 @@ def follow(url: str, job_id: str, timeout: float = 240) -> list[tuple[str, dict]
 
 
 def wait_for(client: httpx.Client, job_id: str, check, timeout: float = 240, what: str = "") -> dict:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
+    """The job once `check(job)` holds (wait_until); a job that fails first ends the wait."""
+
+    def job_if_seen() -> dict | None:
         job = client.get(f"/v1/jobs/{job_id}").json()
         if check(job):
             return job
         if job["status"] == "failed":
             raise AssertionError(f"job failed: {job['error']}")
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}: {job}")
+        return None
+
+    return wait_until(what or f"job {job_id}", job_if_seen, bound=timeout, every=0.2)
 
 
 def png(pixels: np.ndarray) -> bytes:

@@ -1,0 +1,36 @@
+"""The tests' one way to wait for an event: poll until a check holds.
+
+Tests wait on events, never on speed: the bound only stops a run that hangs (a loaded machine can take
+a minute to start a Celery worker), so it is generous and no test asserts how soon something happens.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def wait_until(
+    what: str,
+    check: Callable[[], T],
+    *,
+    bound: float = 300.0,
+    every: float = 0.1,
+    details: Callable[[], str] | None = None,
+) -> T:
+    """Call `check()` every `every` seconds until it returns something truthy, and return that.
+
+    After `bound` seconds raise AssertionError naming `what` (and `details()`, e.g. a server's log).
+    An exception from `check` (say, an AssertionError because a job failed) ends the wait at once.
+    """
+    end = time.monotonic() + bound
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() >= end:
+            raise AssertionError(f"{what}: not seen within {bound:.0f} s" + (f"\n{details()}" if details else ""))
+        time.sleep(every)
