@@ -68,7 +68,7 @@ def submit_job(
         model = tenant_model(body.model_id, session, tenant)
         spec, params, model_id = model.spec, body.attack.model_dump(), model.id
         # torch-free: a model's task is on its card
-        from lipcore.models.cards import get_card
+        from lipcore.catalog import get_card
 
         if get_card(str(spec.get("model"))).task != "classifier":
             raise HTTPException(

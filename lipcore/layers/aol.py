@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lipcore.catalog.families import register_layer
 from lipcore.layers.bounds import aol_conv_bound, spectral_norm
 from lipcore.layers.init import xavier_
 from lipcore.layers.reparam import Reparameterized
@@ -107,12 +108,14 @@ class _AolLinearBase(Reparameterized):
         return f"in_features={self.in_features}, out_features={self.out_features}, scale={self.scale:g}"
 
 
+@register_layer("Aol", "fc")
 class AolFc(_AolLinearBase):
     """AOL fully connected layer with ReLU: (batch, in) -> (batch, out)."""
 
     activation = True
 
 
+@register_layer("Aol", "lin")
 class AolLin(_AolLinearBase):
     """AOL fully connected layer without activation."""
 
@@ -173,6 +176,7 @@ class _AolConvBase(Reparameterized):
         return f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel.shape[-1]}, scale={self.scale:g}"
 
 
+@register_layer("Aol", "conv")
 class AolConv(_AolConvBase):
     """AOL convolution with ReLU, zero padding: (b, in, H, W) -> (b, out, H, W)."""
 

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lipcore.catalog.families import register_layer
 from lipcore.layers.bounds import hermitian_response, spectral_norm
 from lipcore.layers.cayley import cayley
 from lipcore.layers.fourier import FourierConv, kernel_fft, normalized_response
@@ -61,12 +62,14 @@ class _OrthogonLinearBase(Reparameterized):
         return f"in_features={self.in_features}, out_features={self.out_features}, scale={self.scale:g}"
 
 
+@register_layer("Orthogon", "fc")
 class OrthogonFc(_OrthogonLinearBase):
     """Orthogonal fully connected layer with ReLU: (batch, in) -> (batch, out)."""
 
     activation = True
 
 
+@register_layer("Orthogon", "lin")
 class OrthogonLin(_OrthogonLinearBase):
     """Orthogonal fully connected layer without activation: (batch, in) -> (batch, out)."""
 
@@ -116,6 +119,7 @@ class _OrthogonConvBase(FourierConv):
             return X.strided_op(self, nn.Sequential(conv, nn.ReLU()) if self.activation else conv)
 
 
+@register_layer("Orthogon", "conv")
 class OrthogonConv(_OrthogonConvBase):
     """Orthogonal circular convolution with ReLU: (b, in, N, N) -> (b, out, N/s, N/s)."""
 

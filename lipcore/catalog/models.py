@@ -1,13 +1,13 @@
 """Model cards: what each architecture accepts, declared once (torch-free).
 
-`lipcore.spec` derives its validation from these cards (which layers and scales a model takes, its
+The spec derives its validation from these cards (which layers and scales a model takes, its
 defaults, the settings it forces, regression or classification, 1-D or image input), the API lists
 them at `GET /v1/catalog`, and code that must treat a regressor differently asks `spec.task` /
-`spec.classifies` instead of comparing model names. The builders live in toy.py, kwl.py, resnet.py
-and dnn.py (`@register_model(name)` needs the card of that name).
+`spec.classifies` instead of comparing model names. The builders live in lipcore/models/toy.py,
+kwl.py, resnet.py and dnn.py (`@register_model(name)` needs the card of that name).
 
 A card's layers are either a fixed tuple or every registered family with the capabilities in
-`needs` (lipcore.layers.families), so a newly registered family is accepted by KWL and Toy as soon
+`needs` (lipcore.catalog.families), so a newly registered family is accepted by KWL and Toy as soon
 as it provides conv/fc/lin (KWL) or fc/lin or a Toy body (Toy).
 """
 
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal
 
-from lipcore.layers.families import family_names
+from lipcore.catalog.families import family_names
 
 Task = Literal["classifier", "regressor"]
 Inputs = Literal["vector", "image"]

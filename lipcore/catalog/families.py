@@ -1,79 +1,83 @@
-"""Layer families as records: what a model needs to build itself from one family of layers.
+"""Layer families as records: what a model needs to know to build itself from one family of layers.
 
-A family declares its constructors (conv, FC with activation, last linear, or a whole Toy body),
-its hidden widths and its capabilities; models (lipcore.models) ask the family instead of branching
-on its name, and `lipcore.spec` validates `layer` against this registry. Adding a family is one
-module with its layers plus one `register_family(LayerFamily(...))`:
+A family declares the kinds of constructor it has (conv, FC with activation, last linear, a whole
+Toy body, a separate activation), its hidden widths and whether it is bounded; models
+(lipcore.models) ask the family instead of branching on its name, and the spec validates `layer`
+against this registry. The record is torch-free (the API validates specs without torch); the
+layer module registers its constructors against the family's name, as timm's `register_model`
+does. Adding a family is one module with its layers plus one record:
 
-    register_family(LayerFamily("Spectral", conv=SpectralConv, fc=SpectralFc, lin=SpectralLin))
+    register_family(LayerFamily("Spectral", kinds=frozenset({"conv", "fc", "lin"})))
 
-This module imports no torch (the API validates specs without it), so the built-in families below
-name their constructors as "module:attribute" strings, imported the first time a model is built.
-A family defined elsewhere (a plug-in, a test) passes the classes themselves.
+    @register_layer("Spectral", "conv")
+    class SpectralConv(nn.Module): ...
 
 Constructor signatures (the models call them with keywords after the sizes):
 - conv(in_channels, out_channels, kernel_size, *, stride=1, scale=1.0, input_size) -> Module
   (b, in, N, N) -> (b, out, N/stride, N/stride); `input_size` is N.
 - fc(in_features, out_features, *, scale=1.0) -> Module, with its activation (ReLU) inside,
-  unless the family gives `activation` (then a separate module follows every conv and fc).
+  unless the family has an `activation` (then a separate module follows every conv and fc).
 - lin(in_features, out_features, *, scale=1.0) -> Module: the last layer, no activation.
 - toy(in_features, out_features, *, width, depth, scale) -> list of Modules: the whole Toy body,
   for families whose layers cannot change width (SLL); other families build Toy from fc and lin.
+- activation() -> Module.
 Each is 1-Lipschitz from `scale * x` to its output for a `bounded` family.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
-Constructor = Callable[..., Any] | str
-Capability = Literal["conv", "fc", "lin", "toy"]
-CAPABILITIES: tuple[Capability, ...] = ("conv", "fc", "lin", "toy")
+Kind = Literal["conv", "fc", "lin", "toy", "activation"]
+KINDS: tuple[Kind, ...] = ("conv", "fc", "lin", "toy", "activation")
+C = TypeVar("C", bound=Callable[..., Any])
 
 
 @dataclass(frozen=True)
 class LayerFamily:
     """One layer family. Widths are the paper's, chosen so families have similar parameter counts.
 
-    toy_width: hidden width of the Toy network. kwl_hidden: first hidden FC width of KWL per unit
-    width (times 1/2/4 for small/medium/large). downsample: how KWL halves the resolution,
-    "stride" (stride-2 convolutions) or "pool" (stride-1 convolutions and a 4x4 sum-pool / 4).
-    bounded: False for an unconstrained family (no gamma, nothing to certify).
+    kinds: the constructors its layer module registers (a subset of KINDS). toy_width: hidden width
+    of the Toy network. kwl_hidden: first hidden FC width of KWL per unit width (times 1/2/4 for
+    small/medium/large). downsample: how KWL halves the resolution, "stride" (stride-2
+    convolutions) or "pool" (stride-1 convolutions and a 4x4 sum-pool / 4). bounded: False for an
+    unconstrained family (no gamma, nothing to certify).
     """
 
     name: str
-    conv: Constructor | None = None
-    fc: Constructor | None = None
-    lin: Constructor | None = None
-    toy: Constructor | None = None
-    activation: Constructor | None = None
+    kinds: frozenset[str]
     bounded: bool = True
     toy_width: int = 128
     kwl_hidden: int = 640
     downsample: Literal["stride", "pool"] = "stride"
     description: str = ""
 
+    def __post_init__(self) -> None:
+        unknown = set(self.kinds) - set(KINDS)
+        if unknown:
+            raise ValueError(f"layer family {self.name!r}: unknown kinds {sorted(unknown)}; expected some of {KINDS}")
+
     @property
     def capabilities(self) -> frozenset[str]:
         """What the family can build: "conv", "fc", "lin", and "toy" (its own body or fc + lin)."""
-        caps = {c for c in ("conv", "fc", "lin") if getattr(self, c) is not None}
-        if self.toy is not None or {"fc", "lin"} <= caps:
+        caps = set(self.kinds) - {"activation"}
+        if {"fc", "lin"} <= caps:
             caps.add("toy")
         return frozenset(caps)
 
     def constructor(self, kind: str) -> Callable[..., Any]:
-        """The constructor for `kind` ("conv", "fc", "lin", "toy", "activation"), imported if named
-        by a "module:attribute" string. Raises ValueError if the family has none."""
-        ref = getattr(self, kind, None) if kind in (*CAPABILITIES, "activation") else None
-        if ref is None:
+        """The constructor its layer module registered for `kind`. Raises ValueError if the family
+        has none, or if its module was not imported (importing lipcore.layers registers the paper's)."""
+        if kind not in self.kinds:
             raise ValueError(f"layer family {self.name!r} has no {kind!r} constructor")
-        if isinstance(ref, str):
-            module, _, attr = ref.partition(":")
-            ref = getattr(importlib.import_module(module), attr)
-        return ref
+        try:
+            return _CONSTRUCTORS[self.name, kind]
+        except KeyError:
+            raise ValueError(
+                f"layer family {self.name!r}: no {kind!r} constructor registered; import its layer module"
+            ) from None
 
     def as_dict(self) -> dict[str, Any]:
         """The family as JSON-able facts (no constructors): what `GET /v1/catalog` lists."""
@@ -89,6 +93,7 @@ class LayerFamily:
 
 
 _FAMILIES: dict[str, LayerFamily] = {}
+_CONSTRUCTORS: dict[tuple[str, str], Callable[..., Any]] = {}
 
 
 def register_family(family: LayerFamily) -> LayerFamily:
@@ -99,6 +104,23 @@ def register_family(family: LayerFamily) -> LayerFamily:
         raise ValueError(f"layer family {family.name!r} is already registered")
     _FAMILIES[family.name] = family
     return family
+
+
+def register_layer(family: str, kind: Kind) -> Callable[[C], C]:
+    """Decorator for a layer class or function: the `kind` constructor of the registered `family`."""
+    if kind not in get_family(family).kinds:
+        raise ValueError(
+            f"layer family {family!r} declares no {kind!r} constructor (its kinds: {sorted(get_family(family).kinds)})"
+        )
+
+    def wrap(constructor: C) -> C:
+        old = _CONSTRUCTORS.get((family, kind))
+        if old is not None and old is not constructor:
+            raise ValueError(f"layer family {family!r} already has a {kind!r} constructor: {old!r}")
+        _CONSTRUCTORS[family, kind] = constructor
+        return constructor
+
+    return wrap
 
 
 def get_family(name: str | LayerFamily) -> LayerFamily:
@@ -121,53 +143,33 @@ def families() -> tuple[LayerFamily, ...]:
     return tuple(_FAMILIES.values())
 
 
-# ---- the paper's families ------------------------------------------------------------------------
+# ---- the paper's families (their layers register in lipcore/layers/<module>.py) -------------------
+_CONV_FC_LIN = frozenset({"conv", "fc", "lin"})
 register_family(
     LayerFamily(
         "Sandwich",
-        conv="lipcore.layers.sandwich:SandwichConv",
-        fc="lipcore.layers.sandwich:SandwichFc",
-        lin="lipcore.layers.sandwich:SandwichLin",
+        _CONV_FC_LIN,
         # the sandwich layer's extra A block matches the others' parameter counts at smaller widths
         toy_width=86,
         kwl_hidden=512,
         description="sandwich layers (Wang & Manchester 2023), SDP-tight",
     )
 )
-register_family(
-    LayerFamily(
-        "Orthogon",
-        conv="lipcore.layers.orthogon:OrthogonConv",
-        fc="lipcore.layers.orthogon:OrthogonFc",
-        lin="lipcore.layers.orthogon:OrthogonLin",
-        description="Cayley orthogonal layers (Trockman & Kolter 2021)",
-    )
-)
+register_family(LayerFamily("Orthogon", _CONV_FC_LIN, description="Cayley orthogonal layers (Trockman & Kolter 2021)"))
 register_family(
     LayerFamily(
         "Aol",
-        conv="lipcore.layers.aol:AolConv",
-        fc="lipcore.layers.aol:AolFc",
-        lin="lipcore.layers.aol:AolLin",
+        _CONV_FC_LIN,
         # AOL convolutions are zero-padded and stride 1 only
         downsample="pool",
         description="almost-orthogonal layers (Prach & Lampert 2022)",
     )
 )
-register_family(
-    LayerFamily(
-        "SLL",
-        toy="lipcore.layers.sll:sll_toy_body",
-        description="SDP-based residual blocks (Araujo et al. 2023)",
-    )
-)
+register_family(LayerFamily("SLL", frozenset({"toy"}), description="SDP-based residual blocks (Araujo et al. 2023)"))
 register_family(
     LayerFamily(
         "Plain",
-        conv="lipcore.layers.plain:plain_conv",
-        fc="lipcore.layers.plain:plain_linear",
-        lin="lipcore.layers.plain:plain_linear",
-        activation="torch.nn:ReLU",
+        _CONV_FC_LIN | {"activation"},
         bounded=False,
         description="unconstrained convolutions and linear layers (no bound)",
     )
