@@ -1,12 +1,12 @@
 """The description layer: what an experiment may be, declared once, torch-free.
 
-    spec.py      ExperimentSpec: the schema of an experiment (the public name is lipcore.spec)
-    models.py    model cards: which layers, scales and data each architecture takes
-    families.py  layer families: the kinds of layer each provides, widths, whether bounded
-    datasets.py  dataset cards: input kind, shape, classes, mean and std
-    fields.py    spec fields registered beyond the paper's (a plug-in's, a test's)
-    flags.py     the command-line flags of `python -m lipcore` and `lbdn submit`, from the spec
-    presets.py   the paper's experiments as presets, and its published numbers
+    spec.py            ExperimentSpec: the schema of an experiment (the public name is lipcore.spec)
+    model_cards.py     model cards: which layers, scales and data each architecture takes
+    layer_families.py  layer families: the kinds of layer each provides, widths, whether bounded
+    dataset_cards.py   dataset cards: input kind, shape, classes, mean and std
+    fields.py          spec fields registered beyond the paper's (a plug-in's, a test's)
+    flags.py           the command-line flags of `python -m lipcore` and `lbdn submit`, from the spec
+    presets.py         the paper's experiments as presets, and its published numbers
 
 Nothing here imports torch (tests/test_imports.py checks it): the API validates specs and serves
 the catalog, and the client builds its flags, without it. The records (this package's names)
@@ -20,7 +20,7 @@ dataset's reader.
 
 from __future__ import annotations
 
-from lipcore.catalog.datasets import (
+from lipcore.catalog.dataset_cards import (
     IMAGE_FOLDER,
     DatasetCard,
     DatasetInfo,
@@ -29,7 +29,7 @@ from lipcore.catalog.datasets import (
     get_dataset,
     register_dataset,
 )
-from lipcore.catalog.families import (
+from lipcore.catalog.layer_families import (
     LayerFamily,
     families,
     family_names,
@@ -37,7 +37,7 @@ from lipcore.catalog.families import (
     register_family,
     register_layer,
 )
-from lipcore.catalog.models import ModelCard, cards, get_card, model_names, register_card
+from lipcore.catalog.model_cards import ModelCard, cards, get_card, model_names, register_card
 
 __all__ = [
     "IMAGE_FOLDER",

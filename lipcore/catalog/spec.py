@@ -7,7 +7,7 @@ Combinations the paper's code would silently mis-handle are rejected with a mess
 field and what is allowed.
 
 Which models, layers, datasets and scales go together, and what each model forces, comes from the
-records of this catalog (models.py, families.py, datasets.py); nothing here is specific to one
+records of this catalog (model_cards.py, layer_families.py, dataset_cards.py); nothing here is specific to one
 model, family or dataset. Fields registered later (fields.py) are validated here too. Only pydantic
 is imported (no torch), so the API process validates specs cheaply. The public name is
 `lipcore.spec.ExperimentSpec` (lipcore/spec.py re-exports this module's names).
@@ -21,10 +21,10 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails
 
-from lipcore.catalog.datasets import IMAGE_FOLDER, DatasetCard, DatasetInfo, dataset_names, datasets, get_dataset
-from lipcore.catalog.families import family_names, get_family
+from lipcore.catalog.dataset_cards import IMAGE_FOLDER, DatasetCard, DatasetInfo, dataset_names, datasets, get_dataset
 from lipcore.catalog.fields import Flag, SpecField, add_field, extension_fields
-from lipcore.catalog.models import ModelCard, cards, get_card, model_names
+from lipcore.catalog.layer_families import family_names, get_family
+from lipcore.catalog.model_cards import ModelCard, cards, get_card, model_names
 
 ScaleName = Literal["small", "medium", "large", "xlarge"]
 LossName = Literal["xent", "multimargin", "mse"]
@@ -184,7 +184,7 @@ class ExperimentSpec(BaseModel):
 
     @property
     def card(self) -> ModelCard:
-        """The model's card (lipcore.catalog.models): its layers, scales, defaults and task."""
+        """The model's card (lipcore.catalog.model_cards): its layers, scales, defaults and task."""
         return get_card(self.model)
 
     @property

@@ -9,7 +9,7 @@ pass the data dir; without one, `data_dir_default()` (env LBDN_DATA_DIR, else ./
 command line's default. The service never relies on it: it reads LBDN_DATA_DIR once, in its
 Settings (core.settings), and passes `data_dir=` explicitly.
 
-What each dataset is (shape, classes, mean, std) is its card in lipcore.catalog.datasets; how it is
+What each dataset is (shape, classes, mean, std) is its card in lipcore.catalog.dataset_cards; how it is
 read is the loader its module registers (lipcore.data.loaders). Importing this package registers the
 image readers and does not import torch; `load_data` brings torch in (lipcore.data.batches, which
 also registers the torch-generated square wave), so the API process can call `resolve_spec` cheaply.
@@ -21,7 +21,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lipcore.catalog.datasets import get_dataset
+from lipcore.catalog.dataset_cards import get_dataset
 from lipcore.catalog.spec import ExperimentSpec
 from lipcore.data import cifar, image_folder, tiny_imagenet  # noqa: F401  (they register their loaders)
 from lipcore.data.arrays import ImageArrays

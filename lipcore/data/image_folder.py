@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lipcore.catalog.datasets import IMAGE_FOLDER
+from lipcore.catalog.dataset_cards import IMAGE_FOLDER
 from lipcore.catalog.spec import ExperimentSpec
 from lipcore.data.arrays import ImageArrays, channel_stats
 from lipcore.data.cache import ArrayCache, cache_for

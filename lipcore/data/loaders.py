@@ -1,4 +1,4 @@
-"""Dataset readers, registered against the catalog's dataset cards (lipcore.catalog.datasets).
+"""Dataset readers, registered against the catalog's dataset cards (lipcore.catalog.dataset_cards).
 
 Each reader's module registers it by the dataset's name, as models register builders:
 
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lipcore.catalog.datasets import get_dataset
+from lipcore.catalog.dataset_cards import get_dataset
 
 if TYPE_CHECKING:
     from lipcore.catalog.spec import ExperimentSpec

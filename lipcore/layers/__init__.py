@@ -11,7 +11,7 @@
 
 Each bound is from `scale * x` to the output; models put sqrt(gamma) on the first and last layers.
 
-Families are records in the catalog (lipcore.catalog.families, torch-free), which models build
+Families are records in the catalog (lipcore.catalog.layer_families, torch-free), which models build
 from; each layer module registers its constructors there (`@register_layer("Sandwich", "conv")`),
 so importing this package registers the paper's families. (The Cayley transform is
 `lipcore.layers.cayley.cayley`.)

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lipcore.catalog.families import register_layer
+from lipcore.catalog.layer_families import register_layer
 from lipcore.layers.bounds import aol_conv_bound, spectral_norm
 from lipcore.layers.init import xavier_
 from lipcore.layers.reparam import Reparameterized

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lipcore.catalog.families import register_layer
+from lipcore.catalog.layer_families import register_layer
 from lipcore.layers.bounds import hermitian_response, spectral_norm
 from lipcore.layers.cayley import cayley
 from lipcore.layers.fourier import FourierConv, kernel_fft, normalized_response

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lipcore.catalog.families import register_layer
+from lipcore.catalog.layer_families import register_layer
 
 
 class PlainConv(nn.Conv2d):
@@ -57,7 +57,7 @@ def plain_conv(
     scale: float = 1.0,
     input_size: int | None = None,
 ) -> PlainConv:
-    """The Plain family's conv constructor (lipcore.catalog.families): `input_size` is not needed."""
+    """The Plain family's conv constructor (lipcore.catalog.layer_families): `input_size` is not needed."""
     _no_scale(scale)
     return PlainConv(in_channels, out_channels, kernel_size, stride=stride)
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lipcore.catalog.families import register_layer
+from lipcore.catalog.layer_families import register_layer
 from lipcore.layers.bounds import hermitian_response, sandwich_bound, spectral_norm
 from lipcore.layers.cayley import cayley, matmul
 from lipcore.layers.fourier import FourierConv, apply_response, kernel_fft, normalized_response

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lipcore.catalog.families import register_layer
+from lipcore.catalog.layer_families import register_layer
 from lipcore.layers.aol import underflow_floor
 from lipcore.layers.bounds import sll_bound
 from lipcore.layers.init import xavier_

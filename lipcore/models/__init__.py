@@ -7,8 +7,8 @@
 | Resnet | SLL (optionally LLN)               | 32x32, 64x64 images | resnet.py  |
 | DNN    | Sandwich + LLN                     | 32x32, 64x64 images | dnn.py     |
 
-What each model accepts is its card (lipcore.catalog.models, torch-free); the layers of Toy and KWL
-are every registered family that can build them (lipcore.catalog.families). Each model module
+What each model accepts is its card (lipcore.catalog.model_cards, torch-free); the layers of Toy and KWL
+are every registered family that can build them (lipcore.catalog.layer_families). Each model module
 registers its builder (`@register_model("KWL")`), so importing this package registers the paper's.
 """
 

@@ -3,7 +3,7 @@
 Widths 1/2/4 for small/medium/large. Sandwich and Orthogon downsample with stride-2 (space-to-depth)
 circular convolutions; AOL keeps full resolution and sum-pools 4x4 at the end (divided by 4, which
 is norm 1); Plain uses ordinary strided convolutions and has no bound. The family record
-(lipcore.catalog.families) says which: models never branch on a family's name.
+(lipcore.catalog.layer_families) says which: models never branch on a family's name.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from torch import nn
 
-from lipcore.catalog.families import LayerFamily, get_family
+from lipcore.catalog.layer_families import LayerFamily, get_family
 from lipcore.models.base import LipschitzNet
 from lipcore.models.registry import register_model
 

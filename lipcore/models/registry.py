@@ -1,6 +1,6 @@
 """Model registry (timm-style): architectures register a builder under their card's name.
 
-The card (lipcore.catalog.models) says what the model accepts; `@register_model(name)` in the
+The card (lipcore.catalog.model_cards) says what the model accepts; `@register_model(name)` in the
 model's module adds how to build it. Importing lipcore.models registers the paper's four."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from lipcore.catalog.models import get_card
+from lipcore.catalog.model_cards import get_card
 
 if TYPE_CHECKING:
     from torch import nn
@@ -21,7 +21,7 @@ _REGISTRY: dict[str, Builder] = {}
 
 def register_model(name: str) -> Callable[[Builder], Builder]:
     """Decorator: `@register_model("KWL")` on a function spec -> nn.Module; the model needs a card
-    (lipcore.catalog.models) saying what it accepts."""
+    (lipcore.catalog.model_cards) saying what it accepts."""
     get_card(name)
 
     def wrap(fn: Builder) -> Builder:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from torch import nn
 
-from lipcore.catalog.families import LayerFamily, get_family
+from lipcore.catalog.layer_families import LayerFamily, get_family
 from lipcore.models.base import LipschitzNet
 from lipcore.models.registry import register_model
 

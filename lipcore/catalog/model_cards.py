@@ -7,7 +7,7 @@ them at `GET /v1/catalog`, and code that must treat a regressor differently asks
 kwl.py, resnet.py and dnn.py (`@register_model(name)` needs the card of that name).
 
 A card's layers are either a fixed tuple or every registered family with the capabilities in
-`needs` (lipcore.catalog.families), so a newly registered family is accepted by KWL and Toy as soon
+`needs` (lipcore.catalog.layer_families), so a newly registered family is accepted by KWL and Toy as soon
 as it provides conv/fc/lin (KWL) or fc/lin or a Toy body (Toy).
 """
 
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal
 
-from lipcore.catalog.families import family_names
+from lipcore.catalog.layer_families import family_names
 
 Task = Literal["classifier", "regressor"]
 Inputs = Literal["vector", "image"]
