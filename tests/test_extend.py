@@ -89,11 +89,11 @@ def blob(spec: ExperimentSpec) -> Blob:
 
 
 REGISTRIES = [
-    (fields_module, "_FIELDS"),
-    (datasets_module, "_DATASETS"),
-    (loaders_module, "_READERS"),
-    (models_module, "_CARDS"),
-    (registry_module, "_REGISTRY"),
+    fields_module.FIELDS,
+    datasets_module.DATASETS,
+    loaders_module.READERS,
+    models_module.CARDS,
+    registry_module.BUILDERS,
 ]
 
 
@@ -101,8 +101,8 @@ REGISTRIES = [
 def registered() -> Iterator[None]:
     """The five registrations, into copies of the registries that are put back afterwards."""
     with pytest.MonkeyPatch.context() as mp:
-        for module, name in REGISTRIES:
-            mp.setattr(module, name, dict(getattr(module, name)))
+        for registry in REGISTRIES:
+            mp.setattr(registry, "entries", dict(registry.entries))
         register_field(BLOB_WIDTH)
         register_dataset(BLOBS)
         register_loader("blobs")(load_blobs)

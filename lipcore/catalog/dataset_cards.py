@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal
 
+from lipcore.catalog.registry import Registry
+
 Inputs = Literal["vector", "image"]
 
 
@@ -76,34 +78,13 @@ class DatasetCard:
         return {"name": self.name, "inputs": self.inputs}
 
 
-_DATASETS: dict[str, DatasetCard] = {}
-
-
-def register_dataset(card: DatasetCard) -> DatasetCard:
-    """Add `card` (the same record again is a no-op; another record under a taken name is an error)."""
-    old = _DATASETS.get(card.name)
-    if old is not None and old != card:
-        raise ValueError(f"dataset {card.name!r} is already registered")
-    _DATASETS[card.name] = card
-    return card
-
-
-def get_dataset(name: str) -> DatasetCard:
-    """The card of dataset `name`; ValueError naming the known datasets otherwise."""
-    try:
-        return _DATASETS[name]
-    except KeyError:
-        raise ValueError(f"dataset {name!r} is unknown; expected one of {dataset_names()}") from None
-
-
-def dataset_names() -> tuple[str, ...]:
-    """Every registered dataset, in registration order."""
-    return tuple(_DATASETS)
-
-
-def datasets() -> tuple[DatasetCard, ...]:
-    """Every registered dataset card, in registration order."""
-    return tuple(_DATASETS.values())
+DATASETS: Registry[DatasetCard] = Registry("dataset")
+# register (the same card again is a no-op, another card under a taken name an error), get (a ValueError
+# naming the registered names otherwise), names and records (registration order)
+register_dataset = DATASETS.register
+get_dataset = DATASETS.get
+dataset_names = DATASETS.names
+datasets = DATASETS.records
 
 
 # ---- the paper's datasets; means and stds are the paper's (dataset.py / evaluate.py) ---------------

@@ -18,6 +18,8 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
+from lipcore.catalog.registry import Registry
+
 
 @dataclass(frozen=True)
 class Flag:
@@ -55,18 +57,14 @@ class SpecField:
         return schema
 
 
-_FIELDS: dict[str, SpecField] = {}
+FIELDS: Registry[SpecField] = Registry("spec field")
 
 
 def add_field(spec_field: SpecField) -> SpecField:
     """The registry's part of `lipcore.catalog.spec.register_field` (which also checks the name)."""
-    old = _FIELDS.get(spec_field.name)
-    if old is not None and old != spec_field:
-        raise ValueError(f"spec field {spec_field.name!r} is already registered")
-    _FIELDS[spec_field.name] = spec_field
-    return spec_field
+    return FIELDS.add(spec_field.name, spec_field)
 
 
 def extension_fields() -> tuple[SpecField, ...]:
     """Every registered spec field, in registration order."""
-    return tuple(_FIELDS.values())
+    return FIELDS.records()

@@ -30,6 +30,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
+from lipcore.catalog.registry import Registry
+
 Kind = Literal["conv", "fc", "lin", "toy", "activation"]
 KINDS: tuple[Kind, ...] = ("conv", "fc", "lin", "toy", "activation")
 C = TypeVar("C", bound=Callable[..., Any])
@@ -92,18 +94,14 @@ class LayerFamily:
         }
 
 
-_FAMILIES: dict[str, LayerFamily] = {}
+FAMILIES: Registry[LayerFamily] = Registry("layer family")
 _CONSTRUCTORS: dict[tuple[str, str], Callable[..., Any]] = {}
 
 
 def register_family(family: LayerFamily) -> LayerFamily:
     """Add `family` to the registry (registration order is the order listed in messages).
     Registering the same record again is a no-op; a different record under a taken name is an error."""
-    old = _FAMILIES.get(family.name)
-    if old is not None and old != family:
-        raise ValueError(f"layer family {family.name!r} is already registered")
-    _FAMILIES[family.name] = family
-    return family
+    return FAMILIES.add(family.name, family)
 
 
 def register_layer(family: str, kind: Kind) -> Callable[[C], C]:
@@ -125,22 +123,17 @@ def register_layer(family: str, kind: Kind) -> Callable[[C], C]:
 
 def get_family(name: str | LayerFamily) -> LayerFamily:
     """The registered family called `name` (a LayerFamily is returned as is)."""
-    if isinstance(name, LayerFamily):
-        return name
-    try:
-        return _FAMILIES[name]
-    except KeyError:
-        raise ValueError(f"unknown layer family {name!r}; registered: {family_names()}") from None
+    return name if isinstance(name, LayerFamily) else FAMILIES.get(name)
 
 
 def family_names(capabilities: frozenset[str] | set[str] = frozenset()) -> tuple[str, ...]:
     """Registered family names, in registration order, that have every capability asked for."""
-    return tuple(n for n, f in _FAMILIES.items() if set(capabilities) <= f.capabilities)
+    return tuple(f.name for f in FAMILIES.records() if set(capabilities) <= f.capabilities)
 
 
 def families() -> tuple[LayerFamily, ...]:
     """Every registered family, in registration order."""
-    return tuple(_FAMILIES.values())
+    return FAMILIES.records()
 
 
 # ---- the paper's families (their layers register in lipcore/layers/<module>.py) -------------------

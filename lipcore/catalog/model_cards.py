@@ -19,6 +19,7 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from lipcore.catalog.layer_families import family_names
+from lipcore.catalog.registry import Registry
 
 Task = Literal["classifier", "regressor"]
 Inputs = Literal["vector", "image"]
@@ -61,34 +62,13 @@ class ModelCard:
         }
 
 
-_CARDS: dict[str, ModelCard] = {}
-
-
-def register_card(card: ModelCard) -> ModelCard:
-    """Add `card` (an error if another card has its name)."""
-    old = _CARDS.get(card.name)
-    if old is not None and old != card:
-        raise ValueError(f"model card {card.name!r} is already registered")
-    _CARDS[card.name] = card
-    return card
-
-
-def get_card(name: str) -> ModelCard:
-    """The card of model `name`; ValueError naming the known models otherwise."""
-    try:
-        return _CARDS[name]
-    except KeyError:
-        raise ValueError(f"model {name!r} is unknown; expected one of {model_names()}") from None
-
-
-def model_names() -> tuple[str, ...]:
-    """Every model with a card, sorted."""
-    return tuple(sorted(_CARDS))
-
-
-def cards() -> tuple[ModelCard, ...]:
-    """Every card, sorted by name."""
-    return tuple(_CARDS[n] for n in model_names())
+CARDS: Registry[ModelCard] = Registry("model", sort=True)
+# register (the same card again is a no-op, another card under a taken name an error), get (a ValueError
+# naming the registered names otherwise), names and records (sorted order)
+register_card = CARDS.register
+get_card = CARDS.get
+model_names = CARDS.names
+cards = CARDS.records
 
 
 # ---- the paper's models (its model.py and main.py) -------------------------------------------------

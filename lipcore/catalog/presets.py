@@ -196,6 +196,15 @@ TABLE3 = {
 FIGURE_NOTE = "The paper prints this as a figure, not as numbers: there is no published column to compare with."
 
 
+_FIG4 = "certified and empirical robust accuracy vs eps"
+
+
+def _figure(name: str, title: str, lines: list[Line]) -> Preset:
+    """A figure's preset: Fig. 4 evaluates every model (AutoAttack beside certificates), Fig. 5 not."""
+    kind = name.split("-")[0]
+    return Preset(name, title, kind, lines, evaluate=kind == "fig4", note=FIGURE_NOTE)
+
+
 def _table2_preset(dataset: str, suffix: str, title: str, note: str = "") -> Preset:
     return Preset(
         f"table2-{suffix}",
@@ -231,37 +240,19 @@ PRESETS: dict[str, Preset] = {
             published={"tightness": TABLE1},
             note="Tightness = empirical Lipschitz lower bound / gamma, from each training job's summary.",
         ),
-        Preset(
-            "fig4-cifar10",
-            "Fig. 4 (top): CIFAR-10, certified and empirical robust accuracy vs eps",
-            "fig4",
-            _fig4("cifar10", "small", "multimargin", [1, 10, 100]),
-            evaluate=True,
-            note=FIGURE_NOTE,
+        _figure(
+            "fig4-cifar10", "Fig. 4 (top): CIFAR-10, " + _FIG4, _fig4("cifar10", "small", "multimargin", [1, 10, 100])
         ),
-        Preset(
-            "fig4-cifar100",
-            "Fig. 4 (bottom): CIFAR-100, certified and empirical robust accuracy vs eps",
-            "fig4",
-            _fig4("cifar100", "large", "xent", [1, 2, 4]),
-            evaluate=True,
-            note=FIGURE_NOTE,
-        ),
-        Preset(
+        _figure("fig4-cifar100", "Fig. 4 (bottom): CIFAR-100, " + _FIG4, _fig4("cifar100", "large", "xent", [1, 2, 4])),
+        _figure(
             "fig5-cifar10",
             "Fig. 5 (left): CIFAR-10 learning curves, gamma 100, 5 seeds",
-            "fig5",
             _fig5("cifar10", "small", "multimargin", 100),
-            evaluate=False,
-            note=FIGURE_NOTE,
         ),
-        Preset(
+        _figure(
             "fig5-cifar100",
             "Fig. 5 (right): CIFAR-100 learning curves, gamma 10, 5 seeds",
-            "fig5",
             _fig5("cifar100", "large", "xent", 10),
-            evaluate=False,
-            note=FIGURE_NOTE,
         ),
         _table2_preset("cifar100", "cifar100", "CIFAR-100"),
         _table2_preset(

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lipcore.catalog.dataset_cards import get_dataset
+from lipcore.catalog.registry import Registry
 
 if TYPE_CHECKING:
     from lipcore.catalog.spec import ExperimentSpec
@@ -35,7 +36,7 @@ class Reader:
     shape: ShapeReader | None = None
 
 
-_READERS: dict[str, Reader] = {}
+READERS: Registry[Reader] = Registry("dataset reader")
 
 
 def register_loader(name: str, *, shape: ShapeReader | None = None) -> Callable[[Loader], Loader]:
@@ -45,10 +46,7 @@ def register_loader(name: str, *, shape: ShapeReader | None = None) -> Callable[
         raise ValueError(f"dataset {name!r} reads its shape from the data: register a shape reader too")
 
     def wrap(load: Loader) -> Loader:
-        old = _READERS.get(name)
-        if old is not None and old.load is not load:
-            raise ValueError(f"dataset {name!r} already has a loader: {old.load!r}")
-        _READERS[name] = Reader(load, shape)
+        READERS.add(name, Reader(load, shape))
         return load
 
     return wrap
@@ -56,8 +54,7 @@ def register_loader(name: str, *, shape: ShapeReader | None = None) -> Callable[
 
 def reader(name: str) -> Reader:
     """The registered reader of dataset `name` (ValueError if its module registered none)."""
-    try:
-        return _READERS[name]
-    except KeyError:
-        get_dataset(name)  # an unknown dataset says so
-        raise ValueError(f"dataset {name!r} has no registered loader; import the module that reads it") from None
+    get_dataset(name)  # an unknown dataset says so
+    if name not in READERS.entries:
+        raise ValueError(f"dataset {name!r} has no registered loader; import the module that reads it")
+    return READERS.get(name)

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from lipcore.catalog.model_cards import get_card
+from lipcore.catalog.registry import Registry
 
 if TYPE_CHECKING:
     from torch import nn
@@ -16,7 +17,7 @@ if TYPE_CHECKING:
     from lipcore.spec import ExperimentSpec
 
 Builder = Callable[["ExperimentSpec"], "nn.Module"]
-_REGISTRY: dict[str, Builder] = {}
+BUILDERS: Registry[Builder] = Registry("model builder", sort=True)
 
 
 def register_model(name: str) -> Callable[[Builder], Builder]:
@@ -25,9 +26,7 @@ def register_model(name: str) -> Callable[[Builder], Builder]:
     get_card(name)
 
     def wrap(fn: Builder) -> Builder:
-        if name in _REGISTRY and _REGISTRY[name] is not fn:
-            raise ValueError(f"model {name!r} is already registered")
-        _REGISTRY[name] = fn
+        BUILDERS.add(name, fn)
         return fn
 
     return wrap
@@ -35,7 +34,7 @@ def register_model(name: str) -> Callable[[Builder], Builder]:
 
 def list_models() -> list[str]:
     """Names of the registered builders, sorted."""
-    return sorted(_REGISTRY)
+    return list(BUILDERS.names())
 
 
 def build(spec: ExperimentSpec) -> nn.Module:
@@ -50,8 +49,4 @@ def build(spec: ExperimentSpec) -> nn.Module:
             f"spec for dataset {spec.dataset!r} does not know its input shape/classes yet; "
             "resolve it against the data first (lipcore.data.resolve_spec)"
         )
-    try:
-        builder = _REGISTRY[spec.model]
-    except KeyError:
-        raise ValueError(f"unknown model {spec.model!r}; registered: {list_models()}") from None
-    return builder(spec)
+    return BUILDERS.get(spec.model)(spec)
