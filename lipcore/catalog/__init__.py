@@ -7,15 +7,16 @@
     fields.py          spec fields registered beyond the paper's (a plug-in's, a test's)
     flags.py           the command-line flags of `python -m lipcore` and `lbdn submit`, from the spec
     presets.py         the paper's experiments as presets, and its published numbers
+    registry.py        the one shape of every registry (records by name)
 
 Nothing here imports torch (tests/test_imports.py checks it): the API validates specs and serves
 the catalog, and the client builds its flags, without it. The records (this package's names)
 need only the standard library, so the layers and models register against them without pydantic;
 the spec, its fields and the flags (pydantic) are imported from their modules:
-`from lipcore.spec import ExperimentSpec, register_field`, `from lipcore.catalog.fields import SpecField`. Torch code registers against these
-records by name in its own module: `@register_model("KWL")` (lipcore.models.registry) on a builder,
-`@register_layer("Sandwich", "conv")` on a layer, `@register_loader("cifar10")` (lipcore.data) on a
-dataset's reader.
+`from lipcore.spec import ExperimentSpec, register_field`, `from lipcore.catalog.fields import
+SpecField`. Torch code registers against these records by name in its own module:
+`@register_model("KWL")` (lipcore.models.registry) on a builder, `@register_layer("Sandwich",
+"conv")` on a layer, `@register_loader("cifar10")` (lipcore.data) on a dataset's reader.
 """
 
 from __future__ import annotations
