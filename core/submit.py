@@ -225,7 +225,7 @@ def submit_job(session: Session, *, tenant: str, settings: Settings, ask: JobAsk
     if ask.model is not None:
         spec, kind = ask.model.spec, JobKind.evaluate
         # torch-free: a model's task is on its card
-        from lipcore.models.cards import get_card
+        from lipcore.catalog import get_card
 
         if get_card(str(spec.get("model"))).task != "classifier":
             raise Refused(

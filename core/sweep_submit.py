@@ -42,7 +42,7 @@ class SweepAsk:
 def grid_size(grid: dict[str, list[Any]]) -> int:
     """The number of points of `grid` (the product of its value lists' lengths), without expanding
     it; 422 for a key other than GRID_KEYS or an empty list."""
-    from lipcore.paper import GRID_KEYS  # torch-free, but only the API and the tests need the presets
+    from lipcore.catalog.presets import GRID_KEYS  # torch-free, but only the API and the tests need the presets
 
     unknown = set(grid) - set(GRID_KEYS)
     if unknown:
@@ -55,7 +55,7 @@ def grid_size(grid: dict[str, list[Any]]) -> int:
 
 def count_jobs(ask: SweepAsk) -> int:
     """An upper bound of the sweep's training jobs (equal specs collapse later), from sizes alone."""
-    from lipcore.paper import PRESETS
+    from lipcore.catalog.presets import PRESETS
 
     seeds = {"seed": ask.seeds} if ask.seeds is not None else {}
     if ask.preset is not None:
@@ -67,7 +67,7 @@ def count_jobs(ask: SweepAsk) -> int:
 
 
 def _raw_points(ask: SweepAsk) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-    from lipcore.paper import PRESETS, dedupe, expand
+    from lipcore.catalog.presets import PRESETS, dedupe, expand
 
     if ask.preset is not None:
         made = PRESETS[ask.preset].specs(ask.epochs, ask.seeds)

@@ -3,9 +3,11 @@
 Every command of the paper's README runs unchanged with `python main.py` replaced by
 `python -m lipcore`. Flags the paper has keep its names and defaults; `--layer`, `--scale` and
 `--loss` default to the model's own choice (for the paper's default model, Resnet, that is the
-paper's SLL / xlarge / xent). Our additions: --data_dir, --data_path, --device, --resume, --threads,
---download, --checkpoint_every, --lip-restarts, and for eval --attack-version, --n-examples,
---eps.
+paper's SLL / xlarge / xent). The experiment's flags are generated from the spec's fields
+(lipcore.catalog.flags: a new spec field is a new flag), so the spec's additions are flags too
+(--data_path, --offset, --compile, --precision). Our other additions: --data_dir, --device,
+--resume, --threads, --download, --checkpoint_every, --lip-restarts, and for eval
+--attack-version, --attacks, --n-examples, --eps.
 """
 
 from __future__ import annotations
@@ -19,43 +21,29 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from lipcore.catalog.flags import add_spec_flags, spec_fields
 from lipcore.spec import ExperimentSpec
 
 EXIT_USAGE, EXIT_FAILED, EXIT_STOPPED = 2, 1, 130
 
 
 def parser() -> argparse.ArgumentParser:
+    """The paper's flags (generated from the spec's fields, lipcore.catalog.flags) and ours."""
     p = argparse.ArgumentParser(
         prog="python -m lipcore",
         description="Train or evaluate a Lipschitz-bounded network (Wang & Manchester, ICML 2023).",
     )
     p.add_argument("--mode", choices=["train", "eval"], default="train")
-    p.add_argument("-m", "--model", default="Resnet", help="DNN, KWL, Resnet or Toy (default Resnet)")
-    p.add_argument(
-        "-d", "--dataset", default="tiny_imagenet", help="cifar10, cifar100, tiny_imagenet, square_wave or image_folder"
-    )
-    p.add_argument("-g", "--gamma", type=float, default=1.0, help="network Lipschitz bound (l2)")
-    p.add_argument("-s", "--seed", type=int, default=123)
-    p.add_argument("-e", "--epochs", type=int, default=100)
-    p.add_argument("--layer", default=None, help="Sandwich, Orthogon, Aol, SLL or Plain (default: the model's)")
-    p.add_argument("--scale", default=None, help="small, medium, large or xlarge (default: the model's)")
-    p.add_argument("--lr", type=float, default=0.01, help="peak learning rate")
-    p.add_argument("--loss", default=None, help="xent, multimargin or mse (default: xent; Toy: mse)")
+    add_spec_flags(p.add_argument_group("experiment (the spec's fields; unset flags take its defaults)"))
     p.add_argument("--root_dir", default="./saved_models")
-    p.add_argument("--train_batch_size", type=int, default=256)
-    p.add_argument("--test_batch_size", type=int, default=256)
     p.add_argument(
         "--num_workers",
         type=int,
         default=4,
         help="accepted for compatibility; unused (batches are assembled on the device)",
     )
-    p.add_argument("--LLN", action="store_true", help="last-layer normalisation (DNN, Resnet)")
-    p.add_argument("--normalized", action="store_true", help="divide inputs by the dataset std")
-    p.add_argument("--cert_acc", action="store_true", help="record certified accuracy every epoch")
     ours = p.add_argument_group("lbdn additions")
     ours.add_argument("--data_dir", default=None, help="dataset directory (default $LBDN_DATA_DIR or ./data)")
-    ours.add_argument("--data_path", default=None, help="image_folder: folder holding train/ (and test/)")
     ours.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
     ours.add_argument("--resume", action="store_true", help="continue the run directory's checkpoint")
     ours.add_argument(
@@ -77,6 +65,11 @@ def parser() -> argparse.ArgumentParser:
         default=10,
         help="restarts of the empirical Lipschitz estimate after training / in Toy eval (0 skips)",
     )
+    _eval_flags(ours)
+    return p
+
+
+def _eval_flags(ours: argparse._ArgumentGroup) -> None:
     ours.add_argument(
         "--attack-version",
         dest="attack_version",
@@ -98,40 +91,11 @@ def parser() -> argparse.ArgumentParser:
         help="evaluate on the first N test inputs (default: all)",
     )
     ours.add_argument("--eps", type=float, nargs="+", default=[36, 72, 108], help="l2 radii in 1/255 units")
-    ours.add_argument(
-        "--compile",
-        choices=["auto", "on", "off"],
-        default="auto",
-        help="torch.compile the training step (auto: on for CUDA, off on CPU)",
-    )
-    ours.add_argument(
-        "--precision",
-        choices=["fp32", "bf16"],
-        default="fp32",
-        help="training arithmetic (bf16 autocast); certificates are always full precision",
-    )
-    return p
 
 
 def spec_from_args(args: argparse.Namespace) -> ExperimentSpec:
     """The ExperimentSpec of a parsed command line (raises pydantic.ValidationError)."""
-    fields: dict[str, Any] = {
-        "model": args.model,
-        "dataset": args.dataset,
-        "gamma": args.gamma,
-        "seed": args.seed,
-        "epochs": args.epochs,
-        "lr": args.lr,
-        "train_batch_size": args.train_batch_size,
-        "test_batch_size": args.test_batch_size,
-        "compile": args.compile,
-        "precision": args.precision,
-    }
-    optional = {"layer": args.layer, "scale": args.scale, "loss": args.loss, "data_path": args.data_path}
-    fields.update({k: v for k, v in optional.items() if v is not None})
-    # store_true flags only speak when given, so a model's forced setting (DNN: LLN) is not contradicted
-    fields.update({k: True for k in ("lln", "normalized", "cert_acc") if getattr(args, k.upper() if k == "lln" else k)})
-    return ExperimentSpec(**fields)
+    return ExperimentSpec(**spec_fields(args))
 
 
 class _Terminal:
@@ -237,7 +201,7 @@ def _eval(spec: ExperimentSpec, args: argparse.Namespace, run_dir: Path) -> int:
             version=args.attack_version,
             n_examples=args.n_examples,
             device=args.device,
-            batch_size=args.test_batch_size,
+            batch_size=spec.test_batch_size,
             on_log=print,
             attacks=args.attacks,
             state_dir=run_dir,

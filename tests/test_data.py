@@ -13,10 +13,11 @@ import pytest
 import torch
 from PIL import Image
 
+from lipcore.catalog import get_dataset
 from lipcore.data import DatasetNotFoundError, data_dir_default, load_data, resolve_spec
 from lipcore.data import decode as decode_mod
 from lipcore.data.image_folder import HOLDOUT_FRACTION
-from lipcore.spec import DATASETS, ExperimentSpec
+from lipcore.spec import ExperimentSpec
 from tests.fakedata import (
     kwl,
     write_cifar10,
@@ -36,7 +37,7 @@ def test_cifar10_pickles_load_with_labels_classes_and_pixel_layout(tmp_path: Pat
     # row-major planes: byte 1024 * c + 32 * h + w is pixel (c, h, w)
     assert data._train_x[2, 1, 3, 5] == ref["x"][2, 1024 + 32 * 3 + 5]
     assert data._train_y.tolist() == ref["y"] and data._train_y.dtype == torch.int64
-    assert data.mean == DATASETS["cifar10"].mean and data.std == (1.0, 1.0, 1.0)  # not normalized
+    assert data.mean == get_dataset("cifar10").mean and data.std == (1.0, 1.0, 1.0)  # not normalized
     x, y = data.test_pixels(3)
     expected = torch.from_numpy(ref["xt"][:3]).reshape(3, 3, 32, 32).float()
     assert x.shape == (3, 3, 32, 32) and torch.equal(x * 255, expected)
@@ -44,7 +45,7 @@ def test_cifar10_pickles_load_with_labels_classes_and_pixel_layout(tmp_path: Pat
     xb, yb = next(iter(data.test_batches()))
     assert xb.shape == (5, 3, 32, 32) and torch.allclose(xb, data.normalize(data.test_pixels(5)[0]))
     normed = load_data(kwl("cifar10", normalized=True), tmp_path)
-    assert normed.std == DATASETS["cifar10"].std
+    assert normed.std == get_dataset("cifar10").std
 
 
 def test_cifar100_uses_fine_labels(tmp_path: Path) -> None:
@@ -74,7 +75,7 @@ def test_tiny_imagenet_tree_loads_with_sorted_wnids_and_val_annotations(tmp_path
     assert torch.equal(gray[0], gray[1]) and torch.equal(gray[1], gray[2])
     ref = np.asarray(Image.open(root / "val" / "images" / "val_1.JPEG").convert("RGB")).transpose(2, 0, 1)
     assert torch.equal(data._test_x[1], torch.from_numpy(ref.copy()))
-    assert data.mean == DATASETS["tiny_imagenet"].mean
+    assert data.mean == get_dataset("tiny_imagenet").mean
 
 
 @pytest.mark.parametrize(

@@ -16,10 +16,11 @@ import pytest
 import torch
 from PIL import Image
 
+from lipcore.catalog import get_dataset
 from lipcore.data import decode as decode_mod
 from lipcore.data import load_data, resolve_spec
 from lipcore.data.image_folder import holdout_mask, list_folder
-from lipcore.spec import DATASETS, ExperimentSpec
+from lipcore.spec import ExperimentSpec
 from tests.realdata import CLASSES, unpack_cifar_jpegs
 
 PER_CLASS = 150
@@ -41,7 +42,7 @@ def test_real_cifar10_jpegs_load_as_an_image_folder(cifar_subset: Path, monkeypa
     assert (data.train_size, data.test_size) == (10 * (PER_CLASS - held), 10 * held)
     assert torch.bincount(data._test_y).tolist() == [held] * 10
     # JPEG-re-encoded CIFAR-10: close to the published statistics of the original pixels
-    assert np.allclose(data.mean, DATASETS["cifar10"].mean, atol=0.03)
+    assert np.allclose(data.mean, get_dataset("cifar10").mean, atol=0.03)
     # the decoded array holds exactly what Pillow decodes
     listing = list_folder(cifar_subset)
     kept = [rel for rel, out in zip(listing.train, holdout_mask(listing)) if not out]

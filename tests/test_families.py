@@ -18,17 +18,29 @@ import torch.nn.functional as F
 from pydantic import ValidationError
 from torch import Tensor, nn
 
+from lipcore.catalog import LayerFamily, family_names, get_card, get_family, register_family, register_layer
 from lipcore.certify import empirical_lipschitz, verified_bound
-from lipcore.layers.families import LayerFamily, family_names, get_family, register_family
+from lipcore.layers.plain import plain_linear
 from lipcore.models import KWL, Toy, build
-from lipcore.models.cards import get_card
 from lipcore.spec import ExperimentSpec
+
+# The family's record (torch-free: what specs are validated against); its layers register below.
+SPECTRAL = register_family(
+    LayerFamily(
+        "Spectral",
+        frozenset({"conv", "fc", "lin"}),
+        toy_width=16,
+        kwl_hidden=64,
+        description="spectral-normalised layers (defined in tests/test_families.py)",
+    )
+)
 
 
 def _conv_norm(k: Tensor) -> Tensor:
     return torch.linalg.matrix_norm(k.abs().sum((2, 3)), 2)
 
 
+@register_layer("Spectral", "fc")
 class SpectralLinear(nn.Module):
     """y = scale * x W^T / ||W||_2 + b, optionally followed by ReLU: (b, in) -> (b, out)."""
 
@@ -46,6 +58,7 @@ class SpectralLinear(nn.Module):
         return abs(self.scale) * (torch.linalg.matrix_norm(w / torch.linalg.matrix_norm(w, 2), 2).item()) * (1 + 1e-12)
 
 
+@register_layer("Spectral", "conv")
 class SpectralConv(nn.Module):
     """Zero-padded conv with ReLU, kernel / ||(||k_oi||_1)||_2: (b, in, N, N) -> (b, out, N/s, N/s)."""
 
@@ -72,21 +85,9 @@ class SpectralConv(nn.Module):
         return abs(self.scale) * _conv_norm(k / _conv_norm(k)).item() * (1 + 1e-12)
 
 
+@register_layer("Spectral", "lin")
 def spectral_lin(in_features: int, out_features: int, *, scale: float = 1.0) -> SpectralLinear:
     return SpectralLinear(in_features, out_features, scale=scale, relu=False)
-
-
-SPECTRAL = register_family(
-    LayerFamily(
-        "Spectral",
-        conv=SpectralConv,
-        fc=SpectralLinear,
-        lin=spectral_lin,
-        toy_width=16,
-        kwl_hidden=64,
-        description="spectral-normalised layers (defined in tests/test_families.py)",
-    )
-)
 
 
 def assert_bounded(model: nn.Module, x: Tensor, bound: float) -> None:
@@ -109,7 +110,7 @@ def test_a_registered_family_is_a_layer_of_kwl_and_toy_only() -> None:
     with pytest.raises(ValidationError, match="layer 'Nope' is unknown"):
         ExperimentSpec(model="KWL", layer="Nope", dataset="cifar10")
     with pytest.raises(ValueError, match="already registered"):
-        register_family(LayerFamily("Spectral", fc=SpectralLinear))
+        register_family(LayerFamily("Spectral", frozenset({"fc"})))
 
 
 @pytest.mark.parametrize("gamma", [0.5, 3.0])
@@ -140,22 +141,18 @@ def test_kwl_of_the_family_is_bounded_by_gamma() -> None:
 
 
 def test_an_unbounded_family_drops_gamma_and_one_without_conv_is_toy_only() -> None:
-    fc_only = register_family(LayerFamily("SpectralFcOnly", fc=SpectralLinear, lin=spectral_lin, toy_width=8))
+    fc_only = register_family(LayerFamily("SpectralFcOnly", frozenset({"fc", "lin"}), toy_width=8))
+    register_layer("SpectralFcOnly", "fc")(SpectralLinear)
+    register_layer("SpectralFcOnly", "lin")(spectral_lin)
     assert "SpectralFcOnly" in get_card("Toy").layer_names()
     assert "SpectralFcOnly" not in get_card("KWL").layer_names()
     assert len(Toy(fc_only, 1.0).body) == 10
     with pytest.raises(ValueError, match="KWL needs conv, fc and lin"):
         KWL(fc_only, 1, 1.0)
-    free = register_family(
-        LayerFamily(
-            "FreeFc",
-            fc="lipcore.layers.plain:plain_linear",
-            lin="lipcore.layers.plain:plain_linear",
-            activation="torch.nn:ReLU",
-            bounded=False,
-            toy_width=8,
-        )
-    )
+    free = register_family(LayerFamily("FreeFc", frozenset({"fc", "lin", "activation"}), bounded=False, toy_width=8))
+    for kind in ("fc", "lin"):
+        register_layer("FreeFc", kind)(plain_linear)
+    register_layer("FreeFc", "activation")(nn.ReLU)
     spec = ExperimentSpec(model="Toy", layer=free.name, gamma=2.0)
     assert spec.gamma is None and not spec.bounded and build(spec).gamma is None
     with pytest.raises(ValidationError, match="cert_acc needs a Lipschitz bound; an unconstrained FreeFc network"):

@@ -1,6 +1,6 @@
 """/v1/catalog: the model cards and layer families that specs may name (read-only).
 
-Served from lipcore.models.cards and lipcore.layers.families, the same records that validate specs
+Served from lipcore.catalog's model cards, layer families and dataset cards, the same records that validate specs
 (torch-free), so the dashboard's choices are never out of step with what the API accepts.
 """
 
@@ -12,9 +12,7 @@ from fastapi import APIRouter
 
 from api.deps import CurrentTenant
 from api.problems import problem_responses
-from lipcore.layers.families import families
-from lipcore.models.cards import cards
-from lipcore.spec import DATASET_NAMES, DATASETS
+from lipcore.catalog import cards, datasets, families
 
 router = APIRouter(prefix="/v1", tags=["catalog"])
 
@@ -31,8 +29,5 @@ def get_catalog(_: CurrentTenant) -> dict[str, Any]:
     return {
         "models": [c.as_dict() for c in cards()],
         "families": [f.as_dict() for f in families()],
-        "datasets": [
-            {"name": n, "inputs": "vector" if n in DATASETS and DATASETS[n].img_size == 0 else "image"}
-            for n in DATASET_NAMES
-        ],
+        "datasets": [d.as_dict() for d in datasets()],
     }

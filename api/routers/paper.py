@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, HTTPException
 
 from api.deps import CurrentTenant
-from lipcore.paper import PRESETS
+from lipcore.catalog.presets import PRESETS
 
 router = APIRouter(prefix="/v1/paper", tags=["sweeps"])
 

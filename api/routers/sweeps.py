@@ -26,7 +26,7 @@ from api.services import Services
 from core.states import FINISHED, JobKind, JobState, SweepRole
 from core.store import Sweep, jobs, sweeps
 from core.sweep_submit import SweepAsk, submit_sweep
-from lipcore.paper import PRESETS
+from lipcore.catalog.presets import PRESETS
 
 router = APIRouter(prefix="/v1/sweeps", tags=["sweeps"])
 

@@ -77,7 +77,7 @@ def pending_evaluations(s: Session, sweep: Sweep) -> list[tuple[SweepJob, Job]]:
     if sweep.evaluate is None:
         return []
     # torch-free: a model's task is on its card
-    from lipcore.models.cards import get_card
+    from lipcore.catalog import get_card
 
     rows = sweep_jobs(s, sweep.id)
     evaluated = {link.train_job_id for link, _ in rows if link.role == SweepRole.evaluate}

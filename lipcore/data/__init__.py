@@ -7,8 +7,12 @@
 Everything is read from the data dir and nothing is downloaded unless `download=True`. Callers
 pass the data dir; without one, `data_dir_default()` (env LBDN_DATA_DIR, else ./data) is the
 command line's default. The service never relies on it: it reads LBDN_DATA_DIR once, in its
-Settings (core.settings), and passes `data_dir=` explicitly. Importing this package does not import torch (`Data` and
-`load_data` bring it in when used), so the API process can call `resolve_spec` cheaply.
+Settings (core.settings), and passes `data_dir=` explicitly.
+
+What each dataset is (shape, classes, mean, std) is its card in lipcore.catalog.dataset_cards; how it is
+read is the loader its module registers (lipcore.data.loaders). Importing this package registers the
+image readers and does not import torch; `load_data` brings torch in (lipcore.data.batches, which
+also registers the torch-generated square wave), so the API process can call `resolve_spec` cheaply.
 """
 
 from __future__ import annotations
@@ -17,24 +21,19 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lipcore.data.cache import cache_for
+from lipcore.catalog.dataset_cards import get_dataset
+from lipcore.catalog.spec import ExperimentSpec
+from lipcore.data import cifar, image_folder, tiny_imagenet  # noqa: F401  (they register their loaders)
+from lipcore.data.arrays import ImageArrays
 from lipcore.data.errors import DatasetNotFoundError
-from lipcore.spec import DATASETS, IMAGE_FOLDER, ExperimentSpec
+from lipcore.data.loaders import reader, register_loader
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
     from lipcore.data.batches import Data
 
-__all__ = ["Data", "DatasetNotFoundError", "data_dir_default", "load_data", "resolve_spec"]
-
-
-def __getattr__(name: str) -> Any:
-    if name == "Data":
-        from lipcore.data.batches import Data
-
-        return Data
-    raise AttributeError(f"module 'lipcore.data' has no attribute {name!r}")
+__all__ = ["DatasetNotFoundError", "data_dir_default", "load_data", "register_loader", "resolve_spec"]
 
 
 def data_dir_default() -> Path:
@@ -58,17 +57,15 @@ def _with_shape(spec: ExperimentSpec, img_size: int, classes: list[str]) -> Expe
 def resolve_spec(spec: ExperimentSpec, data_dir: str | Path | None = None) -> ExperimentSpec:
     """`spec` with in_channels, img_size and num_classes read from its image folder.
 
-    Only image headers are read (and remembered in the cache), never whole images. Other datasets
-    are returned unchanged. Raises DatasetNotFoundError if the folder is missing and ValueError if
-    its images are not all 32x32 or all 64x64 (naming a bad file).
+    Only image headers are read (and remembered in the cache), never whole images. Datasets whose
+    card fixes the shape are returned unchanged. Raises DatasetNotFoundError if the folder is
+    missing and ValueError if its images are not all 32x32 or all 64x64 (naming a bad file).
     """
-    if spec.dataset != IMAGE_FOLDER:
+    if not get_dataset(spec.dataset).from_folder:
         return spec
-    from lipcore.data.image_folder import folder_root, folder_shape
-
-    data_dir = Path(data_dir) if data_dir is not None else data_dir_default()
-    assert spec.data_path is not None  # the spec's own validation guarantees it
-    size, classes = folder_shape(folder_root(spec.data_path, data_dir), cache_for(data_dir))
+    shape = reader(spec.dataset).shape
+    assert shape is not None  # register_loader insists on one for a folder dataset
+    size, classes = shape(spec, Path(data_dir) if data_dir is not None else data_dir_default())
     return _with_shape(spec, size, classes)
 
 
@@ -82,45 +79,35 @@ def load_data(
     """Load `spec.dataset` from `data_dir` (default `data_dir_default()`) onto `device`.
 
     `download=True` fetches cifar10/cifar100/tiny_imagenet from their official URLs (md5-checked)
-    when they are missing; it has no effect on square_wave and image folders. The returned
-    `Data.spec` is resolved (image folders: shape and classes filled in).
+    when they are missing; it has no effect on other datasets. The returned `Data.spec` is resolved
+    (image folders: shape and classes filled in).
     """
     from lipcore.data.batches import Data
 
-    data_dir = Path(data_dir) if data_dir is not None else data_dir_default()
-    if spec.dataset == "square_wave":
-        return Data.from_square_wave(spec, device)
-    if spec.dataset == IMAGE_FOLDER:
-        from lipcore.data.image_folder import folder_root, load_image_folder
-
-        assert spec.data_path is not None
-        arrays = load_image_folder(folder_root(spec.data_path, data_dir), cache_for(data_dir))
-        spec = _with_shape(spec, arrays.train_x.shape[-1], arrays.classes)
-        assert arrays.pixel_mean is not None and arrays.pixel_std is not None
-        mean, std = arrays.pixel_mean, arrays.pixel_std
-    else:
-        arrays = _load_known(spec.dataset, data_dir, download)
-        mean, std = DATASETS[spec.dataset].mean, DATASETS[spec.dataset].std
+    card = get_dataset(spec.dataset)
+    source = _read(spec, Path(data_dir) if data_dir is not None else data_dir_default(), download)
+    if not isinstance(source, ImageArrays):  # 1-D data: (x, y, x_test, y_test) tensors
+        assert card.mean is not None and card.std is not None
+        x, y, xt, yt = source
+        return Data(spec, train=(x, y), test=(xt, yt), classes=[], mean=card.mean, std=card.std, device=device)
+    if card.from_folder:
+        spec = _with_shape(spec, source.train_x.shape[-1], source.classes)
+    mean, std = (card.mean, card.std) if card.mean is not None else (source.pixel_mean, source.pixel_std)
+    assert mean is not None and std is not None  # a folder's loader gives its pixel statistics
     # As in the paper, the std divides only with `normalized`; the mean is always subtracted.
     std = std if spec.normalized else (1.0,) * len(std)
-    return Data.from_images(spec, arrays, mean, std, device)
+    return Data.from_images(spec, source, mean, std, device)
 
 
-def _load_known(dataset: str, data_dir: Path, download: bool) -> Any:
-    from lipcore.data.cifar import load_cifar10, load_cifar100
-    from lipcore.data.tiny_imagenet import load_tiny_imagenet
-
-    loaders = {
-        "cifar10": lambda: load_cifar10(data_dir),
-        "cifar100": lambda: load_cifar100(data_dir),
-        "tiny_imagenet": lambda: load_tiny_imagenet(data_dir, cache_for(data_dir)),
-    }
+def _read(spec: ExperimentSpec, data_dir: Path, download: bool) -> Any:
+    load = reader(spec.dataset).load
     try:
-        return loaders[dataset]()
+        return load(spec, data_dir)
     except DatasetNotFoundError:
-        if not download:
-            raise
-    from lipcore.data.download import download as fetch
+        from lipcore.data.download import SOURCES
+        from lipcore.data.download import download as fetch
 
-    fetch(dataset, data_dir)
-    return loaders[dataset]()
+        if not download or spec.dataset not in SOURCES:
+            raise
+        fetch(spec.dataset, data_dir)
+    return load(spec, data_dir)

@@ -17,6 +17,7 @@ import numpy as np
 
 from lipcore.data.arrays import ImageArrays
 from lipcore.data.errors import DatasetNotFoundError
+from lipcore.data.loaders import register_loader
 
 CIFAR10_DIR = "cifar-10-batches-py"
 CIFAR100_DIR = "cifar-100-python"
@@ -111,3 +112,7 @@ def load_cifar100(data_dir: Path) -> ImageArrays:
         test_y=np.asarray(test[b"fine_labels"], dtype=np.int64),
         classes=[n.decode() for n in meta[b"fine_label_names"]],
     )
+
+
+register_loader("cifar10")(lambda spec, data_dir: load_cifar10(data_dir))
+register_loader("cifar100")(lambda spec, data_dir: load_cifar100(data_dir))

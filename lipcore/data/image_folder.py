@@ -19,10 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
+from lipcore.catalog.dataset_cards import IMAGE_FOLDER
+from lipcore.catalog.spec import ExperimentSpec
 from lipcore.data.arrays import ImageArrays, channel_stats
-from lipcore.data.cache import ArrayCache
+from lipcore.data.cache import ArrayCache, cache_for
 from lipcore.data.decode import cached_decode, cached_size, entry_name, is_image_name
 from lipcore.data.errors import DatasetNotFoundError
+from lipcore.data.loaders import register_loader
 
 HOLDOUT_FRACTION = 0.1
 _HOLDOUT_SALT = b"lbdn-holdout-v1\0"  # fixed on purpose: see the module docstring
@@ -184,3 +187,14 @@ def load_image_folder(root: Path, cache: ArrayCache) -> ImageArrays:
     return ImageArrays(
         train_x, train_y, test_x, test_y, listing.classes, pixel_mean=tuple(stats[0]), pixel_std=tuple(stats[1])
     )
+
+
+def _folder(spec: ExperimentSpec, data_dir: Path) -> Path:
+    assert spec.data_path is not None  # the spec's own validation guarantees it for a folder dataset
+    return folder_root(spec.data_path, data_dir)
+
+
+register_loader(
+    IMAGE_FOLDER,
+    shape=lambda spec, data_dir: folder_shape(_folder(spec, data_dir), cache_for(data_dir)),
+)(lambda spec, data_dir: load_image_folder(_folder(spec, data_dir), cache_for(data_dir)))

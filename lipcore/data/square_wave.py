@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from lipcore.data.loaders import register_loader
 from lipcore.data.seeds import generator
 
 TRAIN_SIZE, TEST_SIZE = 300, 200
@@ -25,3 +26,6 @@ def square_wave_data(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
     x = 2 * (2 * torch.rand(TRAIN_SIZE, 1, generator=generator(seed, "square_wave")) - 1)
     xt = torch.linspace(-2.0, 2.0, TEST_SIZE).reshape(TEST_SIZE, 1)
     return x, square_wave_target(x), xt, square_wave_target(xt)
+
+
+register_loader("square_wave")(lambda spec, data_dir: square_wave_data(spec.seed))

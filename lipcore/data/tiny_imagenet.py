@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from lipcore.data.arrays import ImageArrays
-from lipcore.data.cache import ArrayCache
+from lipcore.data.cache import ArrayCache, cache_for
 from lipcore.data.decode import cached_decode, entry_name, is_image_name
 from lipcore.data.errors import DatasetNotFoundError
+from lipcore.data.loaders import register_loader
 
 TINY_DIR = "tiny-imagenet-200"
 IMG_SIZE = 64
@@ -91,3 +92,6 @@ def load_tiny_imagenet(data_dir: Path, cache: ArrayCache) -> ImageArrays:
         x[split] = cached_decode(cache, name, [os.path.join(root, r) for r in rel], IMG_SIZE)
     train_x, val_x = x["train"], x["val"]
     return ImageArrays(train_x, train_y, val_x, val_y, classes)
+
+
+register_loader("tiny_imagenet")(lambda spec, data_dir: load_tiny_imagenet(data_dir, cache_for(data_dir)))

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lipcore.catalog.layer_families import register_layer
 from lipcore.layers.bounds import aol_conv_bound
 from lipcore.layers.init import xavier_
 from lipcore.layers.linear import ScaledLinear
@@ -87,12 +88,14 @@ class _AolLinearBase(ScaledLinear):
         return (self.scale * self.effective()[0]).detach(), None
 
 
+@register_layer("Aol", "fc")
 class AolFc(_AolLinearBase):
     """AOL fully connected layer with ReLU: (batch, in) -> (batch, out)."""
 
     activation = True
 
 
+@register_layer("Aol", "lin")
 class AolLin(_AolLinearBase):
     """AOL fully connected layer without activation."""
 
@@ -151,6 +154,7 @@ class _AolConvBase(Reparameterized):
         return f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel.shape[-1]}, scale={self.scale:g}"
 
 
+@register_layer("Aol", "conv")
 class AolConv(_AolConvBase):
     """AOL convolution with ReLU, zero padding: (b, in, H, W) -> (b, out, H, W)."""
 

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lipcore.catalog.layer_families import register_layer
 from lipcore.layers.bounds import hermitian_response, spectral_norm
 from lipcore.layers.cayley import cayley
 from lipcore.layers.fourier import CayleyConv, normalized_response
@@ -40,12 +41,14 @@ class _OrthogonLinearBase(ScaledLinear):
         return self.effective()[0].detach(), None
 
 
+@register_layer("Orthogon", "fc")
 class OrthogonFc(_OrthogonLinearBase):
     """Orthogonal fully connected layer with ReLU: (batch, in) -> (batch, out)."""
 
     activation = True
 
 
+@register_layer("Orthogon", "lin")
 class OrthogonLin(_OrthogonLinearBase):
     """Orthogonal fully connected layer without activation: (batch, in) -> (batch, out)."""
 
@@ -75,6 +78,7 @@ class _OrthogonConvBase(CayleyConv):
             return strided_op(self, nn.Sequential(conv, nn.ReLU()) if self.activation else conv)
 
 
+@register_layer("Orthogon", "conv")
 class OrthogonConv(_OrthogonConvBase):
     """Orthogonal circular convolution with ReLU: (b, in, N, N) -> (b, out, N/s, N/s)."""
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from lipcore.catalog.layer_families import register_layer
 from lipcore.layers.ops import conv_op
 
 
@@ -45,6 +46,7 @@ def _no_scale(scale: float) -> None:
         raise ValueError(f"Plain layers have no Lipschitz scale, got scale={scale}")
 
 
+@register_layer("Plain", "conv")
 def plain_conv(
     in_channels: int,
     out_channels: int,
@@ -54,12 +56,17 @@ def plain_conv(
     scale: float = 1.0,
     input_size: int | None = None,
 ) -> PlainConv:
-    """The Plain family's conv constructor (lipcore.layers.families): `input_size` is not needed."""
+    """The Plain family's conv constructor (lipcore.catalog.layer_families): `input_size` is not needed."""
     _no_scale(scale)
     return PlainConv(in_channels, out_channels, kernel_size, stride=stride)
 
 
+@register_layer("Plain", "lin")
+@register_layer("Plain", "fc")
 def plain_linear(in_features: int, out_features: int, *, scale: float = 1.0) -> nn.Linear:
     """The Plain family's fc and last-linear constructor: nn.Linear (its ReLU is a separate module)."""
     _no_scale(scale)
     return nn.Linear(in_features, out_features)
+
+
+register_layer("Plain", "activation")(nn.ReLU)

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lipcore.catalog.layer_families import register_layer
 from lipcore.layers.bounds import hermitian_response, sandwich_bound, spectral_norm
 from lipcore.layers.cayley import cayley, matmul
 from lipcore.layers.fourier import CayleyConv, apply_response, normalized_response
@@ -49,6 +50,7 @@ class _SandwichLinearBase(Reparameterized):
         return f"in_features={self.in_features}, out_features={self.out_features}, scale={self.scale:g}"
 
 
+@register_layer("Sandwich", "fc")
 class SandwichFc(_SandwichLinearBase):
     """Fully connected sandwich layer with ReLU: (batch, in) -> (batch, out), 1-Lipschitz in `scale*x`."""
 
@@ -89,6 +91,7 @@ class SandwichFc(_SandwichLinearBase):
         return _feedforward_weight(self, self.psi, previous)
 
 
+@register_layer("Sandwich", "lin")
 class SandwichLin(_SandwichLinearBase):
     """Last (linear) sandwich layer: y = B (scale x) + b, or y = 2 A^T B (scale x) + b with `ab=True`."""
 
@@ -149,6 +152,7 @@ class _SandwichConvBase(CayleyConv):
         return q[..., : self.out_channels], q[..., self.out_channels :]
 
 
+@register_layer("Sandwich", "conv")
 class SandwichConv(_SandwichConvBase):
     """Convolutional sandwich layer with ReLU (circular, FFT): (b, in, N, N) -> (b, out, N/s, N/s)."""
 

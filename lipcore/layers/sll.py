@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lipcore.catalog.layer_families import register_layer
 from lipcore.layers.aol import underflow_floor
 from lipcore.layers.bounds import sll_bound
 from lipcore.layers.init import xavier_
@@ -151,6 +152,7 @@ class SLLBlockConv(Reparameterized):
         return f"channels={self.channels}, inner={self.inner}, kernel_size={self.kernel.shape[-1]}"
 
 
+@register_layer("SLL", "toy")
 def sll_toy_body(in_features: int, out_features: int, *, width: int, depth: int, scale: float) -> list[nn.Module]:
     """The SLL family's Toy body: zero-pad to `width`, `depth - 2` SLLBlockFc, read out the first
     `out_features` (SLL blocks keep their width, so they cannot be the first and last layer)."""

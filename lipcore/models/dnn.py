@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from torch import nn
 
-from lipcore.layers.families import LayerFamily, get_family
+from lipcore.catalog.layer_families import LayerFamily, get_family
 from lipcore.layers.normalized import LinearNormalized
 from lipcore.models.base import LipschitzNet
 from lipcore.models.registry import register_model

@@ -3,7 +3,7 @@
 Widths 1/2/4 for small/medium/large. Sandwich and Orthogon downsample with stride-2 (space-to-depth)
 circular convolutions; AOL keeps full resolution and sum-pools 4x4 at the end (divided by 4, which
 is norm 1); Plain uses ordinary strided convolutions and has no bound. The family record
-(lipcore.layers.families) says which: models never branch on a family's name.
+(lipcore.catalog.layer_families) says which: models never branch on a family's name.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from torch import nn
 
-from lipcore.layers.families import LayerFamily, get_family
+from lipcore.catalog.layer_families import LayerFamily, get_family
 from lipcore.models.base import LipschitzNet
 from lipcore.models.registry import register_model
 
@@ -45,7 +45,7 @@ class KWL(LipschitzNet):
             raise ValueError(f"KWL needs an image size divisible by 4, got {img_size}")
         g, w, s, c = self.sqrt_gamma, width, img_size, in_channels
         conv, fc, lin = (family.constructor(k) for k in ("conv", "fc", "lin"))
-        act = family.constructor("activation") if family.activation is not None else None
+        act = family.constructor("activation") if "activation" in family.kinds else None
 
         def with_act(m: nn.Module) -> list[nn.Module]:
             return [m, act()] if act is not None else [m]

@@ -1,12 +1,15 @@
-"""Model registry (timm-style): architectures register a builder under their card's name."""
+"""Model registry (timm-style): architectures register a builder under their card's name.
+
+The card (lipcore.catalog.model_cards) says what the model accepts; `@register_model(name)` in the
+model's module adds how to build it. Importing lipcore.models registers the paper's four."""
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from lipcore.models.cards import get_card
+from lipcore.catalog.model_cards import get_card
+from lipcore.catalog.registry import Registry
 
 if TYPE_CHECKING:
     from torch import nn
@@ -14,34 +17,24 @@ if TYPE_CHECKING:
     from lipcore.spec import ExperimentSpec
 
 Builder = Callable[["ExperimentSpec"], "nn.Module"]
-_REGISTRY: dict[str, Builder] = {}
-# Modules whose import registers the paper's builders (loaded on first use).
-BUILTIN_MODULES = ("lipcore.models.dnn", "lipcore.models.kwl", "lipcore.models.resnet", "lipcore.models.toy")
+BUILDERS: Registry[Builder] = Registry("model builder", sort=True)
 
 
 def register_model(name: str) -> Callable[[Builder], Builder]:
     """Decorator: `@register_model("KWL")` on a function spec -> nn.Module; the model needs a card
-    (lipcore.models.cards) saying what it accepts."""
+    (lipcore.catalog.model_cards) saying what it accepts."""
     get_card(name)
 
     def wrap(fn: Builder) -> Builder:
-        if name in _REGISTRY and _REGISTRY[name] is not fn:
-            raise ValueError(f"model {name!r} is already registered")
-        _REGISTRY[name] = fn
+        BUILDERS.add(name, fn)
         return fn
 
     return wrap
 
 
-def _load_builtins() -> None:
-    for module in BUILTIN_MODULES:
-        importlib.import_module(module)
-
-
 def list_models() -> list[str]:
     """Names of the registered builders, sorted."""
-    _load_builtins()
-    return sorted(_REGISTRY)
+    return list(BUILDERS.names())
 
 
 def build(spec: ExperimentSpec) -> nn.Module:
@@ -56,9 +49,4 @@ def build(spec: ExperimentSpec) -> nn.Module:
             f"spec for dataset {spec.dataset!r} does not know its input shape/classes yet; "
             "resolve it against the data first (lipcore.data.resolve_spec)"
         )
-    _load_builtins()
-    try:
-        builder = _REGISTRY[spec.model]
-    except KeyError:
-        raise ValueError(f"unknown model {spec.model!r}; registered: {list_models()}") from None
-    return builder(spec)
+    return BUILDERS.get(spec.model)(spec)

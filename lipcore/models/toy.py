@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from torch import nn
 
-from lipcore.layers.families import LayerFamily, get_family
+from lipcore.catalog.layer_families import LayerFamily, get_family
 from lipcore.models.base import LipschitzNet
 from lipcore.models.registry import register_model
 
@@ -36,13 +36,13 @@ class Toy(LipschitzNet):
             raise ValueError(f"Toy needs fc and lin layers or a toy body; family {family.name!r} has neither")
         super().__init__(gamma if family.bounded else None)
         g, w, hidden = self.sqrt_gamma, family.toy_width, DEPTH - 2
-        if family.toy is not None:
+        if "toy" in family.kinds:
             mods: list[nn.Module] = list(
                 family.constructor("toy")(in_features, out_features, width=w, depth=DEPTH, scale=g)
             )
         else:
             fc, lin = family.constructor("fc"), family.constructor("lin")
-            act = family.constructor("activation") if family.activation is not None else None
+            act = family.constructor("activation") if "activation" in family.kinds else None
             mods = []
             for i in range(hidden + 1):
                 mods.append(fc(in_features, w, scale=g) if i == 0 else fc(w, w))

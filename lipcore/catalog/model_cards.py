@@ -1,13 +1,13 @@
 """Model cards: what each architecture accepts, declared once (torch-free).
 
-`lipcore.spec` derives its validation from these cards (which layers and scales a model takes, its
+The spec derives its validation from these cards (which layers and scales a model takes, its
 defaults, the settings it forces, regression or classification, 1-D or image input), the API lists
 them at `GET /v1/catalog`, and code that must treat a regressor differently asks `spec.task` /
-`spec.classifies` instead of comparing model names. The builders live in toy.py, kwl.py, resnet.py
-and dnn.py (`@register_model(name)` needs the card of that name).
+`spec.classifies` instead of comparing model names. The builders live in lipcore/models/toy.py,
+kwl.py, resnet.py and dnn.py (`@register_model(name)` needs the card of that name).
 
 A card's layers are either a fixed tuple or every registered family with the capabilities in
-`needs` (lipcore.layers.families), so a newly registered family is accepted by KWL and Toy as soon
+`needs` (lipcore.catalog.layer_families), so a newly registered family is accepted by KWL and Toy as soon
 as it provides conv/fc/lin (KWL) or fc/lin or a Toy body (Toy).
 """
 
@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal
 
-from lipcore.layers.families import family_names
+from lipcore.catalog.layer_families import family_names
+from lipcore.catalog.registry import Registry
 
 Task = Literal["classifier", "regressor"]
 Inputs = Literal["vector", "image"]
@@ -61,34 +62,13 @@ class ModelCard:
         }
 
 
-_CARDS: dict[str, ModelCard] = {}
-
-
-def register_card(card: ModelCard) -> ModelCard:
-    """Add `card` (an error if another card has its name)."""
-    old = _CARDS.get(card.name)
-    if old is not None and old != card:
-        raise ValueError(f"model card {card.name!r} is already registered")
-    _CARDS[card.name] = card
-    return card
-
-
-def get_card(name: str) -> ModelCard:
-    """The card of model `name`; ValueError naming the known models otherwise."""
-    try:
-        return _CARDS[name]
-    except KeyError:
-        raise ValueError(f"model {name!r} is unknown; expected one of {model_names()}") from None
-
-
-def model_names() -> tuple[str, ...]:
-    """Every model with a card, sorted."""
-    return tuple(sorted(_CARDS))
-
-
-def cards() -> tuple[ModelCard, ...]:
-    """Every card, sorted by name."""
-    return tuple(_CARDS[n] for n in model_names())
+CARDS: Registry[ModelCard] = Registry("model", sort=True)
+# register (the same card again is a no-op, another card under a taken name an error), get (a ValueError
+# naming the registered names otherwise), names and records (sorted order)
+register_card = CARDS.register
+get_card = CARDS.get
+model_names = CARDS.names
+cards = CARDS.records
 
 
 # ---- the paper's models (its model.py and main.py) -------------------------------------------------

@@ -8,6 +8,7 @@ service do not have that file; figures (Fig. 4, Fig. 5) were published as plots 
 no reference numbers here.
 
 Only the standard library: the API process serves this module without importing torch.
+The specs are plain dicts here; they become ExperimentSpecs where jobs are made (core.sweep_submit).
 """
 
 from __future__ import annotations
@@ -194,6 +195,39 @@ TABLE3 = {
 }
 FIGURE_NOTE = "The paper prints this as a figure, not as numbers: there is no published column to compare with."
 
+
+_FIG4 = "certified and empirical robust accuracy vs eps"
+
+
+def _figure(name: str, title: str, lines: list[Line]) -> Preset:
+    """A figure's preset: Fig. 4 evaluates every model (AutoAttack beside certificates), Fig. 5 not."""
+    kind = name.split("-")[0]
+    return Preset(name, title, kind, lines, evaluate=kind == "fig4", note=FIGURE_NOTE)
+
+
+def _table2_preset(dataset: str, suffix: str, title: str, note: str = "") -> Preset:
+    return Preset(
+        f"table2-{suffix}",
+        f"Table 2: {title} clean and AutoAttack accuracy (%), gamma 2",
+        "table2",
+        _table2(dataset),
+        evaluate=True,
+        published={"table2": TABLE2[dataset]},
+        note=note,
+    )
+
+
+def _table3_preset(dataset: str, suffix: str, title: str) -> Preset:
+    return Preset(
+        f"table3-{suffix}",
+        f"Table 3: {title} certified accuracy at 36/255 (%), DNN, gamma 1",
+        "table3",
+        _table3(dataset),
+        evaluate=True,
+        published={"table3": TABLE3[dataset]},
+    )
+
+
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in (
@@ -206,71 +240,29 @@ PRESETS: dict[str, Preset] = {
             published={"tightness": TABLE1},
             note="Tightness = empirical Lipschitz lower bound / gamma, from each training job's summary.",
         ),
-        Preset(
-            "fig4-cifar10",
-            "Fig. 4 (top): CIFAR-10, certified and empirical robust accuracy vs eps",
-            "fig4",
-            _fig4("cifar10", "small", "multimargin", [1, 10, 100]),
-            evaluate=True,
-            note=FIGURE_NOTE,
+        _figure(
+            "fig4-cifar10", "Fig. 4 (top): CIFAR-10, " + _FIG4, _fig4("cifar10", "small", "multimargin", [1, 10, 100])
         ),
-        Preset(
-            "fig4-cifar100",
-            "Fig. 4 (bottom): CIFAR-100, certified and empirical robust accuracy vs eps",
-            "fig4",
-            _fig4("cifar100", "large", "xent", [1, 2, 4]),
-            evaluate=True,
-            note=FIGURE_NOTE,
-        ),
-        Preset(
+        _figure("fig4-cifar100", "Fig. 4 (bottom): CIFAR-100, " + _FIG4, _fig4("cifar100", "large", "xent", [1, 2, 4])),
+        _figure(
             "fig5-cifar10",
             "Fig. 5 (left): CIFAR-10 learning curves, gamma 100, 5 seeds",
-            "fig5",
             _fig5("cifar10", "small", "multimargin", 100),
-            evaluate=False,
-            note=FIGURE_NOTE,
         ),
-        Preset(
+        _figure(
             "fig5-cifar100",
             "Fig. 5 (right): CIFAR-100 learning curves, gamma 10, 5 seeds",
-            "fig5",
             _fig5("cifar100", "large", "xent", 10),
-            evaluate=False,
-            note=FIGURE_NOTE,
         ),
-        Preset(
-            "table2-cifar100",
-            "Table 2: CIFAR-100 clean and AutoAttack accuracy (%), gamma 2",
-            "table2",
-            _table2("cifar100"),
-            evaluate=True,
-            published={"table2": TABLE2["cifar100"]},
-        ),
-        Preset(
-            "table2-tiny",
-            "Table 2: Tiny-ImageNet clean and AutoAttack accuracy (%), gamma 2",
-            "table2",
-            _table2("tiny_imagenet"),
-            evaluate=True,
-            published={"table2": TABLE2["tiny_imagenet"]},
+        _table2_preset("cifar100", "cifar100", "CIFAR-100"),
+        _table2_preset(
+            "tiny_imagenet",
+            "tiny",
+            "Tiny-ImageNet",
             note="The paper's README trains Tiny-ImageNet with gamma 2 (as here) while its Table 2 caption "
             "says gamma 1; the published column is the table's. It lists small and medium only.",
         ),
-        Preset(
-            "table3-cifar100",
-            "Table 3: CIFAR-100 certified accuracy at 36/255 (%), DNN, gamma 1",
-            "table3",
-            _table3("cifar100"),
-            evaluate=True,
-            published={"table3": TABLE3["cifar100"]},
-        ),
-        Preset(
-            "table3-tiny",
-            "Table 3: Tiny-ImageNet certified accuracy at 36/255 (%), DNN, gamma 1",
-            "table3",
-            _table3("tiny_imagenet"),
-            evaluate=True,
-            published={"table3": TABLE3["tiny_imagenet"]},
-        ),
+        _table3_preset("cifar100", "cifar100", "CIFAR-100"),
+        _table3_preset("tiny_imagenet", "tiny", "Tiny-ImageNet"),
     )
 }
