@@ -137,7 +137,10 @@ async function paperPage(view, name, signal) {
     sweeps.length ? h("label", {}, "sweep ", pick) : h("p", { class: "muted" }, "No sweep of this preset yet: run the command above."),
     report);
   const load = async () => {
-    if (!pick.value) return;
+    if (!pick.value) {  // no run yet: the paper's own numbers
+      if (preset.kind === "table1") report.replaceChildren(table1Report(preset, []));
+      return;
+    }
     const sw = await api(`/v1/sweeps/${pick.value}`, { signal });
     report.replaceChildren(...paperReport(preset, sw));
   };

@@ -11,7 +11,6 @@ test-artifacts/); the README's are copies of them in docs/screenshots/.
 from __future__ import annotations
 
 import json
-import shutil
 import statistics
 import threading
 
@@ -19,7 +18,7 @@ import httpx
 import pytest
 
 from tests.conftest import SHARED
-from tests.service.test_dashboard import ARTIFACTS, LONG, _browser
+from tests.service.test_dashboard import ARTIFACTS, LONG, _browser, close_browser, report_failure
 
 # compare.js PALETTE: the first three runs' colours
 RUN_COLOURS = [(0x1F, 0x77, 0xB4), (0xD6, 0x27, 0x28), (0x2C, 0xA0, 0x2C)]
@@ -86,14 +85,10 @@ def test_research_pages_in_a_browser(service_factory, add_key, tmp_path):
         assert not [e for e in logs if "Content Security Policy" in e.get("message", "")], logs
         assert not [e for e in logs if e.get("level") == "SEVERE"], logs
     except Exception:
-        driver.save_screenshot(str(ARTIFACTS / "pages-failure.png"))
-        for entry in driver.get_log("browser")[-30:]:
-            print("browser:", entry.get("level"), entry.get("message"))
+        report_failure(driver, "pages-failure.png")
         raise
     finally:
-        store_app.state.engine.dispose()
-        driver.quit()
-        shutil.rmtree(tmp_path / "chromium-profile", ignore_errors=True)
+        close_browser(driver, store_app, tmp_path)
 
 
 def _sweep_page(driver, wait, find, find_all, url, sw, train, Select, By) -> None:
@@ -182,13 +177,23 @@ def _job_pages(driver, wait, find, url, auth, sw, job, By) -> None:
     ).is_success
     full = httpx.get(f"{url}/v1/jobs/{job['job_id']}", headers=auth, timeout=60).json()
     driver.get(f"{url}/#/jobs/{job['job_id']}")
-    link = wait.until(lambda d: d.find_element(By.ID, "job-sweep"))
-    assert link.text == sw["id"] and link.get_attribute("href").endswith(f"#/sweeps/{sw['id']}")
-    fact = lambda name: find(By.CSS_SELECTOR, f'#job-facts [data-fact="{name}"] td').text  # noqa: E731
-    assert (fact("lr"), fact("seed"), fact("loss")) == (str(full["spec"]["lr"]), "123", "mse")
-    assert float(fact("verified-bound")) == pytest.approx(full["result"]["lipschitz_bound"]["verified"], abs=1e-6)
+    expected = {
+        "lr": str(full["spec"]["lr"]),
+        "seed": "123",
+        "loss": "mse",
+        "verified-bound": f"{full['result']['lipschitz_bound']['verified']:.6f}",
+        "sweep": f"{sw['id']} table1 · gamma=1",
+    }
     if named:
-        assert fact("name") == "sandwich-g1" and fact("tags") == "toyshort" and fact("note") == "2 epochs only"
+        expected.update({"name": "sandwich-g1", "tags": "toyshort", "note": "2 epochs only"})
+    # the page re-renders as its event stream ends: read the facts until they hold (stale reads retried)
+    facts = lambda d: {  # noqa: E731
+        r.get_attribute("data-fact"): r.find_element(By.TAG_NAME, "td").text
+        for r in d.find_elements(By.CSS_SELECTOR, "#job-facts tr[data-fact]")
+    }
+    wait.until(lambda d: {k: v for k, v in facts(d).items() if k in expected} == expected)
+    link = find(By.ID, "job-sweep")
+    assert link.get_attribute("href").endswith(f"#/sweeps/{sw['id']}")
     driver.set_window_size(1400, 1250)
     driver.save_screenshot(str(ARTIFACTS / "job-facts.png"))
 
@@ -207,3 +212,27 @@ def _job_pages(driver, wait, find, url, auth, sw, job, By) -> None:
     model = wait.until(lambda d: d.find_element(By.ID, "job-model"))
     assert model.get_attribute("href").endswith(f"#/models/{mid}")
     assert find(By.ID, "model-link").is_displayed()
+
+
+def test_a_jobs_sweep_is_found_from_the_job(client, add_key) -> None:
+    """GET /v1/jobs/ID/sweep (the job page's sweep link): null for a lone job, the sweep and the
+    job's grid point for a sweep's job, 404 for another tenant's job."""
+    toy = {"model": "Toy", "layer": "Sandwich", "dataset": "square_wave", "epochs": 1}
+    lone = client.post("/v1/jobs", json={"kind": "train", "spec": toy}).json()["id"]
+    assert client.get(f"/v1/jobs/{lone}/sweep").json() == {"job_id": lone, "sweep": None}
+    made = client.post("/v1/sweeps", json={"name": "g", "spec": toy, "grid": {"gamma": [1, 2]}})
+    assert made.status_code == 201, made.text
+    sw = made.json()
+    second = sw["jobs"][1]["job_id"]
+    got = client.get(f"/v1/jobs/{second}/sweep").json()["sweep"]
+    assert got == {
+        "id": sw["id"],
+        "name": "g",
+        "preset": None,
+        "role": "train",
+        "point": {"gamma": 2.0},
+        "train_job_id": None,
+    }
+    other = add_key(client.app, "other")
+    missing = client.get(f"/v1/jobs/{second}/sweep", headers={"Authorization": f"Bearer {other}"})
+    assert missing.status_code == 404
