@@ -21,7 +21,7 @@ from api.import_limits import RecentImports
 from api.metrics import ServiceMetrics
 from api.middleware import LimitAndMeasure
 from api.model_cache import ModelCache
-from api.routers import artifacts, catalog, dashboard, events, health, jobs, model_io, models, paper, sweeps
+from api.routers import artifacts, catalog, dashboard, events, health, job_sweep, jobs, model_io, models, paper, sweeps
 from api.routers.events import StreamCount
 from api.services import AppServices, Limiters, services_of
 from core.queue import CeleryQueue
@@ -144,7 +144,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     problems.install(app)
     for router in (jobs.router, events.router, artifacts.router, models.router, health.router):
         app.include_router(router)
-    for router in (sweeps.router, paper.router):  # sweeps of jobs and the paper's presets
+    for router in (sweeps.router, paper.router, job_sweep.router):  # sweeps of jobs and the paper's presets
         app.include_router(router)
     app.include_router(catalog.router)  # /v1/catalog: model cards and layer families
     app.include_router(model_io.router)  # /v1/models/import, /v1/models/{id}/export

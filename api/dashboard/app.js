@@ -1,9 +1,11 @@
 // The lbdn dashboard: a small single-page app over the /v1 HTTP API (no build step, no framework).
-// Pages (location.hash): #/jobs, #/new, #/jobs/ID, #/models, #/models/ID.
+// Pages (location.hash): #/jobs, #/new, #/jobs/ID, #/models, #/models/ID, #/compare/ID,ID,...
+// (or #/compare/sweep/ID), #/sweeps, #/sweeps/ID, #/paper, #/paper/NAME.
 //
 // Files, loaded in this order by index.html (plain scripts sharing one global scope, no build step):
 // core.js (helpers, API calls, event streams), jobs.js (#/jobs, #/new), job.js (#/jobs/ID),
-// models.js (#/models, #/models/ID), then this one: the router and the start.
+// models.js (#/models, #/models/ID), compare.js (#/compare/...), sweeps.js (#/sweeps, #/sweeps/ID),
+// paper.js (#/paper, #/paper/NAME), then this one: the router and the start.
 //
 // Live data:
 // - the job page follows GET /v1/jobs/ID/events (Server-Sent Events). EventSource cannot send an
@@ -34,6 +36,11 @@ function route() {
     : parts[0] === "new" ? newJobPage(view, signal)
     : parts[0] === "models" && parts[1] ? modelPage(view, parts[1], signal)
     : parts[0] === "models" ? modelsPage(view, signal)
+    : parts[0] === "compare" ? comparePage(view, parts, signal)
+    : parts[0] === "sweeps" && parts[1] ? sweepPage(view, parts[1], signal)
+    : parts[0] === "sweeps" ? sweepsPage(view, signal)
+    : parts[0] === "paper" && parts[1] ? paperPage(view, parts[1], signal)
+    : parts[0] === "paper" ? paperListPage(view, signal)
     : Promise.resolve(view.append(h("p", {}, "No such page. ", h("a", { href: "#/jobs" }, "Jobs"))));
   page.catch(showError);
 }

@@ -213,3 +213,54 @@ function setBar(el, frac) {
   const bar = el.querySelector(".bar");
   bar.style.width = `${Math.max(0, Math.min(1, frac)) * 100}%`;
 }
+
+// ---- shared by the compare, sweeps and paper pages ---------------------------------------------
+// One colour per run on overlaid curves (matplotlib's tab10, so a run keeps its colour in every chart).
+const PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"];
+const FINISHED_STATES = ["succeeded", "failed", "cancelled", "deleted"];
+// A run's final numbers: the training summary (or evaluation result) when it has finished, else
+// its latest epoch; `verified_bound` is the float64 Lipschitz bound the worker computed from the
+// saved weights (gamma itself is a spec field, not a result).
+function finalMetrics(result, latest) {
+  const r = result || latest || {};
+  const out = {};
+  for (const [k, v] of Object.entries(r)) {
+    if (typeof v === "number" && !["epoch", "gamma"].includes(k)) out[k] = v;
+  }
+  const b = r.lipschitz_bound;
+  if (b && typeof b.verified === "number") out.verified_bound = b.verified;
+  return out;
+}
+// Test accuracy (%) of guessing, per dataset: a run at most 1.5x this learned nothing.
+const CHANCE_ACC = { cifar10: 10, cifar100: 1, tiny_imagenet: 0.5, mnist: 10 };
+// Why a finished run's numbers must not be read beside the paper's: null when they can be.
+function runFlag(spec, result) {
+  if (!result) return null;
+  // JSON has no NaN: a diverged loss arrives as null (test_acc is null for a regression, by design)
+  if ("test_loss" in result && !Number.isFinite(result.test_loss)) return "diverged (NaN)";
+  if (typeof result.tightness === "number" && result.tightness < 0.01) return "collapsed (constant output)";
+  const chance = spec && CHANCE_ACC[spec.dataset];
+  if (chance && typeof result.test_acc === "number" && result.test_acc <= 1.5 * chance) return "chance accuracy";
+  return null;
+}
+// Spec fields whose values are not the same in every one of `specs`, in the specs' field order.
+function differingFields(specs) {
+  const keys = [...new Set(specs.flatMap((s) => Object.keys(s || {})))];
+  return keys.filter((k) => new Set(specs.map((s) => JSON.stringify((s || {})[k] ?? null))).size > 1);
+}
+const show = (v) => (v === null || v === undefined ? "–" : typeof v === "object" ? JSON.stringify(v) : String(v));
+// A number for a table cell: the raw value stays in data-value, so tests compare it with the API's.
+function numCell(key, v) {
+  const text = typeof v !== "number" ? "–" : Number.isInteger(v) ? String(v) : Math.abs(v) >= 1e4 || Math.abs(v) < 1e-3 ? v.toExponential(3) : fmt(v, 4);
+  return h("td", { class: "num", "data-key": key, "data-value": typeof v === "number" ? v : null }, text);
+}
+// Re-run `refresh` every POLL_MS while the tab is visible, until the page is left or `until()` holds.
+async function pollLoop(refresh, signal, until = () => false) {
+  while (!signal.aborted) {
+    if (!document.hidden) {
+      try { await refresh(); clearError(); } catch (err) { showError(err); if (err.status === 401) return; }
+      if (until()) return;
+    }
+    await sleep(POLL_MS, signal);
+  }
+}

@@ -38,6 +38,7 @@ function jobLayout(view, job) {
     remove: h("button", { type: "button", id: "delete-job", class: "secondary" }, "Delete"),
     modelLink: h("a", { id: "model-link", class: "button", href: `#/models/${job.id}`, hidden: true }, "Certify inputs →"),
     summary: h("div", { class: "summary", id: "job-summary" }),
+    facts: h("div", { id: "job-facts" }),
     errorBox: h("pre", { class: "job-error", id: "job-error", hidden: true }),
     artifacts: h("ul", { class: "artifacts", id: "artifacts" }),
     logBox: h("pre", { class: "log", id: "log" }),
@@ -46,14 +47,14 @@ function jobLayout(view, job) {
   };
   view.append(
     h("div", { class: "title-row" }, h("h1", { class: "mono" }, job.id), el.status, el.modelLink, el.cancel, el.remove),
-    h("p", { class: "muted" }, job.kind === "evaluate" ? `evaluation of model ${job.model_id}` : specLabel(job.spec),
-      ` · created ${when(job.created_at)}`),
+    h("p", { class: "muted" }, job.kind === "evaluate" ? ["evaluation of model ", h("a", { href: `#/models/${job.model_id}`, class: "mono" }, job.model_id)]
+      : job.kind === "import" ? ["imported model · ", specLabel(job.spec)] : specLabel(job.spec), ` · created ${when(job.created_at)}`),
     h("div", { class: "progress-row" }, el.bar, el.progressText),
     el.errorBox,
     el.evalBox,
     el.charts,
     h("div", { class: "two-col" },
-      h("section", {}, h("h3", {}, "Summary"), el.summary, h("h3", {}, "Artifacts"), el.artifacts),
+      h("section", {}, h("h3", {}, "Run"), el.facts, h("h3", {}, "Summary"), el.summary, h("h3", {}, "Artifacts"), el.artifacts),
       h("section", {}, h("h3", {}, "Log (last 200 lines)"), el.logBox)),
   );
   return el;
@@ -91,12 +92,13 @@ function renderJob(el, state, plots) {
   el.cancel.hidden = finished;
   el.cancel.disabled = !!j.cancel_requested;
   el.remove.hidden = !finished;
-  el.modelLink.hidden = !(j.kind === "train" && j.status === "succeeded");
+  el.modelLink.hidden = !(["train", "import"].includes(j.kind) && j.status === "succeeded");
   el.errorBox.hidden = !j.error;
   el.errorBox.textContent = j.error || "";
   const rows = [...state.rows.values()].sort((a, b) => a.epoch - b.epoch);
   for (const c of plots) chartData(c, rows);
   el.summary.replaceChildren(summaryTable(j, rows[rows.length - 1]));
+  el.facts.replaceChildren(factsTable(j, state.sweep));
   el.evalBox.replaceChildren(...(j.result && j.result.autoattack_acc ? [evalTable(j.result)] : []));
   const atBottom = el.logBox.scrollHeight - el.logBox.scrollTop - el.logBox.clientHeight < 30;
   el.logBox.textContent = state.log.slice(-200).join("\n");
@@ -129,7 +131,7 @@ async function jobPage(view, id, signal) {
   const card = isTrain ? (await getCatalog(signal)).card(job.spec.model) : null;
   const el = jobLayout(view, job);
   const plots = isTrain ? jobCharts(el.charts, Boolean(card && card.task === "classifier")) : [];
-  const state = { job, rows: new Map(), log: [], progress: job.progress, dirty: false };
+  const state = { job, rows: new Map(), log: [], progress: job.progress, dirty: false, sweep: null };
   const render = () => renderJob(el, state, plots);
   let frame = null;
   const schedule = () => { state.dirty = true; if (!frame) frame = setTimeout(() => { frame = null; render(); }, 100); };
@@ -145,6 +147,7 @@ async function jobPage(view, id, signal) {
 
   render();
   loadArtifacts(el.artifacts, job.id, signal).catch(showError);
+  api(`/v1/jobs/${job.id}/sweep`, { signal }).then((r) => { state.sweep = r.sweep; schedule(); }).catch(showError);
   await followEvents(`/v1/jobs/${job.id}/events`, (kind, data) => {
     applyJobEvent(state, kind, data, refresh);
     schedule();
@@ -184,6 +187,33 @@ function summaryTable(job, last) {
     else if (typeof v === "string" || typeof v === "boolean") add(k, String(v));
     else if (Array.isArray(v) && k !== "classes") add(k, v.join(", "));
     // objects (per-radius accuracies of an evaluation) have their own table above
+  }
+  return h("table", { class: "kv" }, h("tbody", {}, rows));
+}
+// What a researcher reads a run by: its name, tags and note (when the API has them), the training
+// settings, the bound (gamma, and the verified float64 bound of the saved weights), and its links:
+// the sweep it belongs to, and the model an evaluation or import is of.
+function factsTable(job, sweep) {
+  const rows = [];
+  const add = (k, v, id) => rows.push(h("tr", { "data-fact": id || k }, h("th", {}, k), h("td", {}, v)));
+  if (job.name) add("name", job.name);
+  if (job.tags && job.tags.length) add("tags", job.tags.map((t) => h("span", { class: "tag" }, t)));
+  if (job.note) add("note", h("span", { class: "note" }, job.note));
+  const s = job.spec || {};
+  if (job.kind === "train") {
+    add("lr", show(s.lr));
+    add("seed", show(s.seed));
+    add("loss", show(s.loss));
+    add("epochs", show(s.epochs));
+  }
+  if (job.kind !== "evaluate") add("gamma", s.gamma === null || s.gamma === undefined ? "none (unbounded)" : show(s.gamma));
+  const bound = job.result?.lipschitz_bound?.verified;
+  if (typeof bound === "number") add("verified bound", fmt(bound, 6), "verified-bound");
+  const modelId = job.kind === "evaluate" ? job.model_id : job.kind === "import" ? job.id : null;
+  if (modelId) add("model", h("a", { href: `#/models/${modelId}`, class: "mono", id: "job-model" }, modelId));
+  if (sweep) {
+    const point = Object.entries(sweep.point || {}).map(([k, v]) => `${k}=${v}`).join(" ");
+    add("sweep", [h("a", { href: `#/sweeps/${sweep.id}`, class: "mono", id: "job-sweep" }, sweep.id), ` ${sweep.name}${point ? " · " + point : ""}`]);
   }
   return h("table", { class: "kv" }, h("tbody", {}, rows));
 }

@@ -2,33 +2,48 @@
 "use strict";
 
 // ---- #/jobs --------------------------------------------------------------------------------------
+// The runs ticked for the compare page: kept across the list's re-renders (and page visits).
+const picked = new Set();
 async function jobsPage(view, signal) {
   const filter = h("select", { id: "status-filter" },
     ["", "queued", "running", "succeeded", "failed", "cancelled"].map((s) => h("option", { value: s }, s || "all")));
   const body = h("tbody");
   const updated = h("span", { class: "muted small" });
+  const compare = h("button", { type: "button", id: "compare-picked", class: "secondary" });
+  const syncCompare = () => {
+    compare.textContent = `Compare ${picked.size} runs`;
+    compare.disabled = picked.size < 2;
+  };
+  compare.addEventListener("click", () => { location.hash = `#/compare/${[...picked].join(",")}`; });
   view.append(
     h("div", { class: "title-row" }, h("h1", {}, "Jobs"), h("label", {}, "status ", filter),
-      h("a", { class: "button", href: "#/new" }, "New job"), updated),
+      h("a", { class: "button", href: "#/new" }, "New job"), compare, updated),
     h("table", { class: "jobs", id: "jobs-table" },
-      h("thead", {}, h("tr", {}, ["job", "kind", "model", "status", "progress", "epoch", "test loss / acc", "created"]
+      h("thead", {}, h("tr", {}, ["", "job", "kind", "model", "status", "progress", "epoch", "test loss / acc", "created"]
         .map((t) => h("th", {}, t)))),
       body),
   );
+  body.addEventListener("change", (e) => {
+    const id = e.target.dataset.pick;
+    if (!id) return;
+    if (e.target.checked) picked.add(id); else picked.delete(id);
+    syncCompare();
+  });
+  syncCompare();
   filter.addEventListener("change", () => refresh());
   async function refresh() {
     const q = filter.value ? `?status=${filter.value}&limit=100` : "?limit=100";
     const page = await api(`/v1/jobs${q}`, { signal });
     body.replaceChildren(...page.items.map(jobRow));
-    if (!page.items.length) body.append(h("tr", {}, h("td", { colspan: 8, class: "muted" }, "No jobs yet: ", h("a", { href: "#/new" }, "submit one"), ".")));
+    if (!page.items.length) body.append(h("tr", {}, h("td", { colspan: 9, class: "muted" }, "No jobs yet: ", h("a", { href: "#/new" }, "submit one"), ".")));
     updated.textContent = `updated ${new Date().toLocaleTimeString()} (every ${POLL_MS / 1000} s)`;
   }
-  while (!signal.aborted) {
-    if (!document.hidden) {
-      try { await refresh(); clearError(); } catch (err) { showError(err); if (err.status === 401) return; }
-    }
-    await sleep(POLL_MS, signal);
-  }
+  await pollLoop(refresh, signal);
+}
+// A job's name and tags (fields of the API once runs can be named), or nothing.
+function jobLabel(job) {
+  return [job.name ? h("div", { class: "job-name" }, job.name) : null,
+    ...(job.tags || []).map((t) => h("span", { class: "tag" }, t))];
 }
 function jobRow(job) {
   const m = job.metrics || {};
@@ -36,7 +51,8 @@ function jobRow(job) {
   setBar(bar, job.status === "succeeded" ? 1 : job.progress ? job.progress.fraction : 0);
   const p = job.progress;
   return h("tr", { "data-job": job.id },
-    h("td", {}, h("a", { href: `#/jobs/${job.id}`, class: "mono" }, job.id)),
+    h("td", {}, h("input", { type: "checkbox", class: "pick", "data-pick": job.id, checked: picked.has(job.id), "aria-label": `compare ${job.id}` })),
+    h("td", {}, h("a", { href: `#/jobs/${job.id}`, class: "mono" }, job.id), jobLabel(job)),
     h("td", {}, job.kind),
     h("td", {}, job.kind === "evaluate" ? `model ${job.model_id}` : specLabel(job.spec)),
     h("td", {}, statusBadge(job.status, job.cancel_requested)),

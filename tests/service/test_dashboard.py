@@ -243,11 +243,20 @@ def test_dashboard_in_a_browser(service_factory, add_key, trained_model, tmp_pat
         logs = driver.get_log("browser")
         assert not [e for e in logs if "Content Security Policy" in e.get("message", "")], logs
     except Exception:
-        driver.save_screenshot(str(ARTIFACTS / "failure.png"))
-        for entry in driver.get_log("browser")[-30:]:
-            print("browser:", entry.get("level"), entry.get("message"))
+        report_failure(driver, "failure.png")
         raise
     finally:
-        store_app.state.services.engine.dispose()
-        driver.quit()
-        shutil.rmtree(tmp_path / "chromium-profile", ignore_errors=True)
+        close_browser(driver, store_app, tmp_path)
+
+
+def report_failure(driver, screenshot: str) -> None:
+    """What the page showed and the browser logged when a test failed."""
+    driver.save_screenshot(str(ARTIFACTS / screenshot))
+    for entry in driver.get_log("browser")[-30:]:
+        print("browser:", entry.get("level"), entry.get("message"))
+
+
+def close_browser(driver, store_app, tmp_path: Path) -> None:
+    store_app.state.services.engine.dispose()
+    driver.quit()
+    shutil.rmtree(tmp_path / "chromium-profile", ignore_errors=True)
