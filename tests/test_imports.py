@@ -88,7 +88,7 @@ CORE_MAY_USE = (
 )
 
 
-def test_core_imports_neither_api_nor_worker_and_of_lipcore_only_the_spec() -> None:
+def test_core_imports_neither_api_nor_worker_and_of_lipcore_only_descriptions() -> None:
     bad = [
         (f, line, m)
         for f, line, m in _imports("core")
