@@ -40,3 +40,46 @@ def test_a_job_killed_on_one_host_finishes_on_another(tmp_path: Path, s3_endpoin
         report["artifacts"]
     )
     assert report["a_cache_files"] >= 1  # A certified from its cached copy, not a folder of B or C
+
+
+def test_the_api_serves_a_model_from_s3_alone(tmp_path: Path, s3_endpoint, settings_for) -> None:  # noqa: F811
+    """Import, list, streamed download, certify, export and delete on the S3 backend, in-process:
+    nothing of the model is in the API's LBDN_HOME but its download cache."""
+    from fastapi.testclient import TestClient
+
+    from api.main import create_app
+    from tests.service.test_import_metadata import import_file, toy_file
+
+    url = f"s3://lbdn/api-{secrets.token_hex(3)}"
+    kw = s3_kwargs(s3_endpoint)
+    settings = settings_for(
+        tmp_path,
+        artifacts=url,
+        s3_endpoint=kw["endpoint"],
+        s3_region=kw["region"],
+        s3_access_key_id=kw["access_key_id"],
+        s3_secret_access_key=kw["secret_access_key"],
+    )
+    store = open_store(url, tmp_path / "unused", tmp_path / "cache", 1 << 30, **kw)
+    data = toy_file(tmp_path)
+    with TestClient(create_app(settings)) as client:
+        made = import_file(client, data)
+        assert made.status_code == 201, made.text
+        model = made.json()["id"]
+        assert [a.name for a in store.list(model)] == ["model.safetensors"]
+        assert not (settings.jobs_dir / model).exists()  # in the bucket, not on this host
+        items = client.get(f"/v1/jobs/{model}/artifacts").json()["items"]
+        size = store.list(model)[0].size
+        assert [(i["name"], i["size"]) for i in items] == [("model.safetensors", size)]
+        got = client.get(f"/v1/jobs/{model}/artifacts/model.safetensors")
+        assert got.status_code == 200 and int(got.headers["content-length"]) == size == len(got.content)
+        assert client.get(f"/v1/jobs/{model}/artifacts/nope.json").status_code == 404
+        inputs = {"inputs": [[0.1], [-1.0]], "scale": "model"}
+        assert client.post(f"/v1/models/{model}/certify", json=inputs).status_code == 200
+        export = client.get(f"/v1/models/{model}/export", params={"format": "onnx"})
+        assert export.status_code in (200, 501)
+        cached = [p.name for p in (settings.home / "artifact-cache").rglob("*") if p.is_file()]
+        assert cached.count("model.safetensors") == 1  # downloaded once for certify and export
+        assert client.delete(f"/v1/jobs/{model}").status_code == 204
+        assert store.list(model) == []
+        assert client.post(f"/v1/models/{model}/certify", json=inputs).status_code == 404
