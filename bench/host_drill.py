@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -235,6 +236,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--dir", type=Path, default=Path(f"/tmp/lbdn-host-drill-{secrets.token_hex(3)}"))
     args = p.parse_args()
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's line per request
     s3 = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     s3.start()
     endpoint = "http://{}:{}".format(*s3.get_host_and_port())
