@@ -21,12 +21,14 @@ from fastapi import HTTPException, Request
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api.deps import CurrentTenant, SessionDep, SettingsDep
-from api.services import services_of
+from api.deps import CurrentTenant, SessionDep
+from api.services import AppServices, Services, services_of
+from core.artifacts import ArtifactStore
 from core.settings import Settings
 from core.states import JobKind
 from core.store import Job
 from core.store.tables import utcnow
+from lipcore.rundir import MODEL
 
 WINDOW_S = 60.0
 BYTES_RETRY_S = 3600  # stored bytes free up only when the tenant deletes models
@@ -81,26 +83,24 @@ def check_rate(request: Request, session: Session, tenant: str, settings: Settin
         raise _too_many(settings, len(local), local[-limit])
 
 
-def stored_bytes(session: Session, tenant: str, settings: Settings) -> int:
-    """Bytes of the tenant's imported models (their result's stored_bytes, else the file's size)."""
+def stored_bytes(session: Session, tenant: str, store: ArtifactStore) -> int:
+    """Bytes of the tenant's imported models (their result's stored_bytes, else the stored file's size)."""
     total = 0
     for job_id, result in session.execute(
         select(Job.id, Job.result).where(Job.tenant == tenant, Job.kind == JobKind.import_)
     ):
         size: Any = (result or {}).get("stored_bytes")
         if not isinstance(size, int):
-            try:
-                size = (settings.job_dir(job_id) / "model.safetensors").stat().st_size
-            except OSError:
-                size = 0
+            found = store.head(job_id, MODEL)
+            size = found.size if found is not None else 0
         total += size
     return total
 
 
-def check_bytes(session: Session, tenant: str, settings: Settings, adding: int = 0) -> None:
+def check_bytes(session: Session, tenant: str, services: AppServices, adding: int = 0) -> None:
     """429 when the tenant's imported models (plus `adding` bytes) pass LBDN_MAX_IMPORT_BYTES_PER_TENANT."""
-    kept = stored_bytes(session, tenant, settings)
-    limit = settings.max_import_bytes_per_tenant
+    kept = stored_bytes(session, tenant, services.artifacts)
+    limit = services.settings.max_import_bytes_per_tenant
     if kept + adding > limit or (adding == 0 and kept >= limit):
         raise HTTPException(
             429,
@@ -111,7 +111,7 @@ def check_bytes(session: Session, tenant: str, settings: Settings, adding: int =
         )
 
 
-def check_import_limits(request: Request, session: SessionDep, tenant: CurrentTenant, settings: SettingsDep) -> None:
+def check_import_limits(request: Request, session: SessionDep, tenant: CurrentTenant, services: Services) -> None:
     """Both limits, checked before the upload is read (a refused import costs no body parsing)."""
-    check_rate(request, session, tenant, settings)
-    check_bytes(session, tenant, settings)
+    check_rate(request, session, tenant, services.settings)
+    check_bytes(session, tenant, services)

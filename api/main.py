@@ -122,6 +122,7 @@ def build_services(settings: Settings) -> AppServices:
         ),
         stream_count=StreamCount(settings.max_streams_per_tenant),  # api.routers.events
         recent_imports=RecentImports(),  # api.import_limits
+        artifacts=settings.artifact_store(),  # core.artifacts: artifacts, certify, export, import, delete
     )
 
 

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from api.metrics import ServiceMetrics
     from api.model_cache import ModelCache
     from api.routers.events import StreamCount
+    from core.artifacts import ArtifactStore
     from core.queue import CeleryQueue
     from core.settings import Settings
     from core.store import ReleasingSession
@@ -69,6 +70,7 @@ class AppServices:
     attack_slots: AttackSlots
     stream_count: StreamCount
     recent_imports: RecentImports
+    artifacts: ArtifactStore  # jobs' files (LBDN_ARTIFACTS: this host's folder or S3)
     keys_seen: bool = False  # api.auth: once a key exists the "auto" mode is closed for good
     started: Limiters | None = None  # set by the lifespan
 

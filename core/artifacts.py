@@ -47,7 +47,12 @@ class Artifact:
 
 
 class ArtifactStore(Protocol):
-    """The files of jobs; names are relative to the job ('checkpoints/last.pt'), '/'-separated."""
+    """The files of jobs; names are relative to the job ('checkpoints/last.pt'), '/'-separated.
+
+    `remote` is False when the files are this host's own (LocalArtifacts): a job's run directory is
+    then its folder in the store, and nothing needs pushing or pulling."""
+
+    remote: bool
 
     def put(self, job_id: str, name: str, source: Path) -> Artifact: ...
     def list(self, job_id: str) -> list[Artifact]: ...
@@ -66,6 +71,8 @@ def _check_name(name: str) -> str:
 
 class LocalArtifacts:
     """Files under `root/<job_id>/` (LBDN_HOME/jobs); one host, or a shared file system."""
+
+    remote = False
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
@@ -165,6 +172,8 @@ class DownloadCache:
 class S3Artifacts:
     """Objects `<prefix>/<job_id>/<name>` in an S3-compatible bucket (AWS, MinIO, moto, ...)."""
 
+    remote = True
+
     def __init__(self, store: Any, prefix: str, cache: DownloadCache) -> None:
         self.store = store
         self.prefix = prefix.strip("/")
@@ -227,6 +236,37 @@ class S3Artifacts:
         if keys:
             obstore.delete(self.store, keys)
         return len(keys)
+
+
+def fetch(store: ArtifactStore, job_id: str, name: str, dest: Path) -> bool:
+    """Copy a job's file from the store to `dest` on this host, whole or not at all (written under
+    a temporary name, then renamed); False when the store has no such file. A local store's own
+    file is left where it is."""
+    if store.head(job_id, name) is None:
+        return False
+    dest = Path(dest)
+    if not store.remote and store.local_path(job_id, name).resolve() == dest.resolve():
+        return True
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for chunk in store.stream(job_id, name):
+                f.write(chunk)
+        os.replace(tmp, dest)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return True
+
+
+def push_folder(store: ArtifactStore, job_id: str, folder: Path) -> list[Artifact]:
+    """Put every visible file of `folder` (a job's run directory, not its subfolders or hidden
+    temporary files) into the store under the same names; a local store's own folder is left as it is."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    return [store.put(job_id, p.name, p) for p in files]
 
 
 @dataclass(frozen=True)

@@ -16,10 +16,13 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from core.artifacts import ArtifactStore
 
 
 class Settings(BaseSettings):
@@ -32,6 +35,20 @@ class Settings(BaseSettings):
         None, description="Celery broker; default the embedded sqla+sqlite:///<home>/broker.sqlite"
     )
     data_dir: Path | None = Field(None, description="datasets (lipcore's LBDN_DATA_DIR); default ./data")
+    # artifact store (issue 19): where jobs' files live; see core.artifacts and README "Running it elsewhere"
+    artifacts: str | None = Field(
+        None,
+        pattern=r"^(s3://[^/\s]+(/\S*)?|file://\S+|[^:\s]\S*)$",
+        description="s3://bucket/prefix: jobs' files in S3-compatible storage, shared by hosts; unset: "
+        "LBDN_HOME/jobs on this host (or a folder given here)",
+    )
+    s3_endpoint: str | None = Field(None, description="S3 endpoint URL (MinIO, moto, ...); unset: AWS")
+    s3_region: str | None = Field(None, description="S3 region; unset: AWS_REGION or us-east-1")
+    s3_access_key_id: str | None = Field(None, description="S3 access key; unset: AWS_ACCESS_KEY_ID")
+    s3_secret_access_key: SecretStr | None = Field(None, description="S3 secret; unset: AWS_SECRET_ACCESS_KEY")
+    artifact_cache_mb: int = Field(
+        2048, ge=1, description="S3 only: this host's cache of downloaded models (certify, export, evaluate), MiB"
+    )
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
 
@@ -217,8 +234,26 @@ class Settings(BaseSettings):
         return f"{self.queue_prefix}cpu"
 
     def job_dir(self, job_id: str) -> Path:
-        """The artifact folder of one job (training run dir, evaluation results)."""
+        """One job's folder on this host: its files with the local store, the worker's scratch run
+        directory (pushed to the store as it trains) with S3."""
         return self.jobs_dir / job_id
+
+    def artifact_store(self) -> ArtifactStore:
+        """The jobs' files as LBDN_ARTIFACTS says (core.artifacts.open_store); the S3 download cache
+        is LBDN_HOME/artifact-cache. Made once per process by its owner (AppServices, TaskContext)."""
+        from core.artifacts import open_store
+
+        secret = self.s3_secret_access_key.get_secret_value() if self.s3_secret_access_key else None
+        return open_store(
+            self.artifacts,
+            self.jobs_dir,
+            self.home.resolve() / "artifact-cache",
+            self.artifact_cache_mb * 2**20,
+            endpoint=self.s3_endpoint,
+            region=self.s3_region,
+            access_key_id=self.s3_access_key_id,
+            secret_access_key=secret,
+        )
 
 
 @lru_cache

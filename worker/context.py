@@ -11,13 +11,14 @@ import os
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from core.artifacts import ArtifactStore
 from core.queue import CeleryQueue, JobQueue
 from core.settings import Settings
 from core.store import make_engine, session_factory
 
 
 class TaskContext:
-    """Settings, job-store sessions and the job queue of one worker.
+    """Settings, job-store sessions, artifact store and job queue of one worker.
 
     A forked pool child makes its own engine on first use (connections are not shared across a fork).
     """
@@ -28,6 +29,7 @@ class TaskContext:
         self._pid: int | None = None
         self._engine: Engine | None = None
         self._sessions: sessionmaker[Session] | None = None
+        self._artifacts: ArtifactStore | None = None
 
     @property
     def engine(self) -> Engine:
@@ -45,6 +47,13 @@ class TaskContext:
         engine = self.engine
         assert self._sessions is not None and self._sessions.kw["bind"] is engine
         return self._sessions
+
+    @property
+    def artifacts(self) -> ArtifactStore:
+        """Where jobs' files go (LBDN_ARTIFACTS; made on first use)."""
+        if self._artifacts is None:
+            self._artifacts = self.settings.artifact_store()
+        return self._artifacts
 
     @property
     def queue(self) -> JobQueue:

@@ -17,6 +17,7 @@ from lipcore.rundir import SUMMARY
 from lipcore.spec import ExperimentSpec
 from lipcore.train import TrainHooks, TrainResult
 from worker import devices
+from worker.artifacts import checkpoint_pusher
 from worker.reporting import LeaseLost, Reporter
 
 
@@ -25,6 +26,7 @@ def hooks_of(reporter: Reporter, stopping: Callable[[], bool]) -> TrainHooks:
         on_progress=reporter.progress,
         on_epoch=reporter.epoch,
         on_log=reporter.log,
+        on_checkpoint=checkpoint_pusher(reporter.artifacts, reporter.job_id, reporter.still_owned),
         should_stop=lambda: stopping() or reporter.should_stop(),
         on_resume=lambda position: reporter.update(resumed_from=position),  # visible while it runs
     )

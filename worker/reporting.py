@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from core.artifacts import ArtifactStore
 from core.settings import Settings
 from core.states import EventKind, JobState
 from core.store import jobs, leases, transaction
@@ -50,10 +51,19 @@ class Heartbeat(threading.Thread):
 
 
 class Reporter:
-    """The TrainHooks of one job attempt (rate-limited writes to the job store)."""
+    """The TrainHooks of one job attempt (rate-limited writes to the job store; its files go to
+    `artifacts`, LBDN_ARTIFACTS' store unless given)."""
 
-    def __init__(self, sessions: sessionmaker[Session], job_id: str, owner: str, settings: Settings) -> None:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        job_id: str,
+        owner: str,
+        settings: Settings,
+        artifacts: ArtifactStore | None = None,
+    ) -> None:
         self.sessions, self.job_id, self.owner, self.settings = sessions, job_id, owner, settings
+        self.artifacts = artifacts if artifacts is not None else settings.artifact_store()
         self.heartbeat = Heartbeat(sessions, job_id, owner, settings.lease_s)
         self._last_progress = 0.0
         self._last_cancel_check = 0.0
@@ -105,10 +115,14 @@ class Reporter:
         with transaction(self.sessions) as s:
             self._owned(s, **values)
 
-    def should_stop(self) -> bool:
-        """True once a cancel was requested (read at most every cancel_poll_s); LeaseLost if lost."""
+    def still_owned(self) -> None:
+        """LeaseLost once this worker's heartbeat was refused (no store round trip: called per checkpoint)."""
         if self.heartbeat.lost.is_set():
             raise LeaseLost(f"job {self.job_id} is no longer leased by {self.owner}")
+
+    def should_stop(self) -> bool:
+        """True once a cancel was requested (read at most every cancel_poll_s); LeaseLost if lost."""
+        self.still_owned()
         now = time.monotonic()
         if not self._cancel and now - self._last_cancel_check >= self.settings.cancel_poll_s:
             self._last_cancel_check = now

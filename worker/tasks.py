@@ -31,6 +31,7 @@ from core.sweep_submit import advance_sweeps
 from lipcore.rundir import EVAL, MODEL, write_json
 from worker import devices, registry  # noqa: F401  (registry: signal handlers)
 from worker.app import context_of
+from worker.artifacts import pull_checkpoint, save_after_failure, save_run
 from worker.context import TaskContext
 from worker.reporting import LeaseLost, Reporter
 
@@ -104,7 +105,7 @@ def _run_leased(context: TaskContext, job_id: str, body: JobBody, owner: str, sl
         # finished, cancelled, deleted, or running under another worker's live lease (a duplicate)
         log.info("job %s is not runnable here; message dropped", job_id)
         return "skipped"
-    reporter = Reporter(factory, job_id, owner, settings)
+    reporter = Reporter(factory, job_id, owner, settings, context.artifacts)
     reporter.slots = slots
     reporter.heartbeat.start()
     try:
@@ -168,9 +169,21 @@ def _train(context: TaskContext, job: Job, reporter: Reporter) -> tuple[JobState
     from lipcore.spec import ExperimentSpec
     from worker.multi import train_on
 
-    settings = context.settings
-    # resume=True inside: a job picked up again after its worker died continues from its checkpoint.
-    result = train_on(reporter.slots, ExperimentSpec.model_validate(job.spec), settings, job.id, reporter, _stopping)
+    settings, store = context.settings, reporter.artifacts
+    run_dir = settings.job_dir(job.id)
+    # resume=True inside: a job picked up again after its worker died continues from its checkpoint,
+    # the store's (worker.artifacts), wherever it was written
+    pull_checkpoint(store, job.id, run_dir)
+    try:
+        result = train_on(
+            reporter.slots, ExperimentSpec.model_validate(job.spec), settings, job.id, reporter, _stopping
+        )
+    except LeaseLost:
+        raise  # another worker has the job and writes its files
+    except Exception:
+        save_after_failure(store, job.id, run_dir)
+        raise
+    save_run(store, job.id, run_dir, finished=result.status == "completed")
     assert result.spec is not None
     values: dict[str, Any] = {"spec": result.spec.model_dump(mode="json")}  # resolved against the data
     if result.resumed_from is not None:
@@ -184,9 +197,10 @@ def _train(context: TaskContext, job: Job, reporter: Reporter) -> tuple[JobState
 def _evaluate(context: TaskContext, job: Job, reporter: Reporter) -> tuple[JobState, dict[str, Any]]:
     from lipcore.evaluate import evaluate_robustness
 
-    settings = context.settings
-    model_path = settings.job_dir(job.model_id or "") / MODEL
-    if not model_path.is_file():
+    settings, store = context.settings, reporter.artifacts
+    try:  # with S3, downloaded once into this host's cache
+        model_path = store.local_path(job.model_id or "", MODEL)
+    except (FileNotFoundError, ValueError):  # ValueError: no model id
         return JobState.failed, {"error": f"the model {job.model_id} has no weights file (deleted?)"}
     params = job.params or {}
     out = settings.job_dir(job.id)
@@ -206,6 +220,7 @@ def _evaluate(context: TaskContext, job: Job, reporter: Reporter) -> tuple[JobSt
         **extra,
     )
     write_json(out / EVAL, results)
+    save_run(store, job.id, out, finished=not results.get("stopped"))
     return (JobState.cancelled if results.get("stopped") else JobState.succeeded), {"result": results}
 
 

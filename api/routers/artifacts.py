@@ -1,4 +1,5 @@
-"""/v1/jobs/{id}/artifacts: the files of a job's folder (weights, spec, metrics, evaluation results)."""
+"""/v1/jobs/{id}/artifacts: the files of a job (weights, spec, metrics, evaluation results), from the
+artifact store (core.artifacts: this host's LBDN_HOME/jobs, or S3)."""
 
 from __future__ import annotations
 
@@ -6,11 +7,13 @@ import re
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, Request
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, StreamingResponse
+from starlette.responses import Response
 
-from api.deps import SettingsDep, TenantJob
+from api.deps import TenantJob
 from api.problems import problem_responses
 from api.schemas import ArtifactList, ArtifactOut
+from api.services import Services
 from core.settings import Settings
 
 router = APIRouter(prefix="/v1/jobs", tags=["artifacts"], responses=problem_responses(401, 404, 413, 422))
@@ -27,14 +30,13 @@ def artifact_url(settings: Settings, request: Request, job_id: str, name: str) -
 
 
 @router.get("/{job_id}/artifacts", response_model=ArtifactList, summary="List a job's files")
-def list_artifacts(job: TenantJob, settings: SettingsDep, request: Request) -> ArtifactList:
-    folder = settings.job_dir(job.id)
-    files = sorted(p for p in folder.iterdir() if p.is_file() and re.match(NAME, p.name)) if folder.is_dir() else []
+def list_artifacts(job: TenantJob, services: Services, request: Request) -> ArtifactList:
+    files = [a for a in services.artifacts.list(job.id) if re.match(NAME, a.name)]
     return ArtifactList(
         job_id=job.id,
         items=[
-            ArtifactOut(name=p.name, size=p.stat().st_size, url=artifact_url(settings, request, job.id, p.name))
-            for p in files
+            ArtifactOut(name=a.name, size=a.size, url=artifact_url(services.settings, request, job.id, a.name))
+            for a in files
         ],
     )
 
@@ -45,8 +47,19 @@ def list_artifacts(job: TenantJob, settings: SettingsDep, request: Request) -> A
     response_class=FileResponse,
     responses={200: {"content": {"application/octet-stream": {}}}},
 )
-def get_artifact(job: TenantJob, settings: SettingsDep, name: Annotated[str, Path(pattern=NAME)]) -> FileResponse:
-    path = settings.job_dir(job.id) / name
-    if not path.is_file():
+def get_artifact(job: TenantJob, services: Services, name: Annotated[str, Path(pattern=NAME)]) -> Response:
+    store = services.artifacts
+    found = store.head(job.id, name)
+    if found is None:
         raise HTTPException(404, f"job {job.id} has no artifact {name!r}")
-    return FileResponse(path, media_type=MEDIA.get(path.suffix, "application/octet-stream"), filename=name)
+    media = MEDIA.get("." + name.rsplit(".", 1)[-1] if "." in name else "", "application/octet-stream")
+    if not store.remote:  # this host's file: sendfile, ranges and validators as before
+        try:
+            return FileResponse(store.local_path(job.id, name), media_type=media, filename=name)
+        except FileNotFoundError:  # deleted since
+            raise HTTPException(404, f"job {job.id} has no artifact {name!r}") from None
+    # an object is streamed through in chunks (never whole in memory); its size is known up front
+    headers = {"Content-Length": str(found.size), "Content-Disposition": f'attachment; filename="{name}"'}
+    if found.etag:
+        headers["ETag"] = found.etag if found.etag.startswith('"') else f'"{found.etag}"'
+    return StreamingResponse(store.stream(job.id, name), media_type=media, headers=headers)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response
@@ -123,8 +121,7 @@ def delete_job(job: TenantJob, session: SessionDep, request: Request, services: 
         raise HTTPException(409, f"job {job.id} is {job.status}; cancel it and wait until it has stopped")
     jobs.delete_job(session, job)
     session.commit()
-    folder = services.settings.job_dir(job.id)
-    services.model_cache.forget(folder)
+    services.model_cache.forget(services.settings.job_dir(job.id))
     forget_model(request, job.id)
-    shutil.rmtree(Path(folder), ignore_errors=True)
+    services.artifacts.delete(job.id)  # its folder (local) or objects (S3)
     return Response(status_code=204)

@@ -18,9 +18,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
@@ -35,6 +35,7 @@ from api import archive, import_limits
 from api.auth import current_tenant
 from api.deps import CurrentTenant, SessionDep, TenantModel
 from api.problems import problem_responses
+from api.routers.models import model_weights
 from api.schemas import ModelOut
 from api.services import AppServices, Services, services_of
 from api.views import model_out
@@ -199,7 +200,7 @@ def import_model(
     settings.jobs_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=settings.jobs_dir, prefix=".import-") as tmp:
         staged, result = _convert(upload, spec, tmp)
-        import_limits.check_bytes(session, tenant, settings, adding=result["stored_bytes"])
+        import_limits.check_bytes(session, tenant, services, adding=result["stored_bytes"])
         job_id = _commit_import(services, tenant, spec, result, staged)
     services.recent_imports.add(tenant)
     made = jobs.get_job(session, tenant, job_id)
@@ -244,18 +245,16 @@ def _commit_import(
     services: AppServices, tenant: str, spec: ExperimentSpec, result: dict[str, Any], staged: str
 ) -> str:
     """Make the import's job (core.submit.record_import: born succeeded, never queued, so no worker
-    sees it) with its model in place before the row is committed: a stop at any point leaves either
-    no job or a whole one (at worst a folder no job names)."""
-    folder = None
+    sees it) with its model in the artifact store before the row is committed (a put is whole or
+    absent): a stop at any point leaves either no job or a whole one (at worst files no job names)."""
+    job_id = None
     try:
         with transaction(services.sessions) as s:
             job_id = record_import(s, tenant=tenant, spec=spec, result=result).id
-            folder = services.settings.job_dir(job_id)
-            folder.mkdir(parents=True, exist_ok=True)
-            os.replace(staged, folder / MODEL)  # same file system (jobs dir): atomic
+            services.artifacts.put(job_id, MODEL, Path(staged))
     except BaseException:
-        if folder is not None:
-            shutil.rmtree(folder, ignore_errors=True)
+        if job_id is not None:
+            services.artifacts.delete(job_id)
         raise
     return job_id
 
@@ -273,13 +272,12 @@ def export_model(
         Literal["onnx", "torch"], Query(description="onnx (onnxruntime) or torch (torch.export .pt2)")
     ] = "onnx",
 ) -> FileResponse:
-    folder = services.settings.job_dir(model.id)
-    weights = folder / MODEL
-    if not weights.is_file():
-        raise HTTPException(404, f"model {model.id} has no weights file (was it removed?)")
+    weights = model_weights(services.artifacts, model.id)
     name, media = EXPORTS[format]
-    out = folder / name
-    # Exported once per weights file; a rewritten model.safetensors is exported afresh.
+    # Exported once per weights file, next to it: in the job's folder (local store, where it is then
+    # listed as an artifact) or in this host's download cache, whose folder is the object version's
+    # (S3). A rewritten model.safetensors is exported afresh.
+    out = weights.with_name(name)
     if not out.is_file() or out.stat().st_mtime_ns < weights.stat().st_mtime_ns:
         try:
             from lipcore import export

@@ -6,6 +6,7 @@ import math
 import time
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 from typing import Annotated
 
 import anyio.from_thread
@@ -21,6 +22,7 @@ from api.schemas import AttackReport, CertifiedInput, CertifyOut, LipschitzBound
 from api.services import AppServices, Services
 from api.uploads import RawInputs, decode, parse_json, read_certify_body
 from api.views import model_out
+from core.artifacts import ArtifactStore
 from core.states import MODEL_KINDS, JobState
 from core.store import Job
 from lipcore.rundir import MODEL
@@ -86,9 +88,7 @@ async def certify_inputs(
 ) -> Response:
     t0 = time.perf_counter()
     metrics = services.metrics
-    path = services.settings.job_dir(model) / MODEL
-    if not path.is_file():
-        raise HTTPException(404, f"model {model} has no weights file (was it removed?)")
+    path = await weights_of(services, model)
     # Every certify request holds a slot (api.batcher.CertifySlots: 429 beyond the per-tenant and total
     # limits) from before its body is read until it is answered: bodies in memory and queued work are
     # bounded whatever the clients send. The body is read here, not as a dependency, to be inside it.
@@ -135,7 +135,7 @@ def _certify_and_attack(
     model: str, raw: RawInputs, request: Request, services: AppServices
 ) -> tuple[LipschitzBound, list[CertifiedInput], AttackReport | None, tuple[int, ...]]:
     settings = services.settings
-    loaded = services.model_cache.get(settings.job_dir(model) / MODEL)
+    loaded = services.model_cache.get(model_weights(services.artifacts, model))
     if loaded.model.gamma is None:
         raise HTTPException(422, f"model {model} has no Lipschitz bound (Plain layers), so nothing can be certified")
     shape = input_shape(loaded.spec)
@@ -154,6 +154,23 @@ def _certify_and_attack(
         loaded, x, scale=raw.scale, attack=True, attack_steps=settings.certify_attack_steps, budget=budget
     )
     return bound, results, report, tuple(shape)
+
+
+def model_weights(store: ArtifactStore, model: str) -> Path:
+    """The model's weights file on this host (with S3, the host's cached copy: downloaded once per
+    host and object version, core.artifacts.DownloadCache); 404 when it has none."""
+    try:
+        return store.local_path(model, MODEL)
+    except FileNotFoundError:
+        raise HTTPException(404, f"model {model} has no weights file (was it removed?)") from None
+
+
+async def weights_of(services: AppServices, model: str) -> Path:
+    """model_weights from the event loop: a local file is a stat, an object a HEAD request (and maybe
+    a download), which runs on a thread so that it holds up no other request."""
+    if not services.artifacts.remote:
+        return model_weights(services.artifacts, model)
+    return await anyio.to_thread.run_sync(model_weights, services.artifacts, model)
 
 
 async def _disconnected(request: Request) -> None:
