@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from rich import box
+from rich.markup import escape
 from rich.table import Table
 
 
@@ -80,6 +81,7 @@ def jobs_table(items: list[dict[str, Any]]) -> Table:
             run = f"{j['name']}: {run}"
         if j.get("tags"):
             run += " [" + ", ".join(j["tags"]) + "]"
+        run = escape(run)  # a user's name or tag is text, never rich markup
         t.add_row(j["id"], j["status"], _progress(j), run, _when(j.get("created_at")))
     return t
 
@@ -106,11 +108,11 @@ def summary_lines(job: dict[str, Any]) -> list[str]:
     lines = [f"job {job['id']} {job['status']}{_duration(job)}: {what_of(job)}"]
     if job.get("name") or job.get("tags"):
         tags = " [" + ", ".join(job.get("tags") or []) + "]" if job.get("tags") else ""
-        lines.append(f"  name: {job.get('name') or '-'}{tags}")
+        lines.append(escape(f"  name: {job.get('name') or '-'}{tags}"))
     if job.get("sweep_id"):
         lines.append(f"  sweep: {job['sweep_id']} (lbdn sweeps {job['sweep_id']})")
     if job.get("note"):
-        lines.append(f"  note: {job['note']}")
+        lines.append(escape(f"  note: {job['note']}"))
     if job.get("error"):
         lines.append(f"  error: {job['error']}")
     r = job.get("result") or job.get("metrics") or {}
@@ -208,7 +210,7 @@ def compare_table(jobs: list[dict[str, Any]]) -> Table:
         t.add_column(column.replace("cert_acc_", "cert@"), justify="right")
     for j, spec, final in zip(jobs, specs, finals, strict=True):
         cells = [fmt(spec.get(k), 4) for k in fields] + [fmt(final.get(k), 2) for k in metrics]
-        t.add_row(j["id"], j.get("name") or "-", j["status"], *cells)
+        t.add_row(j["id"], escape(j.get("name") or "-"), j["status"], *cells)
     return t
 
 

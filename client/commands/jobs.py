@@ -184,7 +184,9 @@ def cmd_label(c: Client, ui: Ui, a: argparse.Namespace) -> int:
         ui.json(job)
     else:
         tags = ", ".join(job.get("tags") or []) or "-"
-        ui.out.print(f"job {job['id']}: name {job.get('name') or '-'}; tags {tags}; note {job.get('note') or '-'}")
+        ui.out.print(
+            f"job {job['id']}: name {job.get('name') or '-'}; tags {tags}; note {job.get('note') or '-'}", markup=False
+        )
     return EXIT_OK
 
 
