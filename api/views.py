@@ -24,10 +24,21 @@ _JOB_COLUMNS = (
 ).split()
 
 
+# spec fields only training sets: an import never trained, so the defaults stored for them (epochs
+# 100, seed 123) were never used and are left out of its view (the stored spec keeps them)
+_TRAINING_ONLY = frozenset(
+    "epochs seed lr loss train_batch_size test_batch_size compile precision cert_acc offset".split()
+)
+
+
 def job_out(job: Job, sweep_id: str | None = None) -> JobOut:
     """`sweep_id`: the sweep the job belongs to (core.store.sweeps.sweeps_of), if the caller looked."""
+    spec = job.spec
+    if job.kind == JobKind.import_:
+        spec = {k: v for k, v in spec.items() if k not in _TRAINING_ONLY}
     return JobOut(
-        **{name: getattr(job, name) for name in _JOB_COLUMNS},
+        **{name: getattr(job, name) for name in _JOB_COLUMNS if name != "spec"},
+        spec=spec,
         tags=job.tags or [],
         # an import is itself a model: it links to its own id, as an evaluation links to its model's
         model_id=job.id if job.kind == JobKind.import_ else job.model_id,

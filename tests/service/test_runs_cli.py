@@ -128,6 +128,7 @@ def _import(url: str, tmp_path: Path) -> None:
     model_id = out.split(" as ")[1].split(";")[0]
     job = json.loads(run(url, "--json", "show", model_id))
     assert (job["kind"], job["name"], job["model_id"]) == ("import", "mine", model_id)
+    assert job["spec"]["layer"] == "Sandwich" and "epochs" not in job["spec"] and "seed" not in job["spec"]
     shown = run(url, "show", model_id)
     assert "import Toy-Sandwich" in shown and "from toy.safetensors" in shown
     assert "None" not in shown and "100ep" not in shown and "123" not in shown
