@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
+from core import labels as lab
 from core.states import JobKind, JobState, SweepRole
 from lipcore.spec import ExperimentSpec
 
@@ -46,17 +47,38 @@ class Resources(BaseModel):
     )
 
 
-class TrainRequest(BaseModel):
+RunName = Annotated[str, Field(max_length=lab.MAX_NAME * 2), AfterValidator(lab.check_name)]
+RunTags = Annotated[list[Annotated[str, Field(max_length=lab.MAX_TAG * 2)]], AfterValidator(lab.check_tags)]
+RunNote = Annotated[str, AfterValidator(lab.check_note)]
+_NAME = "what you call the run (1-200 characters); GET /v1/jobs?name= finds it by substring"
+_TAGS = "up to 20 tags: a-z 0-9 _ . : + / - (any case given, kept lowercase); GET /v1/jobs?tag= filters"
+_NOTE = "free text (up to 10,000 characters)"
+
+
+class RunLabels(BaseModel):
+    """A job's labels (core.labels): they never change what runs."""
+
     model_config = ConfigDict(extra="forbid")
 
+    name: RunName | None = Field(None, description=_NAME)
+    tags: RunTags | None = Field(None, description=_TAGS)
+    note: RunNote | None = Field(None, description=_NOTE)
+
+    def labels(self) -> lab.Labels:
+        return lab.Labels(name=self.name, tags=self.tags, note=self.note)
+
+
+class JobPatch(RunLabels):
+    """PATCH /v1/jobs/{id}: the labels given are set (null or [] clears one), the others kept."""
+
+
+class TrainRequest(RunLabels):
     kind: Literal["train"]
     spec: ExperimentSpec
     resources: Resources | None = Field(None, description="what the job needs besides its spec; default 1 device")
 
 
-class EvaluateRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class EvaluateRequest(RunLabels):
     kind: Literal["evaluate"]
     model_id: str = Field(max_length=40)
     attack: AttackParams = AttackParams()
@@ -83,8 +105,15 @@ class JobOut(BaseModel):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     updated_at: datetime | None = None
+    name: str | None = None
+    tags: list[str] = Field(default_factory=list)
+    note: str | None = None
     spec: dict[str, Any]
-    model_id: str | None = Field(None, description="evaluate jobs: the trained model")
+    model_id: str | None = Field(
+        None,
+        description="the model the job is about: evaluate jobs the model evaluated, imports the model made (their own id)",
+    )
+    sweep_id: str | None = Field(None, description="the sweep the job belongs to (GET /v1/sweeps/{id})")
     attack: dict[str, Any] | None = Field(None, description="evaluate jobs: the attack settings")
     progress: ProgressOut | None = None
     metrics: dict[str, Any] | None = Field(None, description="the latest epoch's metrics")
@@ -214,6 +243,7 @@ class SweepRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str | None = Field(None, max_length=200, description="a label (default: the preset's name)")
+    tags: RunTags | None = Field(None, description="tags of every job of the sweep; " + _TAGS)
     preset: str | None = Field(None, max_length=100, description="a preset of GET /v1/paper/presets")
     spec: dict[str, Any] | None = Field(None, description="base ExperimentSpec fields (without preset)")
     grid: dict[str, list[Any]] = Field(

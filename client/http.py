@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -80,18 +81,28 @@ class Client:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         return self._json("POST", "/v1/jobs", json=body, headers=headers)
 
-    def jobs(self, status: str | None = None, kind: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
-        """Newest first, following the cursor until `limit` jobs are read."""
+    def jobs(self, limit: int = 50, **filters: Any) -> list[dict[str, Any]]:
+        """GET /v1/jobs in its order (newest first unless `sort`), following the cursor until
+        `limit` jobs are read; `filters`: status, kind, tag (a list), name, model, layer, dataset,
+        gamma, seed, sweep, sort (None: not given)."""
         out: list[dict[str, Any]] = []
+        params = {k: v for k, v in filters.items() if v not in (None, [], "")}
         cursor = None
         while len(out) < limit:
-            params = {k: v for k, v in (("status", status), ("kind", kind), ("cursor", cursor)) if v}
-            page = self._json("GET", "/v1/jobs", params={**params, "limit": min(200, limit - len(out))})
+            page_params = {**params, "limit": min(200, limit - len(out)), **({"cursor": cursor} if cursor else {})}
+            page = self._json("GET", "/v1/jobs", params=page_params)
             out += page["items"]
             cursor = page.get("next_cursor")
             if not cursor:
                 break
         return out
+
+    def label(self, job_id: str, **labels: Any) -> dict[str, Any]:
+        """PATCH /v1/jobs/{id}: set name, tags or note (None clears one)."""
+        return self._json("PATCH", f"/v1/jobs/{job_id}", json=labels)
+
+    def metrics_csv(self, job_id: str) -> str:
+        return self.request("GET", f"/v1/jobs/{job_id}/metrics", params={"format": "csv"}).text
 
     def job(self, job_id: str) -> dict[str, Any]:
         return self._json("GET", f"/v1/jobs/{job_id}")
@@ -168,6 +179,12 @@ class Client:
     # ---- models -----------------------------------------------------------------------------
     def models(self, limit: int = 50) -> list[dict[str, Any]]:
         return self._json("GET", "/v1/models", params={"limit": limit})["items"]
+
+    def import_model(self, checkpoint: Path, spec: dict[str, Any]) -> dict[str, Any]:
+        """POST /v1/models/import: a checkpoint file (the paper's model.ckpt or a model.safetensors)
+        with the spec it was trained under; the new model."""
+        parts = [("checkpoint", (checkpoint.name, checkpoint.read_bytes(), "application/octet-stream"))]
+        return self._json("POST", "/v1/models/import", data={"spec": json.dumps(spec)}, files=parts, timeout=300.0)
 
     def model(self, model_id: str) -> dict[str, Any]:
         return self._json("GET", f"/v1/models/{model_id}")

@@ -12,6 +12,9 @@ their training jobs with `submit_all`, and their evaluation jobs with `submit`; 
 4. the Idempotency-Key is the tenant's own (`check_idempotency_key`: keys under INTERNAL_KEY_PREFIX
    are the service's) and replays the job it made before (`submit`).
 
+Every way in may give the job its labels (core.labels: name, tags, note; already checked, they pass
+no rule and change nothing that runs).
+
 Nothing here knows HTTP: a refusal is a `Refused` (status, detail, headers) that the API turns into a
 problem document, so these rules are tested without a server (tests/service/test_submit.py, test_limits.py).
 """
@@ -26,6 +29,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from core.labels import NONE, Labels
 from core.settings import Settings
 from core.states import ACTIVE, JobKind
 from core.store import Job, jobs, workers
@@ -167,6 +171,7 @@ def submit(
     req_hash: str | None = None,
     internal: bool = False,
     resources: dict[str, Any] | None = None,
+    labels: Labels = NONE,
 ) -> tuple[Job, bool]:
     """Insert one queued job after the quota and idempotency rules; (job, created), not committed.
 
@@ -192,16 +197,28 @@ def submit(
             idempotency_key=idempotency_key,
             req_hash=req_hash,
             resources=resources,
+            labels=labels,
         )
     except jobs.IdempotencyConflict as e:
         raise Refused(422, str(e)) from None
 
 
-def submit_all(session: Session, *, tenant: str, settings: Settings, specs: Sequence[dict[str, Any]]) -> list[Job]:
-    """Insert one queued training job per stored spec (from `prepare_training`) after the quota for
-    all of them, so a sweep is refused whole; not committed."""
+def submit_all(
+    session: Session,
+    *,
+    tenant: str,
+    settings: Settings,
+    specs: Sequence[dict[str, Any]],
+    labels: Sequence[Labels] | None = None,
+) -> list[Job]:
+    """Insert one queued training job per stored spec (from `prepare_training`; `labels` one per
+    spec) after the quota for all of them, so a sweep is refused whole; not committed."""
     check_quota(session, tenant, settings, adding=len(specs))
-    return [jobs.create_job(session, tenant=tenant, kind=JobKind.train, spec=spec)[0] for spec in specs]
+    each = labels if labels is not None else [NONE] * len(specs)
+    return [
+        jobs.create_job(session, tenant=tenant, kind=JobKind.train, spec=spec, labels=label)[0]
+        for spec, label in zip(specs, each, strict=True)
+    ]
 
 
 @dataclass(frozen=True)
@@ -216,6 +233,7 @@ class JobAsk:
     resources: dict[str, Any] | None = None
     idempotency_key: str | None = None
     req_hash: str | None = None
+    labels: Labels = NONE
 
 
 def submit_job(session: Session, *, tenant: str, settings: Settings, ask: JobAsk) -> tuple[Job, bool]:
@@ -248,13 +266,16 @@ def submit_job(session: Session, *, tenant: str, settings: Settings, ask: JobAsk
         idempotency_key=ask.idempotency_key,
         req_hash=ask.req_hash,
         resources=ask.resources if kind == JobKind.train else None,
+        labels=ask.labels,
     )
 
 
-def record_import(session: Session, *, tenant: str, spec: ExperimentSpec, result: dict[str, Any]) -> Job:
+def record_import(
+    session: Session, *, tenant: str, spec: ExperimentSpec, result: dict[str, Any], labels: Labels = NONE
+) -> Job:
     """An imported model's job, born succeeded (`spec` from `resolve_image_folder`: the data-path
     rule); not committed. Imports have limits of their own (api.import_limits: rate, stored bytes)
     and never take a place in the active-jobs quota: they never run."""
     return jobs.create_succeeded_job(
-        session, tenant=tenant, kind=JobKind.import_, spec=spec.model_dump(mode="json"), result=result
+        session, tenant=tenant, kind=JobKind.import_, spec=spec.model_dump(mode="json"), result=result, labels=labels
     )

@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from sqlalchemy import Text, and_, cast, select
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
+from core.labels import MAX_NAME, Labels
 from core.queue import JobQueue, send_jobs
 from core.settings import Settings
 from core.states import JobKind, JobState, SweepRole
@@ -184,12 +185,15 @@ def submit_sweep(
     name: str,
     request: dict[str, Any],
     evaluate: dict[str, Any] | None,
+    tags: list[str] | None = None,
 ) -> tuple[Sweep, list[Job]]:
     """POST /v1/sweeps without HTTP: the sweep planned under every rule (`plan_sweep`), then its
     training jobs made (core.submit.submit_all) and recorded in grid order; not committed.
-    `request` is stored as asked; `evaluate` holds the attack settings of its evaluation jobs."""
+    `request` is stored as asked; `evaluate` holds the attack settings of its evaluation jobs.
+    Each job is named after the sweep and its grid point ("name gamma=1.0 layer=SLL") and has `tags`."""
     planned = plan_sweep(session, tenant, settings, ask)
-    made = submit_all(session, tenant=tenant, settings=settings, specs=[spec for spec, _ in planned])
+    labels = [Labels(name=point_name(name, point), tags=tags) for _, point in planned]
+    made = submit_all(session, tenant=tenant, settings=settings, specs=[spec for spec, _ in planned], labels=labels)
     sweep = sweeps.create_sweep(
         session,
         tenant=tenant,
@@ -200,6 +204,12 @@ def submit_sweep(
         trained=[(job, point) for job, (_, point) in zip(made, planned, strict=True)],
     )
     return sweep, made
+
+
+def point_name(sweep_name: str, point: dict[str, Any]) -> str:
+    """A sweep job's name: the sweep's, then its grid values (within core.labels.MAX_NAME)."""
+    values = " ".join(f"{k}={v}" for k, v in sorted(point.items()) if v is not None)
+    return f"{sweep_name} {values}".strip()[:MAX_NAME]
 
 
 def _add_evaluations(s: Session, settings: Settings, sweep: Sweep) -> list[str]:
@@ -219,6 +229,7 @@ def _add_evaluations(s: Session, settings: Settings, sweep: Sweep) -> list[str]:
                 idempotency_key=sweeps.evaluation_key(sweep, trained),
                 req_hash=f"sweep-eval:{trained.id}",
                 internal=True,
+                labels=Labels(name=trained.name, tags=trained.tags),
             )
         except Refused as e:
             if e.status == 429:

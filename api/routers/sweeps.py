@@ -67,6 +67,7 @@ def create_sweep(body: SweepRequest, session: SessionDep, tenant: CurrentTenant,
         name=body.name or body.preset or "sweep",
         request=body.model_dump(mode="json", exclude_none=True),
         evaluate=_evaluate(body),
+        tags=body.tags,
     )
     session.commit()
     services.send([(job.id, JobKind.train) for job in made])

@@ -1,4 +1,4 @@
-"""`lbdn submit | jobs | show | cancel | delete | logs | pull`: training jobs and their files."""
+"""`lbdn submit | jobs | show | compare | cancel | delete | logs | pull`: training jobs and their files."""
 
 from __future__ import annotations
 
@@ -46,7 +46,20 @@ def _submit_args(s: argparse.ArgumentParser) -> None:
     s.add_argument(
         "--devices", type=int, default=None, help="devices of one worker to train on, data-parallel (default 1)"
     )
+    _label_flags(s)
     flags.add_spec_flags(s)
+
+
+def _label_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--name", default=None, help="what you call the run (lbdn jobs --name finds it)")
+    p.add_argument("--tag", action="append", default=None, help="a tag (repeat for more; lbdn jobs --tag filters)")
+    p.add_argument("--note", default=None, help="free text kept with the run")
+
+
+def _labels(a: argparse.Namespace) -> dict[str, Any]:
+    """The labels given on the command line (name, tags, note)."""
+    given = {"name": a.name, "tags": a.tag, "note": a.note}
+    return {k: v for k, v in given.items() if v is not None}
 
 
 def _submit_body(a: argparse.Namespace) -> dict[str, Any]:
@@ -79,6 +92,7 @@ def cmd_submit(c: Client, ui: Ui, a: argparse.Namespace) -> int:
         if body.get("kind") != "train":
             raise UsageError("--devices is for training jobs")
         body["resources"] = {**body.get("resources", {}), "devices": a.devices}
+    body.update(_labels(a))
     job = c.submit(body, a.idempotency_key)
     if not a.follow:
         ui.json(job) if ui.as_json else ui.out.print(
@@ -93,22 +107,36 @@ def cmd_submit(c: Client, ui: Ui, a: argparse.Namespace) -> int:
 # ---- listing and single jobs ----------------------------------------------------------------
 def _jobs_args(j: argparse.ArgumentParser) -> None:
     j.add_argument("--status", choices=["queued", "running", "succeeded", "failed", "cancelled"])
-    j.add_argument("--kind", choices=["train", "evaluate"])
+    j.add_argument("--kind", choices=["train", "evaluate", "import"])
+    j.add_argument("--tag", action="append", default=None, help="jobs with this tag (repeat: every tag given)")
+    j.add_argument("--name", default=None, help="jobs whose name holds this text (any case)")
+    for field in ("model", "layer", "dataset", "sweep"):
+        j.add_argument(f"--{field}", default=None, help=f"jobs whose {field} is exactly this")
+    j.add_argument("--gamma", type=float, default=None)
+    j.add_argument("--seed", type=int, default=None)
+    j.add_argument(
+        "--sort",
+        default=None,
+        help="-created (default), created, or a final metric, largest first with '-' (write --sort=-cert_acc_36)",
+    )
     j.add_argument("--limit", type=int, default=50)
 
 
-@command("jobs", "your jobs, newest first", _jobs_args)
+FILTERS = ("status", "kind", "tag", "name", "model", "layer", "dataset", "sweep", "gamma", "seed", "sort")
+
+
+@command("jobs", "your jobs: newest first, filtered or sorted by a metric", _jobs_args)
 def cmd_jobs(c: Client, ui: Ui, a: argparse.Namespace) -> int:
     from client.render import jobs_table
 
-    items = c.jobs(status=a.status, kind=a.kind, limit=a.limit)
+    items = c.jobs(limit=a.limit, **{f: getattr(a, f) for f in FILTERS})
     ui.json(items) if ui.as_json else ui.out.print(jobs_table(items) if items else "no jobs")
     return EXIT_OK
 
 
 @command("show", "a job's state, progress and results", _job_arg)
 def cmd_show(c: Client, ui: Ui, a: argparse.Namespace) -> int:
-    from client.render import summary_lines
+    from client.render import epoch_table, summary_lines
 
     job = c.job(a.job)
     if ui.as_json:
@@ -123,7 +151,42 @@ def cmd_show(c: Client, ui: Ui, a: argparse.Namespace) -> int:
         ui.out.print(f"  {where}{eta}; cancel requested" if job.get("cancel_requested") else f"  {where}{eta}")
     ui.out.print(f"  created {job['created_at']}, attempt {job.get('attempt')}")
     if job.get("metrics"):
-        ui.out.print("  latest epoch: " + json.dumps(job["metrics"]))
+        ui.out.print(epoch_table(job["metrics"]))
+    return EXIT_OK
+
+
+def _compare_args(cp: argparse.ArgumentParser) -> None:
+    cp.add_argument("jobs", nargs="+", metavar="JOB", help="two or more job ids")
+
+
+@command("compare", "runs side by side: the spec fields that differ and the final metrics", _compare_args)
+def cmd_compare(c: Client, ui: Ui, a: argparse.Namespace) -> int:
+    from client.render import compare_table
+
+    jobs = [c.job(job_id) for job_id in a.jobs]
+    ui.json(jobs) if ui.as_json else ui.out.print(compare_table(jobs))
+    return EXIT_OK
+
+
+def _label_args(lb: argparse.ArgumentParser) -> None:
+    lb.add_argument("job")
+    _label_flags(lb)
+    lb.add_argument("--clear", choices=["name", "tags", "note"], action="append", default=[], help="remove a label")
+
+
+@command("label", "name, tag or annotate a job (--tag replaces its tags)", _label_args)
+def cmd_label(c: Client, ui: Ui, a: argparse.Namespace) -> int:
+    changes: dict[str, Any] = {**_labels(a), **{field: None for field in a.clear}}
+    if not changes:
+        raise UsageError("give --name, --tag, --note or --clear")
+    job = c.label(a.job, **changes)
+    if ui.as_json:
+        ui.json(job)
+    else:
+        tags = ", ".join(job.get("tags") or []) or "-"
+        ui.out.print(
+            f"job {job['id']}: name {job.get('name') or '-'}; tags {tags}; note {job.get('note') or '-'}", markup=False
+        )
     return EXIT_OK
 
 
@@ -174,10 +237,13 @@ def _pull_args(pl: argparse.ArgumentParser) -> None:
     pl.add_argument("job")
     pl.add_argument("--dir", default=None, help="target folder (default ./JOB)")
     pl.add_argument("--name", nargs="+", default=None, help="only these files (e.g. model.safetensors)")
+    pl.add_argument("--csv", action="store_true", help="only the metrics, one row per epoch: DIR/metrics.csv")
 
 
-@command("pull", "download a job's files", _pull_args)
+@command("pull", "download a job's files (or its metrics as CSV)", _pull_args)
 def cmd_pull(c: Client, ui: Ui, a: argparse.Namespace) -> int:
+    if a.csv:
+        return _pull_csv(c, ui, a)
     items = c.artifacts(a.job)
     if a.name:
         missing = set(a.name) - {i["name"] for i in items}
@@ -195,4 +261,16 @@ def cmd_pull(c: Client, ui: Ui, a: argparse.Namespace) -> int:
         ui.json(done)
     elif not done:
         ui.out.print(f"job {a.job} has no files yet")
+    return EXIT_OK
+
+
+def _pull_csv(c: Client, ui: Ui, a: argparse.Namespace) -> int:
+    """`lbdn pull JOB --csv`: GET /v1/jobs/{id}/metrics?format=csv written to DIR/metrics.csv."""
+    text = c.metrics_csv(a.job)
+    folder = Path(a.dir) if a.dir else Path(a.job)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "metrics.csv"
+    path.write_text(text)
+    rows = max(0, len(text.splitlines()) - 1)
+    ui.json({"path": str(path), "epochs": rows}) if ui.as_json else ui.out.print(f"{path}  ({rows} epochs)")
     return EXIT_OK

@@ -1,4 +1,4 @@
-"""`lbdn models | evaluate | certify | export`: trained models, their attacks and certificates."""
+"""`lbdn models | import | evaluate | certify | export`: trained models, their attacks and certificates."""
 
 from __future__ import annotations
 
@@ -37,6 +37,49 @@ def cmd_models(c: Client, ui: Ui, a: argparse.Namespace) -> int:
             "/".join(fmt(cert.get(k), 1) for k in ("36", "72", "108")),
         )
     ui.out.print(t if items else "no trained models")
+    return EXIT_OK
+
+
+def _import_args(im: argparse.ArgumentParser) -> None:
+    im.add_argument("checkpoint", type=Path, help="the paper's model.ckpt, or a model.safetensors")
+    im.add_argument(
+        "--spec",
+        required=True,
+        help='the spec it was trained under: a JSON file or JSON text, e.g. \'{"model": "KWL", "layer": "Sandwich", '
+        '"gamma": 2, "dataset": "cifar10"}\'',
+    )
+    im.add_argument("--name", default=None, help="what you call the model (set on its job)")
+    im.add_argument("--tag", action="append", default=None, help="a tag (repeat for more)")
+
+
+def _spec_arg(text: str) -> dict[str, Any]:
+    """--spec as a file name or as JSON text."""
+    import json
+
+    try:
+        raw = Path(text).read_text() if not text.lstrip().startswith("{") else text
+        spec = json.loads(raw)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"--spec: not a JSON file or JSON text ({e})") from None
+    if not isinstance(spec, dict):
+        raise UsageError("--spec: expected a JSON object (ExperimentSpec fields)")
+    return spec
+
+
+@command("import", "import a checkpoint as a model you can certify, evaluate and export", _import_args)
+def cmd_import(c: Client, ui: Ui, a: argparse.Namespace) -> int:
+    if not a.checkpoint.is_file():
+        raise UsageError(f"no file {a.checkpoint}")
+    model = c.import_model(a.checkpoint, _spec_arg(a.spec))
+    labels = {k: v for k, v in (("name", a.name), ("tags", a.tag)) if v}
+    if labels:
+        c.label(model["id"], **labels)
+    if ui.as_json:
+        ui.json(model)
+    else:
+        ui.out.print(
+            f"imported {a.checkpoint.name} as {model['id']}; lbdn certify {model['id']} FILE..., lbdn show {model['id']}"
+        )
     return EXIT_OK
 
 

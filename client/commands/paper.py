@@ -14,19 +14,79 @@ from client.ui import EXIT_DETACHED, EXIT_FAILED, EXIT_OK, Ui, UsageError
 
 
 def _sweeps_args(sw: argparse.ArgumentParser) -> None:
-    sw.add_argument("sweep", nargs="?")
+    sw.add_argument("sweep", nargs="?", help="a sweep's id, or `create` or `cancel`")
+    sw.add_argument("target", nargs="?", help="create: a JSON file of the POST /v1/sweeps body; cancel: the sweep")
     sw.add_argument("--limit", type=int, default=50)
+    g = sw.add_argument_group("lbdn sweeps create (without a JSON file)")
+    g.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="a base spec field")
+    g.add_argument("--grid", action="append", default=[], metavar="FIELD=V1,V2", help="values to sweep over")
+    g.add_argument("--name", default=None)
+    g.add_argument("--tag", action="append", default=None, help="a tag of every job (repeat for more)")
+    g.add_argument("--epochs", type=int, default=None, help="every job's epochs")
+    g.add_argument("--evaluate", action="store_true", help="evaluate each trained model (AutoAttack)")
 
 
-@command("sweeps", "your sweeps, or one sweep's jobs", _sweeps_args)
+def _value(text: str) -> Any:
+    """A flag's value: a JSON number, boolean or null when it parses as one, else the text."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _pairs(items: list[str], what: str) -> list[tuple[str, str]]:
+    pairs = [item.partition("=") for item in items]
+    bad = [item for item, (_, eq, _) in zip(items, pairs, strict=True) if not eq]
+    if bad:
+        raise UsageError(f"{what}: expected FIELD=VALUE, got {bad[0]!r}")
+    return [(k.strip(), v) for k, _, v in pairs]
+
+
+def sweep_create_body(a: argparse.Namespace) -> dict[str, Any]:
+    """The POST /v1/sweeps body of `lbdn sweeps create`: a JSON file, or --set/--grid flags."""
+    if a.target:
+        try:
+            body = json.loads(Path(a.target).read_text())
+        except (OSError, ValueError) as e:
+            raise UsageError(f"cannot read the sweep file {a.target}: {e}") from None
+        if not isinstance(body, dict):
+            raise UsageError(f"{a.target}: expected a JSON object (the POST /v1/sweeps body)")
+    else:
+        if not a.set:
+            raise UsageError("give a JSON file or --set FIELD=VALUE (e.g. --set model=Toy) and --grid FIELD=V1,V2")
+        spec = {k: _value(v) for k, v in _pairs(a.set, "--set")}
+        grid = {k: [_value(x) for x in v.split(",")] for k, v in _pairs(a.grid, "--grid")}
+        body = {"spec": spec, "grid": grid}
+    extra = {"name": a.name, "tags": a.tag, "epochs": a.epochs, "evaluate": a.evaluate or None}
+    return {**body, **{k: v for k, v in extra.items() if v is not None}}
+
+
+@command(
+    "sweeps",
+    "your sweeps; one sweep's jobs and results; create or cancel one",
+    _sweeps_args,
+    description="lbdn sweeps | lbdn sweeps ID | lbdn sweeps create [FILE.json] [--set F=V]... [--grid F=V1,V2]... "
+    "| lbdn sweeps cancel ID",
+)
 def cmd_sweeps(c: Client, ui: Ui, a: argparse.Namespace) -> int:
-    from client.report import sweep_table
+    from client.render import sweep_results_table
 
-    if a.sweep:
+    if a.sweep == "create":
+        sw = c.create_sweep(sweep_create_body(a))
+    elif a.sweep == "cancel":
+        if not a.target:
+            raise UsageError("lbdn sweeps cancel ID")
+        sw = c.cancel_sweep(a.target)
+    elif a.sweep:
         sw = c.sweep(a.sweep)
-        ui.json(sw) if ui.as_json else ui.out.print(sweep_table(sw))
-        return EXIT_OK
-    items = c.sweeps(limit=a.limit)
+    else:
+        return _list_sweeps(c, ui, a.limit)
+    ui.json(sw) if ui.as_json else ui.out.print(sweep_results_table(sw))
+    return EXIT_OK
+
+
+def _list_sweeps(c: Client, ui: Ui, limit: int) -> int:
+    items = c.sweeps(limit=limit)
     if ui.as_json:
         ui.json(items)
         return EXIT_OK

@@ -15,6 +15,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from core.labels import NONE, Labels
 from core.states import FINISHED, EventKind, JobKind, JobState
 from core.store.engine import rows_changed
 from core.store.tables import Job, JobEvent, JobMetric, utcnow
@@ -43,6 +44,7 @@ def create_job(
     idempotency_key: str | None = None,
     req_hash: str | None = None,
     resources: dict[str, Any] | None = None,
+    labels: Labels = NONE,
 ) -> tuple[Job, bool]:
     """Insert a queued job; with an idempotency key an earlier identical request's job is returned.
 
@@ -63,6 +65,7 @@ def create_job(
         idempotency_key=idempotency_key,
         request_hash=req_hash,
         resources=resources,
+        **labels.columns(),
         enqueued_at=utcnow(),  # the caller sends the message next; mark_unsent if that fails
     )
     try:
@@ -79,13 +82,13 @@ def create_job(
 
 
 def create_succeeded_job(
-    s: Session, *, tenant: str, kind: JobKind, spec: dict[str, Any], result: dict[str, Any]
+    s: Session, *, tenant: str, kind: JobKind, spec: dict[str, Any], result: dict[str, Any], labels: Labels = NONE
 ) -> Job:
     """Insert a job that is born succeeded (an import: there is nothing to run, so it is never
     queued, leased or sent); not committed."""
     now = utcnow()
     ended = {"status": JobState.succeeded, "result": result, "started_at": now, "finished_at": now}
-    job = Job(id=new_job_id(), tenant=tenant, kind=kind, spec=spec, **ended)
+    job = Job(id=new_job_id(), tenant=tenant, kind=kind, spec=spec, **ended, **labels.columns())
     s.add(job)
     s.flush()
     add_event(s, job.id, EventKind.state, {"status": JobState.succeeded})
@@ -128,6 +131,15 @@ def list_jobs(
     if before_pk is not None:
         q = q.where(Job.pk < before_pk)
     return list(s.scalars(q.order_by(Job.pk.desc()).limit(limit)))
+
+
+def set_labels(s: Session, job: Job, changes: dict[str, Any]) -> Job:
+    """Set some of a job's labels (`changes`: name, tags, note as core.labels checked them; None
+    clears one); not committed. No event: labels change nothing a stream follows."""
+    for field, value in changes.items():
+        setattr(job, field, value or None)
+    job.updated_at = utcnow()
+    return job
 
 
 def add_event(s: Session, job_id: str, kind: EventKind, data: dict[str, Any]) -> int:

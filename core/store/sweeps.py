@@ -117,3 +117,11 @@ def link_evaluation(s: Session, sweep: Sweep, link: SweepJob, job: Job) -> bool:
     except IntegrityError:
         return False
     return True
+
+
+def sweeps_of(s: Session, job_ids: list[str]) -> dict[str, str]:
+    """{job id: its sweep's id} for those of `job_ids` that belong to a sweep (one query)."""
+    if not job_ids:
+        return {}
+    q = select(SweepJob.job_id, SweepJob.sweep_id).where(SweepJob.job_id.in_(job_ids))
+    return {job_id: sweep_id for job_id, sweep_id in s.execute(q)}

@@ -80,6 +80,7 @@ class Job(Base):
         UniqueConstraint("tenant", "idempotency_key", name="uq_lbdn_jobs_idempotency"),
         Index("ix_lbdn_jobs_tenant_pk", "tenant", "pk"),
         Index("ix_lbdn_jobs_status", "status"),
+        Index("ix_lbdn_jobs_tenant_name", "tenant", "name"),  # revision 0004
         # the reaper's scans (revision 0003): only unfinished rows, so finished jobs cost them nothing
         Index("ix_lbdn_jobs_running_lease", "lease_expires_at", postgresql_where=_RUNNING, sqlite_where=_RUNNING),
         Index("ix_lbdn_jobs_queued_sent", "enqueued_at", postgresql_where=_QUEUED, sqlite_where=_QUEUED),
@@ -118,6 +119,10 @@ class Job(Base):
     device: Mapped[str | None] = mapped_column(String(200), nullable=True)
     host: Mapped[str | None] = mapped_column(String(200), nullable=True)
     worker: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    # what the user calls the run (revision 0004; core.labels checks them): set at submission or by PATCH
+    name: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    tags: Mapped[list[Any] | None] = mapped_column(nullable=True)  # lowercase strings, see core.labels
+    note: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class Worker(Base):
