@@ -242,6 +242,9 @@ def keys_command(settings: Settings, args: argparse.Namespace) -> None:
         if args.keys_cmd == "create":
             key, secret = keys.create_key(s, args.tenant, args.name)
             print(f"created {key.id} for tenant {key.tenant!r}; the secret is shown once:\n{secret}")
+            _open_mode_jobs(s, args.tenant, args.adopt_local)
+        elif args.keys_cmd == "adopt-local":
+            _open_mode_jobs(s, args.tenant, adopt=True)
         elif args.keys_cmd == "list":
             for k in keys.list_keys(s):
                 state = f"revoked {k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "active"
@@ -252,6 +255,28 @@ def keys_command(settings: Settings, args: argparse.Namespace) -> None:
             sys.exit(f"lbdn: no active key {args.key_id!r}")
         else:
             print(f"revoked {args.key_id}")
+
+
+def _open_mode_jobs(s: Any, tenant: str, adopt: bool) -> None:
+    """Move the open mode's jobs to `tenant`, or warn (stderr) that keys cannot see them: once a key
+    exists every request needs one, and a key sees its own tenant's jobs only (README "API keys,
+    access and limits")."""
+    from api.auth import OPEN_TENANT
+
+    if tenant == OPEN_TENANT:
+        return
+    if adopt:
+        moved, moved_sweeps = keys.move_tenant(s, OPEN_TENANT, tenant)
+        print(f"moved {moved} jobs and {moved_sweeps} sweeps of the open mode (tenant {OPEN_TENANT!r}) to {tenant!r}")
+        return
+    n_jobs, n_sweeps = keys.tenant_holdings(s, OPEN_TENANT)
+    if n_jobs or n_sweeps:
+        print(
+            f"WARNING: {n_jobs} jobs and {n_sweeps} sweeps were made in the open mode (tenant {OPEN_TENANT!r});"
+            " from now on every request needs a key and sees its own tenant's jobs only, so no key sees them.\n"
+            f"  To give them to {tenant!r}:  lbdn keys adopt-local --tenant {tenant}",
+            file=sys.stderr,
+        )
 
 
 def parser(settings: Settings) -> argparse.ArgumentParser:
@@ -277,6 +302,13 @@ def parser(settings: Settings) -> argparse.ArgumentParser:
     create = k.add_parser("create", help="make a key (the secret is printed once)")
     create.add_argument("--tenant", required=True)
     create.add_argument("--name")
+    create.add_argument(
+        "--adopt-local",
+        action="store_true",
+        help="also move the jobs and sweeps made in the open mode (tenant 'local') to this tenant",
+    )
+    adopt = k.add_parser("adopt-local", help="move the open mode's jobs and sweeps (tenant 'local') to a tenant")
+    adopt.add_argument("--tenant", required=True)
     k.add_parser("list", help="all keys (never their secrets)")
     k.add_parser("revoke", help="revoke a key").add_argument("key_id")
     return p

@@ -1,0 +1,48 @@
+"""The traps a new user met on the way in (issue 23): the first key hiding the open mode's jobs,
+/docs without internet, a slow and noisy stop of `lbdn serve`, an evaluation whose data set is not
+there, the Toy's units."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from tests.service.conftest import settings_env
+
+TOY = {"model": "Toy", "layer": "Sandwich", "dataset": "square_wave", "gamma": 1.0, "epochs": 1}
+
+
+def _keys(settings, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "api.cli", "keys", *args],
+        env=settings_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_first_key_warns_about_open_mode_jobs_and_adopts_them(client) -> None:
+    settings = client.app.state.settings
+    made = client.post("/v1/jobs", json={"kind": "train", "spec": TOY})
+    assert made.status_code == 201, made.text
+    sweep = client.post("/v1/sweeps", json={"spec": TOY, "grid": {"gamma": [1, 2]}}).json()
+
+    first = _keys(settings, "create", "--tenant", "acme")
+    assert first.returncode == 0, first.stderr
+    assert "WARNING: 3 jobs and 1 sweeps were made in the open mode (tenant 'local')" in first.stderr
+    assert "lbdn keys adopt-local --tenant acme" in first.stderr
+    acme = {"Authorization": f"Bearer {first.stdout.strip().splitlines()[-1]}"}
+    assert client.get("/v1/jobs", headers=acme).json()["items"] == []  # hidden, as the warning says
+
+    moved = _keys(settings, "adopt-local", "--tenant", "acme")
+    assert moved.returncode == 0 and "moved 3 jobs and 1 sweeps" in moved.stdout, moved.stdout + moved.stderr
+    assert {j["id"] for j in client.get("/v1/jobs", headers=acme).json()["items"]} == {
+        made.json()["id"],
+        *(j["job_id"] for j in sweep["jobs"]),
+    }
+    assert client.get(f"/v1/sweeps/{sweep['id']}", headers=acme).status_code == 200
+    # nothing left in the open mode: the next key is made without a warning; --adopt-local in one step
+    again = _keys(settings, "create", "--tenant", "beta", "--adopt-local")
+    assert again.returncode == 0 and "WARNING" not in again.stderr and "moved 0 jobs" in again.stdout
