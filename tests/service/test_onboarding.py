@@ -4,6 +4,7 @@ there, the Toy's units."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -46,3 +47,36 @@ def test_first_key_warns_about_open_mode_jobs_and_adopts_them(client) -> None:
     # nothing left in the open mode: the next key is made without a warning; --adopt-local in one step
     again = _keys(settings, "create", "--tenant", "beta", "--adopt-local")
     assert again.returncode == 0 and "WARNING" not in again.stderr and "moved 0 jobs" in again.stdout
+
+
+def test_docs_reference_only_local_assets(client) -> None:
+    page = client.get("/docs")
+    assert page.status_code == 200 and "SwaggerUIBundle" in page.text
+    urls = re.findall(r"""(?:src|href)=["']([^"']+)""", page.text) + re.findall(r"url: '([^']+)'", page.text)
+    assert len(urls) == 4 and all(u.startswith("/") and not u.startswith("//") for u in urls), urls
+    for url in urls:
+        assert client.get(url).status_code == 200, url
+    csp = page.headers["content-security-policy"]
+    assert "script-src 'self' 'sha256-" in csp and "http" not in csp  # this origin and the inline script
+    assert "Apache License" in client.get("/docs/assets/LICENSE").text
+    assert client.get("/docs/assets/..%2F..%2Fmain.py").status_code == 404
+    assert client.get("/redoc").status_code == 404  # ReDoc would load from a CDN
+
+
+def test_docs_render_in_a_browser_without_network(service_factory, tmp_path) -> None:
+    """Chromium here reaches no network beyond loopback: Swagger UI must come from the service."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from tests.service.test_dashboard import _browser
+
+    svc = service_factory("embedded", "sqlite")
+    browser = _browser(tmp_path)
+    try:
+        browser.get(f"{svc.url}/docs")
+        WebDriverWait(browser, 120).until(lambda b: len(b.find_elements(By.CSS_SELECTOR, ".opblock")) > 10)
+        assert "lbdn-service" in browser.find_element(By.CSS_SELECTOR, ".title").text
+        errors = [e["message"] for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+        assert not [m for m in errors if "Content Security Policy" in m or "Failed to load" in m], errors
+    finally:
+        browser.quit()
