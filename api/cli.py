@@ -138,6 +138,7 @@ def run_worker(
 
 
 WORKER_STOP_S = 60.0  # Celery's warm shutdown: the running job checkpoints at its next step, then it exits
+WORKER_IDLE_STOP_S = 15.0  # an idle worker's warm shutdown takes 3-7 s here; past this it is stuck
 
 
 class _Stop(BaseException):
@@ -170,7 +171,7 @@ def serve(settings: Settings, host: str, port: int) -> None:
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the clean-up short
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        supervisor.stop()
+        supervisor.stop(settings)
         print("lbdn: stopped", flush=True)
 
 
@@ -211,19 +212,22 @@ class WorkerSupervisor:
                     pass
                 self._spawn()
 
-    def stop(self) -> None:
+    def stop(self, settings: Settings) -> None:
         self._stopping.set()
         with self._lock:
             if self.proc is not None:
-                stop_worker(self.proc)
+                # a running job gets time to reach its next step; an idle worker has nothing to save
+                busy = self.proc.poll() is None and worker_busy(settings, self.proc.pid)
+                stop_worker(self.proc, WORKER_STOP_S if busy else WORKER_IDLE_STOP_S)
 
 
 def stop_worker(worker: subprocess.Popen[bytes], timeout: float = WORKER_STOP_S) -> None:
-    """SIGTERM to the worker's process group (its main process and pool children): a warm shutdown
-    in which the running job checkpoints and goes back to the queue. Whatever is left after
-    `timeout` is killed (a job it was running then resumes from its last checkpoint)."""
+    """SIGTERM to the worker's main process: Celery's warm shutdown, in which the running job
+    checkpoints and goes back to the queue and idle pool children exit cleanly (signalling the whole
+    group killed them mid-wait, which Celery logged as an ERROR). Whatever is left after `timeout` is
+    killed (a job it was running then resumes from its last checkpoint)."""
     try:
-        os.killpg(worker.pid, signal.SIGTERM)
+        os.kill(worker.pid, signal.SIGTERM)
         worker.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         print(f"lbdn: the worker did not stop within {timeout:.0f}s; killing it", flush=True)
@@ -234,6 +238,30 @@ def stop_worker(worker: subprocess.Popen[bytes], timeout: float = WORKER_STOP_S)
     except ProcessLookupError:
         pass
     worker.wait()
+
+
+def worker_busy(settings: Settings, group: int) -> bool:
+    """Whether a process of this process group (a worker and its pool) holds a running job's lease
+    (owners are `host:pid:token`, leases.acquire's callers)."""
+    import socket
+
+    from sqlalchemy import select
+
+    from core.states import JobState
+    from core.store import Job
+
+    with _store(settings)() as s:
+        owners = s.scalars(select(Job.lease_owner).where(Job.status == JobState.running)).all()
+    for owner in owners:
+        host, _, rest = (owner or "").partition(":")
+        pid = rest.partition(":")[0]
+        if host == socket.gethostname() and pid.isdigit():
+            try:
+                if os.getpgid(int(pid)) == group:
+                    return True
+            except ProcessLookupError:
+                continue
+    return False
 
 
 def keys_command(settings: Settings, args: argparse.Namespace) -> None:

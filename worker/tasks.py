@@ -235,6 +235,9 @@ def _stop_running_jobs(**_: Any) -> None:
     _MAIN_STOPPING[0] = True  # a plain flag: this runs in a signal handler, maybe amid is_set() below
     threading.Thread(target=SHUTTING_DOWN.set, name="lbdn-shutdown", daemon=True).start()
     for child in active_children():
+        # a deliberate stop, as billiard's own terminate_job marks it: an idle child that dies of this
+        # signal is no error to log ("Process ... exited with 'signal 15 (SIGTERM)'" on every stop)
+        child._controlled_termination = True
         try:
             os.kill(child.pid, signal.SIGTERM)
         except ProcessLookupError:

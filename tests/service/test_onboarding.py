@@ -5,6 +5,7 @@ there, the Toy's units."""
 from __future__ import annotations
 
 import re
+import socket
 import subprocess
 import sys
 
@@ -80,3 +81,43 @@ def test_docs_render_in_a_browser_without_network(service_factory, tmp_path) -> 
         assert not [m for m in errors if "Content Security Policy" in m or "Failed to load" in m], errors
     finally:
         browser.quit()
+
+
+def test_a_clean_stop_of_serve_is_quiet(tmp_path) -> None:
+    """SIGTERM to an idle `lbdn serve`: the worker's warm shutdown ends it (no kill after a wait) and
+    no ERROR line is printed (its idle pool child used to be logged as killed by signal 15)."""
+    import os
+    import signal
+    import time
+
+    from tests.service.test_cli import _env
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "api.cli", "serve", "--port", str(port)],
+            env=_env(tmp_path),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            end = time.monotonic() + 300  # a bound against a hang, not a speed requirement
+            while " ready." not in log.read_text() or "Uvicorn running" not in log.read_text():
+                assert proc.poll() is None and time.monotonic() < end, log.read_text()
+                time.sleep(0.2)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=300)
+    text = log.read_text()
+    assert proc.returncode == 0 and text.rstrip().endswith("lbdn: stopped"), text[-3000:]
+    assert "ERROR" not in text and "killing it" not in text and "Traceback" not in text, text[-3000:]
+    worker_pid = int(re.search(r"worker pid (\d+)", text).group(1))
+    try:
+        os.killpg(worker_pid, 0)
+        raise AssertionError("the worker's process group outlived serve")
+    except ProcessLookupError:
+        pass
