@@ -326,6 +326,8 @@ def parser(settings: Settings) -> argparse.ArgumentParser:
     w.add_argument("--sharing", type=int, default=0, help=argparse.SUPPRESS)  # lbdn serve: the API computes too
     w.add_argument("--pool", default="prefork", choices=["prefork", "solo", "threads"])
     w.add_argument("--loglevel", default="INFO")
+    dl = sub.add_parser("download", help="fetch a public dataset into LBDN_DATA_DIR (md5-checked)")
+    dl.add_argument("dataset", choices=["cifar10", "cifar100", "tiny_imagenet"])
     k = sub.add_parser("keys", help="API keys").add_subparsers(dest="keys_cmd", required=True)
     create = k.add_parser("create", help="make a key (the secret is printed once)")
     create.add_argument("--tenant", required=True)
@@ -344,7 +346,7 @@ def parser(settings: Settings) -> argparse.ArgumentParser:
 
 # Subcommands this parser owns; every other one is a client command (client.cli). Add new server
 # subcommands here.
-SERVER_COMMANDS = ("serve", "api", "worker", "keys")
+SERVER_COMMANDS = ("serve", "api", "worker", "keys", "download")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -370,6 +372,10 @@ def main(argv: list[str] | None = None) -> None:
         run_api(settings, args.host, args.port)
     elif args.cmd == "worker":
         run_worker(settings, args.queues, args.concurrency, args.pool, args.loglevel, args.devices, args.sharing)
+    elif args.cmd == "download":
+        from lipcore.data.download import download
+
+        print(f"lbdn: {args.dataset} in {download(args.dataset, settings.datasets_dir)}", flush=True)
     else:
         keys_command(settings, args)
 

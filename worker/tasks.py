@@ -27,6 +27,7 @@ from core.queue import TASKS
 from core.reaper import PeriodicReaper
 from core.states import JobKind, JobState
 from core.store import Job, init_db, jobs, leases, transaction
+from core.submit import missing_dataset
 from core.sweep_submit import advance_sweeps
 from lipcore.rundir import EVAL, MODEL, write_json
 from worker import devices, registry  # noqa: F401  (registry: signal handlers)
@@ -169,6 +170,8 @@ def _train(context: TaskContext, job: Job, reporter: Reporter) -> tuple[JobState
     from worker.multi import train_on
 
     settings = context.settings
+    if why := missing_dataset(job.spec.get("dataset"), settings.datasets_dir):
+        return JobState.failed, {"error": why}  # the directory and the command, not a library call
     # resume=True inside: a job picked up again after its worker died continues from its checkpoint.
     result = train_on(reporter.slots, ExperimentSpec.model_validate(job.spec), settings, job.id, reporter, _stopping)
     assert result.spec is not None
@@ -188,6 +191,8 @@ def _evaluate(context: TaskContext, job: Job, reporter: Reporter) -> tuple[JobSt
     model_path = settings.job_dir(job.model_id or "") / MODEL
     if not model_path.is_file():
         return JobState.failed, {"error": f"the model {job.model_id} has no weights file (deleted?)"}
+    if why := missing_dataset((job.spec or {}).get("dataset"), settings.datasets_dir):
+        return JobState.failed, {"error": why}
     params = job.params or {}
     out = settings.job_dir(job.id)
     out.mkdir(parents=True, exist_ok=True)

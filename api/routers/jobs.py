@@ -75,6 +75,7 @@ def submit_job(
                 422,
                 f"model_id: the {spec.get('model')} regression has no classes to attack; evaluate an image classifier",
             )
+        submit.check_dataset(spec, settings)  # its test data must be there: say so now, not after the queue
     else:
         spec = submit.prepare_training(body.spec, settings)
         resources = body.resources.model_dump() if body.resources else None

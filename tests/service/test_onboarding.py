@@ -121,3 +121,44 @@ def test_a_clean_stop_of_serve_is_quiet(tmp_path) -> None:
         raise AssertionError("the worker's process group outlived serve")
     except ProcessLookupError:
         pass
+
+
+KWL = {"model": "KWL", "layer": "Sandwich", "scale": "small", "dataset": "cifar10", "gamma": 1.0}
+
+
+def test_evaluate_without_its_dataset_is_refused_at_submission(client, trained_model) -> None:
+    model = trained_model(client.app, "local", KWL)
+    ask = {"kind": "evaluate", "model_id": model, "attack": {"n_examples": 4}}
+    data = client.app.state.settings.datasets_dir
+    # no data dir at all: this API cannot know what the workers have (the worker will say)
+    assert client.post("/v1/jobs", json=ask, headers={"Idempotency-Key": "a"}).status_code == 201
+    data.mkdir(parents=True)
+    refused = client.post("/v1/jobs", json=ask)
+    assert refused.status_code == 422, refused.text
+    detail = refused.json()["detail"]
+    assert str(data) in detail and "lbdn download cifar10" in detail and "cifar-10-batches-py" in detail
+    (data / "cifar-10-batches-py").mkdir()
+    assert client.post("/v1/jobs", json=ask).status_code == 201
+
+
+def test_a_worker_without_the_dataset_names_the_directory_and_the_command(tmp_path, settings_for) -> None:
+    from core.states import JobKind
+    from core.store import init_db, jobs, transaction
+    from worker.context import TaskContext
+    from worker.tasks import run_evaluate, run_train
+
+    ctx = TaskContext(settings_for(tmp_path, lipschitz_restarts=0))
+    init_db(ctx.engine)
+    with transaction(ctx.sessions()) as s:
+        train = jobs.create_job(s, tenant="local", kind=JobKind.train, spec={**KWL, "epochs": 1})[0]
+    assert run_train(ctx, train.id) == "failed"
+    ctx.settings.job_dir(train.id).mkdir(parents=True, exist_ok=True)
+    (ctx.settings.job_dir(train.id) / "model.safetensors").write_bytes(b"weights")  # only its presence counts
+    with transaction(ctx.sessions()) as s:
+        ev = jobs.create_job(s, tenant="local", kind=JobKind.evaluate, spec=KWL, params={}, model_id=train.id)[0]
+    assert run_evaluate(ctx, ev.id) == "failed"
+    with ctx.sessions()() as s:
+        for job_id in (train.id, ev.id):
+            error = jobs.get_job(s, None, job_id).error
+            assert f"not in the data directory {ctx.settings.datasets_dir}" in error, error
+            assert "lbdn download cifar10" in error and "load_data" not in error, error
