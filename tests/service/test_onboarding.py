@@ -162,3 +162,57 @@ def test_a_worker_without_the_dataset_names_the_directory_and_the_command(tmp_pa
             error = jobs.get_job(s, None, job_id).error
             assert f"not in the data directory {ctx.settings.datasets_dir}" in error, error
             assert "lbdn download cifar10" in error and "load_data" not in error, error
+
+
+def test_certify_tables_use_the_models_units() -> None:
+    """An image model's radii in 1/255 pixel units with classes; the Toy's in x's own units, with its
+    output f(x) and the side of the 0.5 threshold it is certified on (never "class 1", never x 255)."""
+    from rich.console import Console
+
+    from client.render import certify_table
+
+    def text(answer: dict) -> str:
+        console = Console(width=200, record=True)
+        console.print(certify_table(answer, ["a", "b"]))
+        return console.export_text()
+
+    bound = {"gamma": 1.0, "kind": "gamma (single output)", "used": 1.0}
+    toy = {"model_id": "job_toy", "lipschitz_bound": bound, "results": [
+        {"index": 0, "predicted": 1, "class_name": None, "logits": [0.8], "margin": 0.3, "radius_pixel": 0.3},
+        {"index": 1, "predicted": 0, "class_name": None, "logits": [0.1], "margin": 0.4, "radius_pixel": 0.4},
+    ]}  # fmt: skip
+    out = text(toy)
+    assert "output f(x)" in out and "certified radius (input units)" in out and "x 255" not in out
+    assert "0.8000 (> 0.50)" in out and "0.1000 (<= 0.50)" in out and "0.300" in out and "76.5" not in out
+    image = {"model_id": "job_img", "lipschitz_bound": {**bound, "kind": "sqrt2*gamma"}, "results": [
+        {"index": 0, "predicted": 3, "class_name": "cat", "logits": [0.0] * 10, "margin": 0.5, "radius_pixel": 0.1},
+    ]}  # fmt: skip
+    out = text(image)
+    assert "3 cat" in out and "certified radius (/255)" in out and "25.500" in out
+
+
+def test_toy_model_page_in_a_browser(service_factory, trained_model, tmp_path) -> None:
+    """The Toy's certify table shows f(x) and the threshold side, radii in x's units, and a caption
+    that says so (it said 1/255 pixel units while showing raw values)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from api.main import create_app
+    from tests.service.test_dashboard import _browser
+
+    svc = service_factory("embedded", "sqlite")
+    toy = trained_model(create_app(svc.settings), "local", {"model": "Toy", "layer": "Sandwich", "gamma": 1.0})
+    browser = _browser(tmp_path)
+    try:
+        wait = WebDriverWait(browser, 120, poll_frequency=0.2)
+        browser.get(f"{svc.url}/#/models/{toy}")
+        wait.until(lambda b: b.find_elements(By.ID, "toy-certify"))[0].click()
+        wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "tr.cert-row")) == 3)
+        page = browser.find_element(By.TAG_NAME, "body").text
+        assert "distances in the input x itself" in page and "1/255" not in page and "output f(x)" in page
+        for row in browser.find_elements(By.CSS_SELECTOR, "tr.cert-row"):
+            cells = [c.text for c in row.find_elements(By.TAG_NAME, "td")]
+            assert re.fullmatch(r"-?\d+\.\d{4} \((>|≤) 0\.50\)", cells[2]), cells
+            assert "/255" not in cells[4] and "/255" not in cells[5], cells
+    finally:
+        browser.quit()
