@@ -285,6 +285,10 @@ def keys_command(settings: Settings, args: argparse.Namespace) -> None:
             print(f"revoked {args.key_id}")
 
 
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
 def _open_mode_jobs(s: Any, tenant: str, adopt: bool) -> None:
     """Move the open mode's jobs to `tenant`, or warn (stderr) that keys cannot see them: once a key
     exists every request needs one, and a key sees its own tenant's jobs only (README "API keys,
@@ -295,12 +299,13 @@ def _open_mode_jobs(s: Any, tenant: str, adopt: bool) -> None:
         return
     if adopt:
         moved, moved_sweeps = keys.move_tenant(s, OPEN_TENANT, tenant)
-        print(f"moved {moved} jobs and {moved_sweeps} sweeps of the open mode (tenant {OPEN_TENANT!r}) to {tenant!r}")
+        print(f"moved {_count(moved, 'job')} and {_count(moved_sweeps, 'sweep')} of the open mode to {tenant!r}")
         return
     n_jobs, n_sweeps = keys.tenant_holdings(s, OPEN_TENANT)
     if n_jobs or n_sweeps:
         print(
-            f"WARNING: {n_jobs} jobs and {n_sweeps} sweeps were made in the open mode (tenant {OPEN_TENANT!r});"
+            f"WARNING: {_count(n_jobs, 'job')} and {_count(n_sweeps, 'sweep')} were made in the open mode"
+            f" (tenant {OPEN_TENANT!r});"
             " from now on every request needs a key and sees its own tenant's jobs only, so no key sees them.\n"
             f"  To give them to {tenant!r}:  lbdn keys adopt-local --tenant {tenant}",
             file=sys.stderr,

@@ -33,13 +33,13 @@ def test_first_key_warns_about_open_mode_jobs_and_adopts_them(client) -> None:
 
     first = _keys(settings, "create", "--tenant", "acme")
     assert first.returncode == 0, first.stderr
-    assert "WARNING: 3 jobs and 1 sweeps were made in the open mode (tenant 'local')" in first.stderr
+    assert "WARNING: 3 jobs and 1 sweep were made in the open mode (tenant 'local')" in first.stderr
     assert "lbdn keys adopt-local --tenant acme" in first.stderr
     acme = {"Authorization": f"Bearer {first.stdout.strip().splitlines()[-1]}"}
     assert client.get("/v1/jobs", headers=acme).json()["items"] == []  # hidden, as the warning says
 
     moved = _keys(settings, "adopt-local", "--tenant", "acme")
-    assert moved.returncode == 0 and "moved 3 jobs and 1 sweeps" in moved.stdout, moved.stdout + moved.stderr
+    assert moved.returncode == 0 and "moved 3 jobs and 1 sweep" in moved.stdout, moved.stdout + moved.stderr
     assert {j["id"] for j in client.get("/v1/jobs", headers=acme).json()["items"]} == {
         made.json()["id"],
         *(j["job_id"] for j in sweep["jobs"]),
