@@ -216,3 +216,25 @@ def test_toy_model_page_in_a_browser(service_factory, trained_model, tmp_path) -
             assert "/255" not in cells[4] and "/255" not in cells[5], cells
     finally:
         browser.quit()
+
+
+def test_move_tenant_on_sqlite_and_postgres(store) -> None:
+    """The open mode's jobs and sweeps move whole; a job whose Idempotency-Key the new tenant already
+    used stays (the key is unique per tenant)."""
+    from core.store import jobs, keys, sweeps, transaction
+
+    with transaction(store) as s:
+        plain = jobs.create_job(s, tenant="local", kind="train", spec=TOY)[0]
+        keyed = jobs.create_job(s, tenant="local", kind="train", spec=TOY, idempotency_key="k")[0]
+        clash = jobs.create_job(s, tenant="local", kind="train", spec=TOY, idempotency_key="taken")[0]
+        jobs.create_job(s, tenant="acme", kind="train", spec=TOY, idempotency_key="taken")
+        sweep, _ = sweeps.create_sweep(
+            s, tenant="local", name="s", preset=None, request={}, evaluate=None, specs=[(TOY, {"gamma": 1.0})]
+        )
+    with transaction(store) as s:
+        assert keys.tenant_holdings(s, "local") == (4, 1)
+        assert keys.move_tenant(s, "local", "acme") == (3, 1)
+    with store() as s:
+        assert {j.id for j in jobs.list_jobs(s, "local")} == {clash.id}
+        assert {plain.id, keyed.id} <= {j.id for j in jobs.list_jobs(s, "acme")}
+        assert sweeps.get_sweep(s, "acme", sweep.id) is not None
