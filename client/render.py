@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from rich import box
-from rich.table import Table
+from rich.table import Column, Table
 
 
 def fmt(value: Any, digits: int = 2) -> str:
@@ -104,10 +104,10 @@ def certify_table(answer: dict[str, Any], names: list[str]) -> Table:
     bound = answer.get("lipschitz_bound") or {}
     results = answer["results"]
     single = bool(results) and len(results[0].get("logits") or []) == 1
-    scale, unit = (1.0, "input units") if single else (255.0, "/255")
+    scale, unit = (1.0, "in x") if single else (255.0, "/255")
     space = "the input's own units" if single else "[0,1] pixel space x 255"
     t = Table(
-        "file",
+        Column("file", no_wrap=True),  # a file name must survive a narrow terminal whole
         "output f(x)" if single else "class",
         "margin",
         f"certified radius ({unit})",

@@ -224,7 +224,7 @@ def test_every_client_command_against_a_real_service(service_factory, tmp_path: 
     np.save(inputs, np.array([[0.3], [-1.2]], dtype=np.float32))
     cert = lbdn(url, "certify", job, str(inputs), "--attack")
     assert cert.returncode == 0, cert.stderr
-    for header in ("file", "output f(x)", "margin", "certified radius (input units)", "attacked radius (input"):
+    for header in ("file", "output f(x)", "margin", "certified radius (in x)", "attacked radius (in x)"):
         assert header in cert.stdout
     assert "points.npy[0]" in cert.stdout and "points.npy[1]" in cert.stdout
     answer = json.loads(lbdn(url, "certify", job, str(inputs), "--json").stdout)

@@ -182,7 +182,7 @@ def test_certify_tables_use_the_models_units() -> None:
         {"index": 1, "predicted": 0, "class_name": None, "logits": [0.1], "margin": 0.4, "radius_pixel": 0.4},
     ]}  # fmt: skip
     out = text(toy)
-    assert "output f(x)" in out and "certified radius (input units)" in out and "x 255" not in out
+    assert "output f(x)" in out and "certified radius (in x)" in out and "x 255" not in out
     assert "0.8000 (> 0.50)" in out and "0.1000 (<= 0.50)" in out and "0.300" in out and "76.5" not in out
     image = {"model_id": "job_img", "lipschitz_bound": {**bound, "kind": "sqrt2*gamma"}, "results": [
         {"index": 0, "predicted": 3, "class_name": "cat", "logits": [0.0] * 10, "margin": 0.5, "radius_pixel": 0.1},
