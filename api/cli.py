@@ -138,6 +138,7 @@ def run_worker(
 
 
 WORKER_STOP_S = 60.0  # Celery's warm shutdown: the running job checkpoints at its next step, then it exits
+WORKER_IDLE_STOP_S = 15.0  # an idle worker's warm shutdown takes 3-7 s here; past this it is stuck
 
 
 class _Stop(BaseException):
@@ -170,7 +171,7 @@ def serve(settings: Settings, host: str, port: int) -> None:
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the clean-up short
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        supervisor.stop()
+        supervisor.stop(settings)
         print("lbdn: stopped", flush=True)
 
 
@@ -211,19 +212,22 @@ class WorkerSupervisor:
                     pass
                 self._spawn()
 
-    def stop(self) -> None:
+    def stop(self, settings: Settings) -> None:
         self._stopping.set()
         with self._lock:
             if self.proc is not None:
-                stop_worker(self.proc)
+                # a running job gets time to reach its next step; an idle worker has nothing to save
+                busy = self.proc.poll() is None and worker_busy(settings, self.proc.pid)
+                stop_worker(self.proc, WORKER_STOP_S if busy else WORKER_IDLE_STOP_S)
 
 
 def stop_worker(worker: subprocess.Popen[bytes], timeout: float = WORKER_STOP_S) -> None:
-    """SIGTERM to the worker's process group (its main process and pool children): a warm shutdown
-    in which the running job checkpoints and goes back to the queue. Whatever is left after
-    `timeout` is killed (a job it was running then resumes from its last checkpoint)."""
+    """SIGTERM to the worker's main process: Celery's warm shutdown, in which the running job
+    checkpoints and goes back to the queue and idle pool children exit cleanly (signalling the whole
+    group killed them mid-wait, which Celery logged as an ERROR). Whatever is left after `timeout` is
+    killed (a job it was running then resumes from its last checkpoint)."""
     try:
-        os.killpg(worker.pid, signal.SIGTERM)
+        os.kill(worker.pid, signal.SIGTERM)
         worker.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         print(f"lbdn: the worker did not stop within {timeout:.0f}s; killing it", flush=True)
@@ -236,12 +240,39 @@ def stop_worker(worker: subprocess.Popen[bytes], timeout: float = WORKER_STOP_S)
     worker.wait()
 
 
+def worker_busy(settings: Settings, group: int) -> bool:
+    """Whether a process of this process group (a worker and its pool) holds a running job's lease
+    (owners are `host:pid:token`, leases.acquire's callers)."""
+    import socket
+
+    from sqlalchemy import select
+
+    from core.states import JobState
+    from core.store import Job
+
+    with _store(settings)() as s:
+        owners = s.scalars(select(Job.lease_owner).where(Job.status == JobState.running)).all()
+    for owner in owners:
+        host, _, rest = (owner or "").partition(":")
+        pid = rest.partition(":")[0]
+        if host == socket.gethostname() and pid.isdigit():
+            try:
+                if os.getpgid(int(pid)) == group:
+                    return True
+            except ProcessLookupError:
+                continue
+    return False
+
+
 def keys_command(settings: Settings, args: argparse.Namespace) -> None:
     sessions = _store(settings)
     with transaction(sessions) as s:
         if args.keys_cmd == "create":
             key, secret = keys.create_key(s, args.tenant, args.name)
             print(f"created {key.id} for tenant {key.tenant!r}; the secret is shown once:\n{secret}")
+            _open_mode_jobs(s, args.tenant, args.adopt_local)
+        elif args.keys_cmd == "adopt-local":
+            _open_mode_jobs(s, args.tenant, adopt=True)
         elif args.keys_cmd == "list":
             for k in keys.list_keys(s):
                 state = f"revoked {k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "active"
@@ -252,6 +283,33 @@ def keys_command(settings: Settings, args: argparse.Namespace) -> None:
             sys.exit(f"lbdn: no active key {args.key_id!r}")
         else:
             print(f"revoked {args.key_id}")
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def _open_mode_jobs(s: Any, tenant: str, adopt: bool) -> None:
+    """Move the open mode's jobs to `tenant`, or warn (stderr) that keys cannot see them: once a key
+    exists every request needs one, and a key sees its own tenant's jobs only (README "API keys,
+    access and limits")."""
+    from api.auth import OPEN_TENANT
+
+    if tenant == OPEN_TENANT:
+        return
+    if adopt:
+        moved, moved_sweeps = keys.move_tenant(s, OPEN_TENANT, tenant)
+        print(f"moved {_count(moved, 'job')} and {_count(moved_sweeps, 'sweep')} of the open mode to {tenant!r}")
+        return
+    n_jobs, n_sweeps = keys.tenant_holdings(s, OPEN_TENANT)
+    if n_jobs or n_sweeps:
+        print(
+            f"WARNING: {_count(n_jobs, 'job')} and {_count(n_sweeps, 'sweep')} were made in the open mode"
+            f" (tenant {OPEN_TENANT!r});"
+            " from now on every request needs a key and sees its own tenant's jobs only, so no key sees them.\n"
+            f"  To give them to {tenant!r}:  lbdn keys adopt-local --tenant {tenant}",
+            file=sys.stderr,
+        )
 
 
 def parser(settings: Settings) -> argparse.ArgumentParser:
@@ -273,10 +331,19 @@ def parser(settings: Settings) -> argparse.ArgumentParser:
     w.add_argument("--sharing", type=int, default=0, help=argparse.SUPPRESS)  # lbdn serve: the API computes too
     w.add_argument("--pool", default="prefork", choices=["prefork", "solo", "threads"])
     w.add_argument("--loglevel", default="INFO")
+    dl = sub.add_parser("download", help="fetch a public dataset into LBDN_DATA_DIR (md5-checked)")
+    dl.add_argument("dataset", choices=["cifar10", "cifar100", "tiny_imagenet"])
     k = sub.add_parser("keys", help="API keys").add_subparsers(dest="keys_cmd", required=True)
     create = k.add_parser("create", help="make a key (the secret is printed once)")
     create.add_argument("--tenant", required=True)
     create.add_argument("--name")
+    create.add_argument(
+        "--adopt-local",
+        action="store_true",
+        help="also move the jobs and sweeps made in the open mode (tenant 'local') to this tenant",
+    )
+    adopt = k.add_parser("adopt-local", help="move the open mode's jobs and sweeps (tenant 'local') to a tenant")
+    adopt.add_argument("--tenant", required=True)
     k.add_parser("list", help="all keys (never their secrets)")
     k.add_parser("revoke", help="revoke a key").add_argument("key_id")
     return p
@@ -284,7 +351,7 @@ def parser(settings: Settings) -> argparse.ArgumentParser:
 
 # Subcommands this parser owns; every other one is a client command (client.cli). Add new server
 # subcommands here.
-SERVER_COMMANDS = ("serve", "api", "worker", "keys")
+SERVER_COMMANDS = ("serve", "api", "worker", "keys", "download")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -310,6 +377,10 @@ def main(argv: list[str] | None = None) -> None:
         run_api(settings, args.host, args.port)
     elif args.cmd == "worker":
         run_worker(settings, args.queues, args.concurrency, args.pool, args.loglevel, args.devices, args.sharing)
+    elif args.cmd == "download":
+        from lipcore.data.download import download
+
+        print(f"lbdn: {args.dataset} in {download(args.dataset, settings.datasets_dir)}", flush=True)
     else:
         keys_command(settings, args)
 

@@ -21,7 +21,20 @@ from api.import_limits import RecentImports
 from api.metrics import ServiceMetrics
 from api.middleware import LimitAndMeasure
 from api.model_cache import ModelCache
-from api.routers import artifacts, catalog, dashboard, events, health, job_sweep, jobs, model_io, models, paper, sweeps
+from api.routers import (
+    artifacts,
+    catalog,
+    dashboard,
+    docs,
+    events,
+    health,
+    job_sweep,
+    jobs,
+    model_io,
+    models,
+    paper,
+    sweeps,
+)
 from api.routers.events import StreamCount
 from api.services import AppServices, Limiters, services_of
 from core.queue import CeleryQueue
@@ -135,6 +148,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description=DESCRIPTION,
         lifespan=lifespan,
+        # /docs is api.routers.docs (Swagger UI from the package, not a CDN); ReDoc has no offline copy
+        docs_url=None,
+        redoc_url=None,
         openapi_tags=[
             {"name": "jobs", "description": "training and evaluation jobs"},
             {"name": "models", "description": "trained models and certificates"},
@@ -152,4 +168,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(LimitAndMeasure, max_bytes=settings.max_upload_bytes, metrics=services.metrics)
     app.add_middleware(OpsGuard, token=settings.metrics_token)  # /metrics, /readyz: token or loopback
     app.include_router(dashboard.router)  # the browser UI at / (no key needed to load the page)
+    app.include_router(docs.router)  # /docs: Swagger UI, its assets served from the package
     return app

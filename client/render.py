@@ -7,7 +7,7 @@ from typing import Any
 
 from rich import box
 from rich.markup import escape
-from rich.table import Table
+from rich.table import Column, Table
 
 
 def fmt(value: Any, digits: int = 2) -> str:
@@ -145,28 +145,32 @@ def summary_lines(job: dict[str, Any]) -> list[str]:
 
 
 def certify_table(answer: dict[str, Any], names: list[str]) -> Table:
-    """file, class, margin, certified radius and attacked radius, both in pixel /255 units (l2)."""
+    """file, class, margin, certified radius and attacked radius (l2): in pixel /255 units for image
+    models; for a single-output regression (the Toy) its output f(x) and radii in x's own units."""
     bound = answer.get("lipschitz_bound") or {}
+    results = answer["results"]
+    single = bool(results) and len(results[0].get("logits") or []) == 1
+    scale, unit = (1.0, "in x") if single else (255.0, "/255")
+    space = "the input's own units" if single else "[0,1] pixel space x 255"
     t = Table(
-        "file",
-        "class",
+        Column("file", no_wrap=True),  # a file name must survive a narrow terminal whole
+        "output f(x)" if single else "class",
         "margin",
-        "certified radius (/255)",
-        "attacked radius (/255)",
-        title=f"model {answer.get('model_id')}: l2 radii in [0,1] pixel space x 255 "
+        f"certified radius ({unit})",
+        f"attacked radius ({unit})",
+        title=f"model {answer.get('model_id')}: l2 radii in {space} "
         f"(bound: gamma={bound.get('gamma')}, {bound.get('kind')})"
         + ("" if bound.get("used") is not None else " NO CERTIFICATE: the verified bound is not a finite number"),
     )
-    for r in answer["results"]:
+    for r in results:
         name = names[r["index"]] if r["index"] < len(names) else str(r["index"])
-        cls = f"{r['predicted']} {r['class_name']}" if r.get("class_name") else str(r["predicted"])
         attacked = r.get("attack_radius_pixel")
         t.add_row(
             name,
-            cls,
+            _output(r, single),
             fmt(r.get("margin"), 4),
-            fmt(255 * r["radius_pixel"], 3),
-            "-" if attacked is None else fmt(255 * attacked, 3),
+            fmt(scale * r["radius_pixel"], 3),
+            "-" if attacked is None else fmt(scale * attacked, 3),
         )
     return t
 
@@ -234,3 +238,12 @@ def sweep_results_table(sw: dict[str, Any]) -> Table:
             j["job_id"], j["role"], point or "-", j["status"], _progress(j), *(fmt(final.get(k), 2) for k in metrics)
         )
     return t
+
+
+def _output(r: dict[str, Any], single: bool) -> str:
+    """The class, or a regression's value and the side of its threshold (f -/+ margin) it is on."""
+    if not single:
+        return f"{r['predicted']} {r['class_name']}" if r.get("class_name") else str(r["predicted"])
+    f, margin = r["logits"][0], r.get("margin") or 0.0
+    above = r["predicted"] == 1
+    return f"{fmt(f, 4)} ({'>' if above else '<='} {fmt(f - margin if above else f + margin, 2)})"

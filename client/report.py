@@ -14,7 +14,7 @@ from typing import Any
 
 from rich.table import Table
 
-from client.results import runs
+from client.results import budget, runs
 
 
 def presets_table(items: list[dict[str, Any]]) -> Table:
@@ -54,14 +54,41 @@ def write_report(preset: dict[str, Any], sweep: dict[str, Any], out: Path) -> li
     out.mkdir(parents=True, exist_ok=True)
     records = runs(sweep)
     counts = ", ".join(f"{n} {k}" for k, n in sorted(sweep["counts"].items()))
+    spent, short = budget(preset, sweep)
     head = [
         f"# {preset['title']}",
         "",
         f"Sweep `{sweep['id']}` ({sweep['status']}: {counts}); {len(records)} trained models used.",
+        "",
+        f"**Budget: {spent}.**"
+        + (" A shorter budget than the paper's: expect lower numbers than its column." if short else ""),
     ]
     if preset.get("note"):
         head += ["", preset["note"]]
     body, pngs = KINDS[preset["kind"]](preset, records, out)
     md = out / "report.md"
-    md.write_text("\n".join(head + [""] + body + [""] + [f"![{p.stem}]({p.name})" for p in pngs]) + "\n")
+    tail = [""] + problems(records, sweep) + [f"![{p.stem}]({p.name})" for p in pngs]
+    md.write_text("\n".join(head + [""] + body + tail) + "\n")
     return [md, *pngs]
+
+
+def problems(records: list[dict[str, Any]], sweep: dict[str, Any]) -> list[str]:
+    """Markdown lines naming each run left out of the tables (collapsed, diverged, at chance, failed)."""
+    from client.render import describe
+
+    def what(spec: dict[str, Any]) -> str:
+        return f"{describe(spec)} seed {spec.get('seed', '-')}"
+
+    lines = [f"- `{r['job_id']}` {what(r['spec'])}: **{r['flag']}**" for r in records if r["flag"]]
+    for j in sweep.get("jobs") or []:
+        if j["role"] == "train" and j["status"] == "failed":
+            err = (j.get("error") or "").splitlines()[0:1] or ["no error message"]
+            kind = "diverged" if "nan" in err[0].lower() or "infinite" in err[0].lower() else "failed"
+            lines.append(f"- `{j['job_id']}` {what(j.get('spec') or {})}: **{kind}** ({err[0][:160]})")
+    if not lines:
+        return []
+    head = (
+        "Runs left out of the numbers above (collapsed: constant output, tightness 0; diverged: NaN or "
+        "infinite values; chance accuracy: learnt nothing). A cell marked `*` averages the other runs."
+    )
+    return [head, "", *lines, ""]

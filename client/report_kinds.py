@@ -16,13 +16,15 @@ from client.results import (
     EPS,
     PAPER_NAME,
     Record,
+    cell,
     gamma_label,
     group,
+    group_flag,
+    healthy,
     layers_in_order,
     mean,
     mean_acc,
     num,
-    pair,
 )
 
 Preset = dict[str, Any]
@@ -87,7 +89,9 @@ def table1(preset: Preset, records: list[Record], out: Path) -> tuple[list[str],
     gammas = sorted({float(g) for _, g in groups} | {float(g) for row in paper.values() for g in row})
     layers = layers_in_order([layer for layer, _ in groups] + list(paper))
     ours = {
-        (layer, g): mean(100 * r["train"]["tightness"] for r in recs if r["train"].get("tightness") is not None)
+        (layer, g): mean(
+            100 * r["train"]["tightness"] for r in healthy(recs) if r["train"].get("tightness") is not None
+        )
         for (layer, g), recs in groups.items()
     }
     lines = [
@@ -98,7 +102,10 @@ def table1(preset: Preset, records: list[Record], out: Path) -> tuple[list[str],
     ]
     for layer in layers:
         # two decimals: a tightness of 99.96 % must not print as 100.0 (it is a lower bound / gamma <= 1)
-        cells = [pair(ours.get((layer, g)), paper.get(layer, {}).get(gamma_label(g)), 2) for g in gammas]
+        cells = [
+            cell(ours.get((layer, g)), paper.get(layer, {}).get(gamma_label(g)), groups.get((layer, g), []), 2)
+            for g in gammas
+        ]
         lines.append(f"| {PAPER_NAME.get(layer, layer)} | " + " | ".join(cells) + " |")
     fig, axes = plt.subplots(1, len(gammas), figsize=(4 * len(gammas), 3.6), sharey=True, squeeze=False)
     xs = range(len(layers))
@@ -132,8 +139,10 @@ def fig4(preset: Preset, records: list[Record], out: Path) -> tuple[list[str], l
     ]
     order = {layer: i for i, layer in enumerate(layers)}
     for (layer, g), a in sorted(acc.items(), key=lambda kv: (order[kv[0][0]], kv[0][1] or 0)):
+        recs = groups[(layer, g)]
         lines.append(
-            f"| {PAPER_NAME.get(layer, layer)} | {'-' if g is None else gamma_label(g)} | {num(a['clean'])} | "
+            f"| {PAPER_NAME.get(layer, layer)} | {'-' if g is None else gamma_label(g)} | "
+            + f"{cell(a['clean'], None, recs)} | "
             + " | ".join(num(a[f"cert_{e}"]) for e in EPS)
             + " | "
             + " | ".join(num(a[f"aa_{e}"]) for e in EPS)
@@ -180,10 +189,11 @@ def fig5(preset: Preset, records: list[Record], out: Path) -> tuple[list[str], l
     fig, ax = plt.subplots(figsize=(6, 4))
     for layer in layers_in_order([k[0] for k in groups]):
         recs = groups[(layer,)]
-        finals = [r["train"].get("test_acc") for r in recs if r["train"].get("test_acc") is not None]
+        finals = [r["train"].get("test_acc") for r in healthy(recs) if r["train"].get("test_acc") is not None]
         sd = statistics.stdev(finals) if len(finals) > 1 else 0.0
-        lines.append(f"| {PAPER_NAME.get(layer, layer)} | {num(mean(finals))} ± {sd:.1f} | {len(recs)} |")
-        by_epoch = _by_epoch(recs)
+        spread = "" if group_flag(recs) else f" ± {sd:.1f}"
+        lines.append(f"| {PAPER_NAME.get(layer, layer)} | {cell(mean(finals), None, recs)}{spread} | {len(recs)} |")
+        by_epoch = _by_epoch(healthy(recs))
         if not by_epoch:
             continue
         ep = sorted(by_epoch)
@@ -222,8 +232,11 @@ def table2(preset: Preset, records: list[Record], out: Path) -> tuple[list[str],
             a, p = acc.get((layer, s), {}), paper.get(layer, {}).get(s, {})
             if not a and not p:
                 continue
-            cells = [pair(a.get("clean"), p.get("clean"))] + [pair(a.get(f"aa_{e}"), p.get(f"aa_{e}")) for e in EPS]
-            runs = len(groups.get((layer, s), []))
+            recs = groups.get((layer, s), [])
+            cells = [cell(a.get("clean"), p.get("clean"), recs)] + [
+                cell(a.get(f"aa_{e}"), p.get(f"aa_{e}"), recs) for e in EPS
+            ]
+            runs = len(recs)
             lines.append(f"| {PAPER_NAME.get(layer, layer)} | {s} | {runs} | " + " | ".join(cells) + " |")
     fig, axes = _radius_panels(len(scales), (4.2 * len(scales), 3.6))
     for ax, s in zip(axes, scales):
@@ -255,8 +268,8 @@ def table3(preset: Preset, records: list[Record], out: Path) -> tuple[list[str],
     for name, p in paper.items():
         if name == label:
             lines.append(
-                f"| {name} | {len(records)} | {pair(mine.get('clean'), p['clean'])} | "
-                f"{pair(mine.get('cert_36'), p['cert_36'])} |"
+                f"| {name} | {len(records)} | {cell(mine.get('clean'), p['clean'], records)} | "
+                f"{cell(mine.get('cert_36'), p['cert_36'], records)} |"
             )
         else:
             lines.append(f"| {name} (paper only) | 0 | - ({num(p['clean'])}) | - ({num(p['cert_36'])}) |")

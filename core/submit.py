@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
@@ -250,6 +251,7 @@ def submit_job(session: Session, *, tenant: str, settings: Settings, ask: JobAsk
                 422,
                 f"model_id: the {spec.get('model')} regression has no classes to attack; evaluate an image classifier",
             )
+        check_dataset(spec, settings)  # its test data must be there: say so now, not after the queue
     elif ask.spec is not None:
         spec, kind = prepare_training(ask.spec, settings), JobKind.train
         check_devices(session, settings, int((ask.resources or {}).get("devices", 1)))
@@ -279,3 +281,30 @@ def record_import(
     return jobs.create_succeeded_job(
         session, tenant=tenant, kind=JobKind.import_, spec=spec.model_dump(mode="json"), result=result, labels=labels
     )
+
+
+def missing_dataset(dataset: str | None, data_dir: Path) -> str | None:
+    """Why a model's known dataset (cifar10, cifar100, tiny_imagenet) cannot be read from `data_dir`,
+    naming the directory and the command that fetches it; None when its folder is there (or the
+    dataset is generated, or a user's folder checked elsewhere). Used at submission and by workers."""
+    from lipcore.data.download import SOURCES
+
+    source = SOURCES.get(dataset or "")
+    if source is None or (data_dir / source.folder).is_dir():
+        return None
+    return (
+        f"dataset {dataset} is not in the data directory {data_dir.absolute()} (LBDN_DATA_DIR; expected its "
+        f"folder {source.folder}/): on the worker's machine run `lbdn download {dataset}`, or copy the "
+        f"folder there ({source.url}, unpacked)"
+    )
+
+
+def check_dataset(spec: Mapping[str, Any], settings: Settings, where: str = "model_id") -> None:
+    """422 when the data an evaluation reads is missing from the server's data dir. An API without
+    a data dir at all (e.g. its volume not mounted) cannot know: the worker says so when it runs."""
+    data_dir = settings.datasets_dir
+    if not data_dir.is_dir():
+        return
+    why = missing_dataset(spec.get("dataset"), data_dir)
+    if why:
+        raise Refused(422, f"{where}: {why}")

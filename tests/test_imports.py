@@ -84,6 +84,7 @@ CORE_MAY_USE = (
     "lipcore.catalog.presets",
     "lipcore.data",
     "lipcore.data.image_folder",
+    "lipcore.data.download",  # the known datasets' folders and URLs, for a missing-data message
     "lipcore.cost",
 )
 

@@ -27,6 +27,7 @@ from core.queue import TASKS
 from core.reaper import PeriodicReaper
 from core.states import JobKind, JobState
 from core.store import Job, init_db, jobs, leases, transaction
+from core.submit import missing_dataset
 from core.sweep_submit import advance_sweeps
 from lipcore.rundir import EVAL, MODEL, write_json
 from worker import devices, registry  # noqa: F401  (registry: signal handlers)
@@ -170,6 +171,8 @@ def _train(context: TaskContext, job: Job, reporter: Reporter) -> tuple[JobState
     from worker.multi import train_on
 
     settings, store = context.settings, reporter.artifacts
+    if why := missing_dataset(job.spec.get("dataset"), settings.datasets_dir):
+        return JobState.failed, {"error": why}  # the directory and the command, not a library call
     run_dir = settings.job_dir(job.id)
     # resume=True inside: a job picked up again after its worker died continues from its checkpoint,
     # the store's (worker.artifacts), wherever it was written
@@ -202,6 +205,8 @@ def _evaluate(context: TaskContext, job: Job, reporter: Reporter) -> tuple[JobSt
         model_path = store.local_path(job.model_id or "", MODEL)
     except (FileNotFoundError, ValueError):  # ValueError: no model id
         return JobState.failed, {"error": f"the model {job.model_id} has no weights file (deleted?)"}
+    if why := missing_dataset((job.spec or {}).get("dataset"), settings.datasets_dir):
+        return JobState.failed, {"error": why}
     params = job.params or {}
     out = settings.job_dir(job.id)
     out.mkdir(parents=True, exist_ok=True)
@@ -250,6 +255,9 @@ def _stop_running_jobs(**_: Any) -> None:
     _MAIN_STOPPING[0] = True  # a plain flag: this runs in a signal handler, maybe amid is_set() below
     threading.Thread(target=SHUTTING_DOWN.set, name="lbdn-shutdown", daemon=True).start()
     for child in active_children():
+        # a deliberate stop, as billiard's own terminate_job marks it: an idle child that dies of this
+        # signal is no error to log ("Process ... exited with 'signal 15 (SIGTERM)'" on every stop)
+        child._controlled_termination = True
         try:
             os.kill(child.pid, signal.SIGTERM)
         except ProcessLookupError:

@@ -50,10 +50,13 @@ function toyInputs(onValues) {
   });
   return h("div", { class: "row" }, h("label", {}, "inputs x in [-2, 2]: ", values), go);
 }
-function certifyLegend() {
+function certifyLegend(isImage) {
   return h("p", { class: "muted small" },
-    "Radii are l2 distances in [0, 1] pixel space, shown in units of 1/255. ",
-    h("span", { class: "swatch certified" }), " certified: no perturbation this small changes the class (from the Lipschitz bound). ",
+    isImage ? "Radii are l2 distances in [0, 1] pixel space, shown in units of 1/255. "
+      : "Radii are distances in the input x itself (its own units, no pixel scaling). ",
+    h("span", { class: "swatch certified" }), isImage
+      ? " certified: no perturbation this small changes the class (from the Lipschitz bound). "
+      : " certified: no perturbation this small moves the output f(x) across the 0.5 threshold (from the Lipschitz bound). ",
     h("span", { class: "swatch gap" }), " the true distance to the decision boundary lies in [certified, attacked]; ",
     "the attacked radius is the smallest adversarial perturbation found.");
 }
@@ -76,9 +79,9 @@ async function modelPage(view, id, signal) {
   view.append(
     inputArea,
     h("div", { class: "row" }, h("label", { class: "check" }, attack, h("span", {}, "also attack (upper bound on the distance; slower)")), busy),
-    certifyLegend(),
+    certifyLegend(isImage),
     h("table", { class: "jobs certify", id: "certify-table" },
-      h("thead", {}, h("tr", {}, ["input", "", "class", "margin", "certified", "attacked"]
+      h("thead", {}, h("tr", {}, ["input", "", isImage ? "class" : "output f(x)", "margin", "certified", "attacked"]
         .map((t) => h("th", {}, t)), barHead)),
       results),
   );
@@ -128,6 +131,14 @@ function rescaleBars(tbody, head, unit) {
   }
   head.textContent = `distance to the boundary (bar: 0 – ${fmt(top, 2)}${unit})`;
 }
+// A class, or for a single-output regression (the Toy) its value f(x) and the side of the
+// threshold it is certified on (threshold = f -/+ margin: the API gives f, side and margin).
+function outputLabel(r) {
+  if (r.logits.length !== 1) return r.class_name ? `${r.class_name} (${r.predicted})` : String(r.predicted);
+  const f = r.logits[0];
+  const threshold = r.predicted === 1 ? f - r.margin : f + r.margin;
+  return `${fmt(f, 4)} (${r.predicted === 1 ? ">" : "≤"} ${fmt(threshold, 2)})`;
+}
 function certRow(r, input, scale, unit, attacked) {
   const cert = r.radius_pixel * scale;
   const att = r.attack_radius_pixel === null || r.attack_radius_pixel === undefined ? null : r.attack_radius_pixel * scale;
@@ -137,7 +148,7 @@ function certRow(r, input, scale, unit, attacked) {
   return h("tr", { class: "cert-row" },
     h("td", { class: "mono small" }, input.name),
     h("td", {}, input.thumb ? h("img", { src: input.thumb, class: "thumb", alt: "" }) : null),
-    h("td", { class: "class" }, r.predicted < 0 ? "not finite" : (r.class_name ? `${r.class_name} (${r.predicted})` : String(r.predicted))),
+    h("td", { class: "class" }, r.predicted < 0 ? "not finite" : outputLabel(r)),
     h("td", {}, fmt(r.margin, 4)),
     h("td", { class: "radius", title: `model-input space (after normalisation): ${fmt(r.radius, 4)}` }, `${fmt(cert, 2)}${unit}`),
     h("td", { class: "attack" }, att === null ? (attacked ? "none found" : "not run") : `${fmt(att, 2)}${unit}`),

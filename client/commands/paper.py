@@ -209,6 +209,11 @@ def cmd_paper_run(c: Client, ui: Ui, a: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             ui.err.print(f"detached: sweep {sw['id']} keeps running")
             return EXIT_DETACHED
+        counts = ", ".join(f"{n} {k}" for k, n in sorted(sw["counts"].items()))
+        # the bar alone ends the command: say what to do with the results
+        (ui.err if ui.as_json else ui.out).print(
+            f"sweep {sw['id']} {sw['status']} ({counts}); the report: lbdn paper report {a.name} --sweep {sw['id']}"
+        )
     if ui.as_json:
         ui.json(sw)
     return EXIT_OK if sw["status"] in ("running", "succeeded") else EXIT_FAILED

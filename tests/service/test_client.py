@@ -222,12 +222,12 @@ def test_every_client_command_against_a_real_service(service_factory, tmp_path: 
     assert json.loads((out / "spec.json").read_text())["model"] == "Toy"
     assert job in lbdn(url, "models").stdout
 
-    # certify: the table of file, class, margin, certified and attacked radius (pixel /255 units)
+    # certify: the table of file, output, margin, certified and attacked radius (the Toy: x's own units)
     inputs = tmp_path / "points.npy"
     np.save(inputs, np.array([[0.3], [-1.2]], dtype=np.float32))
     cert = lbdn(url, "certify", job, str(inputs), "--attack")
     assert cert.returncode == 0, cert.stderr
-    for header in ("file", "class", "margin", "certified radius (/255)", "attacked radius (/255)"):
+    for header in ("file", "output f(x)", "margin", "certified radius (in x)", "attacked radius (in x)"):
         assert header in cert.stdout
     assert "points.npy[0]" in cert.stdout and "points.npy[1]" in cert.stdout
     answer = json.loads(lbdn(url, "certify", job, str(inputs), "--json").stdout)

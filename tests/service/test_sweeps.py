@@ -141,10 +141,12 @@ def test_table1_run_and_report(service_factory, tmp_path: Path) -> None:
     rep = lbdn(svc.url, "paper", "report", "table1", "--out", str(out))
     assert rep.returncode == 0, rep.stdout + rep.stderr
     md = (out / "report.md").read_text()
-    assert "12 trained models used" in md
+    assert "12 trained models used" in md and "1 of the paper's 200 epochs" in md
     for layer, paper in (("Sandwich", "99.9"), ("SLL", "67.9"), ("Orthogonal (Cayley)", "74.1"), ("AOL", "45.2")):
         row = next(line for line in md.splitlines() if line.startswith(f"| {layer} |"))
-        assert f"({paper})" in row and re.search(r"\| \d+\.\d\d \(", row), row  # ours beside the paper's
+        # ours beside the paper's; after one epoch AOL's output is constant (tightness 0): flagged, not compared
+        ours = re.search(r"\| \d+\.\d\d\*? \(", row) or (layer == "AOL" and "| **collapsed** (" in row)
+        assert f"({paper})" in row and ours, row
     assert (out / "table1.png").read_bytes().startswith(PNG)
     assert "![table1](table1.png)" in md
 
