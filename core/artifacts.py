@@ -27,6 +27,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,9 +127,17 @@ class LocalArtifacts:
         return len(found)
 
 
+def _touch(path: Path) -> None:
+    """Mark a cached file recently used: its access time only. Its modification time is what
+    readers key on (ModelCache, the export next to it), so changing it would look like new content."""
+    st = path.stat()
+    os.utime(path, ns=(time.time_ns(), st.st_mtime_ns))
+
+
 class DownloadCache:
     """Downloaded objects on this host's disk, keyed by (key, ETag), at most `max_bytes` in all
-    (least recently used first out; a file larger than the whole cache is still kept, alone)."""
+    (least recently used, by access time, first out; a file larger than the whole cache is still
+    kept, alone)."""
 
     def __init__(self, root: Path, max_bytes: int) -> None:
         self.root = Path(root)
@@ -142,7 +151,7 @@ class DownloadCache:
     def fill(self, key: str, etag: str, chunks: Iterator[bytes]) -> Path:
         dest = self.path_for(key, etag)
         if dest.is_file():
-            os.utime(dest)  # recently used
+            _touch(dest)
             return dest
         dest.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=dest.parent, suffix=".part")
@@ -159,7 +168,7 @@ class DownloadCache:
     def _evict(self, keep: Path) -> None:
         with self._lock:
             files = [p for p in self.root.glob("*/*") if p.is_file() and not p.name.endswith(".part")]
-            files.sort(key=lambda p: p.stat().st_mtime)
+            files.sort(key=lambda p: p.stat().st_atime_ns)
             total = sum(p.stat().st_size for p in files)
             for p in files:
                 if total <= self.max_bytes:
@@ -225,7 +234,7 @@ class S3Artifacts:
             raise FileNotFoundError(f"job {job_id} has no artifact {name!r}")
         cached = self.cache.path_for(self._key(job_id, name), info.etag)
         if cached.is_file():
-            os.utime(cached)
+            _touch(cached)
             return cached
         return self.cache.fill(self._key(job_id, name), info.etag, self.stream(job_id, name))
 
