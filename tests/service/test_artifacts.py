@@ -127,7 +127,7 @@ def test_the_s3_download_cache_is_bounded_and_downloads_once(s3_endpoint: str, t
         store.local_path("j", f"m{i}")
     store.put("j", "m3", _file(tmp_path, "m3", b"\x03" * 1_500))
     store.local_path("j", "m3")
-    cached = [p for p in (tmp_path / "cache").glob("*/*") if p.is_file()]
+    cached = [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
     assert sum(p.stat().st_size for p in cached) <= 3_000
     assert store.local_path("j", "m3").read_bytes() == b"\x03" * 1_500
 

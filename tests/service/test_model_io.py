@@ -150,6 +150,13 @@ def test_export_onnx_certifies_like_the_service(client):
     assert client.get(f"/v1/models/{mid}/export", params={"format": "tf"}).status_code == 422
     r = client.get(f"/v1/models/{mid}/export", params={"format": "torch"})
     assert r.status_code == 200 and len(r.content) > 1000
+    # exports are the job's artifacts on either backend, and deleting it forgets its loaded model
+    listed = {i["name"] for i in client.get(f"/v1/jobs/{mid}/artifacts").json()["items"]}
+    assert {"model.safetensors", "model.onnx", "model.pt2"} <= listed
+    services = client.app.state.services
+    assert len(services.model_cache) == 1
+    assert client.delete(f"/v1/jobs/{mid}").status_code == 204
+    assert len(services.model_cache) == 0 and services.artifacts.list(mid) == []
 
 
 @pytest.mark.artifacts
