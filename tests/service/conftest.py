@@ -153,7 +153,7 @@ def backend_overrides(artifact_backend: str, request: pytest.FixtureRequest) -> 
     if artifact_backend == "local":
         return {}
     return {
-        "artifacts": f"s3://lbdn/t{RUN_ID}-{secrets.token_hex(4)}",
+        "artifacts": _new_prefix(),
         "s3_endpoint": request.getfixturevalue("s3_server"),
         "s3_region": "us-east-1",
         "s3_access_key_id": "testing",
@@ -161,11 +161,20 @@ def backend_overrides(artifact_backend: str, request: pytest.FixtureRequest) -> 
     }
 
 
+def _new_prefix() -> str:
+    return f"s3://lbdn/t{RUN_ID}-{secrets.token_hex(4)}"
+
+
 @pytest.fixture
 def settings_for(backend_overrides: dict[str, str]):
     """settings_for(tmp_path, **overrides) -> Settings of one test (see make_settings), on the
-    test's artifact backend."""
-    return lambda tmp_path, **overrides: make_settings(tmp_path, **{**backend_overrides, **overrides})
+    test's artifact backend; each call's S3 prefix is its own, as each tmp_path's LBDN_HOME is."""
+
+    def make(tmp_path: Path, **overrides) -> Settings:
+        fresh = {"artifacts": _new_prefix()} if backend_overrides else {}
+        return make_settings(tmp_path, **{**backend_overrides, **fresh, **overrides})
+
+    return make
 
 
 def make_settings(tmp_path: Path, **overrides) -> Settings:
