@@ -47,10 +47,12 @@ class ModelCache:
         return loaded
 
     def forget(self, folder: Path) -> None:
-        """Drop every model loaded from under `folder` (its job was deleted)."""
-        prefix = str(folder)
+        """Drop every model of the deleted job whose folder is `folder` (LBDN_HOME/jobs/<id>): those
+        loaded from under it (local store) and from the S3 download cache's folder of that job id
+        (core.artifacts.DownloadCache: `artifact-cache/<id>/...`)."""
+        prefix, job_id = str(folder), Path(folder).name
         with self._lock:
-            for key in [k for k in self._lru if k[0].startswith(prefix)]:
+            for key in [k for k in self._lru if k[0].startswith(prefix) or job_id in Path(k[0]).parts]:
                 del self._lru[key]
 
     def __len__(self) -> int:

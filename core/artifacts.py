@@ -27,6 +27,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,23 +127,33 @@ class LocalArtifacts:
         return len(found)
 
 
+def _touch(path: Path) -> None:
+    """Mark a cached file recently used: its access time only. Its modification time is what
+    readers key on (ModelCache, the export next to it), so changing it would look like new content."""
+    st = path.stat()
+    os.utime(path, ns=(time.time_ns(), st.st_mtime_ns))
+
+
 class DownloadCache:
     """Downloaded objects on this host's disk, keyed by (key, ETag), at most `max_bytes` in all
-    (least recently used first out; a file larger than the whole cache is still kept, alone)."""
+    (least recently used, by access time, first out; a file larger than the whole cache is still
+    kept, alone)."""
 
     def __init__(self, root: Path, max_bytes: int) -> None:
         self.root = Path(root)
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
 
-    def path_for(self, key: str, etag: str) -> Path:
+    def path_for(self, key: str, etag: str, group: str = "") -> Path:
+        """`root/<group>/<digest of key and etag>/<key's file name>`; `group` (a job id) lets a
+        job's copies be found by its id (ModelCache.forget) and removed together (drop)."""
         digest = hashlib.sha256(f"{key}\0{etag}".encode()).hexdigest()[:32]
-        return self.root / digest / Path(key).name
+        return self.root / _check_name(group or "_") / digest / Path(key).name
 
-    def fill(self, key: str, etag: str, chunks: Iterator[bytes]) -> Path:
-        dest = self.path_for(key, etag)
+    def fill(self, key: str, etag: str, chunks: Iterator[bytes], group: str = "") -> Path:
+        dest = self.path_for(key, etag, group)
         if dest.is_file():
-            os.utime(dest)  # recently used
+            _touch(dest)
             return dest
         dest.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=dest.parent, suffix=".part")
@@ -156,10 +167,14 @@ class DownloadCache:
         self._evict(keep=dest)
         return dest
 
+    def drop(self, group: str) -> None:
+        """Remove every cached copy of `group` (its job was deleted)."""
+        shutil.rmtree(self.root / _check_name(group), ignore_errors=True)
+
     def _evict(self, keep: Path) -> None:
         with self._lock:
-            files = [p for p in self.root.glob("*/*") if p.is_file() and not p.name.endswith(".part")]
-            files.sort(key=lambda p: p.stat().st_mtime)
+            files = [p for p in self.root.glob("*/*/*") if p.is_file() and not p.name.endswith(".part")]
+            files.sort(key=lambda p: p.stat().st_atime_ns)
             total = sum(p.stat().st_size for p in files)
             for p in files:
                 if total <= self.max_bytes:
@@ -223,11 +238,11 @@ class S3Artifacts:
         info = self.head(job_id, name)
         if info is None:
             raise FileNotFoundError(f"job {job_id} has no artifact {name!r}")
-        cached = self.cache.path_for(self._key(job_id, name), info.etag)
+        cached = self.cache.path_for(self._key(job_id, name), info.etag, job_id)
         if cached.is_file():
-            os.utime(cached)
+            _touch(cached)
             return cached
-        return self.cache.fill(self._key(job_id, name), info.etag, self.stream(job_id, name))
+        return self.cache.fill(self._key(job_id, name), info.etag, self.stream(job_id, name), job_id)
 
     def delete(self, job_id: str) -> int:
         import obstore
@@ -235,6 +250,7 @@ class S3Artifacts:
         keys = [self._key(job_id, a.name) for a in self.list(job_id)]
         if keys:
             obstore.delete(self.store, keys)
+        self.cache.drop(job_id)  # this host's copies; other hosts' go as their caches evict
         return len(keys)
 
 

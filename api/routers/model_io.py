@@ -274,18 +274,27 @@ def export_model(
 ) -> FileResponse:
     weights = model_weights(services.artifacts, model.id)
     name, media = EXPORTS[format]
-    # Exported once per weights file, next to it: in the job's folder (local store, where it is then
-    # listed as an artifact) or in this host's download cache, whose folder is the object version's
-    # (S3). A rewritten model.safetensors is exported afresh.
+    # Exported once per weights file and host, next to it: in the job's folder (local store, where it
+    # is then listed as an artifact) or in this host's download cache, whose folder is the object
+    # version's (S3; _export also stores it). A rewritten model.safetensors is exported afresh.
     out = weights.with_name(name)
     if not out.is_file() or out.stat().st_mtime_ns < weights.stat().st_mtime_ns:
-        try:
-            from lipcore import export
-        except ImportError as e:  # the `export` extra is not installed
-            raise HTTPException(501, f"export needs the 'export' extra (onnx, onnxruntime): {e}") from None
-        loaded = services.model_cache.get(weights)
-        try:
-            (export.to_onnx if format == "onnx" else export.to_torch)(loaded, out)
-        except ImportError as e:
-            raise HTTPException(501, f"export needs the 'export' extra (onnx, onnxruntime): {e}") from None
+        _export(services, model.id, weights, format, out)
     return FileResponse(out, media_type=media, filename=f"{model.id}.{name.split('.')[-1]}")
+
+
+def _export(services: AppServices, model_id: str, weights: Path, format: str, out: Path) -> None:
+    """Write the export of `weights` to `out`; on S3 also store it beside the model, so that it is
+    listed among the job's artifacts (as it is in the job's folder on the local store) and goes
+    with the job's other objects when the job is deleted."""
+    try:
+        from lipcore import export
+    except ImportError as e:  # the `export` extra is not installed
+        raise HTTPException(501, f"export needs the 'export' extra (onnx, onnxruntime): {e}") from None
+    loaded = services.model_cache.get(weights)
+    try:
+        (export.to_onnx if format == "onnx" else export.to_torch)(loaded, out)
+    except ImportError as e:
+        raise HTTPException(501, f"export needs the 'export' extra (onnx, onnxruntime): {e}") from None
+    if services.artifacts.remote:
+        services.artifacts.put(model_id, out.name, out)

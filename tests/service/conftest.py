@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import os
 import secrets
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
 from core.settings import Settings
 from core.store import init_db, make_engine, session_factory
@@ -23,6 +25,18 @@ from tests.waiting import wait_until
 PG_ADMIN = os.environ.get("LBDN_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("LBDN_TEST_REDIS", "redis://127.0.0.1:6379/0")
 RUN_ID = secrets.token_hex(4)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "artifacts: touches jobs' files; runs on both artifact backends (local folder, loopback S3)"
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    # only tests marked `artifacts` run twice: everything else keeps the local store (and its time)
+    if metafunc.definition.get_closest_marker("artifacts") and "artifact_backend" in metafunc.fixturenames:
+        metafunc.parametrize("artifact_backend", ["local", "s3"], indirect=True)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -112,9 +126,55 @@ def store(db_url: str):
 
 
 @pytest.fixture(scope="session")
-def settings_for():
-    """settings_for(tmp_path, **overrides) -> Settings of one test (see make_settings)."""
-    return make_settings
+def s3_server() -> Iterator[str]:
+    """A moto S3 server on a free loopback port for the session (a real S3-protocol HTTP server),
+    with the bucket `lbdn` made; each test keeps its files under a prefix of its own."""
+    import httpx
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    url = f"http://{host}:{port}"
+    httpx.put(f"{url}/lbdn").raise_for_status()  # CreateBucket (moto does not check signatures)
+    yield url
+    server.stop()
+
+
+@pytest.fixture
+def artifact_backend(request: pytest.FixtureRequest) -> str:
+    """'local' (LBDN_HOME/jobs), or 's3' in tests marked `artifacts` (their second run)."""
+    return str(getattr(request, "param", "local"))
+
+
+@pytest.fixture
+def backend_overrides(artifact_backend: str, request: pytest.FixtureRequest) -> dict[str, str]:
+    """The settings that put this test's jobs' files on its artifact backend (none for local)."""
+    if artifact_backend == "local":
+        return {}
+    return {
+        "artifacts": _new_prefix(),
+        "s3_endpoint": request.getfixturevalue("s3_server"),
+        "s3_region": "us-east-1",
+        "s3_access_key_id": "testing",
+        "s3_secret_access_key": "testing",
+    }
+
+
+def _new_prefix() -> str:
+    return f"s3://lbdn/t{RUN_ID}-{secrets.token_hex(4)}"
+
+
+@pytest.fixture
+def settings_for(backend_overrides: dict[str, str]):
+    """settings_for(tmp_path, **overrides) -> Settings of one test (see make_settings), on the
+    test's artifact backend; each call's S3 prefix is its own, as each tmp_path's LBDN_HOME is."""
+
+    def make(tmp_path: Path, **overrides) -> Settings:
+        fresh = {"artifacts": _new_prefix()} if backend_overrides else {}
+        return make_settings(tmp_path, **{**backend_overrides, **fresh, **overrides})
+
+    return make
 
 
 def make_settings(tmp_path: Path, **overrides) -> Settings:
@@ -135,8 +195,8 @@ def make_settings(tmp_path: Path, **overrides) -> Settings:
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return make_settings(tmp_path)
+def settings(tmp_path: Path, backend_overrides: dict[str, str]) -> Settings:
+    return make_settings(tmp_path, **backend_overrides)
 
 
 @pytest.fixture
@@ -183,15 +243,25 @@ def save_trained_model(app, tenant: str, spec: dict, *, classes=None, mean=(0.0,
         leases.acquire(s, job.id, "test", 60)
         leases.finish(s, job.id, "test", "succeeded", result={"test_acc": 12.5, "cert_acc_36": 3.0})
     torch.manual_seed(0)
-    save_model(
-        app.state.services.settings.job_dir(job.id) / "model.safetensors",
-        build(es),
-        es,
-        classes=classes,
-        mean=mean,
-        std=std,
-    )
+    with tempfile.TemporaryDirectory() as tmp:
+        staged = Path(tmp) / "model.safetensors"
+        save_model(staged, build(es), es, classes=classes, mean=mean, std=std)
+        app.state.services.artifacts.put(job.id, "model.safetensors", staged)  # local folder or S3
     return job.id
+
+
+def stored_jobs(settings: Settings) -> list[str]:
+    """The ids of jobs that have files in the settings' artifact store (local folder or S3 prefix)."""
+    store = settings.artifact_store()
+    if not store.remote:
+        return sorted(p.name for p in settings.jobs_dir.iterdir()) if settings.jobs_dir.is_dir() else []
+    import obstore
+
+    from core.artifacts import S3Artifacts
+
+    assert isinstance(store, S3Artifacts)
+    found = obstore.list_with_delimiter(store.store, store.prefix + "/")
+    return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in found["common_prefixes"])
 
 
 # ---- real processes: `lbdn api` (uvicorn) and `lbdn worker` (Celery) ----------------------------
@@ -251,6 +321,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
     """The environment that gives a subprocess exactly these settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("LBDN_")}
     for name, value in settings.model_dump().items():
+        if isinstance(value, SecretStr):  # str() of one is its mask, '**********'
+            value = value.get_secret_value()
         if value is not None:
             env[f"LBDN_{name.upper()}"] = str(value)
     env["PYTHONUNBUFFERED"] = "1"
@@ -292,7 +364,7 @@ class Service:
 
 
 @pytest.fixture
-def service_factory(tmp_path: Path, request: pytest.FixtureRequest):
+def service_factory(tmp_path: Path, request: pytest.FixtureRequest, backend_overrides: dict[str, str]):
     """service_factory(broker='redis'|'embedded', db='postgres'|'sqlite', **settings) -> Service."""
 
     def make(broker: str, db: str, **overrides) -> Service:
@@ -301,7 +373,7 @@ def service_factory(tmp_path: Path, request: pytest.FixtureRequest):
             urls["broker_url"] = request.getfixturevalue("redis_url")
         if db == "postgres":
             urls["database_url"] = request.getfixturevalue("own_pg_url")
-        settings = make_settings(tmp_path, **{**urls, **overrides})
+        settings = make_settings(tmp_path, **{**backend_overrides, **urls, **overrides})
         logs = tmp_path / "logs"
         logs.mkdir(exist_ok=True)
         svc = Service(settings, logs)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 TOY = {"model": "Toy", "layer": "Sandwich", "epochs": 5}
 KWL = {"model": "KWL", "layer": "Sandwich", "scale": "small", "dataset": "cifar10", "epochs": 1}
 
@@ -14,6 +16,7 @@ def submit(client, spec=TOY, headers=None):
     return client.post("/v1/jobs", json={"kind": "train", "spec": spec}, headers=headers or {})
 
 
+@pytest.mark.artifacts
 def test_submit_get_list_cancel_delete(client):
     r = submit(client)
     assert r.status_code == 201, r.text
@@ -51,6 +54,7 @@ def test_idempotency_key(client):
     assert submit(client, headers={"Idempotency-Key": "retry-2"}).json()["id"] != a.json()["id"]
 
 
+@pytest.mark.artifacts
 def test_keys_and_tenant_isolation(client, add_key, trained_model):
     app = client.app
     open_job = submit(client).json()["id"]  # no key configured yet: the open tenant

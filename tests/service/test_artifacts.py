@@ -4,27 +4,17 @@ server (moto's server mode on loopback, the one obstore's own tests run against)
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from core.artifacts import ArtifactStore, LocalArtifacts, open_store
 
 
 @pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    """A moto S3 server on a free loopback port for this module, with the bucket `lbdn` made."""
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    url = f"http://{host}:{port}"
-    httpx.put(f"{url}/lbdn").raise_for_status()  # CreateBucket (moto does not check signatures)
-    yield url
-    server.stop()
+def s3_endpoint(s3_server: str) -> str:
+    """The session's moto S3 server (tests/service/conftest.py), with the bucket `lbdn` made."""
+    return s3_server
 
 
 def _s3(endpoint: str, tmp: Path, prefix: str, cache_bytes: int = 1 << 30) -> ArtifactStore:
@@ -127,7 +117,7 @@ def test_the_s3_download_cache_is_bounded_and_downloads_once(s3_endpoint: str, t
         store.local_path("j", f"m{i}")
     store.put("j", "m3", _file(tmp_path, "m3", b"\x03" * 1_500))
     store.local_path("j", "m3")
-    cached = [p for p in (tmp_path / "cache").glob("*/*") if p.is_file()]
+    cached = [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
     assert sum(p.stat().st_size for p in cached) <= 3_000
     assert store.local_path("j", "m3").read_bytes() == b"\x03" * 1_500
 

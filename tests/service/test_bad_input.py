@@ -136,13 +136,14 @@ CASES = [
 
 
 @pytest.fixture(scope="module")
-def table_client(tmp_path_factory, settings_for, trained_model):
+def table_client(tmp_path_factory, trained_model):
     """One app for the whole table, with small limits so the size cases are cheap."""
     from fastapi.testclient import TestClient
 
     from api.main import create_app
+    from tests.service.conftest import make_settings  # (settings_for is per test: its artifact backend)
 
-    settings = settings_for(tmp_path_factory.mktemp("bad"), max_upload_bytes=256_000, max_certify_inputs=8)
+    settings = make_settings(tmp_path_factory.mktemp("bad"), max_upload_bytes=256_000, max_certify_inputs=8)
     with TestClient(create_app(settings)) as client:
         app = client.app
         ids = {

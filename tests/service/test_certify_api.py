@@ -11,6 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
+pytestmark = pytest.mark.artifacts  # every test certifies a stored model: on both backends
+
 KWL = {"model": "KWL", "layer": "Sandwich", "scale": "small", "dataset": "cifar10", "epochs": 1, "gamma": 2.0}
 MEAN, STD = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
 CLASSES = [f"c{i}" for i in range(10)]
@@ -45,7 +47,7 @@ def test_png_json_and_npy_agree_with_lipcore(client, kwl):
     bound = by_png["lipschitz_bound"]
     assert (bound["gamma"], bound["kind"]) == (2.0, "sqrt2*gamma")
     assert 0 < bound["verified"] <= 2.0 * (1 + 1e-9) and bound["used"] == max(2.0, bound["verified"])
-    loaded = load_model(client.app.state.services.settings.job_dir(kwl) / "model.safetensors")
+    loaded = load_model(client.app.state.services.artifacts.local_path(kwl, "model.safetensors"))
     xm = (torch.from_numpy(x) - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
     with torch.no_grad():
         logits = loaded.model(xm).double()

@@ -18,6 +18,7 @@ from api.main import create_app
 from bench.abuse_payloads import zip_bomb
 from tests.conftest import SHARED
 from tests.fakedata import write_folder
+from tests.service.conftest import stored_jobs
 from tests.waiting import wait_until
 
 TOY_DIR = SHARED / "paper-checkpoints" / "square_wave" / "Toy-Aol-small-gamma5.0"
@@ -75,6 +76,7 @@ def _kwl_safetensors(tmp_path: Path, spec: dict) -> bytes:
     return path.read_bytes()
 
 
+@pytest.mark.artifacts
 def test_import_spec_is_the_forms_and_keeps_the_data_path_rule(client, tmp_path):
     outside = tmp_path / "outside"
     write_folder(outside, {f"c{i}": 1 for i in range(10)}, test={f"c{i}": 1 for i in range(10)})
@@ -110,6 +112,7 @@ def own_db(request, tmp_path) -> str:
     return request.getfixturevalue("own_pg_url")
 
 
+@pytest.mark.artifacts
 def test_import_rate_and_bytes_are_limited_per_tenant_across_processes(settings_for, tmp_path, add_key, own_db):
     ckpt = (TOY_DIR / "model.ckpt").read_bytes()
     settings = settings_for(tmp_path, database_url=own_db, imports_per_minute=2, max_import_bytes_per_tenant=10 * 2**20)
@@ -140,7 +143,7 @@ def test_import_rate_and_bytes_are_limited_per_tenant_across_processes(settings_
         assert r.status_code == 429 and "LBDN_MAX_IMPORT_BYTES_PER_TENANT" in r.json()["detail"]
         assert "Retry-After" in r.headers
         assert len(c.get("/v1/models").json()["items"]) == 1  # nothing of the refused one was kept
-        assert sorted(p.name for p in small.jobs_dir.iterdir()) == [first.json()["id"]]
+        assert stored_jobs(small) == [first.json()["id"]]
         assert c.delete(f"/v1/jobs/{first.json()['id']}").status_code == 204  # deleting makes room
         assert _import(c, ckpt, TOY).status_code == 201
 
@@ -156,6 +159,7 @@ def test_deeply_nested_spec_is_a_422_naming_spec(client):
 
 
 @pytest.mark.slow
+@pytest.mark.artifacts
 def test_sigterm_with_an_upload_in_flight_stops_cleanly(service_factory):
 
     svc = service_factory("embedded", "sqlite")
@@ -189,5 +193,4 @@ def test_sigterm_with_an_upload_in_flight_stops_cleanly(service_factory):
     assert "Traceback" not in log and " 500 " not in log, log[-3000:]
     assert answer.startswith("HTTP/1.1 503"), answer  # the client is told to send it again
     assert "retry-after: 10" in answer.lower()
-    jobs_dir = svc.settings.jobs_dir
-    assert not jobs_dir.exists() or not any(jobs_dir.iterdir()), list(jobs_dir.iterdir())
+    assert stored_jobs(svc.settings) == []

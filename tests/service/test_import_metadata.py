@@ -11,6 +11,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from tests.service.conftest import stored_jobs
+
 TOY = {"model": "Toy", "layer": "Sandwich", "gamma": 2.0}
 
 
@@ -45,8 +47,8 @@ def import_file(client, data: bytes, spec: dict | None = None):
     )
 
 
-def _model_files(settings) -> list[Path]:
-    return sorted(Path(settings.jobs_dir).rglob("model.safetensors"))
+def _model_files(settings) -> list[str]:
+    return stored_jobs(settings)
 
 
 @pytest.mark.parametrize(
@@ -61,6 +63,7 @@ def _model_files(settings) -> list[Path]:
     ],
     ids=["classes=5", "mean=5", "classes=[1,2]", "classes=[null]", "std=[x]", "std=[-1]"],
 )
+@pytest.mark.artifacts
 def test_bad_metadata_is_a_422_naming_the_field_and_saves_nothing(client, settings, tmp_path, field, value, words):
     before = _model_files(settings)
     r = import_file(client, toy_file(tmp_path, **{field: value}))
@@ -72,6 +75,7 @@ def test_bad_metadata_is_a_422_naming_the_field_and_saves_nothing(client, settin
     assert models.status_code == 200 and models.json()["items"] == []
 
 
+@pytest.mark.artifacts
 def test_good_metadata_imports_and_certifies(client, tmp_path):
     r = import_file(client, toy_file(tmp_path, std=(50.0,)))
     assert r.status_code == 201, r.text

@@ -36,6 +36,7 @@ def _import(client, data: bytes, spec: dict | str, name: str = "model.ckpt", hea
 
 
 @pytest.mark.parametrize("entry", CHECKPOINTS, ids=lambda e: e["dir"].split("/")[-1])
+@pytest.mark.artifacts
 def test_import_then_certify_gives_the_paper_logits(client, entry):
     folder = PAPER / entry["dir"]
     r = _import(client, (folder / "model.ckpt").read_bytes(), _spec(entry))
@@ -66,6 +67,7 @@ def test_import_then_certify_gives_the_paper_logits(client, entry):
     assert body["lipschitz_bound"]["gamma"] >= entry["gamma"]  # raised, never lowered (SLL)
 
 
+@pytest.mark.artifacts
 def test_import_refuses_a_code_running_pickle_and_runs_nothing(client, tmp_path: Path):
     marker = tmp_path / "code-ran"
 
@@ -101,6 +103,7 @@ def test_import_bad_inputs_are_named(client):
     assert r.status_code == 422 and "checkpoint" in r.json()["detail"]
 
 
+@pytest.mark.artifacts
 def test_import_respects_upload_limit_and_tenants(settings_for, tmp_path, add_key):
     from fastapi.testclient import TestClient
 
@@ -122,6 +125,7 @@ def test_import_respects_upload_limit_and_tenants(settings_for, tmp_path, add_ke
         assert c.get(f"/v1/models/{mid}/export", headers=bob_h).status_code == 404
 
 
+@pytest.mark.artifacts
 def test_export_onnx_certifies_like_the_service(client):
     from lipcore.export import certify_onnx, read_onnx_metadata
 
@@ -146,8 +150,16 @@ def test_export_onnx_certifies_like_the_service(client):
     assert client.get(f"/v1/models/{mid}/export", params={"format": "tf"}).status_code == 422
     r = client.get(f"/v1/models/{mid}/export", params={"format": "torch"})
     assert r.status_code == 200 and len(r.content) > 1000
+    # exports are the job's artifacts on either backend, and deleting it forgets its loaded model
+    listed = {i["name"] for i in client.get(f"/v1/jobs/{mid}/artifacts").json()["items"]}
+    assert {"model.safetensors", "model.onnx", "model.pt2"} <= listed
+    services = client.app.state.services
+    assert len(services.model_cache) == 1
+    assert client.delete(f"/v1/jobs/{mid}").status_code == 204
+    assert len(services.model_cache) == 0 and services.artifacts.list(mid) == []
 
 
+@pytest.mark.artifacts
 def test_evaluate_jobs_accept_an_imported_model(client):
     folder = PAPER / "cifar10/KWL-Sandwich-small-gamma2.0"
     entry = next(e for e in CHECKPOINTS if e["dir"].endswith("KWL-Sandwich-small-gamma2.0"))
@@ -165,6 +177,7 @@ def test_evaluate_jobs_accept_an_imported_model(client):
     assert {j["kind"] for j in client.get("/v1/jobs").json()["items"]} == {"import", "evaluate"}
 
 
+@pytest.mark.artifacts
 def test_lbdn_export_downloads_over_http(settings, tmp_path):
     """`lbdn export` against the app served by uvicorn on a real socket."""
     import socket

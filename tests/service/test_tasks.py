@@ -39,6 +39,7 @@ def _write_folder(root, per_class: int = 8) -> None:
             Image.fromarray(pixels).save(path)
 
 
+@pytest.mark.artifacts
 def test_train_then_evaluate_jobs_run_lipcore_and_store_results(ctx):
     _write_folder(ctx.settings.datasets_dir / "colours")
     spec = {
@@ -67,19 +68,21 @@ def test_train_then_evaluate_jobs_run_lipcore_and_store_results(ctx):
     assert result["n"] == 2 and result["attacks"] == ["apgd-ce"]  # two held-out images exist
     assert 0 <= result["autoattack_acc"]["36"] <= result["clean_acc"]
     assert result["certified_acc"] == {}  # an unconstrained network has no certificate
-    saved = json.loads((ctx.settings.job_dir(job.id) / "eval.json").read_text())
+    saved = json.loads(ctx.artifacts.local_path(job.id, "eval.json").read_text())
     assert saved == result
     assert run_evaluate(ctx, job.id) == "skipped"  # a second delivery of a finished job does nothing
 
 
-def test_failures_are_reported_on_the_job(ctx):
+@pytest.mark.artifacts
+def test_failures_are_reported_on_the_job(ctx, tmp_path):
     job = _job(ctx, kind=JobKind.evaluate, params={}, model_id="job_gone")
     assert run_evaluate(ctx, job.id) == "failed"
     with ctx.sessions()() as s:
         assert "no weights file" in jobs.get_job(s, None, job.id).error
     model = _job(ctx, kind=JobKind.train)
-    (ctx.settings.job_dir(model.id)).mkdir(parents=True)
-    (ctx.settings.job_dir(model.id) / "model.safetensors").write_bytes(b"\x80\x04not a safetensors file")
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x80\x04not a safetensors file")
+    ctx.artifacts.put(model.id, "model.safetensors", bad)
     job = _job(ctx, kind=JobKind.evaluate, params={}, model_id=model.id)
     assert run_evaluate(ctx, job.id) == "failed"
     with ctx.sessions()() as s:
