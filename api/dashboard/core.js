@@ -231,16 +231,19 @@ function finalMetrics(result, latest) {
   if (b && typeof b.verified === "number") out.verified_bound = b.verified;
   return out;
 }
-// Test accuracy (%) of guessing, per dataset: a run at most 1.5x this learned nothing.
+// The rules of `lbdn paper report` (client/results.py flag: CONSTANT_TIGHTNESS, CHANCE_FACTOR), so
+// the dashboard and the CLI flag the same runs. Test accuracy (%) of guessing, per dataset.
 const CHANCE_ACC = { cifar10: 10, cifar100: 1, tiny_imagenet: 0.5, mnist: 10 };
+const CONSTANT_TIGHTNESS = 1e-4;
+const CHANCE_FACTOR = 1.2;
 // Why a finished run's numbers must not be read beside the paper's: null when they can be.
 function runFlag(spec, result) {
   if (!result) return null;
   // JSON has no NaN: a diverged loss arrives as null (test_acc is null for a regression, by design)
   if ("test_loss" in result && !Number.isFinite(result.test_loss)) return "diverged (NaN)";
-  if (typeof result.tightness === "number" && result.tightness < 0.01) return "collapsed (constant output)";
+  if (typeof result.tightness === "number" && Math.abs(result.tightness) < CONSTANT_TIGHTNESS) return "collapsed (constant output)";
   const chance = spec && CHANCE_ACC[spec.dataset];
-  if (chance && typeof result.test_acc === "number" && result.test_acc <= 1.5 * chance) return "chance accuracy";
+  if (chance && typeof result.test_acc === "number" && result.test_acc <= CHANCE_FACTOR * chance) return "chance accuracy";
   return null;
 }
 // Spec fields whose values are not the same in every one of `specs`, in the specs' field order.
