@@ -96,3 +96,19 @@ def test_spec_import_does_not_need_torch() -> None:
 
     code = "import sys, lipcore.spec; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_cards_only_dataset_is_its_default_on_both_command_lines() -> None:
+    """`lbdn submit --model Toy` (and `python -m lipcore -m Toy`) need no --dataset: the Toy has one."""
+    import argparse
+
+    from client.flags import add_spec_flags, spec_fields
+    from lipcore.cli import parser as paper_parser
+    from lipcore.cli import spec_from_args
+
+    p = argparse.ArgumentParser()
+    add_spec_flags(p)
+    fields = spec_fields(p.parse_args(["--model", "Toy"]))
+    assert "dataset" not in fields  # the flag's default is "not given", not another model's dataset
+    assert ExperimentSpec(**fields).dataset == "square_wave"
+    assert spec_from_args(paper_parser().parse_args(["--model", "Toy"])).dataset == "square_wave"
