@@ -2,13 +2,16 @@
 "use strict";
 
 // ---- #/jobs/ID -----------------------------------------------------------------------------------
+// y tick labels: 3 significant digits, exponents for small or large values (uPlot's default rounds
+// a learning rate of 1e-3 to "0")
+const tickLabel = (v) => (v === 0 ? "0" : Math.abs(v) >= 1e4 || Math.abs(v) < 1e-2 ? v.toExponential(1) : String(Number(v.toPrecision(3))));
 function makeChart(el, title, series, { log = false, yLabel = "" } = {}) {
   const width = Math.max(280, el.clientWidth || 420);
   const opts = {
     title, width, height: 220,
     scales: { x: { time: false }, y: log ? { distr: 3 } : {} },
     // whole epochs on the x axis (uPlot would otherwise tick at 1.5, 2.5 for short runs)
-    axes: [{ label: "epoch", incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000] }, { label: yLabel, size: 60 }],
+    axes: [{ label: "epoch", incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000] }, { label: yLabel, size: 60, values: (u, splits) => splits.map((v) => (v === null ? "" : tickLabel(v))) }],
     legend: { live: false },
     series: [{ label: "epoch" }, ...series.map(([label, color]) => ({
       label, stroke: color, width: 2, spanGaps: true, points: { show: true, size: 5 },
