@@ -27,7 +27,8 @@ def _store_app(settings):
     """What save_trained_model needs of an app: the store and the settings of the served API."""
     engine = make_engine(settings.db_url)
     init_db(engine)
-    return SimpleNamespace(state=SimpleNamespace(sessions=session_factory(engine), settings=settings)), engine
+    services = SimpleNamespace(sessions=session_factory(engine), settings=settings)
+    return SimpleNamespace(state=SimpleNamespace(services=services)), engine
 
 
 STREAMS = 10  # event streams of a queued job (no worker here): open, polling, for the whole test
