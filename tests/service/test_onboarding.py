@@ -26,7 +26,7 @@ def _keys(settings, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_first_key_warns_about_open_mode_jobs_and_adopts_them(client) -> None:
-    settings = client.app.state.settings
+    settings = client.app.state.services.settings
     made = client.post("/v1/jobs", json={"kind": "train", "spec": TOY})
     assert made.status_code == 201, made.text
     sweep = client.post("/v1/sweeps", json={"spec": TOY, "grid": {"gamma": [1, 2]}}).json()
@@ -129,7 +129,7 @@ KWL = {"model": "KWL", "layer": "Sandwich", "scale": "small", "dataset": "cifar1
 def test_evaluate_without_its_dataset_is_refused_at_submission(client, trained_model) -> None:
     model = trained_model(client.app, "local", KWL)
     ask = {"kind": "evaluate", "model_id": model, "attack": {"n_examples": 4}}
-    data = client.app.state.settings.datasets_dir
+    data = client.app.state.services.settings.datasets_dir
     # no data dir at all: this API cannot know what the workers have (the worker will say)
     assert client.post("/v1/jobs", json=ask, headers={"Idempotency-Key": "a"}).status_code == 201
     data.mkdir(parents=True)
@@ -228,8 +228,9 @@ def test_move_tenant_on_sqlite_and_postgres(store) -> None:
         keyed = jobs.create_job(s, tenant="local", kind="train", spec=TOY, idempotency_key="k")[0]
         clash = jobs.create_job(s, tenant="local", kind="train", spec=TOY, idempotency_key="taken")[0]
         jobs.create_job(s, tenant="acme", kind="train", spec=TOY, idempotency_key="taken")
-        sweep, _ = sweeps.create_sweep(
-            s, tenant="local", name="s", preset=None, request={}, evaluate=None, specs=[(TOY, {"gamma": 1.0})]
+        swept = jobs.create_job(s, tenant="local", kind="train", spec=TOY)[0]
+        sweep = sweeps.create_sweep(
+            s, tenant="local", name="s", preset=None, request={}, evaluate=None, trained=[(swept, {"gamma": 1.0})]
         )
     with transaction(store) as s:
         assert keys.tenant_holdings(s, "local") == (4, 1)
