@@ -135,11 +135,14 @@ def cmd_certify(c: Client, ui: Ui, a: argparse.Namespace) -> int:
 
 def input_names(paths: list[Path], input_shape: list[int]) -> list[str]:
     """The name of each certified input, in the server's order: an image is one input, a .npy
-    holding a batch (n, *input_shape) is n inputs, named file.npy[i]."""
+    holding a batch (n, *input_shape) is n inputs, named file.npy[i]. Files go by their name alone
+    when no two share one (a deep folder's path would take the table's width), else by their path."""
     import numpy as np
 
+    short = len({p.name for p in paths}) == len(paths)
     names = []
     for p in paths:
+        label = p.name if short else str(p)
         shape: tuple[int, ...] = ()
         if p.suffix.lower() == ".npy":
             with p.open("rb") as f:  # the header only: never the data, never a pickle
@@ -147,9 +150,9 @@ def input_names(paths: list[Path], input_shape: list[int]) -> list[str]:
                 read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
                 shape = read(f)[0]
         if len(shape) == len(input_shape) + 1:
-            names += [f"{p}[{i}]" for i in range(shape[0])]
+            names += [f"{label}[{i}]" for i in range(shape[0])]
         else:
-            names.append(str(p))
+            names.append(label)
     return names
 
 
