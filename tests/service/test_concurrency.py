@@ -27,9 +27,7 @@ def _store_app(settings):
     """What save_trained_model needs of an app: the store and the settings of the served API."""
     engine = make_engine(settings.db_url)
     init_db(engine)
-    services = SimpleNamespace(
-        sessions=session_factory(engine), settings=settings, artifacts=settings.artifact_store()
-    )
+    services = SimpleNamespace(sessions=session_factory(engine), settings=settings, artifacts=settings.artifact_store())
     return SimpleNamespace(state=SimpleNamespace(services=services)), engine
 
 
