@@ -238,10 +238,8 @@ class S3Artifacts:
         info = self.head(job_id, name)
         if info is None:
             raise FileNotFoundError(f"job {job_id} has no artifact {name!r}")
-        cached = self.cache.path_for(self._key(job_id, name), info.etag, job_id)
-        if cached.is_file():
-            _touch(cached)
-            return cached
+        # fill returns the cached copy when there is one; the stream is a generator, so nothing is
+        # downloaded unless it is iterated
         return self.cache.fill(self._key(job_id, name), info.etag, self.stream(job_id, name), job_id)
 
     def delete(self, job_id: str) -> int:
