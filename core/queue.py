@@ -17,8 +17,9 @@ here: crash recovery comes from our leases and reaper, and cancellation from the
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from typing import Any, Protocol
 
 from celery import Celery
 from kombu import Queue
@@ -81,19 +82,26 @@ def send_jobs(queue: JobQueue, sessions: sessionmaker[Session], todo: Sequence[t
 
     The job store already holds each job, so a broker that refuses one is no error for the caller:
     that job and the rest are marked unsent (enqueued_at NULL) and the next reaper pass sends them.
+    A queue with `batch()` (CeleryQueue) sends them all over one producer.
     """
     sent: list[str] = []
-    for i, (job_id, kind) in enumerate(todo):
-        try:
-            queue.enqueue(job_id, kind)
-        except Exception as e:
-            log.warning("could not send %d job(s) to the broker (%s); the reaper will send them", len(todo) - i, e)
-            with transaction(sessions) as s:
-                for rest, _ in todo[i:]:
-                    leases.mark_unsent(s, rest)
-            break
-        sent.append(job_id)
+    try:
+        with _sender(queue) as enqueue:
+            for job_id, kind in todo:
+                enqueue(job_id, kind)
+                sent.append(job_id)
+    except Exception as e:
+        rest = [job_id for job_id, _ in todo[len(sent) :]]
+        log.warning("could not send %d job(s) to the broker (%s); the reaper will send them", len(rest), e)
+        with transaction(sessions) as s:
+            for job_id in rest:
+                leases.mark_unsent(s, job_id)
     return sent
+
+
+def _sender(queue: JobQueue) -> AbstractContextManager[Callable[[str, JobKind], None]]:
+    batch = getattr(queue, "batch", None)
+    return batch() if batch is not None else nullcontext(queue.enqueue)
 
 
 class CeleryQueue:
@@ -108,9 +116,20 @@ class CeleryQueue:
 
         Raises kombu/redis errors when the broker cannot take it; retries briefly first.
         """
+        self._send(job_id, kind, None)
+
+    @contextmanager
+    def batch(self) -> Iterator[Callable[[str, JobKind], None]]:
+        """`enqueue` for many messages over one producer: taking a pooled connection and making a
+        producer per message was most of the cost of a reaper pass re-sending 10,000 jobs."""
+        with self.app.producer_or_acquire() as producer:
+            yield lambda job_id, kind: self._send(job_id, kind, producer)
+
+    def _send(self, job_id: str, kind: JobKind, producer: Any) -> None:
         self.app.send_task(
             TASKS[JobKind(kind)],
             args=[job_id],
+            producer=producer,
             retry=True,
             retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1},
         )

@@ -203,6 +203,8 @@ class SweepJob(Base):
     """
 
     __tablename__ = "lbdn_sweep_jobs"
+    # which sweep a job is in (every job read asks): the key (sweep_id, job_id) cannot answer it
+    __table_args__ = (Index("ix_lbdn_sweep_jobs_job_id", "job_id"),)  # revision 0005
 
     sweep_id: Mapped[str] = mapped_column(ForeignKey("lbdn_sweeps.id", ondelete="CASCADE"), primary_key=True)
     job_id: Mapped[str] = mapped_column(String(40), primary_key=True)
