@@ -11,37 +11,49 @@ import random
 import threading
 import time
 from collections import defaultdict
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import event
 
+from api.routers import jobs as job_routes
 from api.routers.sweeps import _sweep_out  # imported before the clients fork: their threads share it
-from api.views import job_out
 from core.settings import Settings
 from core.store import jobs, make_engine, releasing_session_factory
 from core.store import sweeps as sweep_store
+from core.store.job_search import JobQuery
 
 TENANT = "scale"
 OPS = (("poll", 0.6), ("list first", 0.1), ("list deep", 0.1), ("metrics", 0.1), ("sweep", 0.1))
 
 
 class StoreClient:
-    """The reads of the API's routes, through the store functions they call (and their answers)."""
+    """The reads of the API's routes, through the route functions themselves (what they query and
+    how they build their answers), less HTTP: GET /v1/jobs/{id}, GET /v1/jobs, .../metrics and
+    GET /v1/sweeps/{id}, each answer serialized to JSON as FastAPI would."""
 
     def __init__(self, sessions: Any) -> None:
         self.sessions = sessions
 
     def __call__(self, op: str, target: Any) -> None:
-
         with self.sessions() as s:
             if op == "poll":
-                job_out(jobs.get_job(s, TENANT, target))
+                job_routes.get_job(self._job(s, target), s).model_dump_json()
             elif op.startswith("list"):
-                [job_out(j) for j in jobs.list_jobs(s, TENANT, limit=50, before_pk=target)]
+                cursor = None if target is None else str(target)
+                job_routes.list_jobs(s, TENANT, JobQuery(), limit=50, cursor=cursor).model_dump_json()
             elif op == "metrics":
-                jobs.metrics_since(s, target)
+                job_routes.get_metrics(self._job(s, target), s, since_epoch=0, format="json").model_dump_json()
             else:
-                _sweep_out(s, sweep_store.get_sweep(s, TENANT, target), with_jobs=True).model_dump_json()
+                sweep = sweep_store.get_sweep(s, TENANT, target)
+                _sweep_out(s, sweep, with_jobs=True).model_dump_json()
+
+    @staticmethod
+    def _job(s: Any, job_id: str) -> Any:
+        job = jobs.get_job(s, TENANT, job_id)  # api.deps.tenant_job's query
+        if job is None:
+            raise LookupError(job_id)
+        return job
 
 
 class HttpClient:
@@ -65,6 +77,7 @@ def client_proc(
     settings: Settings, n: int, pool: int, via: Any, targets: dict[str, list[Any]], stop: Any, out: Any
 ) -> None:
     """`n` clients, each starting one read a second (a slow answer delays its next read)."""
+    cpu0 = time.process_time()
     sessions = releasing_session_factory(make_engine(settings.db_url, pool_size=pool, max_overflow=0, pool_timeout=120))
     lat: dict[str, list[float]] = defaultdict(list)
     errors: list[str] = []
@@ -90,7 +103,7 @@ def client_proc(
         t.start()
     for t in ts:
         t.join()
-    out.put((dict(lat), errors[:5], len(errors)))
+    out.put((dict(lat), errors[:5], len(errors), time.process_time() - cpu0))
 
 
 def targets_of(settings: Settings) -> dict[str, list[Any]]:
@@ -115,18 +128,34 @@ def start_clients(settings: Settings, args: argparse.Namespace, via: Any, stop: 
     return procs, out
 
 
-def gather_clients(procs: list[Any], out: Any) -> tuple[dict[str, list[float]], list[str], int]:
-    lat: dict[str, list[float]] = defaultdict(list)
-    samples, errors = [], 0
+@dataclass
+class Reads:
+    """What the clients of one phase saw: latencies per read (s), errors, and their processes' CPU."""
+
+    lat: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    samples: list[str] = field(default_factory=list)
+    errors: int = 0
+    cpu_s: float = 0.0
+
+    @property
+    def cpu_per_read_ms(self) -> float:
+        """The clients' CPU per read: the route code's cost on this machine, whatever its load."""
+        n = sum(len(xs) for xs in self.lat.values())
+        return 1000 * self.cpu_s / n if n else float("nan")
+
+
+def gather_clients(procs: list[Any], out: Any) -> Reads:
+    reads = Reads()
     for _ in procs:
-        got, sample, n = out.get(timeout=300)
+        got, sample, n, cpu = out.get(timeout=300)
         for k, v in got.items():
-            lat[k] += v
-        samples += sample
-        errors += n
+            reads.lat[k] += v
+        reads.samples += sample
+        reads.errors += n
+        reads.cpu_s += cpu
     for p in procs:
         p.join()
-    return lat, samples, errors
+    return reads
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -134,15 +163,16 @@ def pct(xs: list[float], q: float) -> float:
     return 1000 * xs[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
 
 
-def print_reads(title: str, lat: dict[str, list[float]], samples: list[str], errors: int, seconds: float) -> None:
-    print(f"-- {title}")
+def print_reads(title: str, reads: Reads, seconds: float) -> None:
+    print(f"-- {title}; load average {os.getloadavg()[0]:.1f}")
     print(f"   {'read':12s} {'count':>7s} {'req/s':>6s} {'p50 ms':>7s} {'p99 ms':>7s} {'max ms':>7s}")
     for op, _ in OPS:
-        xs = lat.get(op, [])
+        xs = reads.lat.get(op, [])
         print(
             f"   {op:12s} {len(xs):7d} {len(xs) / seconds:6.1f} {pct(xs, 0.5):7.1f} {pct(xs, 0.99):7.1f} {pct(xs, 1):7.1f}"
         )
-    print(f"   errors: {errors}" + "".join(f"\n     {s}" for s in samples))
+    print(f"   clients' CPU per read {reads.cpu_per_read_ms:.2f} ms (their processes' CPU time / reads)")
+    print(f"   errors: {reads.errors}" + "".join(f"\n     {s}" for s in reads.samples))
 
 
 def explain_reads(settings: Settings, targets: dict[str, list[Any]]) -> None:

@@ -41,6 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.scale_bulk import SPEC, TENANT, bulk_load, time_reaper_at  # noqa: E402
 from bench.scale_reads import explain_reads, gather_clients, pct, print_reads, start_clients, targets_of  # noqa: E402
+from bench.scale_report import print_summary, read_stats  # noqa: E402
 from bench.service import PgDatabase, free_port  # noqa: E402
 from core.reaper import reap_and_resend  # noqa: E402
 from core.settings import Settings  # noqa: E402
@@ -80,17 +81,20 @@ def make_jobs(settings: Settings, n: int, sweep_size: int) -> None:
 
     engine = make_engine(settings.db_url)
     queue = CeleryQueue(settings)
+    made: list[Any] = []
     for start in range(0, n, sweep_size):
         size = min(sweep_size, n - start)
         with transaction(session_factory(engine)) as s:
             # straight into the store (not core.submit): the tenant quota would refuse a bulk sweep
-            made = [jobs.create_job(s, tenant=TENANT, kind=JobKind.train, spec=SPEC)[0] for _ in range(size)]
+            group = [jobs.create_job(s, tenant=TENANT, kind=JobKind.train, spec=SPEC)[0] for _ in range(size)]
             sweep_store.create_sweep(
                 s, tenant=TENANT, name=f"sweep {start}", preset=None, request={}, evaluate=None,
-                trained=[(job, {"seed": i}) for i, job in enumerate(made)],
+                trained=[(job, {"seed": i}) for i, job in enumerate(group)],
             )  # fmt: skip
-        for job in made:
-            queue.enqueue(job.id, JobKind.train)
+        made += [job.id for job in group]
+    with queue.batch() as enqueue:
+        for job_id in made:
+            enqueue(job_id, JobKind.train)
     queue.close()
     engine.dispose()
 
@@ -182,7 +186,7 @@ def start_api(settings: Settings) -> tuple[subprocess.Popen[bytes], tuple[int, s
     raise RuntimeError("lbdn api did not start")
 
 
-def drain(settings: Settings, args: argparse.Namespace, via: Any) -> None:
+def drain(settings: Settings, args: argparse.Namespace, via: Any) -> dict[str, float]:
     """Phase 1: the workers drain --jobs jobs while the reaper and the clients run."""
     ctx = mp.get_context("fork")
     t0 = time.perf_counter()
@@ -200,15 +204,7 @@ def drain(settings: Settings, args: argparse.Namespace, via: Any) -> None:
     for w in workers:
         w.start()
     reaper.start()
-    engine = make_engine(settings.db_url)
-    while True:
-        with engine.connect() as c:
-            done = c.exec_driver_sql(
-                "SELECT count(*) FROM lbdn_jobs WHERE status IN ('succeeded','failed','cancelled')"
-            ).scalar_one()
-        if done >= args.jobs or time.perf_counter() - t0 > args.max_drain_s:
-            break
-        time.sleep(1)
+    done = wait_drained(settings, args, t0)
     took = time.perf_counter() - t0
     stop_workers.set()
     stop_clients.set()
@@ -220,7 +216,31 @@ def drain(settings: Settings, args: argparse.Namespace, via: Any) -> None:
     for w in workers:
         w.join()
     reaper.join()
-    lat, samples, errors = gather_clients(clients, client_out)
+    reads = gather_clients(clients, client_out)
+    got = drain_counts(settings, args, done, took, outcome, passes)
+    print_reads(f"reads during the drain (via {'store' if via is None else 'API'})", reads, took)
+    return {**got, **read_stats("drain", reads.lat), "drain errors": reads.errors}
+
+
+def wait_drained(settings: Settings, args: argparse.Namespace, t0: float) -> int:
+    """Wait until every job is finished (or --max-drain-s passed); returns how many are."""
+    engine = make_engine(settings.db_url)
+    while True:
+        with engine.connect() as c:
+            done: int = c.exec_driver_sql(
+                "SELECT count(*) FROM lbdn_jobs WHERE status IN ('succeeded','failed','cancelled')"
+            ).scalar_one()
+        if done >= args.jobs or time.perf_counter() - t0 > args.max_drain_s:
+            engine.dispose()
+            return done
+        time.sleep(1)
+
+
+def drain_counts(
+    settings: Settings, args: argparse.Namespace, done: int, took: float, outcome: dict[str, int], passes: list[float]
+) -> dict[str, float]:
+    """The store's account of the drain: states, attempts, starts and metric rows; printed and returned."""
+    engine = make_engine(settings.db_url)
     with engine.connect() as c:
         states = dict(c.exec_driver_sql("SELECT status, count(*) FROM lbdn_jobs GROUP BY status").all())
         twice = c.exec_driver_sql("SELECT count(*) FROM lbdn_jobs WHERE attempt <> 1").scalar_one()
@@ -229,17 +249,17 @@ def drain(settings: Settings, args: argparse.Namespace, via: Any) -> None:
         ).scalar_one()
         epochs = c.exec_driver_sql("SELECT count(*) FROM lbdn_job_metrics").scalar_one()
     engine.dispose()
+    lost = args.jobs - states.get("succeeded", 0)
     print(f"== phase 1: {args.workers} workers ({args.procs} processes) drained {done} of {args.jobs} jobs "
           f"x {args.epochs} epochs in {took:.1f} s, {args.clients} clients reading")  # fmt: skip
     print(f"   claims/s {starts / took:.1f}; metric rows/s {epochs / took:.0f}; job states {states}; "
           f"run_job answers {dict(outcome)}")  # fmt: skip
-    print(f"   lost (not succeeded): {args.jobs - states.get('succeeded', 0)}; claimed twice: {twice} "
-          f"(attempt <> 1), {starts - done} extra starts")  # fmt: skip
+    print(f"   lost (not succeeded): {lost}; claimed twice: {twice} (attempt <> 1), {starts - done} extra starts")
     print(f"   reaper passes: {len(passes)}, p50 {pct(passes, 0.5):.1f} ms, max {pct(passes, 1):.1f} ms")
-    print_reads(f"reads during the drain (via {'store' if via is None else 'API'})", lat, samples, errors, took)
+    return {"lost": lost, "twice": twice, "claims/s": starts / took, "rows/s": epochs / took}
 
 
-def at_rest(settings: Settings, args: argparse.Namespace, via: Any) -> None:
+def at_rest(settings: Settings, args: argparse.Namespace, via: Any) -> dict[str, float]:
     """Phase 2: the clients and the reaper against --finished jobs and --metric-rows metric rows."""
     t0 = time.perf_counter()
     bulk_load(settings, args.finished, args.metric_rows, args.sweep_size)
@@ -253,36 +273,44 @@ def at_rest(settings: Settings, args: argparse.Namespace, via: Any) -> None:
     clients, out = start_clients(settings, args, via, stop)
     time.sleep(args.duration)
     stop.set()
-    lat, samples, errors = gather_clients(clients, out)
+    reads = gather_clients(clients, out)
     print_reads(f"{args.clients} clients for {args.duration:.0f} s (via {'store' if via is None else 'API'})",
-                lat, samples, errors, args.duration)  # fmt: skip
+                reads, args.duration)  # fmt: skip
     explain_reads(settings, targets_of(settings))
     live, expired, sending, sent = time_reaper_at(settings, args.running)
     print(f"   reaper pass over {args.running} running jobs: leases live {1000 * live:.1f} ms; all expired "
           f"{1000 * expired:.0f} ms ({sent} re-queued; store {1000 * (expired - sending):.0f} ms, "
           f"sending {1000 * sending:.0f} ms)")  # fmt: skip
+    reaper = {"reaper live": 1000 * live, "reaper expired": 1000 * expired, "reaper sending": 1000 * sending}
+    sizes = {"jobs": njobs, "rows": nrows, "running": args.running}
+    got = {**read_stats("rest", reads.lat), "rest errors": reads.errors, "rest cpu/read": reads.cpu_per_read_ms}
+    return {**got, **reaper, **sizes}
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--jobs", type=int, default=10_000)
+    ap.add_argument("--jobs", type=int, default=2_000, help="jobs of the drain (issue 19: 10,000; see the README)")
     ap.add_argument("--workers", type=int, default=100)
     ap.add_argument("--procs", type=int, default=8, help="processes the workers are spread over")
-    ap.add_argument("--epochs", type=int, default=100)
+    ap.add_argument("--epochs", type=int, default=5, help="epochs of each drained job (issue 19: 100)")
     ap.add_argument("--sweep-size", type=int, default=100)
     ap.add_argument("--clients", type=int, default=200)
-    ap.add_argument("--client-procs", type=int, default=4)
+    ap.add_argument("--client-procs", type=int, default=4, help="processes the clients are spread over")
     ap.add_argument("--pool", type=int, default=4, help="DB connections of each process")
     ap.add_argument("--via", choices=["store", "api"], default="store")
     ap.add_argument("--finished", type=int, default=100_000)
     ap.add_argument("--metric-rows", type=int, default=1_000_000)
     ap.add_argument("--running", type=int, default=10_000, help="running jobs of the reaper measurement")
     ap.add_argument("--duration", type=float, default=30.0, help="seconds of phase 2's reads")
-    ap.add_argument("--max-drain-s", type=float, default=900.0)
+    ap.add_argument("--max-drain-s", type=float, default=300.0, help="the drain stops here (its jobs count lost)")
     ap.add_argument("--lease-s", type=float, default=30.0, help="lease; heartbeats every lease/3")
     ap.add_argument("--redis-db", type=int, default=11)
     ap.add_argument("--skip-drain", action="store_true")
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def main() -> None:
+    args, t0 = parse_args(), time.perf_counter()
     db = PgDatabase("lbdn_scale")
     prefix = f"scale{os.urandom(3).hex()}."
     settings = Settings(
@@ -290,20 +318,23 @@ def main() -> None:
         broker_url=f"redis://127.0.0.1:6379/{args.redis_db}", lease_s=args.lease_s, device="cpu",
         progress_interval_s=0.5, cancel_poll_s=0.5, resend_queued_after_s=600,
     )  # fmt: skip
-    api = None
+    api, got = None, {}
     try:
         init_db(make_engine(settings.db_url))
         via = None
         if args.via == "api":
             api, via = start_api(settings)
         if not args.skip_drain:
-            drain(settings, args, via)
-        at_rest(settings, args, via)
+            got.update(drain(settings, args, via))
+        got.update(at_rest(settings, args, via))
     finally:
         if api is not None:
             api.terminate()
             api.wait(30)
         db.drop()
+    got["run s"] = time.perf_counter() - t0
+    got["errors"] = got.get("drain errors", 0) + got.get("rest errors", 0)
+    print_summary(got, os.getloadavg())
 
 
 if __name__ == "__main__":
