@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lipcore.batch_results import batch_file, load_batch, save_batch
 from lipcore.certify import certify_model, empirical_lipschitz, pixel_radius
 from lipcore.checkpoint import LoadedModel, load_model
 from lipcore.models.base import body_of
@@ -85,8 +86,8 @@ def evaluate_robustness(
     "lipschitz_bound": {"gamma", "verified"}} (no bound for Plain models). Certificates come from
     the float64 copy of the model with the bound max(gamma, verified); see lipcore.certify.
     Inputs are attacked `batch_size` at a time: `should_stop` is polled and `on_progress` called
-    between batches, and `state_dir` keeps AutoAttack's progress per (eps, batch), so an
-    interrupted evaluation resumes where it stopped.
+    between batches, and `state_dir` keeps each finished (eps, batch)'s verdicts, so an
+    interrupted evaluation resumes with the first batch it had not finished.
     `attacks` lists AutoAttack's attacks for version "custom" (e.g. ["apgd-ce"] for a quick run).
     """
     from lipcore.data import load_data
@@ -176,7 +177,8 @@ def _certificates(loaded: LoadedModel, x: Tensor, batch_size: int) -> tuple[Any,
 
 class _AttackBatches:
     """AutoAttack at one eps over the inputs `batch_size` at a time: polls `should_stop` and reports
-    progress between batches, and keeps AutoAttack's state per (eps, batch) in `state_dir`."""
+    progress between batches, and keeps each finished (eps, batch)'s verdicts in `state_dir`
+    (lipcore.batch_results)."""
 
     def __init__(
         self,
@@ -217,11 +219,8 @@ class _AttackBatches:
         for j, start in enumerate(starts):
             if self.should_stop and self.should_stop():
                 return None
-            state = Path(self.state_dir) / f"autoattack{e:g}-{start}.state" if self.state_dir else None
             xb, yb = self.x[start : start + bs], self.y[start : start + bs]
-            x_adv, _ = aa.run_standard_evaluation(xb, yb, batch_size=bs, state_path=state)
-            with torch.no_grad(), full_precision():
-                parts.append(self.wrapped(x_adv.to(self.dev)).argmax(1) == yb)
+            parts.append(self._batch(aa, e, start, xb, yb))
             if self.on_progress:
                 done, elapsed = i * len(starts) + j + 1, time.monotonic() - self.t0
                 self.on_progress(
@@ -239,6 +238,19 @@ class _AttackBatches:
                     )
                 )
         return torch.cat(parts)
+
+    def _batch(self, aa: Any, e: float, start: int, xb: Tensor, yb: Tensor) -> Tensor:
+        """(n,) bool of one batch: from its file when an earlier run finished it, else attacked."""
+        done = batch_file(self.state_dir, e, start) if self.state_dir else None
+        names = list(aa.attacks_to_run)
+        if done is not None and (robust := load_batch(done, len(yb), names, yb.device)) is not None:
+            return robust
+        x_adv, _ = aa.run_standard_evaluation(xb, yb, batch_size=self.batch_size)
+        with torch.no_grad(), full_precision():
+            robust = self.wrapped(x_adv.to(self.dev)).argmax(1) == yb
+        if done is not None:
+            save_batch(done, robust, names)
+        return robust
 
 
 def _record(

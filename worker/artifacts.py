@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from core.artifacts import ArtifactStore, fetch, push_folder
+from lipcore.batch_results import is_batch_file
 from lipcore.rundir import CHECKPOINT, LOG, METRICS, SPEC
 
 log = logging.getLogger("lbdn.worker")
@@ -69,3 +70,39 @@ def save_after_failure(store: ArtifactStore, job_id: str, run_dir: Path) -> None
         save_run(store, job_id, run_dir, finished=True)
     except Exception:
         log.exception("job %s: its files could not be saved after it failed", job_id)
+
+
+def pull_eval_state(store: ArtifactStore, job_id: str, out: Path) -> int:
+    """The store's batch files of evaluation `job_id` (lipcore.batch_results: the verdicts of each
+    finished (eps, batch) of inputs) into `out`, so it attacks only the others; how many there were."""
+    if not store.remote:
+        return 0
+    names = [a.name for a in store.list(job_id) if is_batch_file(a.name)]
+    for name in names:
+        fetch(store, job_id, name, out / name)
+    return len(names)
+
+
+def eval_state_pusher(store: ArtifactStore, job_id: str, out: Path, owned: Callable[[], None]) -> Callable[[], None]:
+    """Called after each batch of an evaluation (before its progress report): the batch files in
+    `out` written since the last call into the store, so a host that picks the job up after this
+    one died attacks only the batches not done. `owned()` raises LeaseLost once another worker
+    has the job."""
+    seen: dict[str, tuple[int, int]] = {}
+
+    def stamp(p: Path) -> tuple[int, int]:
+        st = p.stat()
+        return st.st_size, st.st_mtime_ns
+
+    def push() -> None:
+        if not store.remote:
+            return
+        for p in sorted(out.glob("autoattack*.json")):
+            if is_batch_file(p.name) and seen.get(p.name) != (now := stamp(p)):
+                owned()
+                store.put(job_id, p.name, p)
+                seen[p.name] = now
+
+    if out.is_dir():  # pulled from the store (or left by this host): already there
+        seen.update({p.name: stamp(p) for p in out.glob("autoattack*.json")})
+    return push

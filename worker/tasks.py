@@ -32,7 +32,7 @@ from core.sweep_submit import advance_sweeps
 from lipcore.rundir import EVAL, MODEL, write_json
 from worker import devices, registry  # noqa: F401  (registry: signal handlers)
 from worker.app import context_of
-from worker.artifacts import pull_checkpoint, save_after_failure, save_run
+from worker.artifacts import eval_state_pusher, pull_checkpoint, pull_eval_state, save_after_failure, save_run
 from worker.context import TaskContext
 from worker.reporting import LeaseLost, Reporter
 
@@ -210,6 +210,14 @@ def _evaluate(context: TaskContext, job: Job, reporter: Reporter) -> tuple[JobSt
     params = job.params or {}
     out = settings.job_dir(job.id)
     out.mkdir(parents=True, exist_ok=True)
+    if pulled := pull_eval_state(store, job.id, out):  # an earlier attempt's batches, on any host
+        reporter.log(f"continuing after {pulled} batch(es) of inputs an earlier attempt attacked")
+    push_state = eval_state_pusher(store, job.id, out, reporter.still_owned)
+
+    def on_progress(p: Any) -> None:  # after each batch of inputs: stored before it is reported
+        push_state()
+        reporter.progress(p)
+
     extra = {"attacks": params["attacks"]} if params.get("attacks") else {}  # version "custom" only
     results = evaluate_robustness(
         model_path,
@@ -220,8 +228,8 @@ def _evaluate(context: TaskContext, job: Job, reporter: Reporter) -> tuple[JobSt
         device=devices.torch_device(reporter.slots[0]),
         on_log=reporter.log,
         should_stop=lambda: _stopping() or reporter.should_stop(),
-        on_progress=reporter.progress,  # an "epoch" is one eps, a step one batch of inputs
-        state_dir=out,  # AutoAttack's progress per (eps, batch): a job picked up again continues it
+        on_progress=on_progress,  # an "epoch" is one eps, a step one batch of inputs
+        state_dir=out,  # each finished (eps, batch): a job picked up again attacks only the rest
         **extra,
     )
     write_json(out / EVAL, results)
