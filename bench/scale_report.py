@@ -23,7 +23,7 @@ INFO = (
     ("clients' CPU per read at rest (route code, all reads)", ("rest cpu/read",), "ms"),
     ("poll p99 / list p99 during the drain", ("drain poll p99", "drain list first p99"), "ms"),
     ("reaper pass, {running:,} running jobs, all expired (re-queued and re-sent)", ("reaper expired",), "ms"),
-    ("  of which sending the {running:,} messages (one producer)", ("reaper sending",), "ms"),
+    ("  of which sending the {running:,} messages (pipelined)", ("reaper sending",), "ms"),
     ("drain: claims/s, metric rows/s", ("claims/s", "rows/s"), ""),
 )
 

@@ -111,6 +111,12 @@ def _sender(queue: JobQueue) -> AbstractContextManager[Callable[[str, JobKind], 
     return batch() if batch is not None else nullcontext(queue.enqueue)
 
 
+def _pipelined(producer: Any) -> AbstractContextManager[Any]:
+    # Producer.batch is kombu 5.7's (celery>=5.4 allows older ones, which publish at once)
+    batch = getattr(producer, "batch", None)
+    return batch(max_size=SEND_BATCH) if batch is not None else nullcontext()
+
+
 class CeleryQueue:
     """The JobQueue of the service: Celery messages to the queues of `settings`."""
 
@@ -132,7 +138,7 @@ class CeleryQueue:
         each (a reaper pass re-sending 10,000 jobs spent 36 s sending them one at a time on a
         loaded machine). Other brokers publish at once. Raises (kombu's BatchPublishError on
         Redis) when the broker did not take them all; which of them it took is then unknown."""
-        with self.app.producer_or_acquire() as producer, producer.batch(max_size=SEND_BATCH):
+        with self.app.producer_or_acquire() as producer, _pipelined(producer):
             yield lambda job_id, kind: self._send(job_id, kind, producer)
 
     def _send(self, job_id: str, kind: JobKind, producer: Any) -> None:
