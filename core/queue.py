@@ -90,10 +90,12 @@ def send_jobs(queue: JobQueue, sessions: sessionmaker[Session], todo: Sequence[t
     (some may get a second message, which is harmless: a job runs only under its lease).
     """
     sent: list[str] = []
+    batch = getattr(queue, "batch", None)
+    size = SEND_BATCH if batch is not None else 1  # without batches each message is known sent
     try:
-        for start in range(0, len(todo), SEND_BATCH):
-            chunk = todo[start : start + SEND_BATCH]
-            with _sender(queue) as enqueue:
+        for start in range(0, len(todo), size):
+            chunk = todo[start : start + size]
+            with batch() if batch is not None else nullcontext(queue.enqueue) as enqueue:
                 for job_id, kind in chunk:
                     enqueue(job_id, kind)
             sent += [job_id for job_id, _ in chunk]
@@ -104,11 +106,6 @@ def send_jobs(queue: JobQueue, sessions: sessionmaker[Session], todo: Sequence[t
             for job_id in rest:
                 leases.mark_unsent(s, job_id)
     return sent
-
-
-def _sender(queue: JobQueue) -> AbstractContextManager[Callable[[str, JobKind], None]]:
-    batch = getattr(queue, "batch", None)
-    return batch() if batch is not None else nullcontext(queue.enqueue)
 
 
 def _pipelined(producer: Any) -> AbstractContextManager[Any]:
