@@ -14,7 +14,7 @@ TARGETS = (
     ("reaper pass, {running:,} running jobs (leases live)", "reaper live", 1000.0, "ms"),
     ("read errors (both phases)", "errors", 0, ""),
     ("jobs lost in the drain", "lost", 0, ""),
-    ("jobs claimed twice in the drain", "twice", 0, ""),
+    ("jobs claimed twice in the drain (finished by two workers)", "twice", 0, ""),
     ("whole run", "run s", 600.0, "s"),
 )
 # measured without a target, printed under the table
@@ -25,6 +25,7 @@ INFO = (
     ("reaper pass, {running:,} running jobs, all expired (re-queued and re-sent)", ("reaper expired",), "ms"),
     ("  of which sending the {running:,} messages (pipelined)", ("reaper sending",), "ms"),
     ("drain: claims/s, metric rows/s", ("claims/s", "rows/s"), ""),
+    ("drain: jobs taken over after a lost lease (their worker's heartbeat starved)", ("again",), ""),
 )
 
 
