@@ -25,6 +25,7 @@ INFO = (
     ("reaper pass, {running:,} running jobs, all expired (re-queued and re-sent)", ("reaper expired",), "ms"),
     ("  of which sending the {running:,} messages (pipelined)", ("reaper sending",), "ms"),
     ("drain: claims/s, metric rows/s", ("claims/s", "rows/s"), ""),
+    ("drain: jobs left unfinished when --max-drain-s stopped it", ("unfinished",), ""),
     ("drain: jobs taken over after a lost lease (their worker's heartbeat starved)", ("again",), ""),
 )
 

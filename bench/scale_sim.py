@@ -253,17 +253,21 @@ def drain_counts(
         starts = c.exec_driver_sql(
             "SELECT count(*) FROM lbdn_job_events WHERE kind='state' AND data->>'status'='running'"
         ).scalar_one()
+        started = c.exec_driver_sql("SELECT count(*) FROM lbdn_jobs WHERE status <> 'queued'").scalar_one()
         epochs = c.exec_driver_sql("SELECT count(*) FROM lbdn_job_metrics").scalar_one()
     engine.dispose()
-    lost = args.jobs - states.get("succeeded", 0)
+    # still queued or running when --max-drain-s stopped the drain: unfinished, not lost
+    unfinished = states.get("queued", 0) + states.get("running", 0)
+    lost = args.jobs - states.get("succeeded", 0) - unfinished
     print(f"== phase 1: {args.workers} workers ({args.procs} processes) drained {done} of {args.jobs} jobs "
           f"x {args.epochs} epochs in {took:.1f} s, {args.clients} clients reading")  # fmt: skip
     print(f"   claims/s {starts / took:.1f}; metric rows/s {epochs / took:.0f}; job states {states}; "
           f"run_job answers {dict(outcome)}")  # fmt: skip
-    print(f"   lost (not succeeded): {lost}; finished by two workers: {twice}; taken over after a lost lease: "
-          f"{again} (attempt <> 1), {starts - done} extra starts")  # fmt: skip
+    print(f"   lost (failed, cancelled or gone): {lost}; unfinished: {unfinished}; finished by two workers: {twice}; taken over after a lost lease: "
+          f"{again} (attempt <> 1), {starts - started} extra starts")  # fmt: skip
     print(f"   reaper passes: {len(passes)}, p50 {pct(passes, 0.5):.1f} ms, max {pct(passes, 1):.1f} ms")
-    return {"lost": lost, "twice": twice, "again": again, "claims/s": starts / took, "rows/s": epochs / took}
+    counts = {"lost": lost, "unfinished": unfinished, "twice": twice, "again": again}
+    return {**counts, "claims/s": starts / took, "rows/s": epochs / took}
 
 
 def at_rest(settings: Settings, args: argparse.Namespace, via: Any) -> dict[str, float]:
