@@ -91,3 +91,54 @@ def test_an_evaluation_continues_on_another_host_from_the_stored_batches(tmp_pat
     assert {name: (out_b / name).stat().st_mtime_ns for name in kept} == kept
     assert (out_b / "autoattack72-1.json").is_file()
     assert again["autoattack_acc"] == first["autoattack_acc"] and again["clean_acc"] == first["clean_acc"]
+
+
+@pytest.mark.artifacts
+def test_the_worker_of_another_host_pulls_the_batches_of_a_dead_one(
+    tmp_path, settings_for, artifact_backend, own_pg_url
+):
+    """worker.tasks' evaluation body: host A attacked both batches, pushed them and died before
+    finishing (its lease ran out); host B's worker takes the job, pulls the batches and finishes."""
+    from core.states import JobKind
+    from core.store import init_db, jobs, leases, transaction
+    from worker.context import TaskContext
+    from worker.tasks import run_evaluate
+
+    shared = {"database_url": own_pg_url, "lipschitz_restarts": 0}
+    host_a = settings_for(tmp_path / "a", **shared)
+    host_b = (
+        host_a if artifact_backend == "local" else settings_for(tmp_path / "b", artifacts=host_a.artifacts, **shared)
+    )
+    worker_b = TaskContext(host_b)
+    init_db(worker_b.engine)
+    for host in (host_a, host_b):
+        _colours(host.datasets_dir)
+    es = ExperimentSpec.model_validate(SPEC)
+    torch.manual_seed(0)
+    weights = tmp_path / "model.safetensors"
+    save_model(weights, build(es), es)
+    params = {"eps": [36, 72], "version": "custom", "attacks": ["apgd-ce"], "n_examples": 4}
+    with transaction(worker_b.sessions()) as s:
+        model = jobs.create_job(s, tenant="local", kind=JobKind.train, spec=SPEC)[0].id
+        job = jobs.create_job(s, tenant="local", kind=JobKind.evaluate, spec=SPEC, params=params, model_id=model)[0].id
+        leases.acquire(s, job, "host-a", lease_s=-1)  # A's lease, run out
+    store_a = host_a.artifact_store()
+    store_a.put(model, "model.safetensors", weights)
+
+    out_a = host_a.job_dir(job)  # what A did before it died: both batches, each pushed as it ended
+    out_a.mkdir(parents=True, exist_ok=True)
+    push = eval_state_pusher(store_a, job, out_a, owned=lambda: None)
+    on_a = evaluate_robustness(
+        weights, data_dir=host_a.datasets_dir, eps=(36, 72), version="custom", attacks=["apgd-ce"], n_examples=4,
+        device="cpu", state_dir=out_a, on_progress=lambda _p: push(),
+    )  # fmt: skip
+
+    assert run_evaluate(worker_b, job) == "succeeded"
+    with worker_b.sessions()() as s:
+        done, lines = jobs.get_job(s, None, job), jobs.log_lines(s, job)
+    assert done.attempt == 2 and done.result["autoattack_acc"] == on_a["autoattack_acc"]
+    pulled = [line for line in lines if line.startswith("continuing after")]
+    # S3: B pulled A's two batches; local: they were in the shared folder already
+    assert pulled == (
+        ["continuing after 2 batch(es) of inputs an earlier attempt attacked"] if host_b is not host_a else []
+    )
