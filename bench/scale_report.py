@@ -20,7 +20,7 @@ TARGETS = (
 # measured without a target, printed under the table
 INFO = (
     ("metrics p99 / sweep p99 (100 jobs), at rest", ("rest metrics p99", "rest sweep p99"), "ms"),
-    ("clients' CPU per read at rest (route code, all reads)", ("rest cpu/read",), "ms"),
+    ("clients' CPU per read at rest (--via store: the route code)", ("rest cpu/read",), "ms"),
     ("poll p99 / list p99 during the drain", ("drain poll p99", "drain list first p99"), "ms"),
     ("reaper pass, {running:,} running jobs, all expired (re-queued and re-sent)", ("reaper expired",), "ms"),
     ("  of which sending the {running:,} messages (pipelined)", ("reaper sending",), "ms"),
