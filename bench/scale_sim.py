@@ -298,6 +298,15 @@ def at_rest(settings: Settings, args: argparse.Namespace, via: Any) -> dict[str,
     return {**got, **reaper, **sizes}
 
 
+def forget_queues(settings: Settings) -> None:
+    """Remove this run's Redis keys (its queues, kombu's bindings of them, the broker marker)."""
+    import redis
+
+    client = redis.Redis.from_url(str(settings.broker_url))
+    for key in client.scan_iter(match=f"*{settings.queue_prefix}*"):
+        client.delete(key)
+
+
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--jobs", type=int, default=2_000, help="jobs of the drain (issue 19: 10,000; see the README)")
@@ -343,6 +352,7 @@ def main() -> None:
             api.terminate()
             api.wait(30)
         db.drop()
+        forget_queues(settings)
     got["run s"] = time.perf_counter() - t0
     got["errors"] = got.get("drain errors", 0) + got.get("rest errors", 0)
     print_summary(got, os.getloadavg())
