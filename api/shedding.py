@@ -2,7 +2,7 @@
 
 An API process serves LBDN_API_THREADS requests at once (each needs at most one thread at a time,
 and the DB pool has a connection per thread, api.main.pool_sizes), so a request given a place
-never waits for a thread or a connection. The others wait here, on the event loop, holding neither,
+never waits for a thread or a connection; it holds its place until its answer starts. The others wait here, on the event loop, holding neither,
 in arrival order; one that waits longer than LBDN_MAX_QUEUE_MS is answered 503 at once (a client
 told to come back beats one that waits 10 s for the answer, and the 503 costs far less than a poll).
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 
 import anyio
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.metrics import ServiceMetrics
 from api.problems import problem
@@ -55,7 +55,21 @@ class ShedLoad:
             self.metrics.shed.inc()
             response = problem(503, self.detail, headers={"Retry-After": self.retry_after})
             return await response(scope, receive, send)
+        held = [True]
+
+        def give_back() -> None:
+            if held[0]:
+                held[0] = False
+                self.places.release()
+
+        async def send_and_give_back(message: Message) -> None:
+            # the place is the request's until its answer starts: a streamed body (a download to a
+            # slow client) does not keep others waiting (its chunks' threads are the thread pool's)
+            if message["type"] == "http.response.start":
+                give_back()
+            await send(message)
+
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, send_and_give_back)
         finally:
-            self.places.release()
+            give_back()

@@ -18,7 +18,7 @@ def test_counted_paths() -> None:
         assert not counted(path), path
 
 
-def _run(max_wait_s: float, scenario) -> None:
+def _run(max_wait_s: float, scenario, shed_expected: int = 1) -> None:
     """`scenario(client, shed, entered, release)` against ShedLoad(1 place) over an app whose /slow
     request holds its place until `release` is set."""
 
@@ -29,13 +29,18 @@ def _run(max_wait_s: float, scenario) -> None:
             if scope["path"] == "/slow":
                 entered.set()
                 await release.wait()
+            if scope["path"] == "/stream":  # an answer started, its body held back until `release`
+                await send({"type": "http.response.start", "status": 200, "headers": []})
+                entered.set()
+                await release.wait()
+                return await send({"type": "http.response.body", "body": b"ok"})
             await PlainTextResponse("ok")(scope, receive, send)
 
         shed = ShedLoad(app, places=1, max_wait_s=max_wait_s, metrics=ServiceMetrics(None))  # type: ignore[arg-type]
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=shed), base_url="http://t") as client:
             await scenario(client, shed, entered, release)
             assert (await client.get("/v1/jobs")).status_code == 200  # the places were given back
-        assert shed.metrics.shed._value.get() == (1 if max_wait_s < 1 else 0)
+        assert shed.metrics.shed._value.get() == shed_expected
 
     anyio.run(main)
 
@@ -72,4 +77,15 @@ def test_a_place_given_back_within_the_wait_lets_the_waiter_in() -> None:
             release.set()
         assert answers == [200]
 
-    _run(60.0, scenario)
+    _run(60.0, scenario, shed_expected=0)
+
+
+def test_an_answer_that_started_gives_its_place_back() -> None:
+    async def scenario(client: httpx.AsyncClient, shed: ShedLoad, entered: anyio.Event, release: anyio.Event) -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(client.get, "/stream")
+            await entered.wait()
+            assert (await client.get("/v1/jobs")).status_code == 200  # while /stream still sends its body
+            release.set()
+
+    _run(0.5, scenario, shed_expected=0)
