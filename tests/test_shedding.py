@@ -89,3 +89,14 @@ def test_an_answer_that_started_gives_its_place_back() -> None:
             release.set()
 
     _run(0.5, scenario, shed_expected=0)
+
+
+def test_the_openapi_document_names_the_503_where_load_is_shed(tmp_path) -> None:
+    from api.main import create_app
+    from core.settings import Settings
+
+    paths = create_app(Settings(_env_file=None, home=tmp_path)).openapi()["paths"]
+    poll = paths["/v1/jobs/{job_id}"]["get"]["responses"]["503"]
+    assert "load shedding" in poll["description"] and "Retry-After" in poll["headers"]
+    assert "503" not in paths["/healthz"]["get"]["responses"]
+    assert "503" not in paths["/v1/jobs/{job_id}/events"]["get"]["responses"]
