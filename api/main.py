@@ -174,7 +174,10 @@ def create_app(settings: Settings | None = None, up_since: float | None = None) 
     app.include_router(model_io.router)  # /v1/models/import, /v1/models/{id}/export
     # inside LimitAndMeasure, so that shed requests are counted and timed like the others
     app.add_middleware(
-        ShedLoad, places=settings.api_threads, max_wait_s=settings.max_queue_ms / 1000, metrics=services.metrics
+        ShedLoad,
+        places=min(settings.max_in_flight, settings.api_threads),
+        max_wait_s=settings.max_queue_ms / 1000,
+        metrics=services.metrics,
     )
     app.add_middleware(LimitAndMeasure, max_bytes=settings.max_upload_bytes, metrics=services.metrics)
     app.add_middleware(OpsGuard, token=settings.metrics_token)  # /metrics, /readyz: token or loopback

@@ -1,8 +1,11 @@
 """Load shedding: a request waits at most LBDN_MAX_QUEUE_MS for a place, then gets 503 + Retry-After.
 
-An API process serves LBDN_API_THREADS requests at once (each needs at most one thread at a time,
-and the DB pool has a connection per thread, api.main.pool_sizes), so a request given a place
-never waits for a thread or a connection; it holds its place until its answer starts. The others wait here, on the event loop, holding neither,
+An API process serves LBDN_MAX_IN_FLIGHT (8) requests at once, never more than LBDN_API_THREADS:
+each needs at most one thread at a time and the DB pool has a connection per thread
+(api.main.pool_sizes), so a request given a place never waits for a thread or a connection; it
+holds its place until its answer starts. Why fewer places than threads: requests beyond a few at
+once add no throughput on a busy machine, only threads competing with the event loop for the GIL,
+which is what /healthz and every answer wait for (README "Concurrency": measured). The others wait here, on the event loop, holding neither,
 in arrival order; one that waits longer than LBDN_MAX_QUEUE_MS is answered 503 at once (a client
 told to come back beats one that waits 10 s for the answer, and the 503 costs far less than a poll).
 
@@ -40,7 +43,7 @@ class ShedLoad:
         self.places = anyio.Semaphore(places)  # anyio's: fair (FIFO), and safe to cancel while waiting
         self.retry_after = str(max(1, math.ceil(max_wait_s)))
         self.detail = (
-            f"the server is overloaded: no place free among its LBDN_API_THREADS ({places}) within "
+            f"the server is overloaded: none of its {places} places (LBDN_MAX_IN_FLIGHT) came free within "
             f"LBDN_MAX_QUEUE_MS ({max_wait_s * 1000:g} ms); retry after {self.retry_after} s"
         )
 

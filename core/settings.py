@@ -146,11 +146,18 @@ class Settings(BaseSettings):
         le=64,
         description="API processes of `lbdn api` / `lbdn serve` on one port (a supervisor restarts them)",
     )
+    max_in_flight: int = Field(
+        8,
+        ge=1,
+        le=1024,
+        description="requests an API process serves at once, at most LBDN_API_THREADS (certify, event streams "
+        "and probes not counted); the others wait up to LBDN_MAX_QUEUE_MS",
+    )
     max_queue_ms: float = Field(
         1000.0,
         ge=1,
         le=60_000,
-        description="longest wait of a request for one of the LBDN_API_THREADS places of its API process (ms); "
+        description="longest wait of a request for one of the LBDN_MAX_IN_FLIGHT places of its API process (ms); "
         "503 with Retry-After after it",
     )
     limit_concurrency: int | None = Field(
