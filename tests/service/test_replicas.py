@@ -236,3 +236,29 @@ def test_overload_is_shed_early_and_healthz_still_answers(procs, tmp_path):
     assert httpx.get(f"{url}/v1/jobs", timeout=60).status_code == 200  # every place was given back
     metrics = httpx.get(f"{url}/metrics", timeout=60).text.splitlines()
     assert any(line.startswith("lbdn_http_shed_total ") and float(line.split()[1]) >= 1 for line in metrics)
+
+
+def test_serve_with_two_api_processes_stops_them_and_its_worker_on_sigterm(procs, tmp_path):
+    env, port = _replica_settings_env(tmp_path), free_port()
+    serve = procs(["serve", "--host", "127.0.0.1", "--port", str(port), "--api-processes", "2"], env, "serve")
+    pids = _replicas(serve, env, port)
+    serve.wait_for(" ready.")  # the worker
+    worker = int(serve.text().split("lbdn: worker pid ", 1)[1].split()[0])
+    assert httpx.get(f"http://127.0.0.1:{port}/v1/jobs", timeout=60).status_code == 200
+    serve.proc.send_signal(signal.SIGTERM)
+    assert serve.proc.wait(timeout=180) == 0  # (bound: the idle worker's warm shutdown is seconds)
+    assert not any(alive(pid) for pid in [*pids.values(), worker])
+    assert "lbdn: stopped" in serve.text()
+
+
+def test_replicas_share_the_certify_processes_of_one_api_unless_told(monkeypatch, tmp_path):
+    from api.replicas import replica_env
+    from core.settings import Settings
+
+    monkeypatch.delenv("LBDN_CERTIFY_CONCURRENCY", raising=False)
+    unset = Settings(_env_file=None, home=tmp_path)
+    assert replica_env(unset, 2)["LBDN_CERTIFY_CONCURRENCY"] == "1"  # 2 in all, as one API has
+    assert replica_env(unset, 2)["LBDN_API_PROCESSES"] == "2"
+    monkeypatch.setenv("LBDN_CERTIFY_CONCURRENCY", "3")
+    told = Settings(_env_file=None, home=tmp_path)
+    assert replica_env(told, 2)["LBDN_CERTIFY_CONCURRENCY"] == "3"  # per replica, as set
