@@ -121,8 +121,8 @@ def _raise_stop(_signum: int, _frame: Any) -> None:
 
 
 def serve(settings: Settings, host: str, port: int, api_processes: int = 1) -> None:
-    """The API (`api_processes` replicas) and one worker process; SIGTERM or SIGINT (Ctrl-C) stops both, and a job that was
-    running checkpoints and resumes at the next start.
+    """The API (`api_processes` replicas, api.replicas) and one worker process; SIGTERM or SIGINT
+    (Ctrl-C) stops both, and a job that was running checkpoints and resumes at the next start.
 
     uvicorn catches SIGTERM/SIGINT while it serves and raises the signal again once it has shut
     down; with Python's default SIGTERM action that re-raise ended this process before `finally:`
