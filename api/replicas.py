@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -85,6 +86,7 @@ class Supervisor:
         """Serve until stopped; the exit status (1: replicas kept failing to start)."""
         # Held (bound, not listening) while the replicas run: a port that another program holds
         # fails here at once, and nobody else takes it while a replica restarts.
+        refuse_shared_port(self.host, self.port)
         guard = reuseport_socket(self.host, self.port)
         previous = {s: signal.signal(s, self._stop) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
@@ -145,6 +147,16 @@ class Supervisor:
             os.killpg(replica.proc.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+
+
+def refuse_shared_port(host: str, port: int) -> None:
+    """OSError when anything is bound to host:port, even another supervisor's replicas: with
+    SO_REUSEPORT alone, a second `lbdn api --processes N` of the same user would join their port
+    and share its connections instead of failing like a second plain `lbdn api`."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: TIME_WAIT is no owner
+        probe.bind((host, port))
 
 
 def run_replicas(settings: Settings, host: str, port: int, processes: int) -> int:

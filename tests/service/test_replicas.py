@@ -171,6 +171,15 @@ def test_sigterm_stops_every_replica(procs, tmp_path):
     sup = procs(["api", "--host", "127.0.0.1", "--port", str(port), "--processes", "2"], env, "replicas")
     pids = _replicas(sup, env, port)
     assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=60).status_code == 200
+    second = subprocess.run(  # SO_REUSEPORT would let it join the port: refused like a second plain API
+        [sys.executable, "-m", "api.cli", "api", "--port", str(port), "--processes", "2"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert second.returncode == 1 and "cannot listen" in second.stderr, second.stderr
     sup.proc.send_signal(signal.SIGTERM)
     assert sup.proc.wait(timeout=120) == 0  # (bound: a graceful shutdown is seconds)
     assert not any(alive(pid) for pid in pids.values())
