@@ -4,12 +4,10 @@ subcommand (submit, jobs, certify, export, ...) is the client's (client.cli)."""
 from __future__ import annotations
 
 import argparse
-import gc
 import os
 import signal
 import subprocess
 import sys
-import threading
 from typing import Any
 
 from core.settings import Settings, get_settings
@@ -42,49 +40,22 @@ def check_bind(settings: Settings, host: str) -> None:
     )
 
 
-def run_api(settings: Settings, host: str, port: int) -> None:
-    import uvicorn
-
-    from api.main import create_app
-    from api.protocol import with_header_timeout
+def run_api(settings: Settings, host: str, port: int, processes: int = 1) -> None:
+    """`lbdn api`: one process, or `processes` replicas on one port under a supervisor (api.replicas)."""
+    from api.replicas import run_replicas
+    from api.server import run_api as run_one
 
     check_bind(settings, host)
-    settings = settings.model_copy(update={"host": host})  # the auth rule depends on where we listen
-    print(f"lbdn API on http://{host}:{port}  (OpenAPI docs: http://{host}:{port}/docs)", flush=True)
-    app = create_app(settings)
-    # The heap built so far (FastAPI, pydantic, SQLAlchemy, the routes) lives as long as the process:
-    # frozen out of the collector's generations, a full collection scans only what requests allocate
-    # (here, not in create_app: a test process that builds apps keeps the default). A shorter GIL
-    # switch interval was tried too: it halved the poll throughput on PostgreSQL (thread handoffs).
-    gc.collect()
-    gc.freeze()
-    threading.Thread(target=_warm_torch, name="lbdn-torch-warm", daemon=True).start()
-    uvicorn.run(
-        app,
-        host=host,
-        port=port,
-        log_level="info",
-        access_log=settings.access_log,
-        timeout_graceful_shutdown=5,
-        # longer than clients keep idle connections (httpx 5 s, browsers more): a server that closes
-        # a kept-alive connection just as a client reuses it makes that request fail (ReadError)
-        timeout_keep_alive=75,
-        # limits (issue 22): a header read timeout (api.protocol) and a bound on connections + requests
-        http=with_header_timeout(settings.header_timeout_s),
-        limit_concurrency=settings.limit_concurrency,
-    )
-
-
-def _warm_torch() -> None:
-    """The API runs torch for one thing, the memory estimate of a submitted spec (lipcore.cost,
-    imported on first use): set this process's torch threads by the rule first (1: its work is
-    small and the cores belong to the workers and certify processes), and import it in the
-    background now, so the first submission does not wait for torch's import (10 s measured on a
-    loaded 2-core machine, bench/threads.py)."""
-    from lipcore.runtime import set_torch_threads, torch_threads, usable_cores
-
-    set_torch_threads(torch_threads(sharing=usable_cores()))
-    import lipcore.cost  # noqa: F401
+    if processes <= 1:
+        run_one(settings, host, port)
+        return
+    _store(settings)  # migrated once here, before the replicas start (each one checks again, in turn)
+    try:
+        code = run_replicas(settings, host, port, processes)
+    except OSError as e:
+        sys.exit(f"lbdn: cannot listen on {host}:{port}: {e}")
+    if code:
+        sys.exit(code)
 
 
 def worker_argv(settings: Settings, queues: str, concurrency: int, pool: str, loglevel: str) -> list[str]:
@@ -149,9 +120,9 @@ def _raise_stop(_signum: int, _frame: Any) -> None:
     raise _Stop
 
 
-def serve(settings: Settings, host: str, port: int) -> None:
-    """The API and one worker process; SIGTERM or SIGINT (Ctrl-C) stops both, and a job that was
-    running checkpoints and resumes at the next start.
+def serve(settings: Settings, host: str, port: int, api_processes: int = 1) -> None:
+    """The API (`api_processes` replicas, api.replicas) and one worker process; SIGTERM or SIGINT
+    (Ctrl-C) stops both, and a job that was running checkpoints and resumes at the next start.
 
     uvicorn catches SIGTERM/SIGINT while it serves and raises the signal again once it has shut
     down; with Python's default SIGTERM action that re-raise ended this process before `finally:`
@@ -165,7 +136,7 @@ def serve(settings: Settings, host: str, port: int) -> None:
     try:
         supervisor.start()
         print(f"lbdn: data in {settings.home.resolve()}", flush=True)
-        run_api(settings, host, port)
+        run_api(settings, host, port, api_processes)
     except (_Stop, KeyboardInterrupt):
         pass
     finally:
@@ -319,6 +290,16 @@ def parser(settings: Settings) -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=text)
         sp.add_argument("--host", default=settings.host)
         sp.add_argument("--port", type=int, default=settings.port)
+        sp.add_argument(
+            "--processes" if name == "api" else "--api-processes",
+            dest="processes",
+            type=int,
+            default=settings.api_processes,
+            help=f"API processes on the port (default LBDN_API_PROCESSES={settings.api_processes})",
+        )
+    # a replica of `lbdn api --processes N`, started by its supervisor (api.replicas)
+    sub.choices["api"].add_argument("--replica-of", type=int, default=None, help=argparse.SUPPRESS)
+    sub.choices["api"].add_argument("--up-since", type=float, default=None, help=argparse.SUPPRESS)
     w = sub.add_parser("worker", help="a Celery worker that runs jobs")
     w.add_argument("--queues", default="gpu,cpu", help="queue names, comma-separated (default gpu,cpu)")
     w.add_argument(
@@ -349,6 +330,12 @@ def parser(settings: Settings) -> argparse.ArgumentParser:
     return p
 
 
+def _replica(settings: Settings, args: argparse.Namespace) -> None:
+    from api.server import serve_replica
+
+    serve_replica(settings, args.host, args.port, args.up_since or 0.0, parent=args.replica_of)
+
+
 # Subcommands this parser owns; every other one is a client command (client.cli). Add new server
 # subcommands here.
 SERVER_COMMANDS = ("serve", "api", "worker", "keys", "download")
@@ -372,9 +359,11 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"lbdn: invalid settings: {e}")
     args = parser(settings).parse_args(argv)
     if args.cmd == "serve":
-        serve(settings, args.host, args.port)
+        serve(settings, args.host, args.port, args.processes)
+    elif args.cmd == "api" and args.replica_of is not None:
+        _replica(settings, args)
     elif args.cmd == "api":
-        run_api(settings, args.host, args.port)
+        run_api(settings, args.host, args.port, args.processes)
     elif args.cmd == "worker":
         run_worker(settings, args.queues, args.concurrency, args.pool, args.loglevel, args.devices, args.sharing)
     elif args.cmd == "download":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 
@@ -37,6 +38,7 @@ from api.routers import (
 )
 from api.routers.events import StreamCount
 from api.services import AppServices, Limiters, services_of
+from api.shedding import ShedLoad
 from core.queue import CeleryQueue
 from core.reaper import reap_and_resend
 from core.settings import Settings, get_settings
@@ -89,12 +91,15 @@ def _resend_at_startup(services: AppServices) -> None:
     with suppress(Exception):
         services.queue.broker_lost_messages()
     try:
-        reap_and_resend(services.sessions, services.queue, services.settings, everything_queued=True)
+        # every queued job not sent since this API came up: the replicas of one `lbdn api
+        # --processes N` share the moment, so the first pass re-sends and the others (and a replica
+        # restarted later) find nothing left
+        reap_and_resend(services.sessions, services.queue, services.settings, sent_before=services.up_since)
     except Exception:
         log.exception("re-sending queued jobs at start-up failed")
 
 
-def build_services(settings: Settings) -> AppServices:
+def build_services(settings: Settings, up_since: float | None = None) -> AppServices:
     """Everything the routes share, made once per app (the limiters wait for the lifespan)."""
     engine = make_engine(settings.db_url, **pool_sizes(settings))
     sessions = session_factory(engine)
@@ -136,10 +141,12 @@ def build_services(settings: Settings) -> AppServices:
         stream_count=StreamCount(settings.max_streams_per_tenant),  # api.routers.events
         recent_imports=RecentImports(),  # api.import_limits
         artifacts=settings.artifact_store(),  # core.artifacts: artifacts, certify, export, import, delete
+        up_since=time.time() if up_since is None else up_since,
     )
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, up_since: float | None = None) -> FastAPI:
+    """The app; `up_since` (UNIX time) is when its API started: its supervisor's start for a replica."""
     settings = settings or get_settings()
     if (refused := listen_problem(settings)) is not None:
         raise RuntimeError(refused)
@@ -157,7 +164,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             {"name": "sweeps", "description": "grids of jobs and the paper's experiments as presets"},
         ],
     )
-    app.state.services = services = build_services(settings)
+    app.state.services = services = build_services(settings, up_since)
     problems.install(app)
     for router in (jobs.router, events.router, artifacts.router, models.router, health.router):
         app.include_router(router)
@@ -165,6 +172,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router)
     app.include_router(catalog.router)  # /v1/catalog: model cards and layer families
     app.include_router(model_io.router)  # /v1/models/import, /v1/models/{id}/export
+    # inside LimitAndMeasure, so that shed requests are counted and timed like the others
+    app.add_middleware(
+        ShedLoad,
+        places=min(settings.max_in_flight, settings.api_threads),
+        max_wait_s=settings.max_queue_ms / 1000,
+        metrics=services.metrics,
+    )
     app.add_middleware(LimitAndMeasure, max_bytes=settings.max_upload_bytes, metrics=services.metrics)
     app.add_middleware(OpsGuard, token=settings.metrics_token)  # /metrics, /readyz: token or loopback
     app.include_router(dashboard.router)  # the browser UI at / (no key needed to load the page)

@@ -76,5 +76,8 @@ class ServiceMetrics:
         self.certify_attacks_active = Gauge(
             "lbdn_certify_attacks_active", "?attack=true searches running now", registry=r
         )
+        self.shed = Counter(
+            "lbdn_http_shed", "Requests answered 503 after LBDN_MAX_QUEUE_MS without a place (api.shedding)", registry=r
+        )
         self.jobs_submitted = Counter("lbdn_jobs_submitted", "Jobs created", ["kind"], registry=r)
         r.register(JobsCollector(sessions))

@@ -46,7 +46,7 @@ WHY = {
     415: "the content type is not one this route reads",
     422: "the request is well-formed but invalid; `detail` names the field and what was expected",
     429: "a quota or concurrency limit is reached; retry after Retry-After seconds",
-    503: "a dependency is unreachable",
+    503: "a dependency is unreachable, or the server is overloaded (load shedding: retry after Retry-After seconds)",
 }
 _PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
 
@@ -63,7 +63,7 @@ def problem_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
             "description": WHY.get(code, HTTPStatus(code).phrase),
             "content": {PROBLEM_JSON: {"schema": _PROBLEM_REF}},
         }
-        if code == 429:
+        if code in (429, 503):
             entry["headers"] = {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}}
         if code == 401:
             entry["headers"] = {"WWW-Authenticate": {"description": "Bearer", "schema": {"type": "string"}}}
@@ -76,7 +76,10 @@ V1_PROBLEMS = problem_responses(401, 404, 413, 422)  # what any /v1 route with a
 
 def _complete(doc: dict[str, Any]) -> dict[str, Any]:
     """Every operation: errors as problem+json (FastAPI's own 422 included), and the codes the
-    middleware and auth give on any route (413 anywhere, 401 on /v1, 401/403 on /metrics and /readyz)."""
+    middleware and auth give on any route (413 anywhere, 401 on /v1, 401/403 on /metrics and /readyz,
+    503 where load is shed)."""
+    from api.shedding import counted  # (api.shedding answers with this module's problem())
+
     doc.setdefault("components", {}).setdefault("schemas", {})["Problem"] = PROBLEM_SCHEMA
     schemas = doc["components"]["schemas"]
     for name in ("HTTPValidationError", "ValidationError"):
@@ -92,6 +95,8 @@ def _complete(doc: dict[str, Any]) -> dict[str, Any]:
                     codes.append(404)
             if path in ("/metrics", "/readyz"):
                 codes += [401, 403]
+            if counted(path):  # api.shedding: no place within LBDN_MAX_QUEUE_MS
+                codes.append(503)
             responses = op["responses"]
             for code, entry in problem_responses(*codes).items():
                 responses.setdefault(str(code), entry)

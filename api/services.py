@@ -8,8 +8,9 @@ The classes are imported for type checking only: their modules import this one f
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, FastAPI, Request
@@ -71,6 +72,9 @@ class AppServices:
     stream_count: StreamCount
     recent_imports: RecentImports
     artifacts: ArtifactStore  # jobs' files (LBDN_ARTIFACTS: this host's folder or S3)
+    up_since: float = field(
+        default_factory=time.time
+    )  # UNIX time this API started (its supervisor's for replicas): the start-up re-send's cutoff
     keys_seen: bool = False  # api.auth: once a key exists the "auto" mode is closed for good
     started: Limiters | None = None  # set by the lifespan
 

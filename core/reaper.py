@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -29,14 +30,18 @@ def reap_and_resend(
     settings: Settings,
     *,
     everything_queued: bool = False,
+    sent_before: float | None = None,
 ) -> list[str]:
-    """One pass; returns the ids of the jobs whose message was (re-)sent."""
+    """One pass; returns the ids of the jobs whose message was (re-)sent. Queued jobs re-sent:
+    every one (everything_queued), those not sent since the UNIX time `sent_before`, else those
+    sent longer than LBDN_RESEND_QUEUED_AFTER_S ago."""
+    after_s: float | None = settings.resend_queued_after_s
+    if everything_queued:
+        after_s = None
+    elif sent_before is not None:
+        after_s = max(0.0, time.time() - sent_before)
     with transaction(sessions) as s:
-        todo = leases.reap(
-            s,
-            max_attempts=settings.max_attempts,
-            resend_queued_after_s=None if everything_queued else settings.resend_queued_after_s,
-        )
+        todo = leases.reap(s, max_attempts=settings.max_attempts, resend_queued_after_s=after_s)
     sent = send_jobs(queue, sessions, [(item.job_id, item.kind) for item in todo])
     if sent:
         log.info("re-sent %d job(s): %s", len(sent), ", ".join(sent))

@@ -139,6 +139,27 @@ class Settings(BaseSettings):
     header_timeout_s: float = Field(
         10.0, gt=0, description="time a connection has to send a request's headers (uvicorn closes it after)"
     )
+    # replicas and load shedding (issue 19): see README "Concurrency"
+    api_processes: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="API processes of `lbdn api` / `lbdn serve` on one port (a supervisor restarts them)",
+    )
+    max_in_flight: int = Field(
+        8,
+        ge=1,
+        le=1024,
+        description="requests an API process serves at once, at most LBDN_API_THREADS (certify, event streams "
+        "and probes not counted); the others wait up to LBDN_MAX_QUEUE_MS",
+    )
+    max_queue_ms: float = Field(
+        1000.0,
+        ge=1,
+        le=60_000,
+        description="longest wait of a request for one of the LBDN_MAX_IN_FLIGHT places of its API process (ms); "
+        "503 with Retry-After after it",
+    )
     limit_concurrency: int | None = Field(
         2000, ge=10, description="connections + requests in flight per API process; 503 above (uvicorn)"
     )

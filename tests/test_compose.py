@@ -36,3 +36,18 @@ def test_api_and_workers_share_the_object_store_the_init_service_makes() -> None
     assert api["LBDN_S3_ENDPOINT"].startswith("http://minio:")
     for name in ("api", "worker"):
         assert services[name]["depends_on"]["minio-init"]["condition"] == "service_completed_successfully"
+
+
+def test_the_proxy_balances_every_api_replica() -> None:
+    """API replicas behind nginx: the scaled `api` service is the proxy's one upstream, on the
+    port the API listens on, and the proxy's image reads the nginx.conf that says so."""
+    services = _services()
+    api, proxy = services["api"], services["proxy"]
+    assert api["deploy"]["replicas"] >= 2 and "ports" not in api  # reached through the proxy only
+    port = api["command"][api["command"].index("--port") + 1]
+    conf = (COMPOSE.parent / "deploy" / "nginx.conf").read_text()
+    upstream = conf.split("upstream lbdn_api {", 1)[1].split("}", 1)[0]
+    assert f"server api:{port}" in upstream and "least_conn;" in upstream
+    assert "proxy_pass http://lbdn_api;" in conf
+    assert "./deploy/nginx.conf:/etc/nginx/nginx.conf:ro" in proxy["volumes"]
+    assert "http_503" not in conf  # a shed request's 503 goes to its client (see nginx.conf)

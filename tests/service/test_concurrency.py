@@ -98,7 +98,9 @@ def test_pollers_and_certify_beyond_the_pools_get_no_error(service_factory, stac
     # 4 route threads and 1 certify thread: the pool holds 11 connections, the clients open 78,
     # 10 of them event streams polling the store all along
     broker, db = ("embedded", "sqlite") if stack == "embedded" else ("redis", "postgres")
-    svc = service_factory(broker, db, api_threads=4, certify_concurrency=1)
+    # requests beyond the places wait (no shedding within the test's minute: api.shedding is tested
+    # in test_replicas.py): what is checked here is that waiting never fails
+    svc = service_factory(broker, db, api_threads=4, certify_concurrency=1, max_queue_ms=60_000)
     app, engine = _store_app(svc.settings)
     try:
         with transaction(app.state.services.sessions) as s:
@@ -141,7 +143,7 @@ def test_one_db_connection_serves_many_threads_without_deadlock(tmp_path, settin
     monkeypatch.setattr(
         api.main, "pool_sizes", lambda settings: {"pool_size": 1, "max_overflow": 0, "pool_timeout": 60}
     )
-    app = create_app(settings_for(tmp_path, api_threads=32, certify_concurrency=2))
+    app = create_app(settings_for(tmp_path, api_threads=32, certify_concurrency=2, max_queue_ms=60_000))  # no shedding
 
     async def run() -> tuple[list[str], list[int]]:
         async with app.router.lifespan_context(app):
