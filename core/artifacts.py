@@ -25,16 +25,19 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import stat
 import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlparse
 
 CHUNK = 1 << 20
+EVICT_GRACE_S = 30.0  # see DownloadCache._evict
 
 
 @dataclass(frozen=True)
@@ -130,8 +133,9 @@ class LocalArtifacts:
 def _touch(path: Path) -> None:
     """Mark a cached file recently used: its access time only. Its modification time is what
     readers key on (ModelCache, the export next to it), so changing it would look like new content."""
-    st = path.stat()
-    os.utime(path, ns=(time.time_ns(), st.st_mtime_ns))
+    with suppress(FileNotFoundError):  # another process on this host evicted it meanwhile
+        st = path.stat()
+        os.utime(path, ns=(time.time_ns(), st.st_mtime_ns))
 
 
 class DownloadCache:
@@ -139,9 +143,10 @@ class DownloadCache:
     (least recently used, by access time, first out; a file larger than the whole cache is still
     kept, alone)."""
 
-    def __init__(self, root: Path, max_bytes: int) -> None:
+    def __init__(self, root: Path, max_bytes: int, grace_s: float = EVICT_GRACE_S) -> None:
         self.root = Path(root)
         self.max_bytes = max_bytes
+        self.grace_s = grace_s
         self._lock = threading.Lock()
 
     def path_for(self, key: str, etag: str, group: str = "") -> Path:
@@ -172,16 +177,33 @@ class DownloadCache:
         shutil.rmtree(self.root / _check_name(group), ignore_errors=True)
 
     def _evict(self, keep: Path) -> None:
+        # Several processes share one host's cache (API replicas, the API beside a worker), each
+        # evicting on its own: a file may vanish under us (skipped), and a file another process
+        # used in the last `grace_s` is kept even past max_bytes, since that process may have
+        # been handed its path by `fill` and not yet opened it (an open file survives its removal).
         with self._lock:
-            files = [p for p in self.root.glob("*/*/*") if p.is_file() and not p.name.endswith(".part")]
-            files.sort(key=lambda p: p.stat().st_atime_ns)
-            total = sum(p.stat().st_size for p in files)
-            for p in files:
+            recent = time.time_ns() - int(self.grace_s * 1e9)
+            files = sorted(_cached_files(self.root), key=lambda f: f[1].st_atime_ns)
+            total = sum(st.st_size for _, st in files)
+            for p, st in files:
                 if total <= self.max_bytes:
                     break
-                if p != keep:
-                    total -= p.stat().st_size
+                if p != keep and st.st_atime_ns < recent:
+                    total -= st.st_size
                     shutil.rmtree(p.parent, ignore_errors=True)
+
+
+def _cached_files(root: Path) -> list[tuple[Path, os.stat_result]]:
+    """The complete cached files under `root` with their stat, skipping any removed meanwhile."""
+    found = []
+    for p in root.glob("*/*/*"):
+        if p.name.endswith(".part"):
+            continue
+        with suppress(FileNotFoundError):
+            st = p.stat()
+            if stat.S_ISREG(st.st_mode):
+                found.append((p, st))
+    return found
 
 
 class S3Artifacts:
