@@ -189,6 +189,11 @@ def make_settings(tmp_path: Path, **overrides) -> Settings:
         cancel_poll_s=0.2,
         sse_poll_s=0.1,
         access_log=True,  # a failed test's server log shows each request
+        # Certify processes at the API's own priority: niced, under `make test` they get a tenth of
+        # a core against the other xdist worker's training, and each spawn (a torch import), answer
+        # and shutdown waited on it (test_certify_crafted_api's first test: 105 s niced, 20 s not, on
+        # a loaded machine). test_certify_pool checks the production nice, its default.
+        certify_nice=0,
     )
     values.update(overrides)
     return Settings(_env_file=None, **values)
