@@ -194,6 +194,9 @@ def make_settings(tmp_path: Path, **overrides) -> Settings:
         # and shutdown waited on it (test_certify_crafted_api's first test: 105 s niced, 20 s not, on
         # a loaded machine). test_certify_pool checks the production nice, its default.
         certify_nice=0,
+        # `auto` counts GPUs in a child process that imports torch (1.5 s of CPU) at every worker
+        # start; here it finds none and means `cpu` (test_devices checks `auto` itself)
+        worker_devices="cpu",
     )
     values.update(overrides)
     return Settings(_env_file=None, **values)
