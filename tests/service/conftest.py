@@ -20,6 +20,7 @@ from pydantic import SecretStr
 
 from core.settings import Settings
 from core.store import init_db, make_engine, session_factory
+from tests.service.apps import QUICK, module_apps, shared_client  # noqa: F401 (fixtures of the service tests)
 from tests.waiting import wait_until
 
 PG_ADMIN = os.environ.get("LBDN_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -189,17 +190,8 @@ def make_settings(tmp_path: Path, **overrides) -> Settings:
         cancel_poll_s=0.2,
         sse_poll_s=0.1,
         access_log=True,  # a failed test's server log shows each request
-        # Certify processes at the API's own priority: niced, under `make test` they get a tenth of
-        # a core against the other xdist worker's training, and each spawn (a torch import), answer
-        # and shutdown waited on it (test_certify_crafted_api's first test: 105 s niced, 20 s not, on
-        # a loaded machine). test_certify_pool checks the production nice, its default.
-        certify_nice=0,
-        # `auto` counts GPUs in a child process that imports torch (1.5 s of CPU) at every worker
-        # start; here it finds none and means `cpu` (test_devices checks `auto` itself)
-        worker_devices="cpu",
     )
-    values.update(overrides)
-    return Settings(_env_file=None, **values)
+    return Settings(_env_file=None, **{**values, **QUICK, **overrides})
 
 
 @pytest.fixture
