@@ -158,7 +158,8 @@ def test_toy_regression_certificate_holds_on_a_dense_grid() -> None:
     x = torch.linspace(-2, 2, 300)[:, None]
     y = ((x <= -1) | ((x > 0) & (x <= 1))).float()
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
-    for _ in range(150):
+    # 60 steps: all 40 probes certified, mean radius 0.090 (150 steps: 40, 0.093) in 40 % of the time
+    for _ in range(60):
         loss = F.mse_loss(model(x), y)
         opt.zero_grad()
         loss.backward()

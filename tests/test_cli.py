@@ -97,6 +97,10 @@ def experiment(spec: ExperimentSpec) -> str:
 # CIFAR-100, five large models: 583 s; Tab. 2 Tiny-ImageNet, four small ones: 243 s), about 15 s
 # a unit there. An ordering, not a prediction: the small CIFAR-10 models take 2-4 s, not 15.
 SCALE_COST = {"small": 1.0, "medium": 3.0, "large": 8.0, "xlarge": 16.0}
+# Per model, against KWL: the DNN's float64 Cayley blocks, and Resnet-SLL's float64 bound of its SLL
+# blocks (at the end of training and again in eval). Measured one test at a time (load 5-30, so
+# ratios only): Resnet-SLL 494 s large / 591 s Tiny / 125 s CIFAR-10, KWL 96-169 s / 12-175 s / 10-13 s.
+MODEL_COST = {"DNN": 3.4, "Resnet": 4.0}
 
 
 @dataclass(frozen=True, eq=False)
@@ -116,7 +120,7 @@ class Command:
         s = self.spec
         if not s.img_size:
             return 0.1  # the Toy model on 1-D data: seconds
-        return (s.img_size / 32) ** 2 * SCALE_COST.get(s.scale or "small", 1.0) * (3.4 if s.model == "DNN" else 1.0)
+        return (s.img_size / 32) ** 2 * SCALE_COST.get(s.scale or "small", 1.0) * MODEL_COST.get(s.model, 1.0)
 
 
 # experiment(spec) must not depend on the test's tmp paths: the key is made with placeholders

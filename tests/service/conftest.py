@@ -20,6 +20,7 @@ from pydantic import SecretStr
 
 from core.settings import Settings
 from core.store import init_db, make_engine, session_factory
+from tests.service.apps import QUICK, module_apps, shared_client  # noqa: F401 (fixtures of the service tests)
 from tests.waiting import wait_until
 
 PG_ADMIN = os.environ.get("LBDN_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -190,8 +191,7 @@ def make_settings(tmp_path: Path, **overrides) -> Settings:
         sse_poll_s=0.1,
         access_log=True,  # a failed test's server log shows each request
     )
-    values.update(overrides)
-    return Settings(_env_file=None, **values)
+    return Settings(_env_file=None, **{**values, **QUICK, **overrides})
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from lipcore.attack import pgd_l2
 from tests.service.test_import_metadata import import_file, toy_file
 from tests.test_certify_crafted import crafted_toy
 
-pytestmark = pytest.mark.slow  # (each test starts the app and its certify process: 5-12 s)
+pytestmark = pytest.mark.slow  # (the module's app and its certify process start once: 5-12 s)
 
 
 def _import_toy(client, tmp_path, model) -> str:
@@ -23,7 +23,8 @@ def _import_toy(client, tmp_path, model) -> str:
     return r.json()["id"]
 
 
-def test_nan_bound_is_no_certificate(client, tmp_path):
+def test_nan_bound_is_no_certificate(shared_client, tmp_path):
+    client = shared_client  # each test certifies only the model it imports
     from lipcore.models import Toy
 
     torch.manual_seed(0)
@@ -42,7 +43,8 @@ def test_nan_bound_is_no_certificate(client, tmp_path):
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_no_certified_point_flips_through_the_api(client, tmp_path, seed):
+def test_no_certified_point_flips_through_the_api(shared_client, tmp_path, seed):
+    client = shared_client  # each test certifies only the model it imports
     from lipcore.certify import float64_model
 
     model = crafted_toy(seed, 1, 1)

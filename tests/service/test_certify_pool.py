@@ -10,7 +10,9 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 
+from core.settings import Settings
 from tests.service.conftest import make_settings, save_trained_model, settings_env
 from tests.waiting import wait_until
 
@@ -39,12 +41,23 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+PRODUCTION_NICE = Settings.model_fields["certify_nice"].default
+
+
+@pytest.fixture
+def settings(tmp_path: Path, backend_overrides: dict[str, str]) -> Settings:
+    """The `client` of this file runs certify processes at the production nice (the other service
+    tests run them at the API's priority, see make_settings)."""
+    return make_settings(tmp_path, **backend_overrides, certify_nice=PRODUCTION_NICE)
+
+
 def test_certify_processes_are_niced_and_replaced_when_killed(client, trained_model):
     model = trained_model(client.app, "local", TOY)
     body = {"inputs": [[0.5], [-1.0]], "scale": "model"}
     first = client.post(f"/v1/models/{model}/certify", json=body)
     assert first.status_code == 200, first.text
     pool = client.app.state.services.certify_pool
+    assert pool.nice == PRODUCTION_NICE > 0
     pids = set(pool._executor._processes)
     assert 1 <= len(pids) <= client.app.state.services.settings.certify_concurrency  # started on demand
     for pid in pids:

@@ -37,7 +37,8 @@ def _import(client, data: bytes, spec: dict | str, name: str = "model.ckpt", hea
 
 @pytest.mark.parametrize("entry", CHECKPOINTS, ids=lambda e: e["dir"].split("/")[-1])
 @pytest.mark.artifacts
-def test_import_then_certify_gives_the_paper_logits(client, entry):
+def test_import_then_certify_gives_the_paper_logits(shared_client, entry):
+    client = shared_client  # one app per backend for all checkpoints: one certify process spawn
     folder = PAPER / entry["dir"]
     r = _import(client, (folder / "model.ckpt").read_bytes(), _spec(entry))
     assert r.status_code == 201, r.text
