@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
 from core.store import jobs, keys, leases, transaction
 
 SPEC = {"model": "Toy", "layer": "Sandwich", "epochs": 3}
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A database of each test's own: these tests list every job and run the reaper over the whole
+    table, so another file's jobs in the session's PostgreSQL database (the same xdist worker) would
+    change their answers."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'lbdn.sqlite'}"
+    return str(request.getfixturevalue("own_pg_url"))
 
 
 def _new(store, tenant="acme", **kw):
