@@ -4,18 +4,22 @@ One router in the API (not a batcher in each certify process): requests wait her
 loop, in one queue per (model file, tenant); whenever a certify process is free, the oldest queue
 is sent to it (at most LBDN_CERTIFY_BATCH_MAX_REQUESTS requests) as one call. While the processes
 are busy the queues fill, so batches grow with the load by themselves. A free process waits up to
-LBDN_CERTIFY_BATCH_WAIT_MS (20) for as many requests as the key had in the server (queued or
-computing) at any of its last 64 arrivals, about its clients' concurrency (`_target`), as Triton's
-max_queue_delay: closed-loop clients re-send within a few ms of their answers, and without the
-wait the first re-sent request would start a batch of one on the idle process while the rest
-queue behind it. One process gathers a key's batch while the other serves other keys: one batch
-of 8 costs less than two of 4 at once (KWL-small in float64: a forward of one image ~6 ms, of
-16 ~28 ms, and the per-request work around it). Splitting a key's clients into one cohort per
-process, so that one computes while the other's requests travel, was measured slower on the
-shared 2 cores (README "Certify batching, measured"). If more than that is queued while a
-process is free, the free process takes the rest at once. A key being gathered is given to no
-other process, so a gathering batch is one task on the event loop (a second task used to find the
-key taken and start a third at once: a spin for as long as the wait). A lone client never waits.
+LBDN_CERTIFY_BATCH_WAIT_MS (20) for the key's share of the processes, ceil(C / processes)
+requests, C being the most requests of the key in the server (queued or computing) that its last
+64 arrivals found, about its clients' concurrency (`_target`), as Triton's max_queue_delay:
+closed-loop clients re-send within a few ms of their answers, and without the wait the first
+re-sent request would start a batch of one while the rest queue behind it. Eight KWL clients
+become two cohorts of four, each computed on its own process while the other cohort's answers and
+next requests travel, so both cores work; a batch of all eight at a time left one core idle while
+its requests went round (same run, quiet machine: 8 clients 366 against 263 images/s, 32 clients
+571 against 355; on a machine loaded by other work, load 9-10, one batch at a time did better,
+111 against 74: README "Certify batching, measured"). One batch at a time was chosen when a
+1-image certificate cost 46-55 ms against 80 for 16; with the float64 copy checked by version
+(lipcore.certify.check_source_by_version) the fixed part of a forward is a few ms. With a process free beside it a batch takes the key's share
+and the free process the rest at once; with none, a batch takes all that is queued (one forward
+costs less than two). A key being gathered is given to no other process, so a gathering batch is
+one task on the event loop (a second task used to find the key taken and start a third at once:
+a spin for as long as the wait). A lone client never waits.
 
 The process decodes each request on its own (a malformed one is refused alone), certifies
 the valid inputs of the batch in one float64 forward and serialises each request's answer
@@ -140,16 +144,17 @@ class CertifyBatcher:
             task.add_done_callback(self._tasks.discard)
 
     def _target(self, key: BatchKey) -> int:
-        """How many requests a free process waits for (at most wait_s): the most requests of the
-        key its last 64 arrivals found in the server (queued or computing), about its clients'
-        concurrency. A lone client never waits; eight in a closed loop wait for each other's next
-        request, and if they were split in two cohorts, the first waits for the second's answers
-        to come back, so the cohorts merge. (Two cohorts of ceil(C / processes), one per process,
-        were measured too: slower on the shared 2 cores, README "Certify batching, measured".)"""
+        """How many requests a free process waits for (at most wait_s): the key's share of the
+        processes, ceil(C / processes), C the most requests of the key its last 64 arrivals found
+        in the server (about its clients' concurrency). A lone client never waits. Eight clients in
+        a closed loop become two cohorts of four, one computing while the other's answers and next
+        requests travel, so both cores work; one batch of eight at a time left a core idle while
+        the batch's requests went round (measured: see README "Certify batching, measured")."""
         if not self.adaptive:
             return self.max_requests
         recent = self._recent.get(key)
-        return min(self.max_requests, max(recent) if recent else 1)
+        clients = max(recent) if recent else 1
+        return min(self.max_requests, -(-clients // self.processes))
 
     def _remember(self, key: BatchKey, in_server: int) -> None:
         self._recent.setdefault(key, deque(maxlen=64)).append(in_server)
@@ -169,9 +174,9 @@ class CertifyBatcher:
     async def _run_one(self, key: BatchKey) -> None:
         try:
             await self._gather(key)
-            # With a process free beside this one, the batch is what was waited for (_target) and
-            # the free process takes any rest at once; with none, whatever is queued (one batch
-            # costs less than two)
+            # With a process free beside this one, the batch is the key's share (_target) and the
+            # free process takes the rest at once; with none, whatever is queued (one batch costs
+            # less than two)
             batch = self._take(key, self._target(key) if self._busy < self.processes else self.max_requests)
             self._kick()
             if batch:
