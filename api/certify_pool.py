@@ -115,12 +115,17 @@ def _refused(e: HTTPException) -> _Refused:
 
 def _load(path: Path, model_id: str) -> Any:
     """The loaded model of `path` in this process's LRU; 404 when it was deleted meanwhile."""
+    from lipcore.certify import check_source_by_version
+
     try:
-        return _cache.get(path)
+        loaded = _cache.get(path)
     except OSError:
         if path.is_file():
             raise
         raise HTTPException(404, f"model {model_id} was deleted while this request waited") from None
+    # nothing in this process writes a loaded model: its float64 copy is checked by version counters
+    check_source_by_version(loaded.model)
+    return loaded
 
 
 def _certify_many(

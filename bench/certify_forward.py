@@ -13,7 +13,10 @@ eval caches:
 - versions: block forms kept, cache checked by version counters (`check_caches_by_version`).
 
 It prints ms per forward, the speed-up against `rebuilt`, and checks that every variant's logits
-are bit-identical to `rebuilt`'s.
+are bit-identical to `rebuilt`'s. Then it times a whole `certify_model` call (float64 copy looked
+up, forward, certificate) with the float32 source compared by value with its saved copy (the
+default) and by version counters (`lipcore.certify.check_source_by_version`, what the certify
+processes use), alternating the two and keeping each one's fastest round.
 """
 
 from __future__ import annotations
@@ -80,6 +83,25 @@ def main() -> None:
         s1, s16 = ms["rebuilt"][1] / row[1], ms["rebuilt"][16] / row[16]
         print(f"{name:10} {row[1]:11.2f} {s1:6.2f} {row[16]:13.2f} {s16:6.2f} {16e3 / row[16]:12.1f}")
     print("logits bit-identical across variants: yes")
+    certify_calls(model, xs, args.min_time)
+
+
+def certify_calls(model: torch.nn.Module, xs: dict[int, torch.Tensor], min_time: float) -> None:
+    """ms per certify_model call, the source checked by value or by version (fastest of 3 rounds)."""
+    import lipcore.certify as lc
+
+    model.requires_grad_(False)
+    best: dict[tuple[str, int], float] = {}
+    for _ in range(3):
+        for name, by_version in (("by value", False), ("by version", True)):
+            lc._F64.pop(model, None)
+            (lc._BY_VERSION.add if by_version else lc._BY_VERSION.discard)(model)
+            for b, x in xs.items():
+                ms = timed(lambda: lc.certify_model(model, x.float()), min_time / 3)
+                best[(name, b)] = min(best.get((name, b), ms), ms)
+    print(f"{'source checked':15} {'1 image ms':>11} {'16 images ms':>13}")
+    for name in ("by value", "by version"):
+        print(f"{name:15} {best[(name, 1)]:11.2f} {best[(name, 16)]:13.2f}")
 
 
 if __name__ == "__main__":

@@ -58,6 +58,7 @@ from lipcore.precision import full_precision
 
 _F64_LOCK = threading.Lock()
 _F64: weakref.WeakKeyDictionary[nn.Module, dict] = weakref.WeakKeyDictionary()
+_BY_VERSION: weakref.WeakSet[nn.Module] = weakref.WeakSet()  # see check_source_by_version
 
 
 def float64_model(model: nn.Module) -> nn.Module:
@@ -67,14 +68,17 @@ def float64_model(model: nn.Module) -> nn.Module:
     float64 ones (the float32 model's factors are not orthogonal to better than ~1e-6..1e-3).
     The cache is checked by exact comparison with the model's parameters and buffers, and with
     every plain attribute of every submodule (`scale`, `gamma`, strides: whatever a forward
-    reads), on every call, so a model trained or edited further gets a fresh copy. Thread-safe
+    reads), on every call, so a model trained or edited further gets a fresh copy (a model under
+    `check_source_by_version` is checked by version counters instead of values). Thread-safe
     (the API certifies from several threads).
     """
-    tensors = [t.detach() for t in list(model.parameters()) + list(model.buffers())]
+    live = list(model.parameters()) + list(model.buffers())
+    by_version = model in _BY_VERSION
+    tensors = [] if by_version else [t.detach() for t in live]
     key = _attributes(model)
     with _F64_LOCK:
         entry = _F64.get(model)
-        if entry is not None and entry["key"] == key and _same(entry["source"], tensors):
+        if entry is not None and entry["key"] == key and _unchanged(entry, live, tensors, by_version):
             return entry["model"]
         copy64 = copy.deepcopy(model).to(torch.float64).eval()
         for p in copy64.parameters():
@@ -85,13 +89,40 @@ def float64_model(model: nn.Module) -> nn.Module:
         # 1-image certificate's time).
         check_caches_by_version(copy64)
         _F64[model] = {
-            "source": [t.clone() for t in tensors],
+            "source": [t.clone() for t in tensors],  # (empty when checked by version)
+            "stamps": _stamps(live) if by_version else None,
             "key": key,
             "model": copy64,
             "verified": None,
             "rounding": {},
         }
         return copy64
+
+
+def check_source_by_version(model: nn.Module) -> None:
+    """Have `float64_model(model)` check `model` by parameter identity, storage pointer and autograd
+    version counter instead of comparing every value with a copy (and keep no copy): for a model its
+    owner writes only through versioned paths, never `param.data` or numpy views, as
+    lipcore.layers.check_caches_by_version. A certify process's loaded models are such: nothing
+    writes them, and the value comparison was half of a 1-image KWL certificate's time (8 of 15 ms)."""
+    with _F64_LOCK:
+        if model not in _BY_VERSION:
+            _BY_VERSION.add(model)
+            _F64.pop(model, None)  # its entry kept a copy to compare with, not stamps
+
+
+def _stamps(tensors: list[Tensor]) -> tuple[list[Tensor], list[tuple[int, int]]]:
+    # the tensors themselves are kept (compared by identity), their storage and version counter
+    return list(tensors), [(t.data_ptr(), t._version) for t in tensors]
+
+
+def _unchanged(entry: dict, live: list[Tensor], tensors: list[Tensor], by_version: bool) -> bool:
+    if by_version:
+        stamps = entry["stamps"]
+        if stamps is None or len(stamps[0]) != len(live) or any(a is not b for a, b in zip(stamps[0], live)):
+            return False
+        return bool(stamps[1] == _stamps(live)[1])
+    return entry["stamps"] is None and _same(entry["source"], tensors)
 
 
 def _attributes(model: nn.Module) -> list[tuple[str, str]]:
@@ -285,6 +316,7 @@ __all__ = [
     "certified_radius",
     "certify",
     "certify_model",
+    "check_source_by_version",
     "empirical_lipschitz",
     "float64_model",
     "forward_rounding",

@@ -327,3 +327,27 @@ def test_version_checking_is_not_copied() -> None:
     expected = fresh_copy(clone)(x)
     assert torch.equal(clone(x), expected)
     assert clone._cache.snapshot is not None
+
+
+@pytest.mark.parametrize("write", list(VERSIONED_WRITES), ids=str)
+def test_float64_copy_of_a_version_checked_source_sees_every_versioned_write(write) -> None:
+    """lipcore.certify.check_source_by_version: the certify processes' float64 copy is reused
+    without comparing values, and rebuilt after any versioned write to its source."""
+    from lipcore.certify import _F64, check_source_by_version, float64_model
+
+    torch.manual_seed(0)
+    source = FAMILIES["SandwichConv"]().double().eval()
+    with torch.no_grad():
+        for p in source.parameters():
+            p.add_(1e-12)  # values a float32 round trip changes
+    x = family_input(source).double()
+    check_source_by_version(source)
+    m64 = float64_model(source)
+    assert float64_model(source) is m64 and _F64[source]["source"] == []  # reused; no copy of the values
+    before = m64(x)
+    VERSIONED_WRITES[write](source, x)
+    source.eval()
+    after = float64_model(source)
+    assert after is not m64
+    expected = fresh_copy(source)(x)
+    assert torch.equal(after(x), expected) and not torch.equal(before, expected)

@@ -119,6 +119,10 @@ def rfft2(x: Tensor) -> Tensor:
     irfft2: grad_x = n*m * irfft2(g with its interior columns halved), because irfft2 counts every
     interior column twice (as the column and its conjugate mirror) and the edge columns once.
     """
+    if not (x.requires_grad and torch.is_grad_enabled()):
+        # the same transform; autograd.Function.apply binds its arguments through inspect.signature
+        # (about 0.3 ms of a 6 ms float64 certify forward of one image)
+        return torch.fft.rfft2(x)
     return _Rfft2.apply(x)
 
 

@@ -247,6 +247,21 @@ def test_a_disconnect_leaves_the_others_answers_intact(served):
     assert served.post("a", "a1", **_toy_inputs(99, 1)).status_code == 200  # and it keeps serving
 
 
+def test_a_waiting_batch_is_one_task_not_a_spin(served):
+    """While a batch waits for its requests, nothing else is started for its key (a task that found
+    the key being gathered used to start the next one at once: a spin on the API's event loop)."""
+    served.batching(2)
+    started, queued = served.batcher.started, served.queued()
+    first = _raw_post(served, "a1", json.dumps({"inputs": [[0.5]], "scale": "model"}).encode())
+    wait_until("the first request queued", lambda: served.queued() > queued)
+    second = served.post("a", "a1", **_toy_inputs(31, 1))  # completes the batch of 2
+    assert second.status_code == 200, second.text
+    assert first.recv(65536).startswith(b"HTTP/1.1 200")
+    first.close()
+    assert served.batcher.started == started + 1
+    served.unbatched()
+
+
 def _raw_post(served: Served, model: str, body: bytes, tenant: str = "a") -> socket.socket:
     host, port = served.url.removeprefix("http://").split(":")
     sock = socket.create_connection((host, int(port)), timeout=120)
