@@ -212,9 +212,10 @@ def test_replicas_starting_together_resend_a_lost_job_once(store, tmp_path):
     up_since, queue = time.time(), _Queue()
     for _ in range(3):
         reap_and_resend(store, queue, settings, sent_before=up_since)  # type: ignore[arg-type]
-    assert queue.sent == [job.id]
+    # counted for this job: other tests' queued jobs may share the session's PostgreSQL database
+    assert queue.sent.count(job.id) == 1
     reap_and_resend(store, queue, settings, sent_before=time.time())  # type: ignore[arg-type]
-    assert queue.sent == [job.id, job.id]
+    assert queue.sent.count(job.id) == 2
 
 
 def test_overload_is_shed_early_and_healthz_still_answers(procs, tmp_path):
