@@ -196,6 +196,7 @@ def sll_bound(w: Tensor, t: Tensor, q: Tensor, conv: bool, sums: tuple[Tensor, T
     import torch.nn.functional as F
 
     w, t, q = _f64(w), _f64(t), _f64(q).abs()
+    g: Tensor | None = None
     if conv:
         size = w.shape[-1]
         g = F.conv2d(w, w, padding=size - 1).abs().sum((2, 3))  # (inner, inner) summed |kkt|
@@ -203,7 +204,8 @@ def sll_bound(w: Tensor, t: Tensor, q: Tensor, conv: bool, sums: tuple[Tensor, T
         s_abs = w.abs().sum((2, 3))  # (inner, channels)
         terms = w.shape[1] * size * size
     else:
-        g = None if sums is not None else (w @ w.T).abs()
+        if sums is None:
+            g = (w @ w.T).abs()
         s_abs = w.abs()  # (inner, features): |W| |W|^T v computed as two products with a vector
         terms = w.shape[1]
     if not bool((t > 0).any()):
