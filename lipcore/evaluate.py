@@ -156,7 +156,7 @@ def _clean_result(
 def _classifier(model_path: str | Path | LoadedModel, dev: torch.device) -> LoadedModel:
     """The model to attack, loaded on `dev` in eval mode; a regression is refused."""
     own = not isinstance(model_path, LoadedModel)
-    loaded = load_model(model_path, device=dev) if own else model_path
+    loaded = model_path if isinstance(model_path, LoadedModel) else load_model(model_path, device=dev)
     loaded.model.to(dev).eval()
     if not loaded.spec.classifies:
         raise ValueError(
