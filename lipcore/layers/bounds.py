@@ -173,7 +173,7 @@ def aol_conv_bound(k_eff: Tensor, k_raw: Tensor) -> float:
     return math.sqrt(schur_gram_bound(sums, errs, v))
 
 
-def sll_bound(w: Tensor, t: Tensor, q: Tensor, conv: bool) -> float:
+def sll_bound(w: Tensor, t: Tensor, q: Tensor, conv: bool, sums: tuple[Tensor, Tensor] | None = None) -> float:
     """Lipschitz bound of an SLL block x -> x - W^T diag(t) relu(W x + b), from its served W and t.
 
     w: (inner, features) or a kernel (inner, channels, k, k) (zero padding, transposed convolution
@@ -188,10 +188,15 @@ def sll_bound(w: Tensor, t: Tensor, q: Tensor, conv: bool) -> float:
     rho <= 2); with eps = max(0, rho - 2) and ||u||^2 <= max(t) ||W||^2 ||dx||^2,
 
         Lipschitz <= sqrt(1 + eps max(t) ||W||^2),   ||W||^2 <= max_i sum_j |G_ij| (Gershgorin).
+
+    sums: `sll_gram_sums(|G|, t, q)` when the caller already holds the float64 |G| of this very w
+    (a fully connected block's reparameterisation computes it for t): the bound is then the same
+    float64 arithmetic without a second W W^T, the cost of the whole check for 2048 x 2880 weights.
     """
     import torch.nn.functional as F
 
     w, t, q = _f64(w), _f64(t), _f64(q).abs()
+    g: Tensor | None = None
     if conv:
         size = w.shape[-1]
         g = F.conv2d(w, w, padding=size - 1).abs().sum((2, 3))  # (inner, inner) summed |kkt|
@@ -199,22 +204,37 @@ def sll_bound(w: Tensor, t: Tensor, q: Tensor, conv: bool) -> float:
         s_abs = w.abs().sum((2, 3))  # (inner, channels)
         terms = w.shape[1] * size * size
     else:
-        g = (w @ w.T).abs()
+        if sums is None:
+            g = (w @ w.T).abs()
         s_abs = w.abs()  # (inner, features): |W| |W|^T v computed as two products with a vector
         terms = w.shape[1]
-    active = t > 0
-    if not bool(active.any()):
+    if not bool((t > 0).any()):
         return 1.0 * (1 + 4 * U)  # no active neuron: the identity
-    # Schur weights: q where t > 0 (a zero q beside a positive t is an inconsistent layer; the
-    # tiny weight then makes the bound huge rather than wrong); coordinates with t = 0 drop out.
-    qa = torch.where(active, q.clamp_min(torch.finfo(torch.float64).tiny), torch.zeros_like(q))
+    if sums is None:
+        assert g is not None
+        sums = sll_gram_sums(g, t, q)
+    g_q, g_1 = sums
+    qa = _schur_weights(t, q)
     gk = gamma_k(terms)
     err_q = gk * (s_abs @ (s_abs.T @ qa))  # rounding of G's entries, weighted by q
     err_1 = gk * (s_abs @ (s_abs.T @ torch.ones_like(qa)))
-    rho = schur_gram_bound(t * (g @ qa), t * err_q, qa)
-    norm_w2 = float((g.sum(1) + err_1).max())
+    rho = schur_gram_bound(t * g_q, t * err_q, qa)
+    norm_w2 = float((g_1 + err_1).max())
     eps = max(0.0, rho - 2.0)
     return math.sqrt(1.0 + eps * float(t.max()) * norm_w2) * (1 + 4 * U)
+
+
+def sll_gram_sums(g: Tensor, t: Tensor, q: Tensor) -> tuple[Tensor, Tensor]:
+    """(|G| qa, |G| 1) of `sll_bound`: the Gram's row sums weighted by the Schur weights qa and by 1.
+
+    g: the float64 |W W^T| (inner, inner) of the served W; t, q as in `sll_bound`."""
+    return g @ _schur_weights(_f64(t), _f64(q).abs()), g.sum(1)
+
+
+def _schur_weights(t: Tensor, q: Tensor) -> Tensor:
+    """Schur weights: q where t > 0 (a zero q beside a positive t is an inconsistent layer; the
+    tiny weight then makes the bound huge rather than wrong); coordinates with t = 0 drop out."""
+    return torch.where(t > 0, q.clamp_min(torch.finfo(torch.float64).tiny), torch.zeros_like(q))
 
 
 def _f64(t: Tensor) -> Tensor:

@@ -14,13 +14,16 @@ or exactly 0 thus give a 1-Lipschitz block (exactly 0: the identity), never a bl
 
 from __future__ import annotations
 
+import weakref
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lipcore.catalog.layer_families import register_layer
 from lipcore.layers.aol import underflow_floor
-from lipcore.layers.bounds import sll_bound
+from lipcore.layers.bounds import sll_bound, sll_gram_sums
 from lipcore.layers.init import xavier_
 from lipcore.layers.ops import Residual, SLLFc, as_float64, conv_op
 from lipcore.layers.reparam import Reparameterized
@@ -66,6 +69,7 @@ class SLLBlockFc(Reparameterized):
         self.bias = nn.Parameter(torch.empty(inner, **kw))
         self.q = nn.Parameter(torch.rand(inner, **kw))
         xavier_(self.weights, self.bias)
+        self._gram_sums: tuple[Any, Any, tuple[Tensor, Tensor]] | None = None
 
     def reparameterize(self) -> tuple[Tensor, Tensor, Tensor]:
         """(W / s, b / s, t): the weights, bias and diagonal the forward applies."""
@@ -78,10 +82,36 @@ class SLLBlockFc(Reparameterized):
             # and the block's Lipschitz constant can reach 1 + 2 eps / q_i (one neuron shows it).
             # Kept only to reproduce the reference numbers.
             qmax = q.detach().amax().clamp_min(1.0)
-            return w, b, _safe_t(2 * (q + self.epsilon) / qmax, (gram * (q / qmax)[None, :]).sum(1), terms)
-        # The same epsilon in every q_j keeps t an exact instance of the SLL bound.
-        qe = _unit_max(q + self.epsilon)
-        return w, b, _safe_t(2 * qe, (gram * qe[None, :]).sum(1), terms)
+            t = _safe_t(2 * (q + self.epsilon) / qmax, (gram * (q / qmax)[None, :]).sum(1), terms)
+        else:
+            # The same epsilon in every q_j keeps t an exact instance of the SLL bound.
+            qe = _unit_max(q + self.epsilon)
+            t = _safe_t(2 * qe, (gram * qe[None, :]).sum(1), terms)
+        if not self.training and w.dtype == torch.float64 and not torch.is_grad_enabled():
+            self._keep_gram_sums(w, t, gram)
+        return w, b, t
+
+    def _check_q(self) -> Tensor:
+        """The Schur weights of the float64 check: |q| plus the epsilon t was built with."""
+        return self.q.detach().abs() + (0.0 if self.reference_epsilon else self.epsilon)
+
+    def _keep_gram_sums(self, w: Tensor, t: Tensor, gram: Tensor) -> None:
+        """Keep the check's Gram sums of this float64 eval reparameterisation (a certified copy's),
+        made from the very |W W^T| that gave t: the bound's own W W^T, the same float64 product of
+        the same tensor, cost as much again (seconds per 2048 x 2880 block). Weak references to
+        (w, t) tie them to the tensors `effective()` serves, so they are used only for those."""
+        self._gram_sums = (weakref.ref(w), weakref.ref(t), sll_gram_sums(gram, t, self._check_q()))
+
+    def _kept_gram_sums(self, w: Tensor, t: Tensor) -> tuple[Tensor, Tensor] | None:
+        kept = getattr(self, "_gram_sums", None)
+        if kept is None or kept[0]() is not w or kept[1]() is not t:
+            return None
+        return kept[2]
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_gram_sums"] = None  # weak references neither pickle nor belong to a copy
+        return state
 
     def forward(self, x: Tensor) -> Tensor:
         w, b, t = self.effective()
@@ -91,8 +121,7 @@ class SLLBlockFc(Reparameterized):
     def lipschitz_bound(self) -> float:
         """SLL's condition checked on the served (W, t) in float64; see bounds.sll_bound."""
         w, _, t = self.effective()
-        q = self.q.detach().abs() + (0.0 if self.reference_epsilon else self.epsilon)
-        return sll_bound(w, t, q, conv=False)
+        return sll_bound(w, t, self._check_q(), conv=False, sums=self._kept_gram_sums(w, t))
 
     def export(self, circular: str = "dft") -> nn.Module:
         """x - T relu(x W^T + b) W with the W, b and t of one reparameterisation (lipcore.layers.ops.SLLFc)."""
