@@ -8,13 +8,19 @@ import os
 import signal
 import subprocess
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from core.settings import Settings, get_settings
-from core.store import init_db, keys, make_engine, session_factory, transaction
+if TYPE_CHECKING:
+    from core.settings import Settings
+
+# The server's modules (core.settings, core.store: SQLAlchemy, Alembic) are imported where they are
+# used: `lbdn submit`, `lbdn jobs` and the other client commands go straight to client.cli and
+# would otherwise pay ~0.3 s for a store they never open.
 
 
 def _store(settings: Settings) -> Any:
+    from core.store import init_db, make_engine, session_factory
+
     engine = make_engine(settings.db_url)
     init_db(engine)
     return session_factory(engine)
@@ -30,6 +36,8 @@ def check_bind(settings: Settings, host: str) -> None:
         sys.exit(f"lbdn: refusing to listen on {host}: {problem}")
     if is_loopback(host):
         return
+    from core.store import keys
+
     with _store(settings)() as s:
         if keys.any_active_key(s):
             return
@@ -104,7 +112,7 @@ def run_worker(
     except ValueError as e:
         sys.exit(f"lbdn worker: {e}")
     settings.jobs_dir.mkdir(parents=True, exist_ok=True)
-    init_db(make_engine(settings.db_url))
+    _store(settings)  # the tables exist before the first job arrives
     WorkerApp(settings).worker_main(argv=worker_argv(settings, queues, len(names), pool, loglevel))
 
 
@@ -236,6 +244,8 @@ def worker_busy(settings: Settings, group: int) -> bool:
 
 
 def keys_command(settings: Settings, args: argparse.Namespace) -> None:
+    from core.store import keys, transaction
+
     sessions = _store(settings)
     with transaction(sessions) as s:
         if args.keys_cmd == "create":
@@ -265,6 +275,7 @@ def _open_mode_jobs(s: Any, tenant: str, adopt: bool) -> None:
     exists every request needs one, and a key sees its own tenant's jobs only (README "API keys,
     access and limits")."""
     from api.auth import OPEN_TENANT
+    from core.store import keys
 
     if tenant == OPEN_TENANT:
         return
@@ -353,6 +364,8 @@ def main(argv: list[str] | None = None) -> None:
 
         client_parser().print_help()
         print("\nserver commands (run the service here):")
+    from core.settings import get_settings
+
     try:
         settings = get_settings()
     except ValueError as e:
