@@ -6,6 +6,7 @@ start-up re-send shared by replicas, and load shedding under a flood."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import signal
@@ -18,8 +19,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 from sqlalchemy import update
 
+from core.queue import CeleryQueue
 from core.reaper import reap_and_resend
 from core.store import Job, jobs, transaction, utcnow
 from tests.service.conftest import Proc, make_settings, settings_env
@@ -186,36 +189,32 @@ def test_sigterm_stops_every_replica(procs, tmp_path):
     assert "did not stop" not in sup.text() and sup.text().count("Application shutdown complete") == 2
 
 
-class _Queue:
-    """A JobQueue that remembers what was sent."""
-
-    def __init__(self) -> None:
-        self.sent: list[str] = []
-
-    def enqueue(self, job_id: str, kind: str) -> None:
-        self.sent.append(job_id)
-
-    def ping(self, timeout: float = 3.0) -> None: ...
-
-    def broker_lost_messages(self) -> bool:
-        return False
+def _messages_of(redis_url: str, queue_name: str, job_id: str) -> int:
+    """How many Celery messages for `job_id` wait in the Redis list `queue_name`."""
+    client = redis.Redis.from_url(redis_url)
+    bodies = [json.loads(raw) for raw in client.lrange(queue_name, 0, -1)]
+    return [json.loads(base64.b64decode(b["body"]))[0][0] for b in bodies].count(job_id)
 
 
-def test_replicas_starting_together_resend_a_lost_job_once(store, tmp_path):
+def test_replicas_starting_together_resend_a_lost_job_once(store, redis_url, tmp_path):
     """Each replica's start-up pass re-sends the queued jobs not sent since their supervisor
     started (api.main): the first pass sends, the others (and a replica restarted later) find
-    nothing; an API started after that sends it again, as a single API always did."""
-    settings = make_settings(tmp_path)
+    nothing; an API started after that sends it again, as a single API always did. Messages are
+    counted in the real broker (this test's own queue names; no worker consumes them)."""
+    settings = make_settings(tmp_path, broker_url=redis_url)
     with transaction(store) as s:
         job, _ = jobs.create_job(s, tenant="t", kind="train", spec=TOY)
         s.execute(update(Job).where(Job.id == job.id).values(enqueued_at=utcnow() - timedelta(hours=1)))
-    up_since, queue = time.time(), _Queue()
-    for _ in range(3):
-        reap_and_resend(store, queue, settings, sent_before=up_since)  # type: ignore[arg-type]
-    # counted for this job: other tests' queued jobs may share the session's PostgreSQL database
-    assert queue.sent.count(job.id) == 1
-    reap_and_resend(store, queue, settings, sent_before=time.time())  # type: ignore[arg-type]
-    assert queue.sent.count(job.id) == 2
+    up_since, queue = time.time(), CeleryQueue(settings)
+    try:
+        for _ in range(3):
+            reap_and_resend(store, queue, settings, sent_before=up_since)
+        after_replicas = _messages_of(redis_url, settings.gpu_queue, job.id)
+        reap_and_resend(store, queue, settings, sent_before=time.time())
+        after_a_later_api = _messages_of(redis_url, settings.gpu_queue, job.id)
+    finally:
+        queue.close()
+    assert (after_replicas, after_a_later_api) == (1, 2)
 
 
 def test_overload_is_shed_early_and_healthz_still_answers(procs, tmp_path):
