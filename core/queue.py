@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any, Protocol
 
 from celery import Celery
@@ -72,6 +72,10 @@ class JobQueue(Protocol):
 
     def enqueue(self, job_id: str, kind: JobKind) -> None: ...
 
+    def batch(self) -> AbstractContextManager[Callable[[str, JobKind], None]]:
+        """`enqueue` for many messages, known sent only when the block ends without error."""
+        ...
+
     def ping(self, timeout: float = 3.0) -> None: ...
 
     def broker_lost_messages(self) -> bool: ...
@@ -85,17 +89,15 @@ def send_jobs(queue: JobQueue, sessions: sessionmaker[Session], todo: Sequence[t
 
     The job store already holds each job, so a broker that refuses one is no error for the caller:
     the jobs not known to be sent are marked unsent (enqueued_at NULL) and the next reaper pass
-    sends them. A queue with `batch()` (CeleryQueue) sends SEND_BATCH at a time in one pipelined
-    batch, whose delivery is known only when it ends: a failed batch's jobs are all marked unsent
-    (some may get a second message, which is harmless: a job runs only under its lease).
+    sends them. Messages go SEND_BATCH at a time through `queue.batch()` (on Redis one pipelined
+    round trip), whose delivery is known only when it ends: a failed batch's jobs are all marked
+    unsent (some may get a second message, which is harmless: a job runs only under its lease).
     """
     sent: list[str] = []
-    batch = getattr(queue, "batch", None)
-    size = SEND_BATCH if batch is not None else 1  # without batches each message is known sent
     try:
-        for start in range(0, len(todo), size):
-            chunk = todo[start : start + size]
-            with batch() if batch is not None else nullcontext(queue.enqueue) as enqueue:
+        for start in range(0, len(todo), SEND_BATCH):
+            chunk = todo[start : start + SEND_BATCH]
+            with queue.batch() as enqueue:
                 for job_id, kind in chunk:
                     enqueue(job_id, kind)
             sent += [job_id for job_id, _ in chunk]
@@ -106,12 +108,6 @@ def send_jobs(queue: JobQueue, sessions: sessionmaker[Session], todo: Sequence[t
             for job_id in rest:
                 leases.mark_unsent(s, job_id)
     return sent
-
-
-def _pipelined(producer: Any) -> AbstractContextManager[Any]:
-    # Producer.batch is kombu 5.7's (celery>=5.4 allows older ones, which publish at once)
-    batch = getattr(producer, "batch", None)
-    return batch(max_size=SEND_BATCH) if batch is not None else nullcontext()
 
 
 class CeleryQueue:
@@ -135,7 +131,7 @@ class CeleryQueue:
         each (a reaper pass re-sending 10,000 jobs spent 36 s sending them one at a time on a
         loaded machine). Other brokers publish at once. Raises (kombu's BatchPublishError on
         Redis) when the broker did not take them all; which of them it took is then unknown."""
-        with self.app.producer_or_acquire() as producer, _pipelined(producer):
+        with self.app.producer_or_acquire() as producer, producer.batch(max_size=SEND_BATCH):
             yield lambda job_id, kind: self._send(job_id, kind, producer)
 
     def _send(self, job_id: str, kind: JobKind, producer: Any) -> None:

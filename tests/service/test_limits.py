@@ -9,6 +9,8 @@ import json
 import secrets
 import socket
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -34,6 +36,10 @@ class _Queue:
 
     def enqueue(self, job_id: str, kind: JobKind) -> None:
         self.sent.append((job_id, kind))
+
+    @contextmanager
+    def batch(self) -> Iterator[Callable[[str, JobKind], None]]:
+        yield self.enqueue
 
     def ping(self, timeout: float = 3.0) -> None: ...
 
