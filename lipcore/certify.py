@@ -49,7 +49,7 @@ from lipcore.certificate import (
     pixel_radius,
 )
 from lipcore.estimate import empirical_lipschitz
-from lipcore.layers.reparam import check_caches_by_version
+from lipcore.layers.reparam import VersionStamp, check_caches_by_version
 from lipcore.layers.rounding import RoundingModel, rounding_model
 from lipcore.models.base import body_of
 from lipcore.precision import full_precision
@@ -90,7 +90,7 @@ def float64_model(model: nn.Module) -> nn.Module:
         check_caches_by_version(copy64)
         _F64[model] = {
             "source": [t.clone() for t in tensors],  # (empty when checked by version)
-            "stamps": _stamps(live) if by_version else None,
+            "stamp": VersionStamp(live) if by_version else None,
             "key": key,
             "model": copy64,
             "verified": None,
@@ -111,18 +111,10 @@ def check_source_by_version(model: nn.Module) -> None:
             _F64.pop(model, None)  # its entry kept a copy to compare with, not stamps
 
 
-def _stamps(tensors: list[Tensor]) -> tuple[list[Tensor], list[tuple[int, int]]]:
-    # the tensors themselves are kept (compared by identity), their storage and version counter
-    return list(tensors), [(t.data_ptr(), t._version) for t in tensors]
-
-
 def _unchanged(entry: dict, live: list[Tensor], tensors: list[Tensor], by_version: bool) -> bool:
     if by_version:
-        stamps = entry["stamps"]
-        if stamps is None or len(stamps[0]) != len(live) or any(a is not b for a, b in zip(stamps[0], live)):
-            return False
-        return bool(stamps[1] == _stamps(live)[1])
-    return entry["stamps"] is None and _same(entry["source"], tensors)
+        return entry["stamp"] is not None and entry["stamp"].matches(live)
+    return entry["stamp"] is None and _same(entry["source"], tensors)
 
 
 def _attributes(model: nn.Module) -> list[tuple[str, str]]:

@@ -30,7 +30,7 @@ version counters they skip), `.to()` and parameter reassignment are all seen; wr
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -41,18 +41,36 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 class _Cache:
     """One eval-mode reparameterisation and everything keyed to it (dropped together)."""
 
-    __slots__ = ("params", "stamps", "snapshot", "value", "derived")
+    __slots__ = ("stamp", "snapshot", "value", "derived")
 
     def __init__(self, params: tuple[Tensor, ...], snapshot: tuple[Tensor, ...] | None, value: tuple[Tensor, ...]):
-        self.params = params
-        self.stamps = _stamps(params)
+        self.stamp = VersionStamp(params)
         self.snapshot = snapshot  # exact copies of the parameters (None: checked by version only)
         self.value = value
         self.derived: dict[tuple[int, Callable[[Tensor], Tensor]], Tensor] = {}
 
 
-def _stamps(params: tuple[Tensor, ...]) -> tuple[tuple[int, int], ...]:
-    return tuple((p.data_ptr(), p._version) for p in params)
+class VersionStamp:
+    """Tensors as they are now, by identity, storage pointer and autograd version counter: `matches`
+    holds while the same tensor objects are unwritten (every versioned in-place write bumps the
+    counter; `param.data` and numpy views do not, see check_caches_by_version). The eval caches
+    here and the float64 copies of lipcore.certify both check their sources this way."""
+
+    __slots__ = ("tensors", "stamps")
+
+    def __init__(self, tensors: Sequence[Tensor]) -> None:
+        self.tensors = tuple(tensors)
+        self.stamps = self._now(self.tensors)
+
+    @staticmethod
+    def _now(tensors: Sequence[Tensor]) -> tuple[tuple[int, int], ...]:
+        return tuple((t.data_ptr(), t._version) for t in tensors)
+
+    def same_objects(self, live: Sequence[Tensor]) -> bool:
+        return len(self.tensors) == len(live) and all(a is b for a, b in zip(self.tensors, live))
+
+    def matches(self, live: Sequence[Tensor]) -> bool:
+        return self.same_objects(live) and self.stamps == self._now(live)
 
 
 class Reparameterized(nn.Module):
@@ -120,10 +138,10 @@ class Reparameterized(nn.Module):
         return fn(m)
 
     def _cache_valid(self, cache: _Cache, params: tuple[Tensor, ...]) -> bool:
-        if len(cache.params) != len(params) or any(a is not b for a, b in zip(cache.params, params)):
-            return False
         if self._check_versions:
-            return cache.stamps == _stamps(params)
+            return cache.stamp.matches(params)
+        if not cache.stamp.same_objects(params):
+            return False
         if cache.snapshot is None:
             return False
         for ref, p in zip(cache.snapshot, params):
