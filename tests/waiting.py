@@ -6,6 +6,7 @@ a minute to start a Celery worker), so it is generous and no test asserts how so
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -34,3 +35,22 @@ def wait_until(
         if time.monotonic() >= end:
             raise AssertionError(f"{what}: not seen within {bound:.0f} s" + (f"\n{details()}" if details else ""))
         time.sleep(every)
+
+
+def follow(
+    url: str, job_id: str, headers: dict[str, str] | None = None, timeout: float = 240
+) -> list[tuple[str, dict]]:
+    """Read the job's SSE stream (GET {url}/v1/jobs/{job_id}/events) until the server ends it, which
+    it does once the job has finished: the (event, data) pairs."""
+    import httpx
+
+    events, kind = [], None
+    with httpx.stream("GET", f"{url}/v1/jobs/{job_id}/events", headers=headers, timeout=httpx.Timeout(timeout)) as r:
+        assert r.status_code == 200, r.read()
+        assert r.headers["content-type"].startswith("text/event-stream")
+        for line in r.iter_lines():
+            if line.startswith("event:"):
+                kind = line.split(":", 1)[1].strip()
+            elif line.startswith("data:") and kind:
+                events.append((kind, json.loads(line.split(":", 1)[1])))
+    return events

@@ -41,6 +41,20 @@ def _colours(root: Path, per_class: int = 8) -> None:
             Image.fromarray(pixels).save(path)
 
 
+def _two_hosts(tmp_path: Path, settings_for, backend: str, **shared):
+    """Hosts A and B with the colours dataset, and a saved model's weights. S3: another host,
+    sharing only the bucket (and `shared`); local: the same folder (one host, or a shared mount)."""
+    host_a = settings_for(tmp_path / "a", **shared)
+    host_b = host_a if backend == "local" else settings_for(tmp_path / "b", artifacts=host_a.artifacts, **shared)
+    for host in (host_a, host_b):
+        _colours(host.datasets_dir)
+    es = ExperimentSpec.model_validate(SPEC)
+    torch.manual_seed(0)
+    weights = tmp_path / "model.safetensors"
+    save_model(weights, build(es), es)
+    return host_a, host_b, weights
+
+
 def _evaluate(model: Path, settings, **kw):
     return evaluate_robustness(
         model,
@@ -57,15 +71,7 @@ def _evaluate(model: Path, settings, **kw):
 
 @pytest.mark.artifacts
 def test_an_evaluation_continues_on_another_host_from_the_stored_batches(tmp_path, settings_for, artifact_backend):
-    host_a = settings_for(tmp_path / "a")
-    # S3: another host, sharing only the bucket; local: the same folder (one host, or a shared mount)
-    host_b = host_a if artifact_backend == "local" else settings_for(tmp_path / "b", artifacts=host_a.artifacts)
-    for host in (host_a, host_b):
-        _colours(host.datasets_dir)
-    es = ExperimentSpec.model_validate(SPEC)
-    torch.manual_seed(0)
-    model = tmp_path / "model.safetensors"
-    save_model(model, build(es), es)
+    host_a, host_b, model = _two_hosts(tmp_path, settings_for, artifact_backend)
 
     store_a, out_a = host_a.artifact_store(), host_a.job_dir(JOB)
     out_a.mkdir(parents=True)
@@ -104,19 +110,11 @@ def test_the_worker_of_another_host_pulls_the_batches_of_a_dead_one(
     from worker.context import TaskContext
     from worker.tasks import run_evaluate
 
-    shared = {"database_url": own_pg_url, "lipschitz_restarts": 0}
-    host_a = settings_for(tmp_path / "a", **shared)
-    host_b = (
-        host_a if artifact_backend == "local" else settings_for(tmp_path / "b", artifacts=host_a.artifacts, **shared)
+    host_a, host_b, weights = _two_hosts(
+        tmp_path, settings_for, artifact_backend, database_url=own_pg_url, lipschitz_restarts=0
     )
     worker_b = TaskContext(host_b)
     init_db(worker_b.engine)
-    for host in (host_a, host_b):
-        _colours(host.datasets_dir)
-    es = ExperimentSpec.model_validate(SPEC)
-    torch.manual_seed(0)
-    weights = tmp_path / "model.safetensors"
-    save_model(weights, build(es), es)
     params = {"eps": [36, 72], "version": "custom", "attacks": ["apgd-ce"], "n_examples": 4}
     with transaction(worker_b.sessions()) as s:
         model = jobs.create_job(s, tenant="local", kind=JobKind.train, spec=SPEC)[0].id

@@ -13,7 +13,7 @@ import redis
 from bench.service import free_port
 from core.queue import CeleryQueue
 from core.reaper import reap_and_resend
-from core.store import init_db, jobs, leases, make_engine, session_factory, transaction
+from core.store import jobs, leases, transaction
 from tests.service.conftest import make_settings
 
 SPEC = {"model": "Toy", "layer": "Sandwich", "epochs": 3}
@@ -29,12 +29,10 @@ def _expired(store, n: int) -> list[str]:
 
 
 @pytest.fixture
-def store(own_pg_url: str):
-    """A store of this test alone: a pass re-sends every job it finds, other tests' jobs included."""
-    engine = make_engine(own_pg_url)
-    init_db(engine)
-    yield session_factory(engine)
-    engine.dispose()
+def db_url(own_pg_url: str) -> str:
+    """conftest's `store` on a database of this test alone: a pass re-sends every job it finds,
+    other tests' jobs included."""
+    return own_pg_url
 
 
 def test_a_pass_resends_every_expired_job_once_over_one_producer(store, redis_url, tmp_path):

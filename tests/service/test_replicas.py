@@ -26,7 +26,7 @@ from core.queue import CeleryQueue
 from core.reaper import reap_and_resend
 from core.store import Job, jobs, transaction, utcnow
 from tests.service.conftest import Proc, make_settings, settings_env
-from tests.waiting import wait_until
+from tests.waiting import follow, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 TOY = {"model": "Toy", "layer": "Sandwich", "gamma": 2.0, "epochs": 3}
@@ -75,19 +75,6 @@ def procs(request: pytest.FixtureRequest, tmp_path: Path):
             print(f"==== {proc.log.name}\n{proc.text()[-4000:]}")
 
 
-def follow(url: str, headers: dict[str, str], job_id: str) -> list[tuple[str, dict]]:
-    """The job's event stream read to its end: (event, data) pairs."""
-    events, kind = [], None
-    with httpx.stream("GET", f"{url}/v1/jobs/{job_id}/events", headers=headers, timeout=240) as r:
-        assert r.status_code == 200, r.read()
-        for line in r.iter_lines():
-            if line.startswith("event:"):
-                kind = line.split(":", 1)[1].strip()
-            elif line.startswith("data:") and kind:
-                events.append((kind, json.loads(line.split(":", 1)[1])))
-    return events
-
-
 def test_two_api_processes_serve_one_store_and_broker_alike(procs, tmp_path, redis_url, own_pg_url):
     """Two `lbdn api` on two ports, started at once on an empty PostgreSQL database (their
     migrations take turns), one worker, Redis: what is done through one is seen through the other."""
@@ -114,7 +101,7 @@ def test_two_api_processes_serve_one_store_and_broker_alike(procs, tmp_path, red
     assert b.get(f"/v1/jobs/{job_id}").json()["id"] == job_id
     assert job_id in {j["id"] for j in b.get("/v1/jobs").json()["items"]}
 
-    events = follow(urls[1], headers, job_id)  # caused by the worker, streamed by the other API
+    events = follow(urls[1], job_id, headers)  # caused by the worker, streamed by the other API
     states = [d["status"] for k, d in events if k == "state"]
     assert states[-1] == "succeeded" and states.count("succeeded") == 1
     assert [d["epoch"] for k, d in events if k == "metrics"] == [1, 2, 3]

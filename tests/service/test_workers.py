@@ -4,7 +4,6 @@ and over the embedded SQLite broker, with PostgreSQL and SQLite job stores."""
 from __future__ import annotations
 
 import io
-import json
 import math
 import time
 
@@ -13,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.waiting import wait_until
+from tests.waiting import follow, wait_until
 
 TOY = {"model": "Toy", "layer": "Sandwich", "gamma": 2.0, "epochs": 5}
 
@@ -29,19 +28,6 @@ def image_folder(root, n_per_class=34, classes=("cat", "dog", "eel")) -> str:
             pixels[..., label] = pixels[..., label] // 2 + 128  # a learnable colour cue per class
             Image.fromarray(pixels).save(folder / f"{i}.png")
     return "tiny"
-
-
-def follow(url: str, job_id: str, timeout: float = 240) -> list[tuple[str, dict]]:
-    """Read the job's SSE stream until the server ends it; returns (event, data) pairs."""
-    events, kind = [], None
-    with httpx.stream("GET", f"{url}/v1/jobs/{job_id}/events", timeout=httpx.Timeout(timeout)) as r:
-        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
-        for line in r.iter_lines():
-            if line.startswith("event:"):
-                kind = line.split(":", 1)[1].strip()
-            elif line.startswith("data:") and kind:
-                events.append((kind, json.loads(line.split(":", 1)[1])))
-    return events
 
 
 def wait_for(client: httpx.Client, job_id: str, check, timeout: float = 240, what: str = "") -> dict:
