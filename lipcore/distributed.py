@@ -19,10 +19,12 @@ its last checkpoint up to `max_restarts` times (torchrun's --max-restarts).
 
 from __future__ import annotations
 
+import gc
 import os
 import pickle
 import signal
 import socket
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -174,7 +176,19 @@ def _rank_main(rank: int, cfg: RankConfig) -> None:
             _dump(cfg.run_dir / RESULT, (type(e).__name__, str(e)))
         raise
     finally:
+        gc.collect()  # DDP's reducer (in reference cycles) holds the process group: free it first
         dist.destroy_process_group()
+    _exit_now()
+
+
+def _exit_now() -> None:
+    """End a rank whose work is done and written without interpreter finalization: gloo objects
+    and threads torn down during finalization have aborted a finished rank ("terminate called
+    without an active exception", SIGABRT, seen once in CI), which turned a completed run into a
+    restart. Every file the rank wrote is closed by now; only stdio needs flushing."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _die_with_parent() -> None:
