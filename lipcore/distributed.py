@@ -108,6 +108,9 @@ def train_distributed(
         try:
             _join(ctx, should_stop)
         except ProcessExitedException as e:  # killed or crashed outside Python: the others are gone too
+            done = _finished_result(run_dir)
+            if done is not None:  # rank 0 had written the finished run: a death after it loses nothing
+                return done
             if attempt == max_restarts:
                 raise DistributedError("exited", f"{e} (after {max_restarts} restarts)") from None
             cfg.resume = True
@@ -131,6 +134,18 @@ def _join(ctx: Any, should_stop: Callable[[], bool] | None) -> None:
                     os.kill(pid, signal.SIGTERM)
                 except ProcessLookupError:
                     pass
+
+
+def _finished_result(run_dir: Path) -> T.TrainResult | None:
+    """Rank 0's TrainResult if it wrote one (it does so only once every epoch, the model and the
+    summary are written), else None; the file is removed either way."""
+    try:
+        with (run_dir / RESULT).open("rb") as f:
+            obj = pickle.load(f)
+    except (OSError, pickle.UnpicklingError, ValueError, EOFError):
+        return None
+    (run_dir / RESULT).unlink(missing_ok=True)
+    return obj if isinstance(obj, T.TrainResult) else None
 
 
 def _rank_error(run_dir: Path, e: Exception) -> DistributedError:
