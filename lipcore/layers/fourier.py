@@ -99,11 +99,11 @@ def _apply_certify(m: Tensor, x: Tensor, n: int, bias: Tensor | None) -> Tensor:
 
     - The product is a complex128 bmm on the (F, b, i) spectrum with m.mT (a view: BLAS reads the
       transpose), one zgemm_batch instead of the real-block dgemm: half the weight bytes read and
-      no 2x2-block redundancy (2-3x faster on a 2-core AVX512 box at b = 1..32). Each real output
+      no 2x2-block redundancy (1.5-2x faster on a 2-core AVX512 box at b = 1..32). Each real output
       component is still one sum of 2i real products (zgemm is not the 3M method), so the rounding
       rule's k = 2i-term inner product of the real-block form (rounding.fft_conv) bounds it as is.
     - The inverse 2-D transform runs as 1-D transforms (`_irfft2_freq_major`), ~1.5x faster than
-      MKL's 2-D c2r on the permuted view; the same row-column FFT that rounding.fft_rel bounds.
+      MKL's 2-D c2r on the permuted view and bit-identical to it there (MKL runs the same steps).
     x: (b, i, n, n) float64 -> (b, o, n, n) float64.
     """
     b, c = x.shape[:2]
