@@ -103,7 +103,7 @@ def _apply_certify(m: Tensor, x: Tensor, n: int, bias: Tensor | None) -> Tensor:
       component is still one sum of 2i real products (zgemm is not the 3M method), so the rounding
       rule's k = 2i-term inner product of the real-block form (rounding.fft_conv) bounds it as is.
     - The inverse 2-D transform runs as 1-D transforms (`_irfft2_freq_major`), ~1.5x faster than
-      MKL's 2-D c2r on the permuted view and bit-identical to it there (MKL runs the same steps).
+      MKL's 2-D c2r on the permuted view (bit-identical to it at n = 16, 32; not at every n).
     x: (b, i, n, n) float64 -> (b, o, n, n) float64.
     """
     b, c = x.shape[:2]
