@@ -236,7 +236,8 @@ CONV_FAMILIES = ["SandwichConv", "SandwichConvLin", "OrthogonConv"]
 
 @pytest.mark.parametrize("family", CONV_FAMILIES, ids=str)
 def test_cached_block_matrices_give_bit_identical_outputs(family) -> None:
-    """The block matrices kept beside the eval cache are those the uncached path builds."""
+    """The block matrices kept beside the eval cache are those the uncached path builds (the
+    grad-enabled path: a float64 forward under no_grad takes fourier._apply_certify, which builds none)."""
     from lipcore.layers.fourier import block_matrix
 
     torch.manual_seed(1)
@@ -247,10 +248,15 @@ def test_cached_block_matrices_give_bit_identical_outputs(family) -> None:
     for (i, fn), blk in layer._cache.derived.items():
         assert fn is block_matrix and torch.equal(blk, block_matrix(layer._cache.value[i]))
     again = layer(x)
-    layer.train()
     with torch.no_grad():
-        uncached = layer(x)
+        certify_cached = layer(x)
+    layer.train()
+    uncached = layer(x).detach()
+    with torch.no_grad():
+        certify_uncached = layer(x)
     assert torch.equal(first, again) and torch.equal(again, uncached)
+    assert torch.equal(certify_cached, certify_uncached)
+    assert torch.allclose(certify_cached, first, rtol=0, atol=1e-12 * float(first.detach().abs().max()))
 
 
 def _state_dict_load(layer: torch.nn.Module, x: torch.Tensor) -> None:
