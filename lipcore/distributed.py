@@ -117,9 +117,9 @@ def train_distributed(
             continue
         except ProcessRaisedException as e:
             raise _rank_error(run_dir, e) from None
-        with (run_dir / RESULT).open("rb") as f:
-            result: T.TrainResult = pickle.load(f)
-        (run_dir / RESULT).unlink()
+        result = _finished_result(run_dir)
+        if result is None:
+            raise DistributedError("RankFailed", "rank 0 exited without writing the run's result")
         return result
     raise AssertionError("unreachable")
 

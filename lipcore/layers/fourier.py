@@ -57,22 +57,22 @@ def normalized_response(weight: Tensor, n: int, alpha: Tensor) -> Tensor:
 
 
 def apply_response(
-    m: Tensor, x: Tensor, n: int, bias: Tensor | None = None, block: Tensor | Callable[[], Tensor] | None = None
+    m: Tensor, x: Tensor, n: int, bias: Tensor | None = None, block: Callable[[], Tensor] | None = None
 ) -> Tensor:
     """Apply per-frequency maps m (F, o, i) complex, or one pointwise map m (o, i) real, to x.
 
     x: (b, i, n, n) real -> (b, o, n, n) real, plus `bias` (o,) per output channel if given. The
     per-frequency product runs as ONE real batched matmul on the real-block form of m
     (`block_matrix`): complex bmm has no bf16 autocast, and this is the path whose gradients training
-    relies on. `block`, if given, is `block_matrix(m)` already computed, or a function returning it
-    (an eval-mode layer keeps it beside its cached weights: it was most of a 1-image forward).
+    relies on. `block`, if given, returns `block_matrix(m)` (an eval-mode layer keeps it beside its
+    cached weights, built on first use: it was most of a 1-image forward).
     A float64 forward under no_grad (certification) takes `_apply_certify` instead.
     """
     if m.dim() == 2:
         return F.conv2d(x, m[:, :, None, None].to(x.dtype), _bias(bias, x))
     if _certify_path(m, x):
         return _apply_certify(m, x, n, bias)
-    blk = block_matrix(m) if block is None else block if isinstance(block, Tensor) else block()
+    blk = block_matrix(m) if block is None else block()
     xf = to_freq(x)
     yf = torch.bmm(xf, blk.to(xf.dtype))
     if bias is None:
