@@ -192,8 +192,9 @@ def _job_pages(driver, wait, find, url, auth, sw, job, By) -> None:
         for r in d.find_elements(By.CSS_SELECTOR, "#job-facts tr[data-fact]")
     }
     wait.until(lambda d: {k: v for k, v in facts(d).items() if k in expected} == expected)
-    link = find(By.ID, "job-sweep")
-    assert link.get_attribute("href").endswith(f"#/sweeps/{sw['id']}")
+    # the facts table is drawn twice (then again with the sweep): read an element inside the wait,
+    # which retries a reference the redraw made stale
+    wait.until(lambda d: d.find_element(By.ID, "job-sweep").get_attribute("href").endswith(f"#/sweeps/{sw['id']}"))
     driver.set_window_size(1400, 1250)
     driver.save_screenshot(str(ARTIFACTS / "job-facts.png"))
 
@@ -209,9 +210,8 @@ def _job_pages(driver, wait, find, url, auth, sw, job, By) -> None:
     assert imported.status_code in (200, 201), imported.text
     mid = imported.json()["id"]
     driver.get(f"{url}/#/jobs/{mid}")
-    model = wait.until(lambda d: d.find_element(By.ID, "job-model"))
-    assert model.get_attribute("href").endswith(f"#/models/{mid}")
-    assert find(By.ID, "model-link").is_displayed()
+    wait.until(lambda d: d.find_element(By.ID, "job-model").get_attribute("href").endswith(f"#/models/{mid}"))
+    wait.until(lambda d: d.find_element(By.ID, "model-link").is_displayed())
 
 
 def test_a_jobs_sweep_is_found_from_the_job(client, add_key) -> None:
