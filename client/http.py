@@ -203,8 +203,10 @@ class Client:
         )
 
     # ---- sweeps and the paper ---------------------------------------------------------------
-    def create_sweep(self, body: dict[str, Any]) -> dict[str, Any]:
-        return self._json("POST", "/v1/sweeps", json=body)
+    def create_sweep(self, body: dict[str, Any], idempotency_key: str | None = None) -> dict[str, Any]:
+        """POST /v1/sweeps; a retry with the same `idempotency_key` and body returns the first sweep."""
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        return self._json("POST", "/v1/sweeps", json=body, headers=headers)
 
     def sweeps(self, preset: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
         params: dict[str, Any] = {"limit": limit}

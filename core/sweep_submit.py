@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy import Text, and_, cast, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from core.labels import MAX_NAME, Labels
@@ -20,7 +21,16 @@ from core.queue import JobQueue, send_jobs
 from core.settings import Settings
 from core.states import JobKind, JobState, SweepRole
 from core.store import Job, Sweep, SweepJob, sweeps, transaction
-from core.submit import Refused, check_cost, check_quota, errors_text, resolve_image_folder, submit, submit_all
+from core.submit import (
+    Refused,
+    check_cost,
+    check_idempotency_key,
+    check_quota,
+    errors_text,
+    resolve_image_folder,
+    submit,
+    submit_all,
+)
 from lipcore.spec import ExperimentSpec
 
 log = logging.getLogger("lbdn.sweeps")
@@ -186,24 +196,50 @@ def submit_sweep(
     request: dict[str, Any],
     evaluate: dict[str, Any] | None,
     tags: list[str] | None = None,
+    idempotency_key: str | None = None,
+    req_hash: str | None = None,
 ) -> tuple[Sweep, list[Job]]:
     """POST /v1/sweeps without HTTP: the sweep planned under every rule (`plan_sweep`), then its
     training jobs made (core.submit.submit_all) and recorded in grid order; not committed.
     `request` is stored as asked; `evaluate` holds the attack settings of its evaluation jobs.
-    Each job is named after the sweep and its grid point ("name gamma=1.0 layer=SLL") and has `tags`."""
+    Each job is named after the sweep and its grid point ("name gamma=1.0 layer=SLL") and has `tags`.
+
+    With an `idempotency_key` the tenant already gave a sweep, that sweep is returned with no jobs
+    made (a sweep always has at least one, so an empty list means a replay), whether it was made
+    before or by a concurrent retry; with another `req_hash` (another body) it is a 422."""
+    check_idempotency_key(idempotency_key)
+    if idempotency_key is not None and (earlier := sweeps.by_idempotency_key(session, tenant, idempotency_key)):
+        return _replay(earlier, req_hash), []
     planned = plan_sweep(session, tenant, settings, ask)
     labels = [Labels(name=point_name(name, point), tags=tags) for _, point in planned]
-    made = submit_all(session, tenant=tenant, settings=settings, specs=[spec for spec, _ in planned], labels=labels)
-    sweep = sweeps.create_sweep(
-        session,
-        tenant=tenant,
-        name=name,
-        preset=ask.preset,
-        request=request,
-        evaluate=evaluate,
-        trained=[(job, point) for job, (_, point) in zip(made, planned, strict=True)],
-    )
+    try:
+        with session.begin_nested():  # a concurrent retry with the same key may win: undo our jobs too
+            made = submit_all(
+                session, tenant=tenant, settings=settings, specs=[spec for spec, _ in planned], labels=labels
+            )
+            sweep = sweeps.create_sweep(
+                session,
+                tenant=tenant,
+                name=name,
+                preset=ask.preset,
+                request=request,
+                evaluate=evaluate,
+                trained=[(job, point) for job, (_, point) in zip(made, planned, strict=True)],
+                idempotency_key=idempotency_key,
+                req_hash=req_hash,
+            )
+    except IntegrityError:
+        earlier = sweeps.by_idempotency_key(session, tenant, idempotency_key) if idempotency_key else None
+        if earlier is None:
+            raise
+        return _replay(earlier, req_hash), []
     return sweep, made
+
+
+def _replay(sweep: Sweep, req_hash: str | None) -> Sweep:
+    if sweep.request_hash != req_hash:
+        raise Refused(422, "Idempotency-Key: already used for a sweep with a different request body; use a new key")
+    return sweep
 
 
 def point_name(sweep_name: str, point: dict[str, Any]) -> str:

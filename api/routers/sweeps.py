@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Response
 
 from api.deps import CurrentTenant, SessionDep, require_json
 from api.problems import problem_responses
@@ -49,7 +49,21 @@ def _evaluate(body: SweepRequest) -> dict[str, Any] | None:
     responses=problem_responses(415, 422, 429),
     summary="Start a sweep: one training job per grid point (and evaluations as they finish)",
 )
-def create_sweep(body: SweepRequest, session: SessionDep, tenant: CurrentTenant, services: Services) -> SweepOut:
+def create_sweep(
+    body: SweepRequest,
+    response: Response,
+    session: SessionDep,
+    tenant: CurrentTenant,
+    services: Services,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            max_length=200,
+            description="a retry with the same key and body returns the sweep made the first time",
+        ),
+    ] = None,
+) -> SweepOut:
     ask = SweepAsk(
         preset=body.preset,
         spec=body.spec,
@@ -68,9 +82,14 @@ def create_sweep(body: SweepRequest, session: SessionDep, tenant: CurrentTenant,
         request=body.model_dump(mode="json", exclude_none=True),
         evaluate=_evaluate(body),
         tags=body.tags,
+        idempotency_key=idempotency_key,
+        req_hash=jobs.request_hash(body.model_dump(mode="json")),
     )
     session.commit()
-    services.send([(job.id, JobKind.train) for job in made])
+    if made:
+        services.send([(job.id, JobKind.train) for job in made])
+    else:  # a replay: the sweep made the first time, its jobs as they are now
+        response.headers["Idempotent-Replayed"] = "true"
     return _sweep_out(session, sweep, with_jobs=True)
 
 

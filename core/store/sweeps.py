@@ -32,15 +32,31 @@ def create_sweep(
     request: dict[str, Any],
     evaluate: dict[str, Any] | None,
     trained: list[tuple[Job, dict[str, Any]]],
+    idempotency_key: str | None = None,
+    req_hash: str | None = None,
 ) -> Sweep:
-    """Insert a sweep holding its training jobs (job, grid point), in grid order; not committed."""
-    sweep = Sweep(id=new_sweep_id(), tenant=tenant, name=name, preset=preset, request=request, evaluate=evaluate)
+    """Insert a sweep holding its training jobs (job, grid point), in grid order; not committed.
+    A key the tenant already gave a sweep raises IntegrityError at the flush (a concurrent retry)."""
+    sweep = Sweep(
+        id=new_sweep_id(),
+        tenant=tenant,
+        name=name,
+        preset=preset,
+        request=request,
+        evaluate=evaluate,
+        idempotency_key=idempotency_key,
+        request_hash=req_hash,
+    )
     s.add(sweep)
     s.flush()
     for i, (job, point) in enumerate(trained):
         s.add(SweepJob(sweep_id=sweep.id, job_id=job.id, role=SweepRole.train, position=i, point=point))
     s.flush()
     return sweep
+
+
+def by_idempotency_key(s: Session, tenant: str, key: str) -> Sweep | None:
+    return s.scalar(select(Sweep).where(Sweep.tenant == tenant, Sweep.idempotency_key == key))
 
 
 def get_sweep(s: Session, tenant: str, sweep_id: str) -> Sweep | None:

@@ -183,7 +183,10 @@ class Sweep(Base):
     """
 
     __tablename__ = "lbdn_sweeps"
-    __table_args__ = (Index("ix_lbdn_sweeps_tenant_pk", "tenant", "pk"),)
+    __table_args__ = (
+        Index("ix_lbdn_sweeps_tenant_pk", "tenant", "pk"),
+        Index("uq_lbdn_sweeps_idempotency", "tenant", "idempotency_key", unique=True),  # revision 0006
+    )
 
     pk: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)  # list order
     id: Mapped[str] = mapped_column(String(40), unique=True)
@@ -192,6 +195,8 @@ class Sweep(Base):
     preset: Mapped[str | None] = mapped_column(String(100), nullable=True)
     request: Mapped[dict[str, Any]] = mapped_column()  # what was asked for (base spec + grid, or preset)
     evaluate: Mapped[dict[str, Any] | None] = mapped_column(nullable=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), nullable=True)  # as a job's
+    request_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

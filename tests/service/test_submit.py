@@ -137,3 +137,51 @@ def test_the_reaper_advances_a_sweep_no_read_needed(store, tmp_path: Path, setti
     with store() as s:
         made_ids = {link.job_id for link, _ in sweeps.sweep_jobs(s, sweep_id) if link.role == SweepRole.evaluate}
     assert {job_id for job_id, kind in queue.sent if kind == JobKind.evaluate} >= made_ids
+
+
+def test_a_sweeps_retry_racing_its_first_try_makes_one_sweep(own_pg_url: str, tmp_path: Path, settings_for) -> None:
+    """Two requests with one Idempotency-Key at once on PostgreSQL (a client's retry while its first
+    try is still in flight): the retry waits on the key's unique index until the first commits, then
+    returns the first's sweep, and the jobs it had made are undone with its savepoint."""
+    import threading
+
+    from sqlalchemy import func, select, text
+
+    from core.store import Job, Sweep, make_engine, session_factory
+
+    engine = make_engine(own_pg_url)
+    init_db(engine)
+    sessions = session_factory(engine)
+    ask = SweepAsk(spec=TOY, grid={"gamma": [1, 2]})
+    same = dict(tenant="race", settings=settings_for(tmp_path), ask=ask, name="r", request={}, evaluate=None)
+    same.update(idempotency_key="k-1", req_hash="h-1")
+    first = sessions()
+    sweep, made = submit_sweep(first, **same)  # not committed yet
+    answered: dict[str, object] = {}
+
+    def retry() -> None:
+        try:
+            with transaction(sessions) as s:
+                again, remade = submit_sweep(s, **same)
+                answered["retry"] = (again.id, remade)
+        except Exception as e:  # the assertion below shows it
+            answered["retry"] = e
+
+    def retry_waits() -> bool:
+        with engine.connect() as c:
+            mine = "datname = current_database() AND wait_event_type = 'Lock'"
+            return c.execute(text(f"SELECT count(*) FROM pg_stat_activity WHERE {mine}")).scalar_one() > 0
+
+    thread = threading.Thread(target=retry)
+    thread.start()
+    try:
+        wait_until("the retry waiting on the first try's key", retry_waits)
+    finally:
+        first.commit()
+        first.close()
+        thread.join()
+    assert answered["retry"] == (sweep.id, []) and len(made) == 2
+    with sessions() as s:
+        assert s.scalar(select(func.count()).select_from(Sweep).where(Sweep.tenant == "race")) == 1
+        assert s.scalar(select(func.count()).select_from(Job).where(Job.tenant == "race")) == 2
+    engine.dispose()

@@ -91,6 +91,24 @@ def test_sweep_requests_are_validated_and_stored(client, add_key) -> None:
     assert client.get(f"/v1/sweeps/{sw['id']}", headers={"Authorization": f"Bearer {secret}"}).status_code == 404
 
 
+def test_a_sweep_retried_with_its_idempotency_key_is_made_once(client) -> None:
+    body = {"name": "retry", "spec": {"model": "Toy", "layer": "Sandwich"}, "grid": {"gamma": [1, 2]}}
+    h = {"Idempotency-Key": "sweep-retry-1"}
+    first, again = (client.post("/v1/sweeps", json=body, headers=h) for _ in range(2))
+    assert first.status_code == again.status_code == 201, (first.text, again.text)
+    assert "Idempotent-Replayed" not in first.headers and again.headers["Idempotent-Replayed"] == "true"
+    assert again.json()["id"] == first.json()["id"] and again.json()["jobs"] == first.json()["jobs"]
+    assert len(client.get("/v1/sweeps").json()["items"]) == 1
+    assert len(client.get("/v1/jobs").json()["items"]) == 2
+    other = client.post("/v1/sweeps", json={**body, "grid": {"gamma": [3]}}, headers=h)
+    assert other.status_code == 422 and "different request body" in other.json()["detail"]
+    ours = client.post("/v1/sweeps", json=body, headers={"Idempotency-Key": "sweep-eval:x"})
+    assert ours.status_code == 422 and "the service's own" in ours.json()["detail"]
+    fresh = client.post("/v1/sweeps", json=body, headers={"Idempotency-Key": "sweep-retry-2"})
+    assert fresh.status_code == 201 and fresh.json()["id"] != first.json()["id"]
+    assert len(client.get("/v1/jobs").json()["items"]) == 4
+
+
 def test_presets_carry_the_papers_commands_and_numbers(client) -> None:
     items = {p["name"]: p for p in client.get("/v1/paper/presets").json()["items"]}
     assert set(items) == {
