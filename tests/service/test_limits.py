@@ -9,42 +9,23 @@ import json
 import secrets
 import socket
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from core.queue import CeleryQueue
 from core.settings import Settings
 from core.states import JobKind
 from core.store import jobs, keys, leases, transaction
 from lipcore.spec import ExperimentSpec
+from tests.service.broker import waiting
 from tests.service.conftest import Service
 
 TOY = {"model": "Toy", "layer": "Sandwich", "epochs": 2}
 KWL = {"model": "KWL", "layer": "Sandwich", "scale": "small", "dataset": "cifar10", "epochs": 1}
 HUGE = {"model": "Resnet", "scale": "xlarge", "dataset": "tiny_imagenet"}
-
-
-class _Queue:
-    """A JobQueue that remembers what was sent (the core functions take any JobQueue)."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, str]] = []
-
-    def enqueue(self, job_id: str, kind: JobKind) -> None:
-        self.sent.append((job_id, kind))
-
-    @contextmanager
-    def batch(self) -> Iterator[Callable[[str, JobKind], None]]:
-        yield self.enqueue
-
-    def ping(self, timeout: float = 3.0) -> None: ...
-
-    def broker_lost_messages(self) -> bool:
-        return False
 
 
 def _app(settings: Settings) -> TestClient:
@@ -122,7 +103,7 @@ def test_sweep_points_pass_the_cost_ceiling_overrides_included(client) -> None:
     assert client.get("/v1/jobs").json()["items"] == []
 
 
-def test_reading_a_sweep_creates_no_job(client) -> None:
+def test_reading_a_sweep_creates_no_job(client, redis_url) -> None:
     """Evaluation jobs come from advance_sweeps (the worker that finished the training job, or the
     reaper), once each, and a tenant cannot take their idempotency keys (that made GET answer 500)."""
     from core.sweep_submit import advance_sweeps
@@ -138,10 +119,15 @@ def test_reading_a_sweep_creates_no_job(client) -> None:
     for _ in range(2):
         got = client.get(f"/v1/sweeps/{sw['id']}")
         assert got.status_code == 200 and [j["role"] for j in got.json()["jobs"]] == ["train"]
-    queue = _Queue()
-    made = advance_sweeps(app.state.services.sessions, queue, app.state.services.settings)
-    assert len(made) == 1 and queue.sent == [(made[0], JobKind.evaluate)]
-    assert advance_sweeps(app.state.services.sessions, queue, app.state.services.settings) == []  # idempotent
+    settings = app.state.services.settings.model_copy(update={"broker_url": redis_url})  # to read it back
+    queue = CeleryQueue(settings)
+    try:
+        made = advance_sweeps(app.state.services.sessions, queue, settings)
+        assert len(made) == 1 and waiting(settings) == [(made[0], JobKind.evaluate)]
+        assert advance_sweeps(app.state.services.sessions, queue, settings) == []  # idempotent
+        assert waiting(settings) == [(made[0], JobKind.evaluate)]
+    finally:
+        queue.close()
     roles = [(j["role"], j["job_id"]) for j in client.get(f"/v1/sweeps/{sw['id']}").json()["jobs"]]
     assert roles == [("train", trained), ("evaluate", made[0])]
 

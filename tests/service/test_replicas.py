@@ -6,8 +6,6 @@ start-up re-send shared by replicas, and load shedding under a flood."""
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
 import os
 import signal
 import socket
@@ -19,12 +17,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-import redis
 from sqlalchemy import update
 
 from core.queue import CeleryQueue
 from core.reaper import reap_and_resend
 from core.store import Job, jobs, transaction, utcnow
+from tests.service.broker import waiting
 from tests.service.conftest import Proc, make_settings, settings_env
 from tests.waiting import follow, wait_until
 
@@ -176,13 +174,6 @@ def test_sigterm_stops_every_replica(procs, tmp_path):
     assert "did not stop" not in sup.text() and sup.text().count("Application shutdown complete") == 2
 
 
-def _messages_of(redis_url: str, queue_name: str, job_id: str) -> int:
-    """How many Celery messages for `job_id` wait in the Redis list `queue_name`."""
-    client = redis.Redis.from_url(redis_url)
-    bodies = [json.loads(raw) for raw in client.lrange(queue_name, 0, -1)]
-    return [json.loads(base64.b64decode(b["body"]))[0][0] for b in bodies].count(job_id)
-
-
 def test_replicas_starting_together_resend_a_lost_job_once(store, redis_url, tmp_path):
     """Each replica's start-up pass re-sends the queued jobs not sent since their supervisor
     started (api.main): the first pass sends, the others (and a replica restarted later) find
@@ -196,9 +187,9 @@ def test_replicas_starting_together_resend_a_lost_job_once(store, redis_url, tmp
     try:
         for _ in range(3):
             reap_and_resend(store, queue, settings, sent_before=up_since)
-        after_replicas = _messages_of(redis_url, settings.gpu_queue, job.id)
+        after_replicas = [j for j, _ in waiting(settings)].count(job.id)
         reap_and_resend(store, queue, settings, sent_before=time.time())
-        after_a_later_api = _messages_of(redis_url, settings.gpu_queue, job.id)
+        after_a_later_api = [j for j, _ in waiting(settings)].count(job.id)
     finally:
         queue.close()
     assert (after_replicas, after_a_later_api) == (1, 2)
