@@ -56,3 +56,19 @@ def test_path_depends_on_dtype_and_grad_mode_only() -> None:
     with torch.no_grad():
         a = layer32(x32)
     assert torch.equal(a, layer32(x32).detach())
+
+
+@pytest.mark.parametrize("layer", ["Sandwich", "Orthogon", "Aol"])
+def test_an_empty_batch_is_an_empty_answer(layer: str) -> None:
+    """MKL's FFTs refuse a batch of 0 images; the circular layers answer it with 0 outputs (a filter
+    that kept no input is not an error), in float32, in float64 and through the certificate."""
+    from lipcore.certify import model_certificate
+    from lipcore.models import build
+    from lipcore.spec import ExperimentSpec
+
+    model = build(ExperimentSpec(model="KWL", layer=layer, scale="small", dataset="cifar10")).eval()
+    empty = torch.zeros(0, 3, 32, 32)
+    assert model(empty).shape == (0, 10)
+    assert model.double()(empty.double()).shape == (0, 10)
+    cert = model_certificate(model.float(), empty)
+    assert cert.radius.shape == cert.predicted.shape == (0,)

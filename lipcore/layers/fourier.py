@@ -70,6 +70,8 @@ def apply_response(
     """
     if m.dim() == 2:
         return F.conv2d(x, m[:, :, None, None].to(x.dtype), _bias(bias, x))
+    if x.shape[0] == 0:  # MKL's FFTs refuse an empty batch ("Inconsistent configuration parameters")
+        return x.new_zeros(0, m.shape[1], n, n)
     if _certify_path(m, x):
         return _apply_certify(m, x, n, bias)
     blk = block_matrix(m) if block is None else block()
