@@ -9,10 +9,9 @@ from collections.abc import Iterator
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
-from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.store import FINISHED, Job, jobs
+from core.store import jobs
 
 log = logging.getLogger("lbdn.api")
 JOB_BUCKETS = (10, 30, 60, 300, 900, 1800, 3600, 3 * 3600, 12 * 3600, 24 * 3600, float("inf"))
@@ -26,11 +25,7 @@ class JobsCollector(Collector):
         try:
             with self.sessions() as s:
                 counts = jobs.count_by_state(s)
-                spans = s.execute(
-                    select(Job.kind, Job.status, Job.started_at, Job.finished_at).where(
-                        Job.status.in_(FINISHED), Job.started_at.is_not(None), Job.finished_at.is_not(None)
-                    )
-                ).all()
+                spans = jobs.duration_histogram(s, JOB_BUCKETS)
         except Exception as e:
             log.warning("job metrics unavailable: %s", e)
             return
@@ -41,13 +36,9 @@ class JobsCollector(Collector):
         hist = HistogramMetricFamily(
             "lbdn_job_duration_seconds", "Run time of finished jobs (first start to end)", labels=["kind", "status"]
         )
-        groups: dict[tuple[str, str], list[float]] = {}
-        for kind, status, start, end in spans:
-            if start is not None and end is not None:  # always: the query asks for both
-                groups.setdefault((kind, status), []).append((end - start).total_seconds())
-        for labels, values in groups.items():
-            buckets = [(str(b), sum(v <= b for v in values)) for b in JOB_BUCKETS]
-            hist.add_metric(list(labels), [(b if b != "inf" else "+Inf", n) for b, n in buckets], sum(values))
+        for kind, status, within, seconds, _ in spans:
+            buckets = [("+Inf" if b == float("inf") else str(b), n) for b, n in zip(JOB_BUCKETS, within, strict=True)]
+            hist.add_metric([kind, status], buckets, seconds)
         yield hist
 
 

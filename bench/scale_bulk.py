@@ -110,3 +110,20 @@ def time_reaper_at(settings: Settings, n: int) -> tuple[float, float, float, int
     queue.close()
     engine.dispose()
     return times[0], times[1], times[2], len(sent)
+
+
+def time_scrape(settings: Settings, repeats: int = 5) -> float:
+    """Median seconds of the job-store part of one /metrics scrape (api.metrics.JobsCollector: jobs
+    by state and the run-time histogram), which every API replica answers from the whole table."""
+    from api.metrics import JobsCollector
+
+    engine = make_engine(settings.db_url)
+    collector = JobsCollector(session_factory(engine))
+    list(collector.collect())  # a first scrape warms the connection and the statement cache
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        list(collector.collect())
+        times.append(time.perf_counter() - t0)
+    engine.dispose()
+    return sorted(times)[len(times) // 2]

@@ -23,6 +23,7 @@ INFO = (
     ("clients' CPU per read at rest (--via store: the route code)", ("rest cpu/read",), "ms"),
     ("poll p99 / list p99 during the drain", ("drain poll p99", "drain list first p99"), "ms"),
     ("reaper pass, {running:,} running jobs, all expired (re-queued and re-sent)", ("reaper expired",), "ms"),
+    ("/metrics scrape, its job-store part, {jobs:,} jobs (median of 5)", ("scrape",), "ms"),
     ("  of which sending the {running:,} messages (pipelined)", ("reaper sending",), "ms"),
     ("drain: claims/s, metric rows/s", ("claims/s", "rows/s"), ""),
     ("drain: jobs left unfinished when --max-drain-s stopped it", ("unfinished",), ""),

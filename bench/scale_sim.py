@@ -39,7 +39,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.scale_bulk import SPEC, TENANT, bulk_load, time_reaper_at  # noqa: E402
+from bench.scale_bulk import SPEC, TENANT, bulk_load, time_reaper_at, time_scrape  # noqa: E402
 from bench.scale_reads import explain_reads, gather_clients, pct, print_reads, start_clients, targets_of  # noqa: E402
 from bench.scale_report import print_summary, read_stats  # noqa: E402
 from bench.service import PgDatabase, free_port  # noqa: E402
@@ -293,6 +293,8 @@ def at_rest(settings: Settings, args: argparse.Namespace, via: Any) -> dict[str,
           f"{1000 * expired:.0f} ms ({sent} re-queued; store {1000 * (expired - sending):.0f} ms, "
           f"sending {1000 * sending:.0f} ms)")  # fmt: skip
     reaper = {"reaper live": 1000 * live, "reaper expired": 1000 * expired, "reaper sending": 1000 * sending}
+    reaper["scrape"] = 1000 * time_scrape(settings)
+    print(f"   /metrics scrape, its job-store part, {njobs} jobs: {reaper['scrape']:.1f} ms (median of 5)")
     sizes = {"jobs": njobs, "rows": nrows, "running": args.running}
     got = {**read_stats("rest", reads.lat), "rest errors": reads.errors, "rest cpu/read": reads.cpu_per_read_ms}
     return {**got, **reaper, **sizes}

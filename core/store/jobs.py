@@ -9,9 +9,10 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
+from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import case, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -237,6 +238,35 @@ def delete_job(s: Session, job: Job) -> None:
     s.execute(delete(JobEvent).where(JobEvent.job_id == job.id))
     s.execute(delete(JobMetric).where(JobMetric.job_id == job.id))
     s.execute(delete(Job).where(Job.id == job.id))
+
+
+def duration_histogram(s: Session, bounds: Sequence[float]) -> list[tuple[JobKind, JobState, list[int], float, int]]:
+    """(kind, status, cumulative counts per bound, seconds in all, count) of finished jobs that
+    started, over all tenants, for the Prometheus histogram of run times (first start to end).
+
+    Counted by the database in one grouped scan: the scrape reads one row per (kind, status), not
+    one per finished job (100,000 rows per scrape, per API replica, at issue 19's scale)."""
+    if s.get_bind().dialect.name == "postgresql":
+        seconds: Any = func.extract("epoch", Job.finished_at - Job.started_at)
+    else:  # SQLite keeps datetimes as text: julianday() reads them (days as a double; ~10 us here)
+        seconds = (func.julianday(Job.finished_at) - func.julianday(Job.started_at)) * 86400.0
+    finite = [b for b in bounds if b != float("inf")]
+    q = (
+        select(
+            Job.kind,
+            Job.status,
+            func.count(),
+            func.coalesce(func.sum(seconds), 0.0),
+            *(func.sum(case((seconds <= b, 1), else_=0)) for b in finite),
+        )
+        .where(Job.status.in_(FINISHED), Job.started_at.is_not(None), Job.finished_at.is_not(None))
+        .group_by(Job.kind, Job.status)
+    )
+    out = []
+    for kind, status, n, total, *within in s.execute(q):
+        counts = [int(c) for c in within] + [int(n)] * (len(bounds) - len(finite))
+        out.append((kind, status, counts, float(total), int(n)))
+    return out
 
 
 def count_by_state(s: Session) -> list[tuple[JobKind, JobState, int]]:

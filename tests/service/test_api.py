@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from datetime import timedelta
 
 import pytest
+from sqlalchemy import update
+
+from core.store import Job, leases, transaction, utcnow
 
 TOY = {"model": "Toy", "layer": "Sandwich", "epochs": 5}
 KWL = {"model": "KWL", "layer": "Sandwich", "scale": "small", "dataset": "cifar10", "epochs": 1}
@@ -105,8 +109,16 @@ def test_health_ready_metrics_openapi(client):
     ready = client.get("/readyz")
     assert ready.status_code == 200 and ready.json()["checks"] == {"database": "ok", "broker": "ok"}
     submit(client)
+    done = submit(client).json()["id"]
+    with transaction(client.app.state.services.sessions) as s:  # as a worker would: 42 s of running
+        leases.acquire(s, done, "w", 60)
+        s.execute(update(Job).where(Job.id == done).values(started_at=utcnow() - timedelta(seconds=42)))
+        leases.finish(s, done, "w", "succeeded", result={})
     text = client.get("/metrics").text
     assert 'lbdn_jobs{kind="train",status="queued"} 1.0' in text
+    assert 'lbdn_job_duration_seconds_bucket{kind="train",le="30",status="succeeded"} 0.0' in text
+    assert 'lbdn_job_duration_seconds_bucket{kind="train",le="60",status="succeeded"} 1.0' in text
+    assert 'lbdn_job_duration_seconds_count{kind="train",status="succeeded"} 1.0' in text
     assert 'lbdn_http_requests_total{method="POST",route="/v1/jobs",status="201"}' in text
     spec = client.get("/openapi.json").json()
     for path, ops in spec["paths"].items():
