@@ -4,10 +4,12 @@ scrape time, so every API replica reports the same) jobs by state and job durati
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -43,10 +45,15 @@ class JobsCollector(Collector):
 
 
 class ServiceMetrics:
-    """One registry per app (tests build several apps in one process)."""
+    """One registry per app (tests build several apps in one process).
+
+    `registry` is what /metrics serves. Under `lbdn api --processes N` (PROMETHEUS_MULTIPROC_DIR set
+    by the supervisor, api.replicas) it sums every replica's files, so a scrape that reaches any
+    replica through the shared port answers for all of them; the metrics are still made in a
+    registry of this app (`own`), which prometheus_client then backs by this process's files."""
 
     def __init__(self, sessions: sessionmaker[Session]) -> None:
-        r = self.registry = CollectorRegistry()
+        r = self.own = CollectorRegistry()
         self.requests = Counter(
             "lbdn_http_requests",
             "HTTP requests by route template and status",
@@ -65,10 +72,17 @@ class ServiceMetrics:
         )
         self.certified_inputs = Counter("lbdn_certified_inputs", "Inputs certified", registry=r)
         self.certify_attacks_active = Gauge(
-            "lbdn_certify_attacks_active", "?attack=true searches running now", registry=r
+            "lbdn_certify_attacks_active",
+            "?attack=true searches running now",
+            registry=r,
+            multiprocess_mode="livesum",  # replicas: the sum over those alive
         )
         self.shed = Counter(
             "lbdn_http_shed", "Requests answered 503 after LBDN_MAX_QUEUE_MS without a place (api.shedding)", registry=r
         )
         self.jobs_submitted = Counter("lbdn_jobs_submitted", "Jobs created", ["kind"], registry=r)
-        r.register(JobsCollector(sessions))
+        self.registry = r
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            self.registry = CollectorRegistry()
+            MultiProcessCollector(self.registry)  # type: ignore[no-untyped-call]
+        self.registry.register(JobsCollector(sessions))  # from the store: the same in every replica

@@ -6,15 +6,23 @@ processes. The supervisor (this process) serves nothing: it restarts a replica t
 SIGTERM/SIGINT on to all of them and waits for their graceful shutdown, and its replicas die with
 it even when it is killed (PR_SET_PDEATHSIG). Nothing is shared between replicas but the store and
 the broker (README "Concurrency": what that means for per-tenant limits and the key cache).
+
+Metrics: a scrape through the shared port reaches one replica, so the replicas keep their counters
+in prometheus_client's multiprocess files (PROMETHEUS_MULTIPROC_DIR, a folder of this supervisor's
+own, made empty at its start and removed at its end) and every replica answers /metrics with the
+sum over all of them (api.metrics). A replica that exits keeps its counts in the sum, as counters
+must; its live gauges are dropped (mark_process_dead).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -54,6 +62,8 @@ class Supervisor:
     def __init__(self, settings: Settings, host: str, port: int, processes: int) -> None:
         self.host, self.port, self.processes = host, port, processes
         self.env = replica_env(settings, processes)
+        self.metrics_dir = tempfile.mkdtemp(prefix="lbdn-metrics-")
+        self.env["PROMETHEUS_MULTIPROC_DIR"] = self.metrics_dir
         self.up_since = time.time()  # the start-up re-send's cutoff, the same in every replica
         self.replicas: dict[int, Replica] = {}
         self.stopping = threading.Event()
@@ -104,6 +114,7 @@ class Supervisor:
         finally:
             self._stop_all()
             guard.close()
+            shutil.rmtree(self.metrics_dir, ignore_errors=True)
             for s, handler in previous.items():
                 signal.signal(s, handler)
 
@@ -123,6 +134,7 @@ class Supervisor:
                 return False
             print(f"lbdn: API replica {index} exited ({code}); starting a new one", flush=True)
             self._kill_group(replica)  # certify processes of a replica killed by SIGKILL
+            self._forget_gauges(replica)
             if quick:
                 time.sleep(min(30.0, 2.0**self.quick_exits))
             self.spawn(index)
@@ -140,6 +152,12 @@ class Supervisor:
                 print(f"lbdn: API replica {replica.index} did not stop within {STOP_S:.0f}s; killing it", flush=True)
             self._kill_group(replica)
             replica.proc.wait()
+
+    def _forget_gauges(self, replica: Replica) -> None:
+        """Drop the live gauges of a replica that exited (its counters stay in the sum)."""
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(replica.proc.pid, self.metrics_dir)  # type: ignore[no-untyped-call]
 
     @staticmethod
     def _kill_group(replica: Replica) -> None:

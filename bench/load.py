@@ -254,7 +254,7 @@ def server_side(url: str) -> str:
             n = c["+Inf"]
             parts.append(f"{route} {100 * c['0.025'] / n:.1f}% <= 25 ms, {100 * c['0.1'] / n:.1f}% <= 100 ms")
         # (the histogram's buckets: prometheus_client's defaults, 5 ms ... 10 s)
-    return "server side (one API process's own histogram): " + "; ".join(parts)
+    return "server side (the API's histogram, summed over its replicas): " + "; ".join(parts)
 
 
 def main() -> None:

@@ -131,6 +131,13 @@ def _replicas(proc: Proc, env: dict[str, str], port: int, processes: int = 2) ->
     return pids
 
 
+def _polls_counted(url: str) -> int:
+    """GET /v1/jobs/{id} answers counted in one scrape of /metrics (a fresh connection: any replica)."""
+    route = 'lbdn_http_requests_total{method="GET",route="/v1/jobs/{job_id}",status="200"} '
+    lines = [line for line in httpx.get(f"{url}/metrics", timeout=60).text.splitlines() if line.startswith(route)]
+    return int(float(lines[0].removeprefix(route))) if lines else 0
+
+
 def _replica_settings_env(tmp_path: Path, **overrides) -> dict[str, str]:
     return settings_env(make_settings(tmp_path, auth="none", **overrides))
 
@@ -143,12 +150,15 @@ def test_a_dead_replica_is_restarted_and_replicas_die_with_their_supervisor(proc
     job_id = httpx.post(f"{url}/v1/jobs", json={"kind": "train", "spec": TOY}, timeout=60).json()["id"]
     # fresh connections: the kernel spreads them over both replicas, which share the store
     assert {httpx.get(f"{url}/v1/jobs/{job_id}", timeout=60).status_code for _ in range(8)} == {200}
+    # /metrics sums every replica's counters, whichever replica a scrape reaches
+    assert {_polls_counted(url) for _ in range(6)} == {8}
 
     os.kill(pids[0], signal.SIGKILL)
     sup.wait_for("API replica 0 exited")
     restarted = _replicas(sup, env, port, processes=3)  # the third "Uvicorn running on": the new replica 0
     assert restarted[0] != pids[0] and restarted[1] == pids[1]
     assert {httpx.get(f"{url}/v1/jobs/{job_id}", timeout=60).status_code for _ in range(8)} == {200}
+    assert {_polls_counted(url) for _ in range(6)} == {16}  # the killed replica's counts stay in the sum
 
     sup.kill9()  # the supervisor itself, by SIGKILL: its replicas follow it (PR_SET_PDEATHSIG)
     wait_until("replicas gone", lambda: not any(alive(pid) for pid in restarted.values()))
