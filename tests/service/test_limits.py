@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import secrets
 import socket
-import time
 from pathlib import Path
 
 import httpx
@@ -22,6 +21,7 @@ from core.store import jobs, keys, leases, transaction
 from lipcore.spec import ExperimentSpec
 from tests.service.broker import waiting
 from tests.service.conftest import Service
+from tests.waiting import wait_until
 
 TOY = {"model": "Toy", "layer": "Sandwich", "epochs": 2}
 KWL = {"model": "KWL", "layer": "Sandwich", "scale": "small", "dataset": "cifar10", "epochs": 1}
@@ -198,13 +198,13 @@ def test_event_streams_are_limited_per_tenant(server) -> None:
             with c.stream("GET", path) as third:
                 assert third.status_code == 429 and int(third.headers["Retry-After"]) > 0
                 assert "LBDN_MAX_STREAMS_PER_TENANT" in json.loads(third.read())["detail"]
+
         # closed streams give their places back (once the server has seen the disconnects)
-        for _ in range(600):
+        def admitted() -> bool:
             with c.stream("GET", path) as again:
-                if again.status_code == 200:
-                    break
-            time.sleep(0.05)
-        assert again.status_code == 200
+                return again.status_code == 200
+
+        wait_until("a stream admitted after the others closed", admitted, every=0.05)
 
 
 def test_failed_authentications_are_limited_per_address(server) -> None:
