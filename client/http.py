@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,9 @@ import httpx
 from httpx_sse import connect_sse
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+# Seconds before each repeat of a request that carries an Idempotency-Key (see Client.request):
+# 7.5 s in all, about what an API replica takes to restart on a busy machine.
+RETRY_WAITS = (0.5, 1.0, 2.0, 4.0)
 EVENT_KINDS = ("state", "progress", "metrics", "log")
 
 
@@ -37,6 +42,18 @@ def _raise_for(r: httpx.Response) -> None:
     raise ApiError(r.status_code, body.get("title") or r.reason_phrase, detail, body or None)
 
 
+def _new_key() -> str:
+    return f"lbdn-client-{uuid.uuid4().hex}"
+
+
+def _retry_after(r: httpx.Response) -> float:
+    """The answer's Retry-After in seconds (at most 10; 0 when absent or a date)."""
+    try:
+        return min(10.0, max(0.0, float(r.headers.get("Retry-After", "0"))))
+    except ValueError:
+        return 0.0
+
+
 class Client:
     """The lbdn service at `url` (default $LBDN_URL or http://127.0.0.1:8000), with $LBDN_API_KEY.
 
@@ -60,16 +77,36 @@ class Client:
         self.close()
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        try:
-            r = self.http.request(method, path, **kwargs)
-        except httpx.TransportError as e:
-            raise ApiError(
-                0,
-                "unreachable",
-                f"cannot reach the lbdn service at {self.url} ({e}); start it with `lbdn serve` or set LBDN_URL",
-            ) from None
-        _raise_for(r)
-        return r
+        """One HTTP request; ApiError for an error answer or none.
+
+        A request with an Idempotency-Key (`submit`, `create_sweep`) is sent again, with the same
+        key, when its answer was lost after it may have reached the server (the connection dropped
+        or timed out) or when the server shed it (503, before doing anything), up to
+        len(RETRY_WAITS) times: the server answers a repeat with what the first try made, so a
+        retry never makes a second job or sweep. A refused connection on the first try fails at
+        once: nothing listens there, and nothing was sent.
+        """
+        waits = list(RETRY_WAITS) if "Idempotency-Key" in (kwargs.get("headers") or {}) else []
+        first = True
+        while True:
+            try:
+                r = self.http.request(method, path, **kwargs)
+            except httpx.TransportError as e:
+                if not waits or (first and isinstance(e, httpx.ConnectError)):
+                    raise ApiError(
+                        0,
+                        "unreachable",
+                        f"cannot reach the lbdn service at {self.url} ({e}); start it with `lbdn serve` or set LBDN_URL",
+                    ) from None
+                time.sleep(waits.pop(0))
+                first = False
+                continue
+            if r.status_code == 503 and waits:
+                time.sleep(max(waits.pop(0), _retry_after(r)))
+                first = False
+                continue
+            _raise_for(r)
+            return r
 
     def _json(self, method: str, path: str, **kwargs: Any) -> Any:
         r = self.request(method, path, **kwargs)
@@ -77,8 +114,9 @@ class Client:
 
     # ---- jobs -------------------------------------------------------------------------------
     def submit(self, body: dict[str, Any], idempotency_key: str | None = None) -> dict[str, Any]:
-        """POST /v1/jobs: body {"kind": "train", "spec": {...}} or {"kind": "evaluate", ...}."""
-        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        """POST /v1/jobs: body {"kind": "train", "spec": {...}} or {"kind": "evaluate", ...}.
+        Sent with `idempotency_key`, or a new random one, so that a lost answer can be asked again."""
+        headers = {"Idempotency-Key": idempotency_key or _new_key()}
         return self._json("POST", "/v1/jobs", json=body, headers=headers)
 
     def jobs(self, limit: int = 50, **filters: Any) -> list[dict[str, Any]]:
@@ -204,8 +242,8 @@ class Client:
 
     # ---- sweeps and the paper ---------------------------------------------------------------
     def create_sweep(self, body: dict[str, Any], idempotency_key: str | None = None) -> dict[str, Any]:
-        """POST /v1/sweeps; a retry with the same `idempotency_key` and body returns the first sweep."""
-        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        """POST /v1/sweeps, with `idempotency_key` or a new random one (as `submit`)."""
+        headers = {"Idempotency-Key": idempotency_key or _new_key()}
         return self._json("POST", "/v1/sweeps", json=body, headers=headers)
 
     def sweeps(self, preset: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
