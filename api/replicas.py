@@ -8,8 +8,8 @@ it even when it is killed (PR_SET_PDEATHSIG). Nothing is shared between replicas
 the broker (README "Concurrency": what that means for per-tenant limits and the key cache).
 
 Metrics: a scrape through the shared port reaches one replica, so the replicas keep their counters
-in prometheus_client's multiprocess files (PROMETHEUS_MULTIPROC_DIR, a folder of this supervisor's
-own, made empty at its start and removed at its end) and every replica answers /metrics with the
+in prometheus_client's multiprocess files (PROMETHEUS_MULTIPROC_DIR: LBDN_HOME/api-metrics/PORT,
+emptied at the supervisor's start and removed at its end) and every replica answers /metrics with the
 sum over all of them (api.metrics). A replica that exits keeps its counts in the sum, as counters
 must; its live gauges are dropped (mark_process_dead).
 """
@@ -22,7 +22,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -62,8 +61,10 @@ class Supervisor:
     def __init__(self, settings: Settings, host: str, port: int, processes: int) -> None:
         self.host, self.port, self.processes = host, port, processes
         self.env = replica_env(settings, processes)
-        self.metrics_dir = tempfile.mkdtemp(prefix="lbdn-metrics-")
-        self.env["PROMETHEUS_MULTIPROC_DIR"] = self.metrics_dir
+        # prometheus_client's multiprocess files: one folder per home and port, emptied by run()
+        # once the port is ours (what a supervisor killed by SIGKILL left there is stale)
+        self.metrics_dir = settings.home.resolve() / "api-metrics" / str(port)
+        self.env["PROMETHEUS_MULTIPROC_DIR"] = str(self.metrics_dir)
         self.up_since = time.time()  # the start-up re-send's cutoff, the same in every replica
         self.replicas: dict[int, Replica] = {}
         self.stopping = threading.Event()
@@ -105,6 +106,8 @@ class Supervisor:
                 f"  (OpenAPI docs: http://{self.host}:{self.port}/docs)",
                 flush=True,
             )
+            shutil.rmtree(self.metrics_dir, ignore_errors=True)
+            self.metrics_dir.mkdir(parents=True)
             for i in range(self.processes):
                 self.spawn(i)
             while not self.stopping.wait(0.5):
@@ -157,7 +160,7 @@ class Supervisor:
         """Drop the live gauges of a replica that exited (its counters stay in the sum)."""
         from prometheus_client import multiprocess
 
-        multiprocess.mark_process_dead(replica.proc.pid, self.metrics_dir)  # type: ignore[no-untyped-call]
+        multiprocess.mark_process_dead(replica.proc.pid, str(self.metrics_dir))  # type: ignore[no-untyped-call]
 
     @staticmethod
     def _kill_group(replica: Replica) -> None:
