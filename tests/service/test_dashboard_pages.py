@@ -79,7 +79,7 @@ def test_research_pages_in_a_browser(service_factory, add_key, tmp_path):
         _sweep_page(driver, wait, find, find_all, svc.url, sw, train, Select, By)
         _compare_page(driver, wait, find, find_all, svc.url, auth, train[:3], By)
         _paper_page(driver, wait, find, find_all, svc.url, train, By)
-        _job_pages(driver, wait, find, svc.url, auth, sw, train[0], By)
+        _job_pages(driver, wait, svc.url, auth, sw, train[0], By)
 
         logs = driver.get_log("browser")
         assert not [e for e in logs if "Content Security Policy" in e.get("message", "")], logs
@@ -167,7 +167,7 @@ def _paper_page(driver, wait, find, find_all, url, train, By) -> None:
     driver.save_screenshot(str(ARTIFACTS / "paper-page.png"))
 
 
-def _job_pages(driver, wait, find, url, auth, sw, job, By) -> None:
+def _job_pages(driver, wait, url, auth, sw, job, By) -> None:
     # name, tags and note exist once the API has them (PATCH /v1/jobs/ID); the page shows them then
     named = httpx.patch(
         f"{url}/v1/jobs/{job['job_id']}",
