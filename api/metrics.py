@@ -38,7 +38,7 @@ class JobsCollector(Collector):
         hist = HistogramMetricFamily(
             "lbdn_job_duration_seconds", "Run time of finished jobs (first start to end)", labels=["kind", "status"]
         )
-        for kind, status, within, seconds, _ in spans:
+        for kind, status, within, seconds in spans:
             buckets = [("+Inf" if b == float("inf") else str(b), n) for b, n in zip(JOB_BUCKETS, within, strict=True)]
             hist.add_metric([kind, status], buckets, seconds)
         yield hist
@@ -50,10 +50,10 @@ class ServiceMetrics:
     `registry` is what /metrics serves. Under `lbdn api --processes N` (PROMETHEUS_MULTIPROC_DIR set
     by the supervisor, api.replicas) it sums every replica's files, so a scrape that reaches any
     replica through the shared port answers for all of them; the metrics are still made in a
-    registry of this app (`own`), which prometheus_client then backs by this process's files."""
+    registry of this app, which prometheus_client then backs by this process's files."""
 
     def __init__(self, sessions: sessionmaker[Session]) -> None:
-        r = self.own = CollectorRegistry()
+        r = CollectorRegistry()
         self.requests = Counter(
             "lbdn_http_requests",
             "HTTP requests by route template and status",

@@ -20,7 +20,7 @@ from core.labels import MAX_NAME, Labels
 from core.queue import JobQueue, send_jobs
 from core.settings import Settings
 from core.states import JobKind, JobState, SweepRole
-from core.store import Job, Sweep, SweepJob, sweeps, transaction
+from core.store import Job, Sweep, SweepJob, jobs, sweeps, transaction
 from core.submit import (
     Refused,
     check_cost,
@@ -237,9 +237,10 @@ def submit_sweep(
 
 
 def _replay(sweep: Sweep, req_hash: str | None) -> Sweep:
-    if sweep.request_hash != req_hash:
-        raise Refused(422, "Idempotency-Key: already used for a sweep with a different request body; use a new key")
-    return sweep
+    try:
+        return jobs.replay(sweep, req_hash)  # the rule of POST /v1/jobs
+    except jobs.IdempotencyConflict as e:
+        raise Refused(422, str(e)) from None
 
 
 def point_name(sweep_name: str, point: dict[str, Any]) -> str:

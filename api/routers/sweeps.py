@@ -64,6 +64,7 @@ def create_sweep(
         ),
     ] = None,
 ) -> SweepOut:
+    request = body.model_dump(mode="json", exclude_none=True)  # stored as asked, and what a retry must repeat
     ask = SweepAsk(
         preset=body.preset,
         spec=body.spec,
@@ -79,11 +80,11 @@ def create_sweep(
         settings=services.settings,
         ask=ask,
         name=body.name or body.preset or "sweep",
-        request=body.model_dump(mode="json", exclude_none=True),
+        request=request,
         evaluate=_evaluate(body),
         tags=body.tags,
         idempotency_key=idempotency_key,
-        req_hash=jobs.request_hash(body.model_dump(mode="json")),
+        req_hash=jobs.request_hash(request),
     )
     session.commit()
     if made:
